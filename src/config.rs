@@ -1,0 +1,269 @@
+//! Configuration: plain serde data with one `Default`, parsed from TOML and validated before use.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// A configuration error names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Patroni `scope`: the cluster name.
+    pub scope: String,
+    /// Patroni `namespace`, "/service" unless the cluster says otherwise.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// etcd v3 endpoints, `host:port` or `http://host:port`.
+    pub etcd: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Writes: the member holding Patroni's leader key.
+    pub primary: SocketAddr,
+    /// Reads: round-robin over eligible replicas.
+    pub replicas: SocketAddr,
+    /// A client must finish its startup packet within this time.
+    pub startup_timeout: HumanDuration,
+    /// Client connections beyond this get FATAL 53300.
+    pub max_client_conn: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaFallback {
+    /// No replica eligible: send read clients to the leader.
+    Primary,
+    /// No replica eligible: refuse read clients with 57P03.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub max_replica_lag: ByteSize,
+    pub replica_fallback: ReplicaFallback,
+    pub hold_timeout: HumanDuration,
+    pub drain_timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_namespace() -> String {
+    "/service".to_owned()
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            primary: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            replicas: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            startup_timeout: HumanDuration(Duration::from_secs(10)),
+            max_client_conn: 10_000,
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_replica_lag: ByteSize(16 * 1024 * 1024),
+            replica_fallback: ReplicaFallback::Primary,
+            hold_timeout: HumanDuration(Duration::from_secs(10)),
+            drain_timeout: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(3)),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate TOML text; errors carry the dotted key path.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let reason = e.inner().message().trim().to_owned();
+            ConfigError::Invalid { key, reason }
+        })?;
+        config.validate()
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let c = &self.cluster;
+        if c.scope.is_empty() || c.scope.contains('/') {
+            return Err(ConfigError::invalid(
+                "cluster.scope",
+                "must be a non-empty Patroni scope without '/'",
+            ));
+        }
+        if !c.namespace.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "cluster.namespace",
+                "must start with '/' (Patroni's default is \"/service\")",
+            ));
+        }
+        if c.etcd.is_empty() {
+            return Err(ConfigError::invalid(
+                "cluster.etcd",
+                "needs at least one endpoint",
+            ));
+        }
+        if let Some(bad) = c.etcd.iter().find(|e| !valid_endpoint(e)) {
+            return Err(ConfigError::invalid(
+                "cluster.etcd",
+                format!("{bad:?} is not host:port or http(s)://host:port"),
+            ));
+        }
+        let l = &self.listen;
+        if l.primary == l.replicas {
+            return Err(ConfigError::invalid(
+                "listen.replicas",
+                format!("must differ from listen.primary ({})", l.primary),
+            ));
+        }
+        if l.max_client_conn == 0 {
+            return Err(ConfigError::invalid(
+                "listen.max_client_conn",
+                "must be at least 1",
+            ));
+        }
+        let positive = [
+            ("listen.startup_timeout", l.startup_timeout),
+            ("routing.connect_timeout", self.routing.connect_timeout),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.0.is_zero()) {
+            return Err(ConfigError::invalid(key, "must be longer than 0s"));
+        }
+        Ok(self)
+    }
+
+    /// The etcd key prefix Patroni writes this cluster under, e.g. "/service/demo/".
+    pub fn key_prefix(&self) -> String {
+        format!(
+            "{}/{}/",
+            self.cluster.namespace.trim_end_matches('/'),
+            self.cluster.scope
+        )
+    }
+}
+
+fn valid_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    match rest.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[cluster]\nscope = \"demo\"\netcd = [\"127.0.0.1:2379\"]\n";
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../config/pgrouter.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.cluster.scope, "demo");
+        assert_eq!(config.key_prefix(), "/service/demo/");
+        assert_eq!(config.routing.max_replica_lag, ByteSize(16 * 1024 * 1024));
+        assert_eq!(config.routing.hold_timeout.0, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.cluster.namespace, "/service");
+        assert_eq!(config.listen, ListenConfig::default());
+        assert_eq!(config.routing, RoutingConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!("{MINIMAL}[routing]\nhold_timout = \"1s\"\n"));
+        assert!(e.starts_with("routing.hold_timout: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_units_are_named() {
+        let e = err(&format!(
+            "{MINIMAL}[routing]\nhold_timeout = \"10 parsecs\"\n"
+        ));
+        assert!(e.starts_with("routing.hold_timeout: "), "{e}");
+        let e = err(&format!("{MINIMAL}[routing]\nmax_replica_lag = \"16XB\"\n"));
+        assert!(e.starts_with("routing.max_replica_lag: "), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_key_and_reason() {
+        let e = err(&format!(
+            "{MINIMAL}[routing]\nreplica_fallback = \"maybe\"\n"
+        ));
+        assert!(
+            e.starts_with("routing.replica_fallback: unknown variant"),
+            "{e}"
+        );
+        let e = err("[cluster]\nscope = \"demo\"\netcd = []\n");
+        assert_eq!(e, "cluster.etcd: needs at least one endpoint");
+        let e = err("[cluster]\nscope = \"demo\"\netcd = [\"nohost\"]\n");
+        assert!(e.starts_with("cluster.etcd: \"nohost\""), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[listen]\nprimary = \"127.0.0.1:6000\"\nreplicas = \"127.0.0.1:6000\"\n"
+        ));
+        assert!(e.starts_with("listen.replicas: must differ"), "{e}");
+        let e = err(&format!("{MINIMAL}[listen]\nprimary = \"localhost\"\n"));
+        assert!(e.starts_with("listen.primary: "), "{e}");
+        let e = err("[cluster]\nscope = \"demo\"\n");
+        assert!(e.contains("missing field `etcd`"), "{e}");
+    }
+}

@@ -1,0 +1,193 @@
+//! Keeps a `Topology` fresh from etcd v3: read the cluster's prefix, publish, watch from the
+//! next revision; on any error back off with jitter and read the whole prefix again.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::patroni::topology_from_keys;
+use crate::topology::Topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd watch canceled ({0})")]
+    WatchCanceled(String),
+    #[error("etcd watch stream ended")]
+    WatchEnded,
+}
+
+/// Where to find one Patroni cluster in etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdSource {
+    pub endpoints: Vec<String>,
+    /// "/service/demo/"
+    pub prefix: String,
+    pub scope: String,
+}
+
+/// Runs until the receiver side is gone. Losing etcd keeps the last topology published: with
+/// Patroni's failsafe mode a confirmed primary may stay writable while etcd is down.
+pub async fn watch_cluster(source: EtcdSource, tx: watch::Sender<Arc<Topology>>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while !tx.is_closed() {
+        let Err(err) = sync_and_watch(&source, &tx, &mut backoff).await;
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            cluster = %source.scope,
+            error = %err,
+            retry_in_ms = delay.as_millis() as u64,
+            "lost the etcd view; keeping the last topology and reconnecting"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One session with etcd: full read, then watch. Returns only on failure.
+async fn sync_and_watch(
+    source: &EtcdSource,
+    tx: &watch::Sender<Arc<Topology>>,
+    backoff: &mut Backoff,
+) -> Result<Infallible, DcsError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let mut client = Client::connect(&source.endpoints, Some(options)).await?;
+
+    let resp = client
+        .get(
+            source.prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut keys: BTreeMap<String, Vec<u8>> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((relative_key(&source.prefix, kv.key())?, kv.value().to_vec())))
+        .collect();
+    publish(source, tx, &keys);
+    tracing::info!(cluster = %source.scope, revision, keys = keys.len(), "read cluster state from etcd");
+
+    let mut stream = client
+        .watch(
+            source.prefix.as_str(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    backoff.reset();
+    loop {
+        let resp = stream.message().await?.ok_or(DcsError::WatchEnded)?;
+        if resp.canceled() {
+            let reason = match resp.compact_revision() {
+                0 => resp.cancel_reason().to_owned(),
+                rev => format!("compacted at revision {rev}"),
+            };
+            return Err(DcsError::WatchCanceled(reason));
+        }
+        if resp.events().is_empty() {
+            continue;
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Some(key) = relative_key(&source.prefix, kv.key()) else {
+                continue;
+            };
+            match event.event_type() {
+                EventType::Put => keys.insert(key, kv.value().to_vec()),
+                EventType::Delete => keys.remove(&key),
+            };
+        }
+        publish(source, tx, &keys);
+    }
+}
+
+fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(prefix)
+        .map(str::to_owned)
+}
+
+/// Sends a new topology only when it differs, so sessions wake only for real changes.
+fn publish(
+    source: &EtcdSource,
+    tx: &watch::Sender<Arc<Topology>>,
+    keys: &BTreeMap<String, Vec<u8>>,
+) {
+    let next = topology_from_keys(&source.scope, keys);
+    tx.send_if_modified(|current| {
+        if **current == next {
+            return false;
+        }
+        *current = Arc::new(next);
+        true
+    });
+}
+
+/// Exponential backoff with full jitter, so many routers do not reconnect in step.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        rand::thread_rng().gen_range(self.min / 2..=ceiling.max(self.min))
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(50)));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert_eq!(b.current, Duration::from_secs(1));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn keys_outside_the_prefix_are_ignored() {
+        assert_eq!(
+            relative_key("/service/demo/", b"/service/demo/members/pg0").as_deref(),
+            Some("members/pg0")
+        );
+        assert_eq!(
+            relative_key("/service/demo/", b"/service/demo2/leader"),
+            None
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! The distributed configuration store Patroni writes to, and how its keys become a `Topology`.
+
+pub mod etcd;
+pub mod patroni;

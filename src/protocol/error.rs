@@ -1,0 +1,88 @@
+//! ErrorResponse messages pgrouter sends itself, with SQLSTATEs clients and operators know.
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::Message;
+
+pub mod sqlstate {
+    /// No primary (or replica) to route to within hold_timeout.
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// The session's member lost its role; pgrouter closed it.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CONNECTION_FAILURE: &str = "08006";
+}
+
+/// A FATAL error for a client; `message` should name pgrouter, the cluster and the member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> PgError {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The wire form: an 'E' message with severity FATAL.
+    pub fn encode(&self) -> BytesMut {
+        let mut fields = vec![
+            (b'S', "FATAL".to_owned()),
+            (b'V', "FATAL".to_owned()),
+            (b'C', self.code.to_owned()),
+            (b'M', self.message.clone()),
+        ];
+        fields.extend(self.detail.iter().map(|d| (b'D', d.clone())));
+        fields.extend(self.hint.iter().map(|h| (b'H', h.clone())));
+        let mut buf = BytesMut::new();
+        ErrorResponse::new(fields)
+            .encode(&mut buf)
+            .expect("an ErrorResponse always fits in a message");
+        buf
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_a_fatal_error_response() {
+        let e =
+            PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "pgrouter: no leader").with_hint("wait");
+        let wire = e.encode();
+        assert_eq!(wire[0], b'E');
+        let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
+        assert_eq!(len + 1, wire.len());
+        let body = &wire[5..];
+        assert_eq!(
+            body,
+            b"SFATAL\0VFATAL\0C57P03\0Mpgrouter: no leader\0Hwait\0\0"
+        );
+    }
+}

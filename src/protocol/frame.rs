@@ -1,0 +1,185 @@
+//! Message boundaries in one direction of a PostgreSQL stream, found from 5-byte headers alone.
+//!
+//! The relay forwards bytes as they come; the scanner only follows along so the session knows
+//! where messages end and can look inside the few it cares about (ReadyForQuery, BackendKeyData).
+//! It never allocates: a captured body lives in a small fixed array.
+
+/// Longest body the scanner captures: BackendKeyData with a protocol 3.2 secret of 256 bytes.
+pub const CAPTURE_MAX: usize = 4 + 256;
+
+/// A length field below 4 cannot frame a message: the stream is corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("message '{}' has impossible length {len}", char::from(*tag))]
+pub struct BadLength {
+    pub tag: u8,
+    pub len: u32,
+}
+
+pub struct Scanner {
+    header: [u8; 5],
+    header_len: usize,
+    tag: u8,
+    /// Body bytes of the current message not seen yet.
+    left: usize,
+    capture: bool,
+    body: [u8; CAPTURE_MAX],
+    body_len: usize,
+    capture_tags: &'static [u8],
+}
+
+impl Scanner {
+    /// A scanner that hands over the bodies of messages whose tag is in `capture_tags`.
+    pub fn new(capture_tags: &'static [u8]) -> Scanner {
+        Scanner {
+            header: [0; 5],
+            header_len: 0,
+            tag: 0,
+            left: 0,
+            capture: false,
+            body: [0; CAPTURE_MAX],
+            body_len: 0,
+            capture_tags,
+        }
+    }
+
+    /// True when everything fed so far ends exactly at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0
+    }
+
+    /// Follows `data`, calling `visit(tag, body)` as each message completes. `body` is the
+    /// message body for captured tags and empty for the rest.
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut visit: impl FnMut(u8, &[u8]),
+    ) -> Result<(), BadLength> {
+        loop {
+            if self.header_len < 5 {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                let take = (5 - self.header_len).min(data.len());
+                self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+                self.header_len += take;
+                data = &data[take..];
+                if self.header_len < 5 {
+                    return Ok(());
+                }
+                self.start_body()?;
+            }
+            let take = self.left.min(data.len());
+            if self.capture {
+                self.body[self.body_len..self.body_len + take].copy_from_slice(&data[..take]);
+                self.body_len += take;
+            }
+            self.left -= take;
+            data = &data[take..];
+            if self.left > 0 {
+                return Ok(());
+            }
+            let body: &[u8] = if self.capture {
+                &self.body[..self.body_len]
+            } else {
+                &[]
+            };
+            visit(self.tag, body);
+            self.header_len = 0;
+        }
+    }
+
+    fn start_body(&mut self) -> Result<(), BadLength> {
+        let tag = self.header[0];
+        let len = u32::from_be_bytes([
+            self.header[1],
+            self.header[2],
+            self.header[3],
+            self.header[4],
+        ]);
+        if len < 4 {
+            return Err(BadLength { tag, len });
+        }
+        self.tag = tag;
+        self.left = len as usize - 4;
+        self.capture = self.left <= CAPTURE_MAX && self.capture_tags.contains(&tag);
+        self.body_len = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn stream() -> Vec<u8> {
+        [
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'D', &[7u8; 300]),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'K', &[0, 0, 0, 42, 1, 2, 3, 4]),
+            msg(b'Z', b"I"),
+        ]
+        .concat()
+    }
+
+    fn scan_in_chunks(data: &[u8], chunk: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut s = Scanner::new(b"ZK");
+        let mut seen = Vec::new();
+        for part in data.chunks(chunk) {
+            s.feed(part, |tag, body| seen.push((tag, body.to_vec())))
+                .unwrap();
+        }
+        assert!(s.at_boundary());
+        seen
+    }
+
+    #[test]
+    fn every_split_gives_the_same_messages() {
+        let data = stream();
+        let whole = scan_in_chunks(&data, data.len());
+        let tags: Vec<u8> = whole.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12DCKZ");
+        assert_eq!(whole[4].1, [0, 0, 0, 42, 1, 2, 3, 4]);
+        assert_eq!(whole[5].1, b"I");
+        assert!(whole[2].1.is_empty(), "DataRow is not captured");
+        for chunk in 1..data.len() {
+            assert_eq!(scan_in_chunks(&data, chunk), whole, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn boundary_is_known_mid_stream() {
+        let data = stream();
+        let mut s = Scanner::new(b"Z");
+        s.feed(&data[..3], |_, _| {}).unwrap();
+        assert!(!s.at_boundary(), "inside a header");
+        s.feed(&data[3..7], |_, _| {}).unwrap();
+        assert!(!s.at_boundary(), "inside a body");
+        s.feed(&data[7..10], |_, _| {}).unwrap();
+        assert!(s.at_boundary(), "after '1' and '2'");
+    }
+
+    #[test]
+    fn impossible_lengths_are_errors() {
+        let mut s = Scanner::new(b"");
+        let err = s.feed(&[b'Q', 0, 0, 0, 3], |_, _| {}).unwrap_err();
+        assert_eq!(err, BadLength { tag: b'Q', len: 3 });
+    }
+
+    #[test]
+    fn oversized_captures_are_skipped_not_copied() {
+        let big = msg(b'K', &[9u8; CAPTURE_MAX + 1]);
+        let mut s = Scanner::new(b"K");
+        let mut bodies = Vec::new();
+        s.feed(&big, |_, body| bodies.push(body.len())).unwrap();
+        assert_eq!(bodies, [0]);
+    }
+}

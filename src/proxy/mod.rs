@@ -1,0 +1,7 @@
+//! The client-facing side: listeners, sessions, routing rules, the relay and cancel forwarding.
+
+pub mod cancel;
+pub mod listener;
+pub mod relay;
+pub mod route;
+pub mod session;

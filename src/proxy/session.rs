@@ -1,0 +1,312 @@
+//! One client connection: startup, choose a member (holding if there is none), connect, relay, end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::{timeout, Instant};
+
+use super::cancel::{send_cancel, CancelRegistry};
+use super::relay::{terminate, End, Relay};
+use super::route::{Port, Route, Router};
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
+use crate::topology::Topology;
+
+/// What every session shares: passed in, never global.
+pub struct Shared {
+    pub scope: String,
+    pub router: Router,
+    pub cancels: CancelRegistry,
+    pub topology: watch::Receiver<Arc<Topology>>,
+    pub startup_timeout: Duration,
+}
+
+/// How long a failed connect waits before it tries again while the client is held.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+pub async fn run(
+    shared: Arc<Shared>,
+    port: Port,
+    mut client: TcpStream,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let peer = client
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = client.set_nodelay(true);
+    let startup = match timeout(shared.startup_timeout, read_startup(&mut client)).await {
+        Err(_) => {
+            tracing::debug!(%peer, %port, "startup timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %port, error = %e, "client left during startup");
+            return;
+        }
+        Ok(Ok(Opening::Closed)) => return,
+        Ok(Ok(Opening::Refused(e))) => {
+            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgrouter: {e}"));
+            tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
+            send_error(&mut client, &e).await;
+            return;
+        }
+        Ok(Ok(Opening::Cancel(key))) => return forward_cancel(&shared, &key).await,
+        Ok(Ok(Opening::Startup(s))) => s,
+    };
+    if permit.is_none() {
+        let e = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgrouter: too many client connections for cluster \"{}\"",
+                shared.scope
+            ),
+        );
+        return send_error(&mut client, &e).await;
+    }
+    let mut topology = shared.topology.clone();
+    let (route, mut server) = match connect(&shared, port, &mut topology).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(%peer, %port, error = %e, "no member for client");
+            return send_error(&mut client, &e).await;
+        }
+    };
+    let member = route.member.name.clone();
+    tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
+    if let Err(e) = server.write_all(&startup.raw).await {
+        let e = connection_failure(&shared.scope, &route, &e.to_string());
+        return send_error(&mut client, &e).await;
+    }
+    let relay = Relay {
+        router: &shared.router,
+        route: &route,
+        cancels: &shared.cancels,
+        drain_timeout: shared.router.routing().drain_timeout.0,
+    };
+    let end = relay.run(&mut client, &mut server, &mut topology).await;
+    finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+}
+
+enum Opening {
+    Startup(Startup),
+    Cancel(CancelKey),
+    Refused(startup::StartupError),
+    Closed,
+}
+
+/// Reads packets until a StartupMessage or CancelRequest, answering 'N' to SSL and GSS
+/// encryption requests (TLS is not configured) so the client goes on in plaintext.
+async fn read_startup(client: &mut TcpStream) -> std::io::Result<Opening> {
+    loop {
+        let packet = match startup::read_packet(client).await? {
+            None => return Ok(Opening::Closed),
+            Some(Err(e)) => return Ok(Opening::Refused(e)),
+            Some(Ok(p)) => p,
+        };
+        match startup::decode(packet) {
+            Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
+                client.write_all(b"N").await?
+            }
+            Ok(FirstPacket::Cancel(key)) => return Ok(Opening::Cancel(key)),
+            Ok(FirstPacket::Startup(s)) => return Ok(Opening::Startup(s)),
+            Err(e) => return Ok(Opening::Refused(e)),
+        }
+    }
+}
+
+/// Picks a member and connects to it, holding the client while the cluster has none to offer
+/// (no leader, a switchover under way, a member not accepting connections) up to hold_timeout.
+async fn connect(
+    shared: &Shared,
+    port: Port,
+    topology: &mut watch::Receiver<Arc<Topology>>,
+) -> Result<(Route, TcpStream), PgError> {
+    let routing = shared.router.routing();
+    let hold = routing.hold_timeout.0;
+    let deadline = Instant::now() + hold;
+    loop {
+        let current = topology.borrow_and_update().clone();
+        let (failure, retry_soon) = match shared.router.pick(&current, port) {
+            Ok(route) => match timeout(
+                routing.connect_timeout.0,
+                TcpStream::connect(&route.member.addr),
+            )
+            .await
+            {
+                Ok(Ok(server)) => {
+                    let _ = server.set_nodelay(true);
+                    return Ok((route, server));
+                }
+                Ok(Err(e)) => (
+                    connection_failure(&shared.scope, &route, &e.to_string()),
+                    true,
+                ),
+                Err(_) => (
+                    connection_failure(&shared.scope, &route, "connect timed out"),
+                    true,
+                ),
+            },
+            Err(why) if !shared.router.holds(&current, port) => {
+                return Err(no_member(&shared.scope, port, &why, None))
+            }
+            Err(why) => (no_member(&shared.scope, port, &why, Some(hold)), false),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(failure);
+        }
+        let wait = if retry_soon {
+            CONNECT_RETRY.min(deadline - now)
+        } else {
+            deadline - now
+        };
+        if let Ok(Err(_)) = timeout(wait, topology.changed()).await {
+            return Err(failure);
+        }
+    }
+}
+
+fn no_member(scope: &str, port: Port, why: &str, held: Option<Duration>) -> PgError {
+    let role = match port {
+        Port::Primary => "no leader to route writes to",
+        Port::Replicas => "no member to route reads to",
+    };
+    let waited = held
+        .map(|h| format!(" after waiting {}s", h.as_secs_f64()))
+        .unwrap_or_default();
+    PgError::fatal(
+        sqlstate::CANNOT_CONNECT_NOW,
+        format!("pgrouter: cluster \"{scope}\": {role}{waited}: {why}"),
+    )
+    .with_hint("Patroni is electing or promoting a leader; retry shortly.")
+}
+
+fn connection_failure(scope: &str, route: &Route, cause: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::CONNECTION_FAILURE,
+        format!(
+            "pgrouter: cluster \"{scope}\": cannot reach member \"{}\" at {}: {cause}",
+            route.member.name, route.member.addr
+        ),
+    )
+}
+
+async fn finish(
+    shared: &Shared,
+    route: &Route,
+    port: Port,
+    peer: &str,
+    end: End,
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+) {
+    let scope = &shared.scope;
+    let member = &route.member.name;
+    let closing = |reason: &str| {
+        PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("pgrouter: cluster \"{scope}\": closing session on \"{member}\": {reason}"),
+        )
+    };
+    match end {
+        End::Lost {
+            reason,
+            at_boundary,
+        } => {
+            tracing::info!(%peer, %port, %member, %reason, "cut session on a member that lost the leader key");
+            if at_boundary {
+                send_error(
+                    client,
+                    &closing(&reason).with_hint("Reconnect to reach the new leader."),
+                )
+                .await;
+            }
+        }
+        End::Drained(reason) => {
+            tracing::info!(%peer, %port, %member, %reason, "drained idle session");
+            send_error(
+                client,
+                &closing(&reason).with_hint("Reconnect to reach an eligible member."),
+            )
+            .await;
+            terminate(server).await;
+        }
+        End::DrainTimeout {
+            reason,
+            at_boundary,
+        } => {
+            tracing::info!(%peer, %port, %member, %reason, "cut busy session after drain_timeout");
+            if at_boundary {
+                send_error(
+                    client,
+                    &closing(&format!("{reason} (still busy after drain_timeout)")),
+                )
+                .await;
+            }
+        }
+        End::RouterStopping => {
+            send_error(client, &closing("pgrouter is shutting down")).await;
+            terminate(server).await;
+        }
+        End::ClientProtocol(e) => {
+            tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
+            send_error(
+                client,
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgrouter: {e}")),
+            )
+            .await;
+        }
+        End::ServerProtocol(e) => {
+            tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol")
+        }
+        End::ClientClosed | End::ServerClosed => {
+            tracing::debug!(%peer, %port, %member, "session ended")
+        }
+        End::ClientError(e) | End::ServerError(e) => {
+            tracing::debug!(%peer, %port, %member, error = %e, "session failed")
+        }
+    }
+}
+
+async fn send_error(client: &mut TcpStream, e: &PgError) {
+    let _ = client.write_all(&e.encode()).await;
+    let _ = client.shutdown().await;
+}
+
+/// Sends a cancel to the member that issued the key; a key this router does not know (issued
+/// through another pgrouter, or already gone) goes to every member, which ignore keys not theirs.
+async fn forward_cancel(shared: &Shared, key: &CancelKey) {
+    let timeout = shared.router.routing().connect_timeout.0;
+    let targets: Vec<String> = match shared.cancels.lookup(key) {
+        Some(addr) => vec![addr],
+        None => shared
+            .topology
+            .borrow()
+            .members
+            .values()
+            .map(|m| m.addr.clone())
+            .collect(),
+    };
+    tracing::debug!(
+        pid = key.pid,
+        targets = targets.len(),
+        "forwarding cancel request"
+    );
+    let mut sends = tokio::task::JoinSet::new();
+    for addr in targets {
+        let key = key.clone();
+        sends.spawn(async move {
+            let result = send_cancel(&addr, &key, timeout).await;
+            (addr, result)
+        });
+    }
+    while let Some(Ok((addr, result))) = sends.join_next().await {
+        if let Err(e) = result {
+            tracing::warn!(member_addr = %addr, error = %e, "could not forward cancel request");
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The cluster as pgrouter sees it: who holds the leader key, the members, and who may serve reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A snapshot of one Patroni cluster, rebuilt from etcd on every change and shared read-only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// Patroni scope, for messages.
+    pub scope: String,
+    /// False until the first full read of the cluster's keys from etcd.
+    pub synced: bool,
+    /// The member named by the `leader` key: the only one that may take writes.
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, Member>,
+    /// The `failover` key: a switchover announced away from `from` (or from whoever leads, if None).
+    pub failover: Option<Failover>,
+    /// `status.optime` (or the old `optime/leader` key): the leader's last WAL position.
+    pub leader_optime: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub scheduled_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    /// `host:port` from the member's `conn_url`.
+    pub addr: String,
+    pub role: Role,
+    /// Patroni's state: running, streaming, starting, stopped, ...
+    pub state: String,
+    /// Replay position where Patroni reports it (4.x `replay_lsn`), else `xlog_location`.
+    pub wal_position: Option<u64>,
+    pub noloadbalance: bool,
+    pub timeline: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `master` (Patroni 3.0) or `primary` (later).
+    Primary,
+    Replica,
+    StandbyLeader,
+    Other,
+}
+
+impl Role {
+    pub fn from_patroni(role: &str) -> Role {
+        match role {
+            "master" | "primary" => Role::Primary,
+            "replica" => Role::Replica,
+            "standby_leader" => Role::StandbyLeader,
+            _ => Role::Other,
+        }
+    }
+}
+
+/// Why a member cannot serve reads; shown in logs when it leaves or joins the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    IsLeader,
+    NotReplica,
+    NotRunning,
+    NoLoadBalance,
+    UnknownLag,
+    Lagging(u64),
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::IsLeader => f.write_str("holds the leader key"),
+            Ineligible::NotReplica => f.write_str("role is not replica"),
+            Ineligible::NotRunning => f.write_str("not running or streaming"),
+            Ineligible::NoLoadBalance => f.write_str("tagged noloadbalance"),
+            Ineligible::UnknownLag => f.write_str("lag unknown"),
+            Ineligible::Lagging(bytes) => write!(f, "lagging {bytes} bytes"),
+        }
+    }
+}
+
+impl Topology {
+    pub fn empty(scope: &str) -> Topology {
+        Topology {
+            scope: scope.to_owned(),
+            ..Topology::default()
+        }
+    }
+
+    /// The member that takes writes now, if any. It must hold the leader key, have finished
+    /// promotion (Patroni reports role master/primary), and no switchover away from it may
+    /// be announced: new writers wait for the new leader instead of racing the demotion.
+    pub fn writable_leader(&self) -> Option<&Member> {
+        let name = self.leader.as_deref()?;
+        let member = self.members.get(name)?;
+        let switching_away = self
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.is_imminent() && f.from.as_deref().is_none_or(|from| from == name));
+        (member.role == Role::Primary && !switching_away).then_some(member)
+    }
+
+    /// True while `name` still holds the leader key: the test sessions on :5000 must pass to
+    /// keep relaying. Only the key decides; a member that lost it is never trusted again.
+    pub fn holds_leader_key(&self, name: &str) -> bool {
+        self.leader.as_deref() == Some(name)
+    }
+
+    /// Bytes the member's replay position is behind the leader's WAL position.
+    pub fn lag(&self, member: &Member) -> Option<u64> {
+        let leader_pos = self
+            .leader
+            .as_deref()
+            .and_then(|l| self.members.get(l))
+            .and_then(|l| l.wal_position)
+            .max(self.leader_optime)?;
+        Some(leader_pos.saturating_sub(member.wal_position?))
+    }
+
+    pub fn replica_eligibility(&self, member: &Member, max_lag: u64) -> Result<(), Ineligible> {
+        if self.holds_leader_key(&member.name) {
+            return Err(Ineligible::IsLeader);
+        }
+        if member.role != Role::Replica {
+            return Err(Ineligible::NotReplica);
+        }
+        if !matches!(member.state.as_str(), "running" | "streaming") {
+            return Err(Ineligible::NotRunning);
+        }
+        if member.noloadbalance {
+            return Err(Ineligible::NoLoadBalance);
+        }
+        match self.lag(member) {
+            None => Err(Ineligible::UnknownLag),
+            Some(lag) if lag > max_lag => Err(Ineligible::Lagging(lag)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Members that may serve reads now, in name order.
+    pub fn eligible_replicas(&self, max_lag: u64) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(move |m| self.replica_eligibility(m, max_lag).is_ok())
+    }
+
+    /// The `turn`-th eligible replica, round-robin; None when none is eligible.
+    pub fn pick_replica(&self, max_lag: u64, turn: usize) -> Option<&Member> {
+        let count = self.eligible_replicas(max_lag).count();
+        if count == 0 {
+            return None;
+        }
+        self.eligible_replicas(max_lag).nth(turn % count)
+    }
+}
+
+impl Failover {
+    /// A `failover` key with `scheduled_at` waits for its time; without it the switchover is
+    /// being carried out now.
+    pub fn is_imminent(&self) -> bool {
+        self.scheduled_at.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn member(name: &str, role: Role, state: &str, pos: Option<u64>) -> Member {
+        Member {
+            name: name.to_owned(),
+            addr: format!("127.0.0.1:{}", 5432),
+            role,
+            state: state.to_owned(),
+            wal_position: pos,
+            noloadbalance: false,
+            timeline: Some(1),
+        }
+    }
+
+    fn cluster() -> Topology {
+        let mut t = Topology::empty("demo");
+        t.synced = true;
+        t.leader = Some("pg0".into());
+        for m in [
+            member("pg0", Role::Primary, "running", Some(100_000)),
+            member("pg1", Role::Replica, "streaming", Some(100_000)),
+            member("pg2", Role::Replica, "running", Some(90_000)),
+        ] {
+            t.members.insert(m.name.clone(), m);
+        }
+        t
+    }
+
+    fn names<'a>(it: impl Iterator<Item = &'a Member>) -> Vec<&'a str> {
+        it.map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn lag_is_leader_position_minus_replica_position() {
+        let mut t = cluster();
+        assert_eq!(t.lag(&t.members["pg2"]), Some(10_000));
+        // status.optime ahead of the leader's member key counts.
+        t.leader_optime = Some(150_000);
+        assert_eq!(t.lag(&t.members["pg2"]), Some(60_000));
+        // A replica ahead of a stale leader position has no lag, not a negative one.
+        t.leader_optime = None;
+        t.members.get_mut("pg2").unwrap().wal_position = Some(200_000);
+        assert_eq!(t.lag(&t.members["pg2"]), Some(0));
+        // No leader position known: lag unknown.
+        t.leader = None;
+        assert_eq!(t.lag(&t.members["pg2"]), None);
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        let mut t = cluster();
+        assert_eq!(names(t.eligible_replicas(16 << 20)), ["pg1", "pg2"]);
+        assert_eq!(names(t.eligible_replicas(5_000)), ["pg1"]);
+        let pg2 = t.members["pg2"].clone();
+        assert_eq!(
+            t.replica_eligibility(&pg2, 5_000),
+            Err(Ineligible::Lagging(10_000))
+        );
+
+        t.members.get_mut("pg1").unwrap().noloadbalance = true;
+        let pg1 = t.members["pg1"].clone();
+        assert_eq!(
+            t.replica_eligibility(&pg1, 1 << 20),
+            Err(Ineligible::NoLoadBalance)
+        );
+
+        t.members.get_mut("pg2").unwrap().state = "starting".into();
+        let pg2 = t.members["pg2"].clone();
+        assert_eq!(
+            t.replica_eligibility(&pg2, 1 << 20),
+            Err(Ineligible::NotRunning)
+        );
+
+        let pg0 = t.members["pg0"].clone();
+        assert_eq!(
+            t.replica_eligibility(&pg0, 1 << 20),
+            Err(Ineligible::IsLeader)
+        );
+        assert_eq!(t.eligible_replicas(1 << 20).count(), 0);
+    }
+
+    #[test]
+    fn a_replica_still_holding_the_key_is_not_a_reader() {
+        // Just promoted: the member key may still say replica while it holds the leader key.
+        let mut t = cluster();
+        t.leader = Some("pg1".into());
+        assert!(
+            t.writable_leader().is_none(),
+            "pg1 has not finished promotion"
+        );
+        assert_eq!(names(t.eligible_replicas(1 << 20)), ["pg2"]);
+    }
+
+    #[test]
+    fn round_robin_alternates_over_eligible_replicas() {
+        let t = cluster();
+        let picks: Vec<_> = (0..4)
+            .map(|turn| t.pick_replica(1 << 20, turn).unwrap().name.as_str())
+            .collect();
+        assert_eq!(picks, ["pg1", "pg2", "pg1", "pg2"]);
+        assert!(t.pick_replica(0, 0).is_some_and(|m| m.name == "pg1"));
+        let mut none = cluster();
+        none.members.retain(|n, _| n == "pg0");
+        assert!(none.pick_replica(1 << 20, 0).is_none());
+    }
+
+    #[test]
+    fn writable_leader_needs_the_key_the_role_and_no_pending_switchover() {
+        let mut t = cluster();
+        assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg0"));
+        t.failover = Some(Failover {
+            from: Some("pg0".into()),
+            to: Some("pg1".into()),
+            scheduled_at: None,
+        });
+        assert!(
+            t.writable_leader().is_none(),
+            "switchover away from pg0 announced"
+        );
+        // The new leader took the key while the failover key is still there: it is writable.
+        t.leader = Some("pg1".into());
+        t.members.get_mut("pg1").unwrap().role = Role::Primary;
+        assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
+        // A scheduled switchover does not hold writers until its time comes.
+        t.leader = Some("pg0".into());
+        t.failover.as_mut().unwrap().scheduled_at = Some("2030-01-01T00:00:00+00:00".into());
+        assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg0"));
+        t.leader = None;
+        assert!(t.writable_leader().is_none());
+    }
+}
