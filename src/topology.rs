@@ -101,7 +101,7 @@ impl Topology {
         let switching_away = self
             .failover
             .as_ref()
-            .is_some_and(|f| f.is_imminent() && f.from.as_deref().is_none_or(|from| from == name));
+            .is_some_and(|f| f.moves_away_from(name));
         (member.role == Role::Primary && !switching_away).then_some(member)
     }
 
@@ -164,6 +164,17 @@ impl Failover {
     /// being carried out now.
     pub fn is_imminent(&self) -> bool {
         self.scheduled_at.is_none()
+    }
+
+    /// Whether this failover is about to take the leadership away from `leader`: a switchover
+    /// names the leader it leaves; a failover names only the member it goes to.
+    pub fn moves_away_from(&self, leader: &str) -> bool {
+        self.is_imminent()
+            && match (&self.from, &self.to) {
+                (Some(from), _) => from == leader,
+                (None, Some(to)) => to != leader,
+                (None, None) => false,
+            }
     }
 }
 
@@ -292,6 +303,15 @@ mod tests {
         t.leader = Some("pg1".into());
         t.members.get_mut("pg1").unwrap().role = Role::Primary;
         assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
+        // A failover naming only its candidate holds writers until the candidate leads.
+        t.failover = Some(Failover {
+            from: None,
+            to: Some("pg1".into()),
+            scheduled_at: None,
+        });
+        assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
+        t.leader = Some("pg0".into());
+        assert!(t.writable_leader().is_none());
         // A scheduled switchover does not hold writers until its time comes.
         t.leader = Some("pg0".into());
         t.failover.as_mut().unwrap().scheduled_at = Some("2030-01-01T00:00:00+00:00".into());

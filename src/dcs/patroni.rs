@@ -101,9 +101,15 @@ fn parse_failover(value: &[u8]) -> Result<Option<Failover>, String> {
         return Ok(None);
     }
     let f: FailoverJson = json(value)?;
+    let named = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let (from, to) = (named(f.leader), named(f.member));
+    // Patroni clears the key by writing `{}` once a switchover is done.
+    if from.is_none() && to.is_none() {
+        return Ok(None);
+    }
     Ok(Some(Failover {
-        from: f.leader,
-        to: f.member,
+        from,
+        to,
         scheduled_at: f.scheduled_at,
     }))
 }
@@ -218,8 +224,10 @@ mod tests {
         let f = topology_from_keys("demo", &old).failover.unwrap();
         assert_eq!(f.from.as_deref(), Some("pg0"));
         assert!(!f.is_imminent());
-        let cleared = keys(&[("failover", "")]);
-        assert!(topology_from_keys("demo", &cleared).failover.is_none());
+        for cleared in ["", "{}", r#"{"leader":"","member":null}"#] {
+            let t = topology_from_keys("demo", &keys(&[("failover", cleared)]));
+            assert!(t.failover.is_none(), "{cleared:?}");
+        }
     }
 
     #[test]

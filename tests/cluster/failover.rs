@@ -1,0 +1,175 @@
+//! Tests 2 and 3 of the router issue: planned switchover, kill -9 of the leader and a frozen
+//! leader, each with a writer probe inserting every 10 ms through the primary port.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use pgrouter_lab::Lab;
+
+use crate::support::{
+    connect, eventually, missing_rows, Probe, ProbeReport, Router, RouterOptions,
+};
+
+fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
+    lab.psql(
+        lab.pg_port(leader),
+        &format!("drop table if exists {table}; create table {table}(id bigint primary key, at timestamptz default clock_timestamp())"),
+    )?;
+    Ok(())
+}
+
+fn summary(event: &str, r: &ProbeReport) {
+    println!(
+        "  {event}: longest write gap {:.2}s, {} query errors, {} connect errors, {} connections, {} rows acknowledged",
+        r.longest_gap.as_secs_f64(),
+        r.query_errors.len(),
+        r.connect_errors.len(),
+        r.connections,
+        r.acked.len()
+    );
+    for e in r.query_errors.iter().chain(&r.connect_errors) {
+        println!("    error: {e}");
+    }
+}
+
+// Lab calls block the test's own thread; the probe and the router's clients run on the
+// runtime's worker threads meanwhile.
+
+pub async fn switchover(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17504, RouterOptions::default())?;
+    let old = lab.leader()?;
+    create_table(lab, &old, "probe_switchover")?;
+    let (idle, idle_conn) = connect(router.primary, "pgrouter-idle").await?;
+    let probe = Probe::start(router.primary, "probe_switchover");
+    probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+
+    lab.switchover(None)?;
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
+    probe.wait_for_acks(100, Duration::from_secs(60)).await?;
+    let report = probe.finish().await;
+    summary("switchover", &report);
+
+    let missing = missing_rows(lab, lab.pg_port(&new), "probe_switchover", &report.acked)?;
+    ensure!(
+        missing.is_empty(),
+        "acknowledged rows missing on the new leader {new}: {missing:?}"
+    );
+    ensure!(
+        report.query_errors.len() <= report.connections as usize,
+        "more than one error per connection: {:?}",
+        report.query_errors
+    );
+    ensure!(
+        report.connect_errors.is_empty(),
+        "new connections were refused, not held: {:?}",
+        report.connect_errors
+    );
+    // It ends with the server's own 57P01 as the old leader shuts down, or with pgrouter's.
+    let _session_end = tokio::time::timeout(Duration::from_secs(10), idle_conn)
+        .await
+        .map_err(|_| anyhow::anyhow!("a session on the old leader {old} stayed open"))??;
+    drop(idle);
+    let old_port = lab.pg_port(&old);
+    eventually(
+        &format!("no pgrouter session left on {old}"),
+        Duration::from_secs(30),
+        || async {
+            let n = lab.psql(
+                old_port,
+                "select count(*) from pg_stat_activity where application_name like 'pgrouter-%'",
+            )?;
+            Ok(n == "0")
+        },
+    )
+    .await?;
+    let after =
+        crate::support::server_port(&connect(router.primary, "pgrouter-test").await?.0).await?;
+    ensure!(
+        after == lab.pg_port(&new),
+        "new sessions not on the new leader {new}"
+    );
+    Ok(())
+}
+
+pub async fn kill_leader(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17506, RouterOptions::default())?;
+    let old = lab.leader()?;
+    create_table(lab, &old, "probe_kill")?;
+    let probe = Probe::start(router.primary, "probe_kill");
+    probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+
+    let killed = Instant::now();
+    lab.kill_member(&old)?;
+    // Clients arriving in the gap, before the lease expires and after, are held, then served.
+    let mut late = Vec::new();
+    for delay in [500u64, 3000, 8000] {
+        let port = router.primary;
+        late.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let (client, _conn) = connect(port, "pgrouter-test-late").await?;
+            client
+                .execute(
+                    "insert into probe_kill(id) values ($1)",
+                    &[&-(delay as i64)],
+                )
+                .await?;
+            anyhow::Ok(killed.elapsed())
+        }));
+    }
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(90))?;
+    for client in late {
+        let served_after = client.await??;
+        println!(
+            "  a client arriving in the gap was held and served {:.1}s after the kill",
+            served_after.as_secs_f64()
+        );
+    }
+    probe.wait_for_acks(100, Duration::from_secs(60)).await?;
+    let report = probe.finish().await;
+    summary("kill -9 of the leader", &report);
+    let missing = missing_rows(lab, lab.pg_port(&new), "probe_kill", &report.acked)?;
+    println!(
+        "  acknowledged rows missing on the new leader: {}",
+        missing.len()
+    );
+    ensure!(
+        report.connect_errors.is_empty(),
+        "new connections were refused, not held: {:?}",
+        report.connect_errors
+    );
+    lab.start_member(&old)?;
+    Ok(())
+}
+
+pub async fn frozen_leader(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17508, RouterOptions::default())?;
+    let old = lab.leader()?;
+    create_table(lab, &old, "probe_frozen")?;
+    let probe = Probe::start(router.primary, "probe_frozen");
+    probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+
+    lab.freeze_member(&old)?;
+    let result = async {
+        let new = lab.wait_leader_other_than(&old, Duration::from_secs(90))?;
+        probe.wait_for_acks(100, Duration::from_secs(60)).await?;
+        anyhow::Ok(new)
+    }
+    .await;
+    let report = probe.finish().await;
+    lab.thaw_member(&old)?;
+    let new = result?;
+    summary("frozen leader", &report);
+    // The old leader's backends kept running; pgrouter must have cut its sessions when the
+    // lease expired, so every acknowledged row is on the new leader.
+    let missing = missing_rows(lab, lab.pg_port(&new), "probe_frozen", &report.acked)?;
+    ensure!(
+        missing.is_empty(),
+        "acknowledged rows missing on the new leader {new}: {missing:?}"
+    );
+    ensure!(
+        report.query_errors.len() <= report.connections as usize,
+        "more than one error per connection: {:?}",
+        report.query_errors
+    );
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Integration tests on a real lab: etcd, three Patroni-managed PostgreSQL members and pgrouter
+//! processes, all on loopback. One lab is shared; tests run one after another and each leaves
+//! the cluster healthy (one leader, two streaming replicas) for the next.
+//!
+//! Run: `cargo test --test cluster` (as root; PostgreSQL runs as the `postgres` user).
+//! A name filter runs only matching tests: `cargo test --test cluster -- cancel`.
+
+mod failover;
+mod routing;
+mod startup;
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pgrouter_lab::{Lab, LabSpec};
+
+type TestFn = for<'a> fn(&'a Lab) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
+
+/// Lab ports: etcd 17400, PostgreSQL 17410-17412, Patroni REST 17420-17422. Routers: 17500+.
+const LAB_BASE_PORT: u16 = 17400;
+
+const TESTS: &[(&str, TestFn)] = &[
+    (
+        "writes_go_to_the_leader_reads_alternate_over_replicas",
+        |lab| Box::pin(routing::writes_and_reads(lab)),
+    ),
+    (
+        "tagged_and_lagging_replicas_are_skipped_and_drained",
+        |lab| Box::pin(routing::tagged_and_lagging(lab)),
+    ),
+    ("malformed_oversized_and_slow_startups", |lab| {
+        Box::pin(startup::bad_startups(lab))
+    }),
+    ("no_leader_past_hold_timeout_gives_57p03", |lab| {
+        Box::pin(startup::no_leader(lab))
+    }),
+    (
+        "cancel_on_the_replica_port_reaches_the_right_replica",
+        |lab| Box::pin(startup::cancel_on_replicas(lab)),
+    ),
+    ("planned_switchover_under_writes", |lab| {
+        Box::pin(failover::switchover(lab))
+    }),
+    ("kill_9_of_the_leader_holds_new_clients", |lab| {
+        Box::pin(failover::kill_leader(lab))
+    }),
+    ("frozen_leader_loses_no_acknowledged_write", |lab| {
+        Box::pin(failover::frozen_leader(lab))
+    }),
+];
+
+fn main() -> ExitCode {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in TESTS {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    let dir = std::env::temp_dir().join("pgrouter-test-lab");
+    let started = Instant::now();
+    let lab = match Lab::start(LabSpec::new(&dir, LAB_BASE_PORT)) {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("could not start the lab: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "lab up in {:.1}s; running {} tests",
+        started.elapsed().as_secs_f64(),
+        selected.len()
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in selected {
+        let t0 = Instant::now();
+        let result = runtime.block_on(test(&lab));
+        let healthy = lab.wait_healthy(Duration::from_secs(180));
+        match (result, healthy) {
+            (Ok(()), Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1}s)", t0.elapsed().as_secs_f64());
+            }
+            (result, healthy) => {
+                failed += 1;
+                println!(
+                    "test {name} ... FAILED ({:.1}s)",
+                    t0.elapsed().as_secs_f64()
+                );
+                if let Err(e) = result {
+                    println!("  {e:#}");
+                }
+                if let Err(e) = healthy {
+                    println!("  cluster not healthy afterwards: {e:#}");
+                }
+            }
+        }
+    }
+    drop(lab);
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,306 @@
+//! Test helpers: pgrouter as a real child process, a writer probe, raw sockets, a driver.
+
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use pgrouter_lab::Lab;
+use tokio_postgres::{Client, NoTls};
+
+/// A pgrouter process in front of the lab, killed when dropped.
+pub struct Router {
+    child: Child,
+    pub primary: u16,
+    pub replicas: u16,
+    pub log: PathBuf,
+}
+
+pub struct RouterOptions<'a> {
+    pub scope: &'a str,
+    pub routing: &'a str,
+    pub listen_extra: &'a str,
+}
+
+impl Default for RouterOptions<'_> {
+    fn default() -> Self {
+        RouterOptions {
+            scope: "demo",
+            routing: "hold_timeout = \"30s\"\ndrain_timeout = \"5s\"\n",
+            listen_extra: "",
+        }
+    }
+}
+
+impl Router {
+    /// Starts pgrouter on `port` (primary) and `port + 1` (replicas) and waits until it
+    /// accepts connections.
+    pub fn start(lab: &Lab, port: u16, opts: RouterOptions) -> Result<Router> {
+        let dir = lab.spec().dir.join(format!("router-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("pgrouter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\n{extra}\n[routing]\n{routing}",
+                scope = opts.scope,
+                etcd = lab.etcd_endpoint(),
+                rport = port + 1,
+                extra = opts.listen_extra,
+                routing = opts.routing,
+            ),
+        )?;
+        let log = dir.join("pgrouter.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,pgrouter=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning pgrouter")?;
+        let router = Router {
+            child,
+            primary: port,
+            replicas: port + 1,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "pgrouter did not listen on {port}:\n{}",
+                    router.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(router)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn dsn(port: u16, app: &str) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres application_name={app} connect_timeout=60")
+}
+
+/// Connects with tokio-postgres; the connection task's end (and its error) is reported on
+/// the returned receiver.
+pub async fn connect(
+    port: u16,
+    app: &str,
+) -> Result<(
+    Client,
+    tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+)> {
+    let (client, connection) = tokio_postgres::connect(&dsn(port, app), NoTls).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tx.send(connection.await);
+    });
+    Ok((client, rx))
+}
+
+/// The backend port a connection landed on.
+pub async fn server_port(client: &Client) -> Result<u16> {
+    let row = client.query_one("select inet_server_port()", &[]).await?;
+    Ok(row.get::<_, i32>(0) as u16)
+}
+
+/// Opens `n` short connections through `port` and returns the backend port of each.
+pub async fn ports_of_new_connections(port: u16, n: usize) -> Result<Vec<u16>> {
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let (client, _) = connect(port, "pgrouter-test-ports").await?;
+        ports.push(server_port(&client).await?);
+    }
+    Ok(ports)
+}
+
+/// Polls `check` until it returns Ok(true) or `timeout` passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "condition false".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A client inserting one row every 10 ms through a port, reconnecting on error, as the
+/// failover tests of the router issue describe.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<ProbeReport>,
+    pub acked: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    /// Row ids whose INSERT returned success, with the time of the acknowledgement.
+    pub acked: Vec<(i64, Instant)>,
+    /// Errors seen: on queries of an open connection, and on connection attempts.
+    pub query_errors: Vec<String>,
+    pub connect_errors: Vec<String>,
+    pub connections: u32,
+    pub longest_gap: Duration,
+}
+
+impl Probe {
+    pub fn start(port: u16, table: &str) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(probe_loop(
+            port,
+            table.to_owned(),
+            stop.clone(),
+            acked.clone(),
+        ));
+        Probe { stop, task, acked }
+    }
+
+    pub async fn wait_for_acks(&self, n: u64, timeout: Duration) -> Result<()> {
+        let start = self.acked.load(Ordering::Relaxed);
+        eventually("probe writes", timeout, || async {
+            Ok(self.acked.load(Ordering::Relaxed) >= start + n)
+        })
+        .await
+    }
+
+    pub async fn finish(self) -> ProbeReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("probe task")
+    }
+}
+
+async fn probe_loop(
+    port: u16,
+    table: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> ProbeReport {
+    let mut report = ProbeReport::default();
+    let mut next_id: i64 = 1;
+    let mut last_ack = Instant::now();
+    let sql = format!("insert into {table}(id) values ($1)");
+    while !stop.load(Ordering::Relaxed) {
+        let client = match connect(port, "pgrouter-probe").await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                report.connect_errors.push(format!("{e:#}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        report.connections += 1;
+        while !stop.load(Ordering::Relaxed) {
+            match client.execute(sql.as_str(), &[&next_id]).await {
+                Ok(_) => {
+                    let now = Instant::now();
+                    report.longest_gap = report.longest_gap.max(now - last_ack);
+                    last_ack = now;
+                    report.acked.push((next_id, now));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    next_id += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    report.query_errors.push(db_error_text(&e));
+                    // The id may or may not have committed; never reuse it.
+                    next_id += 1;
+                    break;
+                }
+            }
+        }
+    }
+    report
+}
+
+pub fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => format!("{e}"),
+    }
+}
+
+/// Ids from `acked` missing from `table` on the member at `pg_port`.
+pub fn missing_rows(
+    lab: &Lab,
+    pg_port: u16,
+    table: &str,
+    acked: &[(i64, Instant)],
+) -> Result<Vec<i64>> {
+    let present = lab.psql(pg_port, &format!("select id from {table} order by id"))?;
+    let present: std::collections::HashSet<i64> = present
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    Ok(acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect())
+}
+
+/// Sends raw bytes as a client and returns what the router answers before closing (up to 5 s).
+pub fn raw_exchange(port: u16, bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut s = StdTcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .map_err(|e| anyhow!("reading the answer: {e}"))?;
+    Ok(out)
+}
+
+/// The SQLSTATE and message of the first ErrorResponse in `bytes`.
+pub fn error_fields(bytes: &[u8]) -> Option<(String, String)> {
+    if bytes.first() != Some(&b'E') || bytes.len() < 5 {
+        return None;
+    }
+    let mut code = String::new();
+    let mut message = String::new();
+    for field in bytes[5..].split(|b| *b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+            Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
+            _ => {}
+        }
+    }
+    Some((code, message))
+}
+
+/// A StartupMessage with the given protocol version and parameter bytes.
+pub fn startup_packet(version: u32, body: &[u8]) -> Vec<u8> {
+    let mut p = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&version.to_be_bytes());
+    p.extend_from_slice(body);
+    p
+}
