@@ -49,7 +49,10 @@ pub async fn run(
         }
         Ok(Ok(Opening::Closed)) => return,
         Ok(Ok(Opening::Refused(e))) => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgrouter: {e}"));
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgrouter: cluster \"{}\": {e}", shared.scope),
+            );
             tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
             send_error(&mut client, &e).await;
             return;
@@ -254,9 +257,10 @@ async fn finish(
         }
         End::ClientProtocol(e) => {
             tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
+            let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
             send_error(
                 client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgrouter: {e}")),
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
             )
             .await;
         }
