@@ -1,16 +1,15 @@
-//! Test helpers: pgrouter as a real child process, a writer probe, raw sockets, a driver.
+//! Test helpers: pgrouter as a real child process, raw sockets, driver shortcuts.
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+pub use pgrouter_lab::probe::{connect, missing_rows, Probe, ProbeReport};
 use pgrouter_lab::Lab;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// A pgrouter process in front of the lab, killed when dropped.
 pub struct Router {
@@ -96,27 +95,6 @@ impl Drop for Router {
     }
 }
 
-pub fn dsn(port: u16, app: &str) -> String {
-    format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres application_name={app} connect_timeout=60")
-}
-
-/// Connects with tokio-postgres; the connection task's end (and its error) is reported on
-/// the returned receiver.
-pub async fn connect(
-    port: u16,
-    app: &str,
-) -> Result<(
-    Client,
-    tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
-)> {
-    let (client, connection) = tokio_postgres::connect(&dsn(port, app), NoTls).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = tx.send(connection.await);
-    });
-    Ok((client, rx))
-}
-
 /// The backend port a connection landed on.
 pub async fn server_port(client: &Client) -> Result<u16> {
     let row = client.query_one("select inet_server_port()", &[]).await?;
@@ -152,121 +130,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A client inserting one row every 10 ms through a port, reconnecting on error, as the
-/// failover tests of the router issue describe.
-pub struct Probe {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<ProbeReport>,
-    pub acked: Arc<AtomicU64>,
-}
-
-#[derive(Debug, Default)]
-pub struct ProbeReport {
-    /// Row ids whose INSERT returned success, with the time of the acknowledgement.
-    pub acked: Vec<(i64, Instant)>,
-    /// Errors seen: on queries of an open connection, and on connection attempts.
-    pub query_errors: Vec<String>,
-    pub connect_errors: Vec<String>,
-    pub connections: u32,
-    pub longest_gap: Duration,
-}
-
-impl Probe {
-    pub fn start(port: u16, table: &str) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(probe_loop(
-            port,
-            table.to_owned(),
-            stop.clone(),
-            acked.clone(),
-        ));
-        Probe { stop, task, acked }
-    }
-
-    pub async fn wait_for_acks(&self, n: u64, timeout: Duration) -> Result<()> {
-        let start = self.acked.load(Ordering::Relaxed);
-        eventually("probe writes", timeout, || async {
-            Ok(self.acked.load(Ordering::Relaxed) >= start + n)
-        })
-        .await
-    }
-
-    pub async fn finish(self) -> ProbeReport {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("probe task")
-    }
-}
-
-async fn probe_loop(
-    port: u16,
-    table: String,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> ProbeReport {
-    let mut report = ProbeReport::default();
-    let mut next_id: i64 = 1;
-    let mut last_ack = Instant::now();
-    let sql = format!("insert into {table}(id) values ($1)");
-    while !stop.load(Ordering::Relaxed) {
-        let client = match connect(port, "pgrouter-probe").await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                report.connect_errors.push(format!("{e:#}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        report.connections += 1;
-        while !stop.load(Ordering::Relaxed) {
-            match client.execute(sql.as_str(), &[&next_id]).await {
-                Ok(_) => {
-                    let now = Instant::now();
-                    report.longest_gap = report.longest_gap.max(now - last_ack);
-                    last_ack = now;
-                    report.acked.push((next_id, now));
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    next_id += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => {
-                    report.query_errors.push(db_error_text(&e));
-                    // The id may or may not have committed; never reuse it.
-                    next_id += 1;
-                    break;
-                }
-            }
-        }
-    }
-    report
-}
-
-pub fn db_error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} {}", db.code().code(), db.message()),
-        None => format!("{e}"),
-    }
-}
-
-/// Ids from `acked` missing from `table` on the member at `pg_port`.
-pub fn missing_rows(
-    lab: &Lab,
-    pg_port: u16,
-    table: &str,
-    acked: &[(i64, Instant)],
-) -> Result<Vec<i64>> {
-    let present = lab.psql(pg_port, &format!("select id from {table} order by id"))?;
-    let present: std::collections::HashSet<i64> = present
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    Ok(acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect())
 }
 
 /// Sends raw bytes as a client and returns what the router answers before closing (up to 5 s).

@@ -1,0 +1,191 @@
+//! Failover bench (TARGETS.md W6): one writer probe through pgrouter and one through HAProxy with
+//! Patroni REST checks, side by side in the same events: planned switchover, kill -9 of the
+//! leader, frozen leader. Prints a markdown table of write gaps, errors and lost rows.
+//!
+//! Run: `cargo bench --bench failover` (as root; add `-- --rounds 3` to repeat each event).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgrouter_lab::probe::{missing_rows, Probe, ProbeReport};
+use pgrouter_lab::{Lab, LabSpec};
+
+const BASE_PORT: u16 = 18400;
+const PGROUTER_PORT: u16 = 18500;
+const HAPROXY_PORT: u16 = 18600;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--test" || a == "--list") {
+        // `cargo test --benches` and `cargo bench -- --test` smoke runs: nothing to check here.
+        return Ok(());
+    }
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(1), |n| n.parse())
+        .context("--rounds takes a number")?;
+    let dir = std::env::temp_dir().join("pgrouter-bench-failover");
+    let lab = Lab::start(LabSpec::new(&dir, BASE_PORT))?;
+    let _router = start_pgrouter(&lab, &dir)?;
+    let _haproxy = start_haproxy(&lab, &dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    let mut table = String::from(
+        "| event | target | longest write gap | errors (query / connect) | connections | acked rows | acked rows lost |\n|---|---|---|---|---|---|---|\n",
+    );
+    for round in 1..=rounds {
+        for event in [Event::Switchover, Event::Kill, Event::Freeze] {
+            lab.wait_healthy(Duration::from_secs(180))?;
+            let results = runtime.block_on(run_event(&lab, event, round))?;
+            for (target, report, lost) in results {
+                writeln!(
+                    table,
+                    "| {} | {target} | {:.2} s | {} / {} | {} | {} | {lost} |",
+                    event.name(),
+                    report.longest_gap.as_secs_f64(),
+                    report.query_errors.len(),
+                    report.connect_errors.len(),
+                    report.connections,
+                    report.acked.len(),
+                )?;
+            }
+        }
+    }
+    println!("\nPatroni ttl {} s, loop_wait {} s; HAProxy: inter 1s fall 2 rise 2, on-marked-down shutdown-sessions\n", lab.spec().ttl, lab.spec().loop_wait);
+    println!("{table}");
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Event {
+    Switchover,
+    Kill,
+    Freeze,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Event::Switchover => "patronictl switchover --force",
+            Event::Kill => "kill -9 leader (Patroni + postmaster)",
+            Event::Freeze => "SIGSTOP leader (Patroni + postmaster)",
+        }
+    }
+}
+
+async fn run_event(
+    lab: &Lab,
+    event: Event,
+    round: usize,
+) -> Result<Vec<(&'static str, ProbeReport, usize)>> {
+    let old = lab.leader()?;
+    let targets = [("pgrouter", PGROUTER_PORT), ("HAProxy", HAPROXY_PORT)];
+    let mut probes = Vec::new();
+    for (name, port) in targets {
+        let table = format!("bench_{}_{round}_{}", name.to_lowercase(), event as u8);
+        lab.psql(
+            lab.pg_port(&old),
+            &format!("drop table if exists {table}; create table {table}(id bigint primary key)"),
+        )?;
+        let probe = Probe::start(port, &table);
+        probe.wait_for_acks(100, Duration::from_secs(30)).await?;
+        probes.push((name, table, probe));
+    }
+    match event {
+        Event::Switchover => lab.switchover(None)?,
+        Event::Kill => lab.kill_member(&old)?,
+        Event::Freeze => lab.freeze_member(&old)?,
+    }
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(120))?;
+    for (_, _, probe) in &probes {
+        probe.wait_for_acks(300, Duration::from_secs(120)).await?;
+    }
+    let mut results = Vec::new();
+    for (name, table, probe) in probes {
+        let report = probe.finish().await;
+        let lost = missing_rows(lab, lab.pg_port(&new), &table, &report.acked)?.len();
+        results.push((name, report, lost));
+    }
+    match event {
+        Event::Switchover => {}
+        Event::Kill => lab.start_member(&old)?,
+        Event::Freeze => lab.thaw_member(&old)?,
+    }
+    Ok(results)
+}
+
+fn start_pgrouter(lab: &Lab, dir: &Path) -> Result<Proc> {
+    let config = dir.join("pgrouter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[listen]\nprimary = \"127.0.0.1:{PGROUTER_PORT}\"\nreplicas = \"127.0.0.1:{}\"\n[routing]\nhold_timeout = \"30s\"\n",
+            lab.spec().scope,
+            lab.etcd_endpoint(),
+            PGROUTER_PORT + 1
+        ),
+    )?;
+    let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.join("pgrouter.log"))?)
+        .spawn()?;
+    wait_port(PGROUTER_PORT)?;
+    Ok(Proc(child))
+}
+
+/// HAProxy as the Patroni documentation sets it up, with the timings of TARGETS.md.
+fn start_haproxy(lab: &Lab, dir: &Path) -> Result<Proc> {
+    let mut servers = String::new();
+    for m in lab.member_names() {
+        writeln!(
+            servers,
+            "    server {m} 127.0.0.1:{} maxconn 100 check port {}",
+            lab.pg_port(&m),
+            lab.api_port(&m)
+        )?;
+    }
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 5s\n\
+             listen primary\n    bind 127.0.0.1:{HAPROXY_PORT}\n    option httpchk OPTIONS /primary\n    http-check expect status 200\n    \
+             default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n{servers}"
+        ),
+    )?;
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    wait_port(HAPROXY_PORT)?;
+    Ok(Proc(child))
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("nothing listens on {port}")
+}

@@ -1,0 +1,30 @@
+//! A real local Patroni cluster on loopback (one etcd, three PostgreSQL 15 members) for pgrouter's tests, demo and benches.
+//!
+//! ```no_run
+//! use pgrouter_lab::{Lab, LabSpec};
+//! let lab = Lab::start(LabSpec::new("/tmp/pgrouter-labtest", 16400))?;
+//! let leader = lab.leader()?;
+//! lab.psql(lab.pg_port(&leader), "select 1")?;
+//! # anyhow::Ok(())
+//! ```
+//!
+//! Port layout from `base_port` B (all on 127.0.0.1): etcd client B, etcd peer B+1,
+//! member `pgN` PostgreSQL on B+10+N and Patroni REST on B+20+N.
+
+mod b64;
+mod client;
+mod config;
+mod control;
+mod etcd;
+mod http;
+mod lab;
+mod poll;
+pub mod probe;
+mod procs;
+mod spec;
+mod status;
+
+pub use client::run_psql;
+pub use lab::Lab;
+pub use spec::LabSpec;
+pub use status::MemberStatus;
