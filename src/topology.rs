@@ -17,6 +17,9 @@ pub struct Topology {
     pub failover: Option<Failover>,
     /// `status.optime` (or the old `optime/leader` key): the leader's last WAL position.
     pub leader_optime: Option<u64>,
+    /// The leader key's holder, once its Patroni REST API said it finished promotion, before its
+    /// member key caught up. Set only while that member holds the key.
+    pub confirmed_primary: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,8 @@ pub struct Member {
     pub wal_position: Option<u64>,
     pub noloadbalance: bool,
     pub timeline: Option<u64>,
+    /// Patroni REST API, e.g. "http://127.0.0.1:8008/patroni".
+    pub api_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +98,9 @@ impl Topology {
     }
 
     /// The member that takes writes now, if any. It must hold the leader key, have finished
-    /// promotion (Patroni reports role master/primary), and no switchover away from it may
-    /// be announced: new writers wait for the new leader instead of racing the demotion.
+    /// promotion (its member key says master/primary, or its REST API confirmed it), and no
+    /// switchover away from it may be announced: new writers wait for the new leader instead
+    /// of racing the demotion.
     pub fn writable_leader(&self) -> Option<&Member> {
         let name = self.leader.as_deref()?;
         let member = self.members.get(name)?;
@@ -102,13 +108,23 @@ impl Topology {
             .failover
             .as_ref()
             .is_some_and(|f| f.moves_away_from(name));
-        (member.role == Role::Primary && !switching_away).then_some(member)
+        let promoted =
+            member.role == Role::Primary || self.confirmed_primary.as_deref() == Some(name);
+        (promoted && !switching_away).then_some(member)
     }
 
-    /// True while `name` still holds the leader key: the test sessions on :5000 must pass to
-    /// keep relaying. Only the key decides; a member that lost it is never trusted again.
+    /// True while `name` still holds the leader key: the check sessions on the leader must pass
+    /// to keep relaying. Only the key decides; a member that lost it is never trusted again.
     pub fn holds_leader_key(&self, name: &str) -> bool {
         self.leader.as_deref() == Some(name)
+    }
+
+    /// The leader key's holder while it is still promoting and not yet confirmed: the member
+    /// whose REST API the DCS watcher asks whether promotion is done.
+    pub fn promoting_leader(&self) -> Option<&Member> {
+        let member = self.members.get(self.leader.as_deref()?)?;
+        let confirmed = self.confirmed_primary.as_deref() == Some(member.name.as_str());
+        (member.role != Role::Primary && !confirmed && member.api_url.is_some()).then_some(member)
     }
 
     /// Bytes the member's replay position is behind the leader's WAL position.
@@ -191,6 +207,7 @@ mod tests {
             wal_position: pos,
             noloadbalance: false,
             timeline: Some(1),
+            api_url: Some("http://127.0.0.1:8008/patroni".into()),
         }
     }
 
@@ -271,6 +288,20 @@ mod tests {
             "pg1 has not finished promotion"
         );
         assert_eq!(names(t.eligible_replicas(1 << 20)), ["pg2"]);
+    }
+
+    #[test]
+    fn a_promotion_confirmed_by_rest_makes_the_key_holder_writable() {
+        let mut t = cluster();
+        t.leader = Some("pg1".into());
+        assert_eq!(t.promoting_leader().map(|m| m.name.as_str()), Some("pg1"));
+        assert!(t.writable_leader().is_none());
+        t.confirmed_primary = Some("pg1".into());
+        assert!(t.promoting_leader().is_none());
+        assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
+        // A confirmation is worth nothing to a member that does not hold the key.
+        t.confirmed_primary = Some("pg2".into());
+        assert!(t.writable_leader().is_none());
     }
 
     #[test]

@@ -11,7 +11,11 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::patroni::topology_from_keys;
-use crate::topology::Topology;
+use super::rest;
+use crate::topology::{Member, Topology};
+
+/// How often a promoting leader's REST API is asked whether it is done.
+const PROMOTION_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -74,7 +78,8 @@ async fn sync_and_watch(
         .iter()
         .filter_map(|kv| Some((relative_key(&source.prefix, kv.key())?, kv.value().to_vec())))
         .collect();
-    publish(source, tx, &keys);
+    let mut confirmed = None;
+    publish(source, tx, &keys, &mut confirmed);
     tracing::info!(cluster = %source.scope, revision, keys = keys.len(), "read cluster state from etcd");
 
     let mut stream = client
@@ -89,28 +94,61 @@ async fn sync_and_watch(
         .await?;
     backoff.reset();
     loop {
-        let resp = stream.message().await?.ok_or(DcsError::WatchEnded)?;
-        if resp.canceled() {
-            let reason = match resp.compact_revision() {
-                0 => resp.cancel_reason().to_owned(),
-                rev => format!("compacted at revision {rev}"),
-            };
-            return Err(DcsError::WatchCanceled(reason));
+        let promoting = tx.borrow().promoting_leader().cloned();
+        tokio::select! {
+            resp = stream.message() => {
+                apply_events(&source.prefix, resp?.ok_or(DcsError::WatchEnded)?, &mut keys)?;
+            }
+            name = confirm_promotion(promoting) => {
+                tracing::info!(cluster = %source.scope, member = %name, "new leader confirmed writable by its Patroni REST API");
+                confirmed = Some(name);
+            }
         }
-        if resp.events().is_empty() {
+        publish(source, tx, &keys, &mut confirmed);
+    }
+}
+
+/// Applies one watch response to the key map; a canceled watch (compaction) is an error.
+fn apply_events(
+    prefix: &str,
+    resp: etcd_client::WatchResponse,
+    keys: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), DcsError> {
+    if resp.canceled() {
+        let reason = match resp.compact_revision() {
+            0 => resp.cancel_reason().to_owned(),
+            rev => format!("compacted at revision {rev}"),
+        };
+        return Err(DcsError::WatchCanceled(reason));
+    }
+    for event in resp.events() {
+        let Some(kv) = event.kv() else { continue };
+        let Some(key) = relative_key(prefix, kv.key()) else {
             continue;
+        };
+        match event.event_type() {
+            EventType::Put => keys.insert(key, kv.value().to_vec()),
+            EventType::Delete => keys.remove(&key),
+        };
+    }
+    Ok(())
+}
+
+/// Resolves with the member's name once its REST API reports it writable; never without one.
+async fn confirm_promotion(promoting: Option<Member>) -> String {
+    let Some(Member {
+        name,
+        api_url: Some(api_url),
+        ..
+    }) = promoting
+    else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PROMOTION_POLL).await;
+        if rest::is_writable(&api_url, PROMOTION_POLL * 5).await {
+            return name;
         }
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let Some(key) = relative_key(&source.prefix, kv.key()) else {
-                continue;
-            };
-            match event.event_type() {
-                EventType::Put => keys.insert(key, kv.value().to_vec()),
-                EventType::Delete => keys.remove(&key),
-            };
-        }
-        publish(source, tx, &keys);
     }
 }
 
@@ -121,13 +159,19 @@ fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Sends a new topology only when it differs, so sessions wake only for real changes.
+/// Sends a new topology only when it differs, so sessions wake only for real changes. A REST
+/// confirmation of promotion is kept only while its member holds the leader key.
 fn publish(
     source: &EtcdSource,
     tx: &watch::Sender<Arc<Topology>>,
     keys: &BTreeMap<String, Vec<u8>>,
+    confirmed: &mut Option<String>,
 ) {
-    let next = topology_from_keys(&source.scope, keys);
+    let mut next = topology_from_keys(&source.scope, keys);
+    if next.leader != *confirmed {
+        *confirmed = None;
+    }
+    next.confirmed_primary = confirmed.clone();
     tx.send_if_modified(|current| {
         if **current == next {
             return false;

@@ -64,6 +64,7 @@ struct MemberJson {
     replay_lsn: Option<u64>,
     receive_lsn: Option<u64>,
     timeline: Option<u64>,
+    api_url: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, serde_json::Value>,
 }
@@ -92,6 +93,7 @@ pub fn parse_member(name: &str, value: &[u8]) -> Result<Member, String> {
         wal_position: m.replay_lsn.or(m.xlog_location).or(m.receive_lsn),
         noloadbalance: m.tags.get("noloadbalance").is_some_and(truthy),
         timeline: m.timeline,
+        api_url: m.api_url,
     })
 }
 
@@ -169,6 +171,10 @@ mod tests {
         assert_eq!(leader.role, Role::Primary);
         assert_eq!(leader.addr, "127.0.0.1:15410");
         assert_eq!(leader.wal_position, Some(67108864));
+        assert_eq!(
+            leader.api_url.as_deref(),
+            Some("http://127.0.0.1:15420/patroni")
+        );
         let replica = parse_member("pg1", PATRONI_30_REPLICA.as_bytes()).unwrap();
         assert_eq!(replica.role, Role::Replica);
         assert_eq!(replica.state, "running");

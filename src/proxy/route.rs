@@ -180,6 +180,7 @@ mod tests {
             wal_position: Some(pos),
             noloadbalance: false,
             timeline: Some(1),
+            api_url: Some("http://127.0.0.1:8008/patroni".into()),
         }
     }
 
