@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+PGROUTER_LAB_TESTS=1 cargo test --workspace
 cargo bench --bench relay -- --test
