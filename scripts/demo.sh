@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --bin pgrouter --bin pgrouter-lab
+cargo build --release --bin pgrouter
+cargo build --release -p pgrouter-lab --bin pgrouter-lab
 exec target/release/pgrouter-lab demo --pgrouter target/release/pgrouter "$@"

@@ -1,5 +1,6 @@
 //! The `pgrouter` command: run the router, or check a config file.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,6 +1,7 @@
 //! Fault injection and administration: kill, freeze, thaw, restart, tags, switchover.
 
 use crate::config::effective_tags;
+use crate::etcd;
 use crate::lab::Lab;
 use crate::poll::wait_for;
 use crate::procs::{self, Signal};
@@ -151,6 +152,23 @@ impl Lab {
                 out.status
             );
         }
+        Ok(())
+    }
+
+    /// SIGKILL etcd: Patroni and pgrouter lose the DCS. Patroni demotes the leader once
+    /// `retry_timeout` passes without etcd, so bring it back soon with [`Lab::start_etcd`].
+    pub fn stop_etcd(&self) -> Result<()> {
+        if let Some(mut child) = self.state().etcd.take() {
+            child.kill().context("SIGKILL etcd")?;
+            child.wait().context("reap etcd")?;
+        }
+        Ok(())
+    }
+
+    /// Start etcd again on its data directory after [`Lab::stop_etcd`]; waits until healthy.
+    pub fn start_etcd(&self) -> Result<()> {
+        let child = etcd::start(self.spec(), Duration::from_secs(30))?;
+        self.state().etcd = Some(child);
         Ok(())
     }
 

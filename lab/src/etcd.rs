@@ -17,7 +17,12 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) fn start(spec: &LabSpec, timeout: Duration) -> Result<Child> {
     let (client, peer) = (spec.base_port, spec.base_port + 1);
     let log_path = spec.dir.join("etcd.log");
-    let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    // Appended to, so a restart keeps the log of the run before it.
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut child = Command::new("etcd")

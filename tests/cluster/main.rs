@@ -5,6 +5,7 @@
 //! Run: `cargo test --test cluster` (as root; PostgreSQL runs as the `postgres` user).
 //! A name filter runs only matching tests: `cargo test --test cluster -- cancel`.
 
+mod dcs;
 mod failover;
 mod routing;
 mod startup;
@@ -41,6 +42,9 @@ const TESTS: &[(&str, TestFn)] = &[
         "cancel_on_the_replica_port_reaches_the_right_replica",
         |lab| Box::pin(startup::cancel_on_replicas(lab)),
     ),
+    ("etcd_restart_keeps_routing_and_resyncs", |lab| {
+        Box::pin(dcs::etcd_restart(lab))
+    }),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))
     }),
