@@ -2,7 +2,7 @@
 # Installs what pgrouter's lab, tests and benches need on a Debian machine (run as root).
 set -euo pipefail
 
-packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer)
+packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,7 +13,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
-for bin in etcd patroni patronictl protoc psql pgbench; do
+for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
 for component in rustfmt clippy; do

@@ -1,17 +1,24 @@
-//! Wires the pieces together: the etcd watcher, the topology log, the two listeners.
+//! The running router: wires the etcd watcher, the topology observer, the client listeners and
+//! the admin endpoint; reloads its config; shuts down by draining sessions.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::dcs::etcd::{watch_cluster, EtcdSource};
-use crate::proxy::cancel::CancelRegistry;
+use crate::metrics::Metrics;
 use crate::proxy::listener;
-use crate::proxy::route::{Port, Router};
-use crate::proxy::session::Shared;
+use crate::proxy::route::Port;
+use crate::proxy::shared::Shared;
 use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,68 +26,211 @@ pub enum AppError {
     #[error("listen.{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no config file to reload: pgrouter was started without --config")]
+    NoConfigFile,
 }
 
-/// Runs the router until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let scope = config.cluster.scope.clone();
-    let (tx, rx) = watch::channel(Arc::new(Topology::empty(&scope)));
+/// A bound listener and the task accepting on it.
+struct Bound {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+pub struct App {
+    config_path: Option<PathBuf>,
+    pub shared: Arc<Shared>,
+    limits: Arc<Semaphore>,
+    sessions: TaskTracker,
+    /// primary, replicas, admin; replaced when a reload moves them.
+    listeners: Mutex<[Option<Bound>; 3]>,
+    /// Serializes reloads (SIGHUP and POST /reload may race).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// Runs the router until `shutdown` completes, then drains sessions for up to drain_timeout.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
     let source = EtcdSource {
         endpoints: config.cluster.etcd.clone(),
         prefix: config.key_prefix(),
-        scope: scope.clone(),
+        scope: config.cluster.scope.clone(),
     };
-    let primary = bind("primary", config.listen.primary).await?;
-    let replicas = bind("replicas", config.listen.replicas).await?;
-
-    let max_lag = config.routing.max_replica_lag.0;
-    let shared = Arc::new(Shared {
-        scope,
-        router: Router::new(config.routing.clone()),
-        cancels: CancelRegistry::default(),
-        topology: rx.clone(),
-        startup_timeout: config.listen.startup_timeout.0,
+    let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
+    let app = Arc::new(App {
+        config_path,
+        limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
+        shared,
+        sessions: TaskTracker::new(),
+        listeners: Mutex::new([None, None, None]),
+        reloading: tokio::sync::Mutex::new(()),
     });
-    let limits = Arc::new(Semaphore::new(config.listen.max_client_conn));
-    let tasks = [
-        tokio::spawn(watch_cluster(source, tx)),
-        tokio::spawn(log_changes(rx, max_lag)),
-        tokio::spawn(listener::serve(
-            primary,
-            Port::Primary,
-            shared.clone(),
-            limits.clone(),
-        )),
-        tokio::spawn(listener::serve(replicas, Port::Replicas, shared, limits)),
+    app.bind_changed(&app.shared.config()).await?;
+    let background = [
+        tokio::spawn(watch_cluster(source, tx, metrics)),
+        tokio::spawn(observe_topology(rx, app.shared.clone())),
+        tokio::spawn(reload_on_sighup(app.clone())),
     ];
+    let config = app.shared.config();
     tracing::info!(
         primary = %config.listen.primary,
         replicas = %config.listen.replicas,
+        admin = %config.listen.admin,
         cluster = %config.cluster.scope,
         etcd = ?config.cluster.etcd,
         "pgrouter listening"
     );
     shutdown.await;
-    for task in tasks {
+    app.drain().await;
+    for task in background {
         task.abort();
     }
     Ok(())
 }
 
-async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { key, addr, source })
+impl App {
+    /// Re-reads the config file: validated first, so a bad file changes nothing. Routing and
+    /// limits apply at once; moved listeners rebind without touching existing sessions.
+    /// (Boxed: the admin endpoint that calls it is itself started by a reload.)
+    pub fn reload(
+        self: &Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AppError>> + Send + '_>> {
+        Box::pin(async move {
+            let _one_at_a_time = self.reloading.lock().await;
+            let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
+            let new = Config::load(path)?;
+            let old = self.shared.config();
+            if new.cluster != old.cluster {
+                return Err(ConfigError::Invalid {
+                    key: "cluster".into(),
+                    reason: "changing the cluster or etcd endpoints needs a restart".into(),
+                }
+                .into());
+            }
+            self.bind_changed(&new).await?;
+            let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
+            if now > was {
+                self.limits.add_permits(now - was);
+            } else {
+                self.limits.forget_permits(was - now);
+            }
+            self.shared.set_config(Arc::new(new));
+            tracing::info!(path = %path.display(), "config reloaded");
+            Ok(())
+        })
+    }
+
+    /// Binds every listener whose address differs from what is bound now. All new sockets are
+    /// bound before any old one is released, so a failure leaves everything as it was.
+    async fn bind_changed(self: &Arc<Self>, config: &Config) -> Result<(), AppError> {
+        let wanted = [
+            ("primary", config.listen.primary),
+            ("replicas", config.listen.replicas),
+            ("admin", config.listen.admin),
+        ];
+        let current: Vec<Option<SocketAddr>> = self
+            .lock_listeners()
+            .iter()
+            .map(|b| b.as_ref().map(|b| b.addr))
+            .collect();
+        let mut fresh = Vec::new();
+        for (i, (key, addr)) in wanted.into_iter().enumerate() {
+            if current[i] != Some(addr) {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind { key, addr, source })?;
+                fresh.push((i, addr, listener));
+            }
+        }
+        let mut listeners = self.lock_listeners();
+        for (i, addr, listener) in fresh {
+            let shared = self.shared.clone();
+            let task = match i {
+                0 | 1 => {
+                    let port = Port::ALL[i];
+                    tokio::spawn(listener::serve(
+                        listener,
+                        port,
+                        shared,
+                        self.limits.clone(),
+                        self.sessions.clone(),
+                    ))
+                }
+                _ => tokio::spawn(crate::http::serve(listener, self.clone())),
+            };
+            if let Some(old) = listeners[i].replace(Bound { addr, task }) {
+                tracing::info!(old = %old.addr, new = %addr, "listener moved");
+                old.task.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, asks every session to close at its next idle point, and waits for
+    /// them up to drain_timeout (sessions cut themselves when it passes).
+    async fn drain(&self) {
+        let drain_timeout = self.shared.config().routing.drain_timeout.0;
+        tracing::info!(
+            sessions = self.sessions.len(),
+            ?drain_timeout,
+            "shutting down: draining sessions"
+        );
+        self.shared.shutdown.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(drain_timeout + Duration::from_secs(2), self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = self.sessions.len(),
+                "sessions still open after drain_timeout"
+            );
+        }
+        for bound in self.lock_listeners().iter().flatten() {
+            bound.task.abort();
+        }
+    }
+
+    /// Client sessions running now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, [Option<Bound>; 3]> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// One info line per topology change: leader moves, replicas joining or leaving reads, and why.
-async fn log_changes(mut rx: watch::Receiver<Arc<Topology>>, max_lag: u64) {
+async fn reload_on_sighup(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload through POST /reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = app.reload().await {
+            tracing::error!(error = %e, "reload refused; the running config is unchanged");
+        }
+    }
+}
+
+/// One info line per topology change (leader moves, replicas joining or leaving reads, and
+/// why), and the per-member metrics.
+async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Shared>) {
     let mut old = rx.borrow_and_update().clone();
     while rx.changed().await.is_ok() {
         let new = rx.borrow_and_update().clone();
+        let max_lag = shared.config().routing.max_replica_lag.0;
+        shared.metrics.observe_topology(&old, &new, max_lag);
         let changes = describe_changes(&old, &new, max_lag);
         if !changes.is_empty() {
             tracing::info!(cluster = %new.scope, "topology: {}", changes.join("; "));

@@ -37,6 +37,23 @@ pub struct Config {
     pub listen: ListenConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "info,pgrouter=debug"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,6 +79,10 @@ pub struct ListenConfig {
     pub startup_timeout: HumanDuration,
     /// Client connections beyond this get FATAL 53300.
     pub max_client_conn: usize,
+    /// Admin HTTP endpoint: /metrics, /health, /primary, /replica, /status, /pause, /resume, /reload.
+    pub admin: SocketAddr,
+    /// Bearer token the admin endpoint requires; mandatory when `admin` is not on loopback.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -94,6 +115,8 @@ impl Default for ListenConfig {
             replicas: SocketAddr::from(([127, 0, 0, 1], 5001)),
             startup_timeout: HumanDuration(Duration::from_secs(10)),
             max_client_conn: 10_000,
+            admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
         }
     }
 }
@@ -115,8 +138,15 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
             let reason = e.inner().message().trim().to_owned();
+            let key = match e.path().to_string() {
+                // A syntax error has no key path: name the line instead.
+                path if path == "." => match e.inner().span() {
+                    Some(span) => format!("line {}", text[..span.start].matches('\n').count() + 1),
+                    None => "(file)".to_owned(),
+                },
+                path => path,
+            };
             ConfigError::Invalid { key, reason }
         })?;
         config.validate()
@@ -168,6 +198,33 @@ impl Config {
                 "listen.max_client_conn",
                 "must be at least 1",
             ));
+        }
+        if let Some(dup) = [l.primary, l.replicas].iter().find(|a| **a == l.admin) {
+            return Err(ConfigError::invalid(
+                "listen.admin",
+                format!("must differ from the client ports ({dup})"),
+            ));
+        }
+        match &l.admin_token {
+            Some(t) if t.len() < 16 => {
+                return Err(ConfigError::invalid(
+                    "listen.admin_token",
+                    "must be at least 16 characters",
+                ))
+            }
+            None if !l.admin.ip().is_loopback() => {
+                return Err(ConfigError::invalid(
+                    "listen.admin_token",
+                    format!(
+                        "required when listen.admin ({}) is not on loopback",
+                        l.admin
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid("log.level", e.to_string()));
         }
         let positive = [
             ("listen.startup_timeout", l.startup_timeout),
@@ -263,6 +320,19 @@ mod tests {
         assert!(e.starts_with("listen.replicas: must differ"), "{e}");
         let e = err(&format!("{MINIMAL}[listen]\nprimary = \"localhost\"\n"));
         assert!(e.starts_with("listen.primary: "), "{e}");
+        let e = err(&format!("{MINIMAL}[listen]\nadmin = \"0.0.0.0:8080\"\n"));
+        assert!(
+            e.starts_with("listen.admin_token: required when listen.admin"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[listen]\nadmin = \"127.0.0.1:5000\"\n"));
+        assert!(e.starts_with("listen.admin: must differ"), "{e}");
+        let e = err(&format!("{MINIMAL}[log]\nlevel = \"info,=[\"\n"));
+        assert!(e.starts_with("log.level: "), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[routing]\nhold_timeout = \"1s\"\nhold_timeout = \"2s\"\n"
+        ));
+        assert!(e.starts_with("line 6: duplicate key"), "{e}");
         let e = err("[cluster]\nscope = \"demo\"\n");
         assert!(e.contains("missing field `etcd`"), "{e}");
     }

@@ -12,10 +12,14 @@
 //!    the client: a member that lost the leader key never gets another byte to a client.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dcs;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod status_cli;
 pub mod topology;
 pub mod units;

@@ -1,4 +1,4 @@
-//! The `pgrouter` command: run the router, or check a config file.
+//! The `pgrouter` command: run the router, check a config file, or show a router's status.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ struct Cli {
     /// Config file (TOML).
     #[arg(short, long, env = "PGROUTER_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log format; the level comes from RUST_LOG (default "info").
+    /// Log format; the level comes from RUST_LOG, else `log.level` in the config.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -26,6 +26,15 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 when good, 2 with the key and the reason when not.
     CheckConfig,
+    /// Print a running router's view of the cluster and its clients, from its /status.
+    Status {
+        /// Admin endpoint; default: `listen.admin` of --config, else http://127.0.0.1:8080.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Bearer token; default: `listen.admin_token` of --config.
+        #[arg(long, env = "PGROUTER_ADMIN_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,28 +45,51 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    let Some(path) = cli.config else {
-        eprintln!("pgrouter: no config file: pass --config FILE or set PGROUTER_CONFIG");
-        return ExitCode::from(2);
-    };
-    let config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("pgrouter: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("pgrouter: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Status { admin, token } => {
+            let listen = config.map(|c| c.listen);
+            let admin = admin.unwrap_or_else(|| {
+                let addr = listen
+                    .as_ref()
+                    .map_or("127.0.0.1:8080".to_owned(), |l| l.admin.to_string());
+                format!("http://{addr}")
+            });
+            let token = token.or_else(|| listen.and_then(|l| l.admin_token));
+            match pgrouter::status_cli::print_status(&admin, token.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgrouter status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig | Command::Run if config.is_none() => {
+            eprintln!("pgrouter: no config file: pass --config FILE or set PGROUTER_CONFIG");
+            ExitCode::from(2)
+        }
         Command::CheckConfig => {
-            println!("{}: ok", path.display());
+            println!("{}: ok", cli.config.unwrap_or_default().display());
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        Command::Run => {
+            let config = config.expect("checked above");
+            init_tracing(cli.log_format, &config.log.level);
+            run(config, cli.config)
+        }
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -65,8 +97,7 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(pgrouter::app::run(config, shutdown_signal()));
-    match result {
+    match runtime.block_on(pgrouter::app::run(config, path, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgrouter: {e}");
@@ -82,12 +113,11 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down");
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::patroni::topology_from_keys;
 use super::rest;
+use crate::metrics::Metrics;
 use crate::topology::{Member, Topology};
 
 /// How often a promoting leader's REST API is asked whether it is done.
@@ -38,10 +39,15 @@ pub struct EtcdSource {
 
 /// Runs until the receiver side is gone. Losing etcd keeps the last topology published: with
 /// Patroni's failsafe mode a confirmed primary may stay writable while etcd is down.
-pub async fn watch_cluster(source: EtcdSource, tx: watch::Sender<Arc<Topology>>) {
+pub async fn watch_cluster(
+    source: EtcdSource,
+    tx: watch::Sender<Arc<Topology>>,
+    metrics: Arc<Metrics>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !tx.is_closed() {
-        let Err(err) = sync_and_watch(&source, &tx, &mut backoff).await;
+        let Err(err) = sync_and_watch(&source, &tx, &metrics, &mut backoff).await;
+        metrics.dcs_connected.set(0);
         let delay = backoff.next_delay();
         tracing::warn!(
             cluster = %source.scope,
@@ -57,6 +63,7 @@ pub async fn watch_cluster(source: EtcdSource, tx: watch::Sender<Arc<Topology>>)
 async fn sync_and_watch(
     source: &EtcdSource,
     tx: &watch::Sender<Arc<Topology>>,
+    metrics: &Metrics,
     backoff: &mut Backoff,
 ) -> Result<Infallible, DcsError> {
     let options = ConnectOptions::new()
@@ -79,6 +86,7 @@ async fn sync_and_watch(
         .filter_map(|kv| Some((relative_key(&source.prefix, kv.key())?, kv.value().to_vec())))
         .collect();
     let mut confirmed = None;
+    metrics.dcs_event_seen();
     publish(source, tx, &keys, &mut confirmed);
     tracing::info!(cluster = %source.scope, revision, keys = keys.len(), "read cluster state from etcd");
 
@@ -93,18 +101,25 @@ async fn sync_and_watch(
         )
         .await?;
     backoff.reset();
+    metrics.dcs_connected.set(1);
     loop {
         let promoting = tx.borrow().promoting_leader().cloned();
         tokio::select! {
             resp = stream.message() => {
                 apply_events(&source.prefix, resp?.ok_or(DcsError::WatchEnded)?, &mut keys)?;
+                metrics.dcs_event_seen();
             }
             name = confirm_promotion(promoting) => {
                 tracing::info!(cluster = %source.scope, member = %name, "new leader confirmed writable by its Patroni REST API");
                 confirmed = Some(name);
             }
         }
-        publish(source, tx, &keys, &mut confirmed);
+        let received = std::time::Instant::now();
+        if publish(source, tx, &keys, &mut confirmed) {
+            metrics
+                .route_switch_seconds
+                .observe(received.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -160,25 +175,35 @@ fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
 }
 
 /// Sends a new topology only when it differs, so sessions wake only for real changes. A REST
-/// confirmation of promotion is kept only while its member holds the leader key.
+/// confirmation of promotion is kept only while its member holds the leader key. Returns
+/// whether the routing of writes changed (leader key holder or writable leader).
 fn publish(
     source: &EtcdSource,
     tx: &watch::Sender<Arc<Topology>>,
     keys: &BTreeMap<String, Vec<u8>>,
     confirmed: &mut Option<String>,
-) {
+) -> bool {
     let mut next = topology_from_keys(&source.scope, keys);
     if next.leader != *confirmed {
         *confirmed = None;
     }
     next.confirmed_primary = confirmed.clone();
+    let writer = |t: &Topology| {
+        (
+            t.leader.clone(),
+            t.writable_leader().map(|m| m.name.clone()),
+        )
+    };
+    let mut rerouted = false;
     tx.send_if_modified(|current| {
         if **current == next {
             return false;
         }
+        rerouted = writer(current) != writer(&next);
         *current = Arc::new(next);
         true
     });
+    rerouted
 }
 
 /// Exponential backoff with full jitter, so many routers do not reconnect in step.

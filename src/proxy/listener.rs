@@ -1,19 +1,32 @@
-//! Accept loop for one port: a connection limit, then one task per client.
+//! Accept loop for one port: a connection limit, then one tracked task per client.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use super::route::Port;
-use super::session::{self, Shared};
+use super::session;
+use super::shared::Shared;
 
-/// Accepts until the task is dropped. Clients past `limits` still get their startup read, so
-/// they receive 53300 instead of a reset (and a CancelRequest among them is still served).
-pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>, limits: Arc<Semaphore>) {
+/// Accepts until the task is aborted (on reload to another address) or shutdown begins.
+/// Clients past `limits` still get their startup read, so they receive 53300 instead of a
+/// reset (and a CancelRequest among them is still served).
+pub async fn serve(
+    listener: TcpListener,
+    port: Port,
+    shared: Arc<Shared>,
+    limits: Arc<Semaphore>,
+    sessions: TaskTracker,
+) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(%port, error = %e, "accept failed");
@@ -22,6 +35,6 @@ pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>, limit
             }
         };
         let permit = limits.clone().try_acquire_owned().ok();
-        tokio::spawn(session::run(shared.clone(), port, stream, permit));
+        sessions.spawn(session::run(shared.clone(), port, stream, permit));
     }
 }

@@ -5,3 +5,4 @@ pub mod listener;
 pub mod relay;
 pub mod route;
 pub mod session;
+pub mod shared;

@@ -15,12 +15,21 @@ pub enum Port {
     Replicas,
 }
 
-impl fmt::Display for Port {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Port {
+    pub const ALL: [Port; 2] = [Port::Primary, Port::Replicas];
+
+    /// The name used in config keys, metric labels and the admin API.
+    pub fn label(self) -> &'static str {
+        match self {
             Port::Primary => "primary",
             Port::Replicas => "replicas",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -49,57 +58,41 @@ pub enum Verdict {
     Drain(String),
 }
 
+/// The routing rules, applied with the routing settings in force (they may change on reload);
+/// the only state is the round-robin counter of the replica port.
+#[derive(Default)]
 pub struct Router {
-    routing: RoutingConfig,
     next_replica: AtomicUsize,
 }
 
 impl Router {
-    pub fn new(routing: RoutingConfig) -> Router {
-        Router {
-            routing,
-            next_replica: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn routing(&self) -> &RoutingConfig {
-        &self.routing
-    }
-
     /// The member for a new client on `port`, or why there is none (to wait on, then report).
-    pub fn pick(&self, topology: &Topology, port: Port) -> Result<Route, String> {
-        if !topology.synced {
-            return Err("no view of the cluster from etcd yet".to_owned());
-        }
-        let leader = || {
-            topology.writable_leader().cloned().map(|member| Route {
-                member,
-                target: Target::Leader,
-            })
+    pub fn pick(
+        &self,
+        routing: &RoutingConfig,
+        topology: &Topology,
+        port: Port,
+    ) -> Result<Route, String> {
+        let turn = match port {
+            Port::Primary => 0,
+            Port::Replicas => self.next_replica.fetch_add(1, Ordering::Relaxed),
         };
-        match port {
-            Port::Primary => leader().ok_or_else(|| no_leader_reason(topology)),
-            Port::Replicas => {
-                let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
-                if let Some(m) = topology.pick_replica(self.routing.max_replica_lag.0, turn) {
-                    return Ok(Route {
-                        member: m.clone(),
-                        target: Target::Replica,
-                    });
-                }
-                let why = self.no_replica_reason(topology);
-                match self.routing.replica_fallback {
-                    ReplicaFallback::Primary => {
-                        leader().ok_or_else(|| format!("{why}, and {}", no_leader_reason(topology)))
-                    }
-                    ReplicaFallback::Reject => Err(why),
-                }
-            }
-        }
+        choose(routing, topology, port, turn)
+    }
+
+    /// The member a new client on `port` would get now, without taking a round-robin turn.
+    pub fn available(
+        &self,
+        routing: &RoutingConfig,
+        topology: &Topology,
+        port: Port,
+    ) -> Result<String, String> {
+        let turn = self.next_replica.load(Ordering::Relaxed);
+        choose(routing, topology, port, turn).map(|route| route.member.name)
     }
 
     /// Whether a session on `route` may go on under `topology`.
-    pub fn check(&self, topology: &Topology, route: &Route) -> Verdict {
+    pub fn check(&self, routing: &RoutingConfig, topology: &Topology, route: &Route) -> Verdict {
         let name = &route.member.name;
         match route.target {
             Target::Leader if topology.holds_leader_key(name) => Verdict::Keep,
@@ -109,7 +102,7 @@ impl Router {
             }),
             Target::Replica => match topology.members.get(name) {
                 None => Verdict::Drain(format!("replica \"{name}\" left the cluster")),
-                Some(m) => match topology.replica_eligibility(m, self.routing.max_replica_lag.0) {
+                Some(m) => match topology.replica_eligibility(m, routing.max_replica_lag.0) {
                     Ok(()) => Verdict::Keep,
                     Err(why) => {
                         Verdict::Drain(format!("replica \"{name}\" is no longer eligible: {why}"))
@@ -121,28 +114,64 @@ impl Router {
 
     /// Whether a new client on this port should wait for the topology to change rather than be
     /// refused at once: always on :5000; on :5001 only until the first view or with fallback.
-    pub fn holds(&self, topology: &Topology, port: Port) -> bool {
+    pub fn holds(&self, routing: &RoutingConfig, topology: &Topology, port: Port) -> bool {
         port == Port::Primary
             || !topology.synced
-            || self.routing.replica_fallback == ReplicaFallback::Primary
+            || routing.replica_fallback == ReplicaFallback::Primary
     }
+}
 
-    fn no_replica_reason(&self, topology: &Topology) -> String {
-        let max_lag = self.routing.max_replica_lag.0;
-        let reasons: Vec<String> = topology
-            .members
-            .values()
-            .filter(|m| !topology.holds_leader_key(&m.name))
-            .filter_map(|m| {
-                let why = topology.replica_eligibility(m, max_lag).err()?;
-                Some(format!("\"{}\" {why}", m.name))
-            })
-            .collect();
-        if reasons.is_empty() {
-            "no replica members".to_owned()
-        } else {
-            format!("no eligible replica ({})", reasons.join("; "))
+/// The member for a new client on `port` at round-robin `turn`, or why there is none.
+fn choose(
+    routing: &RoutingConfig,
+    topology: &Topology,
+    port: Port,
+    turn: usize,
+) -> Result<Route, String> {
+    if !topology.synced {
+        return Err("no view of the cluster from etcd yet".to_owned());
+    }
+    let leader = || {
+        topology.writable_leader().cloned().map(|member| Route {
+            member,
+            target: Target::Leader,
+        })
+    };
+    match port {
+        Port::Primary => leader().ok_or_else(|| no_leader_reason(topology)),
+        Port::Replicas => {
+            if let Some(m) = topology.pick_replica(routing.max_replica_lag.0, turn) {
+                return Ok(Route {
+                    member: m.clone(),
+                    target: Target::Replica,
+                });
+            }
+            let why = no_replica_reason(routing, topology);
+            match routing.replica_fallback {
+                ReplicaFallback::Primary => {
+                    leader().ok_or_else(|| format!("{why}, and {}", no_leader_reason(topology)))
+                }
+                ReplicaFallback::Reject => Err(why),
+            }
         }
+    }
+}
+
+fn no_replica_reason(routing: &RoutingConfig, topology: &Topology) -> String {
+    let max_lag = routing.max_replica_lag.0;
+    let reasons: Vec<String> = topology
+        .members
+        .values()
+        .filter(|m| !topology.holds_leader_key(&m.name))
+        .filter_map(|m| {
+            let why = topology.replica_eligibility(m, max_lag).err()?;
+            Some(format!("\"{}\" {why}", m.name))
+        })
+        .collect();
+    if reasons.is_empty() {
+        "no replica members".to_owned()
+    } else {
+        format!("no eligible replica ({})", reasons.join("; "))
     }
 }
 
@@ -198,30 +227,30 @@ mod tests {
         t
     }
 
-    fn router(fallback: ReplicaFallback) -> Router {
-        Router::new(RoutingConfig {
+    fn routing(fallback: ReplicaFallback) -> RoutingConfig {
+        RoutingConfig {
             max_replica_lag: ByteSize(100),
             replica_fallback: fallback,
             ..RoutingConfig::default()
-        })
+        }
     }
 
     #[test]
     fn primary_port_goes_to_the_leader_only() {
-        let r = router(ReplicaFallback::Primary);
+        let (r, p) = (Router::default(), routing(ReplicaFallback::Primary));
         let mut t = cluster();
-        let route = r.pick(&t, Port::Primary).unwrap();
+        let route = r.pick(&p, &t, Port::Primary).unwrap();
         assert_eq!(
             (route.member.name.as_str(), route.target),
             ("pg0", Target::Leader)
         );
         t.leader = None;
         assert_eq!(
-            r.pick(&t, Port::Primary).unwrap_err(),
+            r.pick(&p, &t, Port::Primary).unwrap_err(),
             "no member holds the leader key"
         );
         t.leader = Some("pg1".into());
-        let e = r.pick(&t, Port::Primary).unwrap_err();
+        let e = r.pick(&p, &t, Port::Primary).unwrap_err();
         assert!(
             e.contains("\"pg1\" holds the leader key but is not primary yet"),
             "{e}"
@@ -232,44 +261,44 @@ mod tests {
             to: Some("pg2".into()),
             scheduled_at: None,
         });
-        let e = r.pick(&t, Port::Primary).unwrap_err();
+        let e = r.pick(&p, &t, Port::Primary).unwrap_err();
         assert_eq!(e, "switchover from \"pg0\" to \"pg2\" in progress");
-        assert!(r.pick(&Topology::empty("demo"), Port::Primary).is_err());
+        assert!(r.pick(&p, &Topology::empty("demo"), Port::Primary).is_err());
     }
 
     #[test]
     fn replica_port_round_robins_then_falls_back() {
-        let r = router(ReplicaFallback::Primary);
+        let (r, p) = (Router::default(), routing(ReplicaFallback::Primary));
         let mut t = cluster();
         let picks: Vec<String> = (0..4)
-            .map(|_| r.pick(&t, Port::Replicas).unwrap().member.name)
+            .map(|_| r.pick(&p, &t, Port::Replicas).unwrap().member.name)
             .collect();
         assert_eq!(picks, ["pg1", "pg2", "pg1", "pg2"]);
         t.members.get_mut("pg1").unwrap().wal_position = Some(10);
         t.members.get_mut("pg2").unwrap().noloadbalance = true;
-        let route = r.pick(&t, Port::Replicas).unwrap();
+        let route = r.pick(&p, &t, Port::Replicas).unwrap();
         assert_eq!(
             (route.member.name.as_str(), route.target),
             ("pg0", Target::Leader)
         );
-        let reject = router(ReplicaFallback::Reject);
-        let e = reject.pick(&t, Port::Replicas).unwrap_err();
+        let reject = routing(ReplicaFallback::Reject);
+        let e = r.pick(&reject, &t, Port::Replicas).unwrap_err();
         assert_eq!(
             e,
             "no eligible replica (\"pg1\" lagging 990 bytes; \"pg2\" tagged noloadbalance)"
         );
-        assert!(!reject.holds(&t, Port::Replicas));
-        assert!(reject.holds(&t, Port::Primary));
+        assert!(!r.holds(&reject, &t, Port::Replicas));
+        assert!(r.holds(&reject, &t, Port::Primary));
     }
 
     #[test]
     fn sessions_end_when_their_member_loses_its_role() {
-        let r = router(ReplicaFallback::Primary);
+        let (r, p) = (Router::default(), routing(ReplicaFallback::Primary));
         let t = cluster();
-        let leader = r.pick(&t, Port::Primary).unwrap();
-        let replica = r.pick(&t, Port::Replicas).unwrap();
-        assert_eq!(r.check(&t, &leader), Verdict::Keep);
-        assert_eq!(r.check(&t, &replica), Verdict::Keep);
+        let leader = r.pick(&p, &t, Port::Primary).unwrap();
+        let replica = r.pick(&p, &t, Port::Replicas).unwrap();
+        assert_eq!(r.check(&p, &t, &leader), Verdict::Keep);
+        assert_eq!(r.check(&p, &t, &replica), Verdict::Keep);
 
         // Switchover announced: the old leader still holds the key, its sessions go on.
         let mut announced = t.clone();
@@ -278,28 +307,28 @@ mod tests {
             to: None,
             scheduled_at: None,
         });
-        assert_eq!(r.check(&announced, &leader), Verdict::Keep);
+        assert_eq!(r.check(&p, &announced, &leader), Verdict::Keep);
 
         // Key released or expired: close at once, whatever the member key says.
         let mut released = t.clone();
         released.leader = None;
         assert_eq!(
-            r.check(&released, &leader),
+            r.check(&p, &released, &leader),
             Verdict::CloseNow("member \"pg0\" lost the leader key; no new leader yet".into())
         );
         // The replica that took the key is drained from the read port.
         let mut promoted = t.clone();
         promoted.leader = Some(replica.member.name.clone());
         assert!(
-            matches!(r.check(&promoted, &leader), Verdict::CloseNow(m) if m.contains("to \"pg1\""))
+            matches!(r.check(&p, &promoted, &leader), Verdict::CloseNow(m) if m.contains("to \"pg1\""))
         );
         assert!(
-            matches!(r.check(&promoted, &replica), Verdict::Drain(m) if m.contains("holds the leader key"))
+            matches!(r.check(&p, &promoted, &replica), Verdict::Drain(m) if m.contains("holds the leader key"))
         );
         let mut gone = t.clone();
         gone.members.remove("pg1");
         assert!(
-            matches!(r.check(&gone, &replica), Verdict::Drain(m) if m.contains("left the cluster"))
+            matches!(r.check(&p, &gone, &replica), Verdict::Drain(m) if m.contains("left the cluster"))
         );
     }
 }

@@ -5,24 +5,16 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
-use super::cancel::{send_cancel, CancelRegistry};
+use super::cancel::send_cancel;
 use super::relay::{terminate, End, Relay};
-use super::route::{Port, Route, Router};
+use super::route::{Port, Route};
+use super::shared::Shared;
+use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
-use crate::topology::Topology;
-
-/// What every session shares: passed in, never global.
-pub struct Shared {
-    pub scope: String,
-    pub router: Router,
-    pub cancels: CancelRegistry,
-    pub topology: watch::Receiver<Arc<Topology>>,
-    pub startup_timeout: Duration,
-}
 
 /// How long a failed connect waits before it tries again while the client is held.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
@@ -38,7 +30,8 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = client.set_nodelay(true);
-    let startup = match timeout(shared.startup_timeout, read_startup(&mut client)).await {
+    let startup_timeout = shared.config().listen.startup_timeout.0;
+    let startup = match timeout(startup_timeout, read_startup(&mut client)).await {
         Err(_) => {
             tracing::debug!(%peer, %port, "startup timed out");
             return;
@@ -54,8 +47,7 @@ pub async fn run(
                 format!("pgrouter: cluster \"{}\": {e}", shared.scope),
             );
             tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
-            send_error(&mut client, &e).await;
-            return;
+            return send_error(&shared, &mut client, &e).await;
         }
         Ok(Ok(Opening::Cancel(key))) => return forward_cancel(&shared, &key).await,
         Ok(Ok(Opening::Startup(s))) => s,
@@ -68,30 +60,45 @@ pub async fn run(
                 shared.scope
             ),
         );
-        return send_error(&mut client, &e).await;
+        return send_error(&shared, &mut client, &e).await;
     }
-    let mut topology = shared.topology.clone();
-    let (route, mut server) = match connect(&shared, port, &mut topology).await {
+    let mut state = StateGauge::new(&shared.metrics, port.label());
+    state.set(ClientState::Held);
+    let held = Instant::now();
+    let connected = connect(&shared, port).await;
+    shared
+        .metrics
+        .hold_seconds
+        .with_label_values(&[port.label()])
+        .observe(held.elapsed().as_secs_f64());
+    let (route, mut server) = match connected {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(%peer, %port, error = %e, "no member for client");
-            return send_error(&mut client, &e).await;
+            return send_error(&shared, &mut client, &e).await;
         }
     };
     let member = route.member.name.clone();
+    let server_gauge = shared
+        .metrics
+        .server_connections
+        .with_label_values(&[&member]);
+    server_gauge.inc();
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
-    if let Err(e) = server.write_all(&startup.raw).await {
-        let e = connection_failure(&shared.scope, &route, &e.to_string());
-        return send_error(&mut client, &e).await;
-    }
-    let relay = Relay {
-        router: &shared.router,
-        route: &route,
-        cancels: &shared.cancels,
-        drain_timeout: shared.router.routing().drain_timeout.0,
+    let end = match server.write_all(&startup.raw).await {
+        Ok(()) => {
+            Relay {
+                shared: &shared,
+                route: &route,
+                port,
+            }
+            .run(&mut client, &mut server, &mut state)
+            .await
+        }
+        Err(e) => End::ServerError(e),
     };
-    let end = relay.run(&mut client, &mut server, &mut topology).await;
     finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+    server_gauge.dec();
 }
 
 enum Opening {
@@ -121,19 +128,24 @@ async fn read_startup(client: &mut TcpStream) -> std::io::Result<Opening> {
     }
 }
 
-/// Picks a member and connects to it, holding the client while the cluster has none to offer
-/// (no leader, a switchover under way, a member not accepting connections) up to hold_timeout.
-async fn connect(
-    shared: &Shared,
-    port: Port,
-    topology: &mut watch::Receiver<Arc<Topology>>,
-) -> Result<(Route, TcpStream), PgError> {
-    let routing = shared.router.routing();
+/// Picks a member and connects to it, holding the client while the port is paused or the
+/// cluster has none to offer (no leader, a switchover under way, a member not accepting
+/// connections) up to hold_timeout.
+async fn connect(shared: &Shared, port: Port) -> Result<(Route, TcpStream), PgError> {
+    let mut paused = shared.pause_switch(port);
+    // Paused: wait for resume, as pgbouncer's PAUSE does; hold_timeout starts after it.
+    while *paused.borrow_and_update() {
+        if paused.changed().await.is_err() {
+            break;
+        }
+    }
+    let mut topology = shared.topology.clone();
+    let routing = shared.config().routing.clone();
     let hold = routing.hold_timeout.0;
     let deadline = Instant::now() + hold;
     loop {
         let current = topology.borrow_and_update().clone();
-        let (failure, retry_soon) = match shared.router.pick(&current, port) {
+        let (failure, retry_soon) = match shared.router.pick(&routing, &current, port) {
             Ok(route) => match timeout(
                 routing.connect_timeout.0,
                 TcpStream::connect(&route.member.addr),
@@ -153,7 +165,7 @@ async fn connect(
                     true,
                 ),
             },
-            Err(why) if !shared.router.holds(&current, port) => {
+            Err(why) if !shared.router.holds(&routing, &current, port) => {
                 return Err(no_member(&shared.scope, port, &why, None))
             }
             Err(why) => (no_member(&shared.scope, port, &why, Some(hold)), false),
@@ -215,50 +227,56 @@ async fn finish(
             format!("pgrouter: cluster \"{scope}\": closing session on \"{member}\": {reason}"),
         )
     };
+    let drained = |kind: &str| {
+        shared
+            .metrics
+            .sessions_drained
+            .with_label_values(&[kind])
+            .inc()
+    };
     match end {
         End::Lost {
             reason,
             at_boundary,
         } => {
+            drained("leader_lost");
             tracing::info!(%peer, %port, %member, %reason, "cut session on a member that lost the leader key");
             if at_boundary {
                 send_error(
+                    shared,
                     client,
                     &closing(&reason).with_hint("Reconnect to reach the new leader."),
                 )
                 .await;
             }
         }
-        End::Drained(reason) => {
-            tracing::info!(%peer, %port, %member, %reason, "drained idle session");
+        End::Drained(cause) => {
+            drained(cause.kind);
+            tracing::info!(%peer, %port, %member, reason = %cause.reason, "drained idle session");
             send_error(
+                shared,
                 client,
-                &closing(&reason).with_hint("Reconnect to reach an eligible member."),
+                &closing(&cause.reason).with_hint("Reconnect to reach an eligible member."),
             )
             .await;
             terminate(server).await;
         }
-        End::DrainTimeout {
-            reason,
-            at_boundary,
-        } => {
-            tracing::info!(%peer, %port, %member, %reason, "cut busy session after drain_timeout");
+        End::DrainTimeout { cause, at_boundary } => {
+            drained("drain_timeout");
+            tracing::info!(%peer, %port, %member, reason = %cause.reason, "cut busy session after drain_timeout");
             if at_boundary {
-                send_error(
-                    client,
-                    &closing(&format!("{reason} (still busy after drain_timeout)")),
-                )
-                .await;
+                let e = closing(&format!(
+                    "{} (still busy after drain_timeout)",
+                    cause.reason
+                ));
+                send_error(shared, client, &e).await;
             }
-        }
-        End::RouterStopping => {
-            send_error(client, &closing("pgrouter is shutting down")).await;
-            terminate(server).await;
         }
         End::ClientProtocol(e) => {
             tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
             let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
             send_error(
+                shared,
                 client,
                 &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
             )
@@ -276,7 +294,12 @@ async fn finish(
     }
 }
 
-async fn send_error(client: &mut TcpStream, e: &PgError) {
+async fn send_error(shared: &Shared, client: &mut TcpStream, e: &PgError) {
+    shared
+        .metrics
+        .client_errors
+        .with_label_values(&[e.code])
+        .inc();
     let _ = client.write_all(&e.encode()).await;
     let _ = client.shutdown().await;
 }
@@ -284,7 +307,7 @@ async fn send_error(client: &mut TcpStream, e: &PgError) {
 /// Sends a cancel to the member that issued the key; a key this router does not know (issued
 /// through another pgrouter, or already gone) goes to every member, which ignore keys not theirs.
 async fn forward_cancel(shared: &Shared, key: &CancelKey) {
-    let timeout = shared.router.routing().connect_timeout.0;
+    let timeout = shared.config().routing.connect_timeout.0;
     let targets: Vec<String> = match shared.cancels.lookup(key) {
         Some(addr) => vec![addr],
         None => shared

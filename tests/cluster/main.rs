@@ -7,6 +7,7 @@
 
 mod dcs;
 mod failover;
+mod operations;
 mod routing;
 mod startup;
 mod support;
@@ -44,6 +45,19 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("etcd_restart_keeps_routing_and_resyncs", |lab| {
         Box::pin(dcs::etcd_restart(lab))
+    }),
+    (
+        "metrics_and_health_follow_a_switchover_and_an_etcd_stop",
+        |lab| Box::pin(operations::metrics_and_health(lab)),
+    ),
+    ("pause_holds_pgbench_and_resume_lets_it_finish", |lab| {
+        Box::pin(operations::pause_and_resume(lab))
+    }),
+    ("reload_bad_file_changes_nothing_good_file_applies", |lab| {
+        Box::pin(operations::reload(lab))
+    }),
+    ("sigterm_under_load_drains_and_exits_0", |lab| {
+        Box::pin(operations::sigterm_drains(lab))
     }),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))

@@ -16,8 +16,12 @@ pub struct Router {
     child: Child,
     pub primary: u16,
     pub replicas: u16,
+    pub admin: u16,
     pub log: PathBuf,
 }
+
+/// A router on `port` (primary) and `port + 1` (replicas) has its admin endpoint here.
+const ADMIN_OFFSET: u16 = 2000;
 
 pub struct RouterOptions<'a> {
     pub scope: &'a str,
@@ -36,8 +40,8 @@ impl Default for RouterOptions<'_> {
 }
 
 impl Router {
-    /// Starts pgrouter on `port` (primary) and `port + 1` (replicas) and waits until it
-    /// accepts connections.
+    /// Starts pgrouter on `port` (primary), `port + 1` (replicas) and `port + 2000` (admin)
+    /// and waits until it accepts connections.
     pub fn start(lab: &Lab, port: u16, opts: RouterOptions) -> Result<Router> {
         let dir = lab.spec().dir.join(format!("router-{port}"));
         std::fs::create_dir_all(&dir)?;
@@ -45,10 +49,11 @@ impl Router {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\n{extra}\n[routing]\n{routing}",
+                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}",
                 scope = opts.scope,
                 etcd = lab.etcd_endpoint(),
                 rport = port + 1,
+                aport = port + ADMIN_OFFSET,
                 extra = opts.listen_extra,
                 routing = opts.routing,
             ),
@@ -66,6 +71,7 @@ impl Router {
             child,
             primary: port,
             replicas: port + 1,
+            admin: port + ADMIN_OFFSET,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -79,6 +85,32 @@ impl Router {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(router)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.log.with_file_name("pgrouter.toml")
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`) to the pgrouter process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {sig} failed");
+        Ok(())
+    }
+
+    /// Waits for pgrouter to exit by itself; its exit code, or None if it did not in time.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     pub fn log_text(&self) -> String {
@@ -134,6 +166,39 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A plain HTTP/1.0 request to an admin endpoint on 127.0.0.1: (status, body).
+pub fn http(method: &str, port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let mut s = StdTcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
+/// The value of one series (name with labels, exactly as exposed) in a Prometheus text page;
+/// 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Sends raw bytes as a client and returns what the router answers before closing (up to 5 s).

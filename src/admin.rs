@@ -1,0 +1,190 @@
+//! What the admin endpoint answers: health, routability per port, status, pause and resume,
+//! reload. Each returns an HTTP status and a JSON body; `http.rs` does the wire.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::proxy::route::Port;
+
+/// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
+pub fn health(app: &App) -> (StatusCode, Value) {
+    let topology = app.shared.topology.borrow().clone();
+    let dcs_connected = app.shared.metrics.dcs_connected.get() == 1;
+    let healthy = dcs_connected && topology.synced && topology.leader.is_some();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "cluster": topology.scope,
+        "dcs_connected": dcs_connected,
+        "leader": topology.leader,
+    });
+    (status, body)
+}
+
+/// 200 when a new client on `port` would be routed now (for keepalived or HAProxy checks in
+/// front of several routers), 503 with the reason otherwise.
+pub fn can_route(app: &App, port: Port) -> (StatusCode, Value) {
+    let topology = app.shared.topology.borrow().clone();
+    let routing = app.shared.config().routing.clone();
+    let verdict = if app.shared.is_paused(port) {
+        Err("paused".to_owned())
+    } else {
+        app.shared.router.available(&routing, &topology, port)
+    };
+    match verdict {
+        Ok(member) => (
+            StatusCode::OK,
+            json!({"port": port.label(), "member": member}),
+        ),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"port": port.label(), "error": why}),
+        ),
+    }
+}
+
+/// The topology as this router sees it, its listeners and its clients.
+pub fn status(app: &App) -> (StatusCode, Value) {
+    let topology = app.shared.topology.borrow().clone();
+    let config = app.shared.config();
+    let max_lag = config.routing.max_replica_lag.0;
+    let metrics = &app.shared.metrics;
+    let members: Vec<Value> = topology
+        .members
+        .values()
+        .map(|m| {
+            let eligibility = topology.replica_eligibility(m, max_lag);
+            json!({
+                "name": m.name,
+                "addr": m.addr,
+                "role": if topology.holds_leader_key(&m.name) { "leader" } else { role_name(m.role) },
+                "state": m.state,
+                "timeline": m.timeline,
+                "lag_bytes": topology.lag(m),
+                "eligible_for_reads": eligibility.is_ok(),
+                "why_not": eligibility.err().map(|why| why.to_string()),
+            })
+        })
+        .collect();
+    let clients = |port: Port| {
+        let count = |state| {
+            metrics
+                .client_connections
+                .with_label_values(&[port.label(), state])
+                .get()
+        };
+        json!({"held": count("held"), "active": count("active"), "idle": count("idle"), "paused": app.shared.is_paused(port)})
+    };
+    let body = json!({
+        "cluster": topology.scope,
+        "dcs": {"connected": metrics.dcs_connected.get() == 1, "synced": topology.synced},
+        "leader": topology.leader,
+        "writable_leader": topology.writable_leader().map(|m| m.name.clone()),
+        "switchover_pending": topology.failover.as_ref().map(|f| json!({"from": f.from, "to": f.to, "scheduled_at": f.scheduled_at})),
+        "members": members,
+        "listen": {"primary": config.listen.primary, "replicas": config.listen.replicas, "admin": config.listen.admin},
+        "clients": {"primary": clients(Port::Primary), "replicas": clients(Port::Replicas)},
+        "sessions": app.session_count(),
+    });
+    (StatusCode::OK, body)
+}
+
+fn role_name(role: crate::topology::Role) -> &'static str {
+    use crate::topology::Role;
+    match role {
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+        Role::StandbyLeader => "standby_leader",
+        Role::Other => "other",
+    }
+}
+
+/// `?port=primary`, `?port=replicas`, or both when absent.
+fn ports(query: Option<&str>) -> Result<Vec<Port>, (StatusCode, Value)> {
+    match query {
+        None => Ok(Port::ALL.to_vec()),
+        Some(name) => Port::ALL
+            .into_iter()
+            .find(|p| p.label() == name)
+            .map(|p| vec![p])
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("unknown port {name:?}: use primary or replicas")}),
+                )
+            }),
+    }
+}
+
+/// Holds new clients and new transactions on the ports, then waits (up to drain_timeout) for
+/// the transactions in flight to finish, as pgbouncer's PAUSE does. 200 once none is active;
+/// 504 if some still are (the ports stay paused either way).
+pub async fn pause(app: &Arc<App>, query: Option<&str>) -> (StatusCode, Value) {
+    let ports = match ports(query) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    for port in &ports {
+        app.shared.set_paused(*port, true);
+    }
+    let active = || -> i64 {
+        ports
+            .iter()
+            .map(|p| {
+                app.shared
+                    .metrics
+                    .client_connections
+                    .with_label_values(&[p.label(), "active"])
+                    .get()
+            })
+            .sum()
+    };
+    let started = Instant::now();
+    let limit = app.shared.config().routing.drain_timeout.0;
+    while active() > 0 && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
+    tracing::info!(ports = ?labels, active = active(), "paused");
+    let body = json!({"paused": labels, "active": active(), "waited_seconds": started.elapsed().as_secs_f64()});
+    let status = if active() == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    (status, body)
+}
+
+pub fn resume(app: &App, query: Option<&str>) -> (StatusCode, Value) {
+    let ports = match ports(query) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    for port in &ports {
+        app.shared.set_paused(*port, false);
+    }
+    let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
+    tracing::info!(ports = ?labels, "resumed");
+    (StatusCode::OK, json!({"resumed": labels}))
+}
+
+pub async fn reload(app: &Arc<App>) -> (StatusCode, Value) {
+    match app.reload().await {
+        Ok(()) => (StatusCode::OK, json!({"reloaded": true})),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running config is unchanged");
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"reloaded": false, "error": e.to_string()}),
+            )
+        }
+    }
+}

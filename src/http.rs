@@ -1,0 +1,132 @@
+//! The admin endpoint (hyper 1.x): /metrics, /health, /primary, /replica, /status and
+//! POST /pause, /resume, /reload. With `listen.admin_token` set, every request needs it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::admin;
+use crate::app::App;
+
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(app.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    if !authorized(&app, &req) {
+        let mut reply = json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"missing or wrong bearer token"}"#.into(),
+        );
+        reply
+            .headers_mut()
+            .insert("www-authenticate", "Bearer".parse().expect("static header"));
+        return Ok(reply);
+    }
+    let port = req.uri().query().and_then(|q| q.strip_prefix("port="));
+    let reply = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(app.shared.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "text/plain; version=0.0.4".parse().expect("static header"),
+            );
+            r
+        }
+        (&Method::GET, "/health") => reply(admin::health(&app)),
+        (&Method::GET, "/primary") => {
+            reply(admin::can_route(&app, crate::proxy::route::Port::Primary))
+        }
+        (&Method::GET, "/replica") => {
+            reply(admin::can_route(&app, crate::proxy::route::Port::Replicas))
+        }
+        (&Method::GET, "/status") => reply(admin::status(&app)),
+        (&Method::POST, "/pause") => reply(admin::pause(&app, port).await),
+        (&Method::POST, "/resume") => reply(admin::resume(&app, port)),
+        (&Method::POST, "/reload") => reply(admin::reload(&app).await),
+        (
+            _,
+            "/metrics" | "/health" | "/primary" | "/replica" | "/status" | "/pause" | "/resume"
+            | "/reload",
+        ) => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method not allowed"}"#.into(),
+        ),
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    };
+    Ok(reply)
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(token) = app.shared.config().listen.admin_token.clone() else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    given
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reply((status, body): (StatusCode, serde_json::Value)) -> Reply {
+    json(status, body.to_string())
+}
+
+fn json(status: StatusCode, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));
+        assert!(!constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnoq"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

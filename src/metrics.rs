@@ -1,0 +1,328 @@
+//! Prometheus metrics: one `Metrics` value owns the registry; sessions hold cheap handles.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::topology::Topology;
+
+/// Every metric pgrouter exports; names are prefixed `pgrouter_`, units are base units.
+pub struct Metrics {
+    registry: Registry,
+    /// Client connections by port (primary, replicas) and state (held, active, idle).
+    pub client_connections: IntGaugeVec,
+    /// Server connections by member.
+    pub server_connections: IntGaugeVec,
+    /// Bytes relayed by port and direction (client_to_server, server_to_client).
+    pub bytes: IntCounterVec,
+    /// Transactions relayed by port, counted from ReadyForQuery 'I'.
+    pub transactions: IntCounterVec,
+    /// FATAL errors pgrouter sent to clients, by SQLSTATE.
+    pub client_errors: IntCounterVec,
+    /// Sessions pgrouter closed, by reason (leader_lost, replica_ineligible, drain_timeout, shutdown).
+    pub sessions_drained: IntCounterVec,
+    /// Seconds new clients were held before being routed or refused, by port.
+    pub hold_seconds: HistogramVec,
+    pub leader_changes: IntCounter,
+    /// From receiving the etcd event to publishing the topology sessions route by.
+    pub route_switch_seconds: Histogram,
+    pub dcs_connected: IntGauge,
+    pub dcs_last_event_age_seconds: prometheus::Gauge,
+    pub member_leader: IntGaugeVec,
+    pub member_eligible: IntGaugeVec,
+    pub member_lag_bytes: IntGaugeVec,
+    pub paused: IntGaugeVec,
+    /// When the last etcd read or event arrived; the age gauge is computed at scrape time.
+    dcs_last_event: Mutex<Option<Instant>>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("pgrouter_{name}"), help)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        // Hold and route-switch times: from a millisecond to the longest hold_timeout in use.
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let hold_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pgrouter_hold_seconds",
+                "Seconds new clients were held waiting for a member, by port.",
+            )
+            .buckets(buckets.clone()),
+            &["port"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hold_seconds.clone()))
+            .expect("unique metric");
+        let route_switch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgrouter_route_switch_seconds",
+                "Seconds from receiving an etcd event that changes the leader to routing by it.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(route_switch_seconds.clone()))
+            .expect("unique metric");
+        let leader_changes = IntCounter::with_opts(opts(
+            "leader_changes_total",
+            "Times the leader key changed holder.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(leader_changes.clone()))
+            .expect("unique metric");
+        let dcs_connected = IntGauge::with_opts(opts(
+            "dcs_connected",
+            "1 while the etcd watch is live, else 0.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(dcs_connected.clone()))
+            .expect("unique metric");
+        let dcs_last_event_age_seconds = prometheus::Gauge::with_opts(opts(
+            "dcs_last_event_age_seconds",
+            "Seconds since the last etcd read or watch event.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(dcs_last_event_age_seconds.clone()))
+            .expect("unique metric");
+
+        Metrics {
+            client_connections: gauge_vec(
+                "client_connections",
+                "Client connections by port and state.",
+                &["port", "state"],
+            ),
+            server_connections: gauge_vec(
+                "server_connections",
+                "Server connections by member.",
+                &["member"],
+            ),
+            bytes: counter_vec(
+                "bytes_total",
+                "Bytes relayed, by port and direction.",
+                &["port", "direction"],
+            ),
+            transactions: counter_vec(
+                "transactions_total",
+                "Transactions relayed (ReadyForQuery idle), by port.",
+                &["port"],
+            ),
+            client_errors: counter_vec(
+                "client_errors_total",
+                "FATAL errors pgrouter sent to clients, by SQLSTATE.",
+                &["sqlstate"],
+            ),
+            sessions_drained: counter_vec(
+                "sessions_drained_total",
+                "Sessions pgrouter closed, by reason.",
+                &["reason"],
+            ),
+            member_leader: gauge_vec(
+                "member_leader",
+                "1 for the member holding the leader key.",
+                &["member"],
+            ),
+            member_eligible: gauge_vec(
+                "member_eligible",
+                "1 for members eligible for reads.",
+                &["member"],
+            ),
+            member_lag_bytes: gauge_vec(
+                "member_lag_bytes",
+                "Replication lag of each member in bytes.",
+                &["member"],
+            ),
+            paused: gauge_vec("paused", "1 while the port is paused.", &["port"]),
+            hold_seconds,
+            leader_changes,
+            route_switch_seconds,
+            dcs_connected,
+            dcs_last_event_age_seconds,
+            dcs_last_event: Mutex::new(None),
+            registry,
+        }
+    }
+
+    /// Per-member gauges from a new topology; members that left lose their series.
+    pub fn observe_topology(&self, old: &Topology, new: &Topology, max_lag: u64) {
+        if old.leader != new.leader && new.leader.is_some() && old.synced {
+            self.leader_changes.inc();
+        }
+        for name in old.members.keys().filter(|n| !new.members.contains_key(*n)) {
+            for g in [
+                &self.member_leader,
+                &self.member_eligible,
+                &self.member_lag_bytes,
+            ] {
+                let _ = g.remove_label_values(&[name]);
+            }
+        }
+        for m in new.members.values() {
+            let name = m.name.as_str();
+            self.member_leader
+                .with_label_values(&[name])
+                .set(i64::from(new.holds_leader_key(name)));
+            let eligible = new.replica_eligibility(m, max_lag).is_ok();
+            self.member_eligible
+                .with_label_values(&[name])
+                .set(i64::from(eligible));
+            let lag = new.lag(m).unwrap_or(0);
+            self.member_lag_bytes
+                .with_label_values(&[name])
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Notes that etcd just answered (a full read or a watch event).
+    pub fn dcs_event_seen(&self) {
+        *self
+            .dcs_last_event
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        if let Some(at) = *self
+            .dcs_last_event
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            self.dcs_last_event_age_seconds
+                .set(at.elapsed().as_secs_f64());
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// What a client connection is doing, for `pgrouter_client_connections{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Waiting for a member (no leader yet, paused, reconnecting).
+    Held,
+    /// A query or transaction in flight, or authenticating.
+    Active,
+    /// Between transactions.
+    Idle,
+}
+
+/// Keeps one client counted under exactly one state, and uncounted once dropped.
+pub struct StateGauge {
+    gauges: [IntGauge; 3],
+    current: Option<ClientState>,
+}
+
+impl StateGauge {
+    pub fn new(metrics: &Metrics, port: &str) -> StateGauge {
+        let g = |state| metrics.client_connections.with_label_values(&[port, state]);
+        StateGauge {
+            gauges: [g("held"), g("active"), g("idle")],
+            current: None,
+        }
+    }
+
+    pub fn set(&mut self, state: ClientState) {
+        if self.current == Some(state) {
+            return;
+        }
+        if let Some(old) = self.current {
+            self.gauges[old as usize].dec();
+        }
+        self.gauges[state as usize].inc();
+        self.current = Some(state);
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        if let Some(old) = self.current {
+            self.gauges[old as usize].dec();
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_series_appear_when_used() {
+        let m = Metrics::new();
+        m.client_errors.with_label_values(&["57P03"]).inc();
+        m.bytes
+            .with_label_values(&["primary", "server_to_client"])
+            .inc_by(42);
+        let text = m.encode();
+        assert!(
+            text.contains("pgrouter_client_errors_total{sqlstate=\"57P03\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgrouter_bytes_total{direction=\"server_to_client\",port=\"primary\"} 42"
+            ),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("pgrouter_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_client_is_counted_in_one_state_until_it_leaves() {
+        let m = Metrics::new();
+        let count = |state| {
+            m.client_connections
+                .with_label_values(&["primary", state])
+                .get()
+        };
+        let mut client = StateGauge::new(&m, "primary");
+        client.set(ClientState::Held);
+        client.set(ClientState::Active);
+        client.set(ClientState::Active);
+        assert_eq!((count("held"), count("active"), count("idle")), (0, 1, 0));
+        client.set(ClientState::Idle);
+        assert_eq!((count("held"), count("active"), count("idle")), (0, 0, 1));
+        drop(client);
+        assert_eq!((count("held"), count("active"), count("idle")), (0, 0, 0));
+    }
+}

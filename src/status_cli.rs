@@ -1,0 +1,164 @@
+//! `pgrouter status`: fetch a router's /status and print it as a patronictl-like table.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Fetches `<admin>/status` and prints the cluster, members and clients.
+pub fn print_status(admin: &str, token: Option<&str>) -> Result<(), String> {
+    let body = get(admin, "/status", token)?;
+    let status: Value =
+        serde_json::from_str(&body).map_err(|e| format!("{admin}/status is not JSON: {e}"))?;
+    print!("{}", render(&status));
+    Ok(())
+}
+
+fn get(admin: &str, path: &str, token: Option<&str>) -> Result<String, String> {
+    let authority = admin
+        .strip_prefix("http://")
+        .unwrap_or(admin)
+        .trim_end_matches('/');
+    let mut stream =
+        TcpStream::connect(authority).map_err(|e| format!("cannot reach {authority}: {e}"))?;
+    let timeout = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(|e| e.to_string())?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP answer")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!("{authority}{path} answered {status}: {body}"));
+    }
+    Ok(body.to_owned())
+}
+
+/// The table: one line per member, then clients per port.
+pub fn render(s: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "Cluster: {} (leader: {}, writes to: {}, etcd connected: {})\n",
+        text(&s["cluster"]),
+        text(&s["leader"]),
+        text(&s["writable_leader"]),
+        text(&s["dcs"]["connected"]),
+    );
+    let header = [
+        "Member",
+        "Address",
+        "Role",
+        "State",
+        "TL",
+        "Lag (bytes)",
+        "Reads",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    for m in s["members"].as_array().into_iter().flatten() {
+        let reads = if m["eligible_for_reads"] == Value::Bool(true) {
+            "yes".to_owned()
+        } else {
+            format!("no: {}", text(&m["why_not"]))
+        };
+        rows.push(vec![
+            text(&m["name"]),
+            text(&m["addr"]),
+            text(&m["role"]),
+            text(&m["state"]),
+            text(&m["timeline"]),
+            text(&m["lag_bytes"]),
+            reads,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let line = |row: &[String]| {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let rule = format!(
+        "+{}+\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    out += &rule;
+    out += &line(&rows[0]);
+    out += &rule;
+    for row in &rows[1..] {
+        out += &line(row);
+    }
+    out += &rule;
+    for port in ["primary", "replicas"] {
+        let c = &s["clients"][port];
+        out += &format!(
+            "{port:<8} {}: clients held {}, active {}, idle {}{}\n",
+            text(&s["listen"][port]),
+            text(&c["held"]),
+            text(&c["active"]),
+            text(&c["idle"]),
+            if c["paused"] == Value::Bool(true) {
+                " (paused)"
+            } else {
+                ""
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_members_and_clients() {
+        let status = json!({
+            "cluster": "demo", "leader": "pg0", "writable_leader": "pg0", "dcs": {"connected": true},
+            "members": [
+                {"name": "pg0", "addr": "127.0.0.1:15410", "role": "leader", "state": "running", "timeline": 1, "lag_bytes": 0, "eligible_for_reads": false, "why_not": "holds the leader key"},
+                {"name": "pg1", "addr": "127.0.0.1:15411", "role": "replica", "state": "running", "timeline": 1, "lag_bytes": 0, "eligible_for_reads": true, "why_not": null}
+            ],
+            "listen": {"primary": "127.0.0.1:5000", "replicas": "127.0.0.1:5001"},
+            "clients": {"primary": {"held": 0, "active": 2, "idle": 5, "paused": false}, "replicas": {"held": 0, "active": 0, "idle": 1, "paused": true}}
+        });
+        let text = render(&status);
+        assert!(
+            text.starts_with("Cluster: demo (leader: pg0, writes to: pg0, etcd connected: true)\n"),
+            "{text}"
+        );
+        assert!(text.contains("| pg0    | 127.0.0.1:15410 | leader  | running | 1  | 0           | no: holds the leader key |"), "{text}");
+        assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0           | yes                      |"), "{text}");
+        assert!(
+            text.contains("primary  127.0.0.1:5000: clients held 0, active 2, idle 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("idle 1 (paused)"), "{text}");
+    }
+}

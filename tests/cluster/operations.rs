@@ -1,0 +1,327 @@
+//! The operations issue on the real lab: metrics that pass promtool and move with traffic and a
+//! switchover, health endpoints through a switchover and an etcd stop, pause and resume under
+//! pgbench, reload (bad file changes nothing, good file applies), SIGTERM under load.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pgrouter_lab::Lab;
+
+use crate::support::{connect, eventually, http, metric, server_port, Router, RouterOptions};
+
+fn promtool_check(text: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian package prometheus)")?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "promtool check metrics failed:\n{said}"
+    );
+    Ok(())
+}
+
+pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17520, RouterOptions::default())?;
+    let admin = router.admin;
+    eventually("health 200", Duration::from_secs(10), || async {
+        Ok(http("GET", admin, "/health", None)?.0 == 200)
+    })
+    .await?;
+    let (client, _conn) = connect(router.primary, "pgrouter-test-metrics").await?;
+    for _ in 0..20 {
+        client.simple_query("select 1").await?;
+    }
+    let text = http("GET", admin, "/metrics", None)?.1;
+    promtool_check(&text)?;
+    ensure!(
+        metric(&text, "pgrouter_transactions_total{port=\"primary\"}") >= 20.0,
+        "transactions not counted:\n{text}"
+    );
+    ensure!(
+        metric(
+            &text,
+            "pgrouter_bytes_total{direction=\"server_to_client\",port=\"primary\"}"
+        ) > 0.0
+    );
+    ensure!(
+        metric(
+            &text,
+            "pgrouter_client_connections{port=\"primary\",state=\"idle\"}"
+        ) >= 1.0
+    );
+    ensure!(metric(&text, "pgrouter_dcs_connected") == 1.0);
+    let old = lab.leader()?;
+    ensure!(
+        metric(
+            &text,
+            &format!("pgrouter_member_leader{{member=\"{old}\"}}")
+        ) == 1.0
+    );
+    for (path, want) in [("/primary", 200), ("/replica", 200)] {
+        ensure!(
+            http("GET", admin, path, None)?.0 == want,
+            "{path} before the switchover"
+        );
+    }
+
+    lab.switchover(None)?;
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
+    eventually(
+        "/primary names the new leader",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http("GET", admin, "/primary", None)?;
+            Ok(status == 200 && body.contains(&format!("\"{new}\"")))
+        },
+    )
+    .await?;
+    let text = http("GET", admin, "/metrics", None)?.1;
+    promtool_check(&text)?;
+    ensure!(
+        metric(&text, "pgrouter_leader_changes_total") >= 1.0,
+        "leader change not counted"
+    );
+    ensure!(
+        metric(&text, "pgrouter_route_switch_seconds_count") >= 1.0,
+        "route switch not observed"
+    );
+    ensure!(
+        metric(
+            &text,
+            &format!("pgrouter_member_leader{{member=\"{new}\"}}")
+        ) == 1.0
+    );
+    let status = http("GET", admin, "/status", None)?.1;
+    ensure!(
+        status.contains(&format!("\"writable_leader\":\"{new}\"")),
+        "status: {status}"
+    );
+    let printed = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        .args(["status", "--admin", &format!("http://127.0.0.1:{admin}")])
+        .output()?;
+    let table = String::from_utf8_lossy(&printed.stdout);
+    ensure!(
+        printed.status.success() && table.contains(&format!("writes to: {new}")),
+        "pgrouter status printed:\n{table}"
+    );
+
+    // etcd gone: no live view, so /health says 503; routing goes on from the last view.
+    lab.stop_etcd()?;
+    let during = async {
+        eventually(
+            "health 503 without etcd",
+            Duration::from_secs(20),
+            || async { Ok(http("GET", admin, "/health", None)?.0 == 503) },
+        )
+        .await?;
+        ensure!(
+            http("GET", admin, "/primary", None)?.0 == 200,
+            "/primary refused while the last view still has a leader"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    lab.start_etcd()?;
+    during?;
+    eventually(
+        "health 200 after etcd returns",
+        Duration::from_secs(30),
+        || async { Ok(http("GET", admin, "/health", None)?.0 == 200) },
+    )
+    .await
+}
+
+/// Runs pgbench against `port` for `seconds` in the background.
+fn pgbench(port: u16, clients: u32, seconds: u32) -> Result<std::process::Child> {
+    Ok(Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+            "-S",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "postgres",
+        ])
+        .env("PGPASSWORD", "postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+pub async fn pause_and_resume(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17530, RouterOptions::default())?;
+    let admin = router.admin;
+    lab.psql(
+        lab.pg_port(&lab.leader()?),
+        "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+    )?;
+    let init = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &router.primary.to_string(),
+            "-U",
+            "postgres",
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "postgres",
+        ])
+        .env("PGPASSWORD", "postgres")
+        .output()?;
+    ensure!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let bench = pgbench(router.primary, 8, 10)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (status, body) = http("POST", admin, "/pause?port=primary", None)?;
+    ensure!(
+        status == 200 && body.contains("\"active\":0"),
+        "pause: {status} {body}"
+    );
+    let txns = || -> Result<f64> {
+        Ok(metric(
+            &http("GET", admin, "/metrics", None)?.1,
+            "pgrouter_transactions_total{port=\"primary\"}",
+        ))
+    };
+    let at_pause = txns()?;
+    // A new client arriving while paused is held, not refused.
+    let primary = router.primary;
+    let late = tokio::spawn(async move {
+        let (client, _conn) = connect(primary, "pgrouter-test-paused").await?;
+        anyhow::Ok((Instant::now(), server_port(&client).await?))
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(txns()? == at_pause, "transactions ran while paused");
+    ensure!(!late.is_finished(), "a new client got through while paused");
+    let resumed_at = Instant::now();
+    let (status, _) = http("POST", admin, "/resume?port=primary", None)?;
+    ensure!(status == 200);
+    let (served_at, _) = tokio::time::timeout(Duration::from_secs(10), late).await???;
+    ensure!(served_at >= resumed_at, "held client served before resume");
+
+    let out = bench.wait_with_output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "pgbench failed: {report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        report.contains("number of failed transactions: 0"),
+        "pgbench saw failures:\n{report}"
+    );
+    ensure!(txns()? > at_pause, "no transactions after resume");
+    Ok(())
+}
+
+pub async fn reload(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17540, RouterOptions::default())?;
+    let admin = router.admin;
+    let path = router.config_path();
+    let good = std::fs::read_to_string(&path)?;
+    let (kept, _conn) = connect(router.replicas, "pgrouter-test-kept").await?;
+
+    // A bad file, through POST /reload and through SIGHUP: refused with key and reason, nothing changes.
+    std::fs::write(
+        &path,
+        good.replace("[routing]", "[routing]\nconnect_timeout = \"soon\""),
+    )?;
+    let (status, body) = http("POST", admin, "/reload", None)?;
+    ensure!(
+        status == 400 && body.contains("routing.connect_timeout: invalid duration"),
+        "bad reload answered {status} {body}"
+    );
+    router.signal("-HUP")?;
+    eventually(
+        "the SIGHUP refusal logged",
+        Duration::from_secs(10),
+        || async { Ok(router.log_text().contains("reload refused")) },
+    )
+    .await?;
+    ensure!(
+        server_port(&connect(router.replicas, "pgrouter-test").await?.0).await? > 0,
+        "routing changed after a bad file"
+    );
+
+    // A good file: the replica port moves, and a lower client limit applies at once.
+    let moved = good
+        .replace(&format!("127.0.0.1:{}", router.replicas), "127.0.0.1:17549")
+        .replace("[listen]\n", "[listen]\nmax_client_conn = 3\n");
+    std::fs::write(&path, moved)?;
+    let (status, body) = http("POST", admin, "/reload", None)?;
+    ensure!(status == 200, "good reload answered {status} {body}");
+    let (client, _conn) = connect(17549, "pgrouter-test-moved").await?;
+    ensure!(server_port(&client).await? > 0);
+    ensure!(
+        std::net::TcpStream::connect(("127.0.0.1", router.replicas)).is_err(),
+        "the old replica port still listens"
+    );
+    let one: i32 = kept.query_one("select 1", &[]).await?.get(0);
+    ensure!(one == 1, "the session on the old port was dropped");
+    // kept + client = 2 of 3 permits; the fourth client is refused with 53300.
+    let (_third, _c3) = connect(router.primary, "pgrouter-test-limit").await?;
+    match connect(router.primary, "pgrouter-test-limit").await {
+        Ok(_) => bail!("max_client_conn = 3 did not apply"),
+        Err(e) => {
+            let code = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.as_db_error())
+                .map(|d| d.code().code().to_owned());
+            ensure!(
+                code.as_deref() == Some("53300"),
+                "expected 53300, got {e:#}"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
+    let mut router = Router::start(lab, 17550, RouterOptions::default())?;
+    let bench = pgbench(router.primary, 4, 30)?;
+    let (in_tx, _conn) = connect(router.primary, "pgrouter-test-drain").await?;
+    in_tx.batch_execute("begin; select 1").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    router.signal("-TERM")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The open transaction still commits: pgrouter waits for its idle point.
+    in_tx
+        .batch_execute("commit")
+        .await
+        .context("commit during shutdown")?;
+    let exited =
+        tokio::task::spawn_blocking(move || router.wait_exit(Duration::from_secs(20))).await??;
+    ensure!(exited == Some(0), "pgrouter exit status {exited:?}");
+    let out = bench.wait_with_output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        report.contains("number of transactions actually processed"),
+        "pgbench did not run: {report}"
+    );
+    Ok(())
+}
