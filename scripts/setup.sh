@@ -2,7 +2,7 @@
 # Installs what pgrouter's lab, tests and benches need on a Debian machine (run as root).
 set -euo pipefail
 
-packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus)
+packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -62,3 +62,23 @@ fn the_config_comes_from_the_environment_too() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = std::env::temp_dir().join(format!("pgrouter-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = include_str!("../config/pgrouter.service")
+        .replace("/usr/local/bin/pgrouter", env!("CARGO_BIN_EXE_pgrouter"));
+    let path = dir.join("pgrouter.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !said.contains("pgrouter.service:"),
+        "{said}"
+    );
+}

@@ -56,6 +56,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("reload_bad_file_changes_nothing_good_file_applies", |lab| {
         Box::pin(operations::reload(lab))
     }),
+    ("admin_endpoint_requires_its_token", |lab| {
+        Box::pin(operations::admin_token(lab))
+    }),
     ("sigterm_under_load_drains_and_exits_0", |lab| {
         Box::pin(operations::sigterm_drains(lab))
     }),

@@ -325,3 +325,35 @@ pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
     );
     Ok(())
 }
+
+pub async fn admin_token(lab: &Lab) -> Result<()> {
+    let token = "s3cret-admin-token-123";
+    let extra = format!("admin_token = \"{token}\"\n");
+    let router = Router::start(
+        lab,
+        17560,
+        RouterOptions {
+            listen_extra: &extra,
+            ..RouterOptions::default()
+        },
+    )?;
+    for path in ["/metrics", "/health", "/status"] {
+        let (status, _) = http("GET", router.admin, path, None)?;
+        ensure!(status == 401, "{path} without a token answered {status}");
+        let (status, _) = http("GET", router.admin, path, Some("wrong-token-wrong-token"))?;
+        ensure!(status == 401, "{path} with a wrong token answered {status}");
+    }
+    eventually("health with the token", Duration::from_secs(10), || async {
+        Ok(http("GET", router.admin, "/health", Some(token))?.0 == 200)
+    })
+    .await?;
+    let (status, body) = http("POST", router.admin, "/resume", Some(token))?;
+    ensure!(status == 200, "resume with the token: {status} {body}");
+    let text = http("GET", router.admin, "/metrics", Some(token))?.1;
+    ensure!(!text.contains(token), "the token leaked into the metrics");
+    ensure!(
+        !router.log_text().contains(token),
+        "the token leaked into the log"
+    );
+    Ok(())
+}
