@@ -128,11 +128,87 @@ impl TxState {
     }
 }
 
-/// Counters of one session, resolved once so the loop only adds to atomics.
-struct Counters {
+/// What the relay follows of the two streams: message boundaries, transaction state, the
+/// cancel key, and the session's counters (resolved once, so the loop only adds to atomics).
+struct Follow<'a> {
+    shared: &'a Shared,
+    member_addr: &'a str,
+    up_scan: Scanner,
+    down_scan: Scanner,
+    tx: TxState,
+    registration: Option<Registration>,
     up_bytes: IntCounter,
     down_bytes: IntCounter,
     transactions: IntCounter,
+}
+
+impl<'a> Follow<'a> {
+    fn new(shared: &'a Shared, port: Port, member_addr: &'a str) -> Follow<'a> {
+        let bytes = |direction| {
+            shared
+                .metrics
+                .bytes
+                .with_label_values(&[port.label(), direction])
+        };
+        Follow {
+            shared,
+            member_addr,
+            up_scan: Scanner::new(b""),
+            down_scan: Scanner::new(b"ZK"),
+            tx: TxState {
+                awaiting: 1,
+                status: 0,
+            },
+            registration: None,
+            up_bytes: bytes("client_to_server"),
+            down_bytes: bytes("server_to_client"),
+            transactions: shared
+                .metrics
+                .transactions
+                .with_label_values(&[port.label()]),
+        }
+    }
+
+    /// Bytes from the client: count what will earn a ReadyForQuery.
+    fn client_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
+        self.up_bytes.inc_by(data.len() as u64);
+        let tx = &mut self.tx;
+        self.up_scan.feed(data, |tag, _| {
+            if matches!(tag, b'Q' | b'S' | b'F') {
+                tx.awaiting += 1;
+            }
+        })
+    }
+
+    /// Bytes from the server: ReadyForQuery ends a wait, BackendKeyData is registered for cancels.
+    fn server_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
+        self.down_bytes.inc_by(data.len() as u64);
+        let Follow {
+            tx,
+            registration,
+            transactions,
+            shared,
+            member_addr,
+            ..
+        } = self;
+        self.down_scan.feed(data, |tag, body| match tag {
+            b'Z' => {
+                tx.awaiting = tx.awaiting.saturating_sub(1);
+                if body.first() == Some(&b'I') && tx.status != 0 {
+                    transactions.inc();
+                }
+                tx.status = body.first().copied().unwrap_or(0);
+            }
+            b'K' if body.len() >= 8 => {
+                let key = CancelKey {
+                    pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    secret: Bytes::copy_from_slice(&body[4..]),
+                };
+                *registration = Some(shared.cancels.register(key, member_addr));
+            }
+            _ => {}
+        })
+    }
 }
 
 pub struct Relay<'a> {
@@ -140,6 +216,8 @@ pub struct Relay<'a> {
     pub route: &'a Route,
     pub port: Port,
 }
+
+const SHUTDOWN: &str = "shutdown";
 
 impl Relay<'_> {
     /// Relays until either side closes or pgrouter ends the session. The caller has already
@@ -151,100 +229,60 @@ impl Relay<'_> {
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
-        let port = self.port.label();
-        let counters = Counters {
-            up_bytes: shared
-                .metrics
-                .bytes
-                .with_label_values(&[port, "client_to_server"]),
-            down_bytes: shared
-                .metrics
-                .bytes
-                .with_label_values(&[port, "server_to_client"]),
-            transactions: shared.metrics.transactions.with_label_values(&[port]),
-        };
+        let mut follow = Follow::new(shared, self.port, &self.route.member.addr);
         let mut topology = shared.topology.clone();
         let mut config = shared.config_changes();
         let mut paused = shared.pause_switch(self.port);
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
         let (mut up, mut down) = (Pump::new(), Pump::new());
-        let mut up_scan = Scanner::new(b"");
-        let mut down_scan = Scanner::new(b"ZK");
-        let mut tx = TxState {
-            awaiting: 1,
-            status: 0,
-        };
-        let mut registration: Option<Registration> = None;
         let mut drain: Option<(Instant, Cause)> = None;
         // A change that arrived between routing and now must not be missed.
         topology.mark_changed();
-        state.set(ClientState::Active);
 
         loop {
             let flushed = !up.pending()
                 && !down.pending()
-                && up_scan.at_boundary()
-                && down_scan.at_boundary();
-            let idle = flushed && tx.idle();
+                && follow.up_scan.at_boundary()
+                && follow.down_scan.at_boundary();
+            let idle = flushed && follow.tx.idle();
             state.set(if idle {
                 ClientState::Idle
             } else {
                 ClientState::Active
             });
-            if let Some((_, cause)) = &drain {
-                if idle {
-                    return End::Drained(cause.clone());
-                }
+            if let (Some((_, cause)), true) = (&drain, idle) {
+                return End::Drained(cause.clone());
             }
             // Paused: an idle client's next transaction waits, unread, until resume.
             let hold_client = idle && *paused.borrow_and_update();
             let drain_deadline = drain.as_ref().map(|(d, _)| *d);
+            let at_boundary = !down.pending() && follow.down_scan.at_boundary();
             tokio::select! {
                 biased;
                 changed = recheck(&mut topology, &mut config) => {
                     if changed.is_err() {
-                        return End::Drained(Cause { kind: "shutdown", reason: "pgrouter is shutting down".into() });
+                        return End::Drained(shutdown_cause());
                     }
                     match self.verdict(&mut topology) {
-                        Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == "shutdown"),
-                        Verdict::CloseNow(reason) => return End::Lost { reason, at_boundary: !down.pending() && down_scan.at_boundary() },
+                        Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == SHUTDOWN),
+                        Verdict::CloseNow(reason) => return End::Lost { reason, at_boundary },
                         Verdict::Drain(reason) => {
-                            if drain.is_none() {
-                                drain = Some(self.drain_from_now(Cause { kind: "replica_ineligible", reason }));
-                            }
+                            drain = drain.or_else(|| Some(self.drain_from_now(Cause { kind: "replica_ineligible", reason })));
                         }
                     }
                 }
-                _ = shared.shutdown.cancelled(), if drain.as_ref().is_none_or(|(_, c)| c.kind != "shutdown") => {
-                    drain = Some(self.drain_from_now(Cause { kind: "shutdown", reason: "pgrouter is shutting down".into() }));
+                _ = shared.shutdown.cancelled(), if drain.as_ref().is_none_or(|(_, c)| c.kind != SHUTDOWN) => {
+                    drain = Some(self.drain_from_now(shutdown_cause()));
                 }
                 _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
                     let cause = drain.take().map(|(_, c)| c).expect("a drain deadline has a cause");
-                    return End::DrainTimeout { cause, at_boundary: !down.pending() && down_scan.at_boundary() };
+                    return End::DrainTimeout { cause, at_boundary };
                 }
                 _ = paused.changed() => {}
                 step = down.step(&mut sr, &mut cw) => match step {
                     Ok(Step::Read(n)) => {
-                        counters.down_bytes.inc_by(n as u64);
-                        let scanned = down_scan.feed(&down.buf[..n], |tag, body| match tag {
-                            b'Z' => {
-                                tx.awaiting = tx.awaiting.saturating_sub(1);
-                                if body.first() == Some(&b'I') && tx.status != 0 {
-                                    counters.transactions.inc();
-                                }
-                                tx.status = body.first().copied().unwrap_or(0);
-                            }
-                            b'K' if body.len() >= 8 => {
-                                let key = CancelKey {
-                                    pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-                                    secret: Bytes::copy_from_slice(&body[4..]),
-                                };
-                                registration = Some(shared.cancels.register(key, &self.route.member.addr));
-                            }
-                            _ => {}
-                        });
-                        if let Err(e) = scanned {
+                        if let Err(e) = follow.server_bytes(&down.buf[..n]) {
                             return End::ServerProtocol(e);
                         }
                     }
@@ -255,13 +293,7 @@ impl Relay<'_> {
                 },
                 step = up.step(&mut cr, &mut sw), if !hold_client => match step {
                     Ok(Step::Read(n)) => {
-                        counters.up_bytes.inc_by(n as u64);
-                        let scanned = up_scan.feed(&up.buf[..n], |tag, _| {
-                            if matches!(tag, b'Q' | b'S' | b'F') {
-                                tx.awaiting += 1;
-                            }
-                        });
-                        if let Err(e) = scanned {
+                        if let Err(e) = follow.client_bytes(&up.buf[..n]) {
                             return End::ClientProtocol(e);
                         }
                     }
@@ -286,6 +318,13 @@ impl Relay<'_> {
             Instant::now() + self.shared.config().routing.drain_timeout.0,
             cause,
         )
+    }
+}
+
+fn shutdown_cause() -> Cause {
+    Cause {
+        kind: SHUTDOWN,
+        reason: "pgrouter is shutting down".into(),
     }
 }
 
