@@ -1,10 +1,14 @@
-//! Criterion benchmarks of the hot path: following message headers over realistic traffic.
+//! Criterion benchmarks of the hot path: following message headers over realistic traffic, and
+//! round trips through the relay loop over loopback against a direct connection.
 //! Run: `cargo bench --bench relay` (CI runs it in quick smoke mode: `-- --test`).
+
+#[path = "relay/roundtrip.rs"]
+mod roundtrip;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgrouter::protocol::frame::Scanner;
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     m.extend_from_slice(body);
@@ -12,7 +16,7 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// What the server sends for one pgbench -S transaction in simple-query mode.
-fn pgbench_select_reply() -> Vec<u8> {
+pub fn pgbench_select_reply() -> Vec<u8> {
     [
         msg(b'T', &[0u8; 27]),
         msg(b'D', &[0, 1, 0, 0, 0, 4, 0, 0, 0x12, 0x34]),
@@ -56,5 +60,5 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan);
+criterion_group!(benches, scan, roundtrip::bench);
 criterion_main!(benches);

@@ -116,6 +116,9 @@ impl App {
                 }
                 .into());
             }
+            if new.runtime != old.runtime {
+                tracing::warn!("runtime settings change at the next start, not on reload");
+            }
             self.bind_changed(&new).await?;
             let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
             if now > was {

@@ -39,6 +39,16 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; 0 means one per core. On a box shared with PostgreSQL, fewer
+    /// workers than cores leaves the database its share. Read at start only.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -90,7 +90,11 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgrouter: cannot start the runtime: {e}");

@@ -1,0 +1,116 @@
+//! Query/response round trips over loopback: straight to a fake server, and through
+//! pgrouter's relay loop. The difference is what the relay costs per transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use pgrouter::config::Config;
+use pgrouter::metrics::{Metrics, StateGauge};
+use pgrouter::proxy::relay::Relay;
+use pgrouter::proxy::route::{Port, Route, Target};
+use pgrouter::proxy::shared::Shared;
+use pgrouter::topology::{Member, Role, Topology};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+/// What pgbench -S sends in simple-query mode.
+const QUERY: &[u8] = b"Q\0\0\0\x2aSELECT abalance FROM t WHERE aid = 1;\0";
+
+/// A server that answers every Query with a pgbench-like reply ending in ReadyForQuery.
+async fn fake_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let reply = super::pgbench_select_reply();
+                let mut buf = vec![0u8; QUERY.len()];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A router-side listener relaying every client to `server` with pgrouter's relay loop.
+async fn relay_to(server: String) -> String {
+    let mut config =
+        Config::from_toml("[cluster]\nscope = \"bench\"\netcd = [\"127.0.0.1:1\"]\n").unwrap();
+    config.routing.drain_timeout.0 = Duration::from_secs(60);
+    let member = Member {
+        name: "pg0".into(),
+        addr: server,
+        role: Role::Primary,
+        state: "running".into(),
+        wal_position: Some(0),
+        noloadbalance: false,
+        timeline: Some(1),
+        api_url: None,
+    };
+    let mut topology = Topology::empty("bench");
+    topology.synced = true;
+    topology.leader = Some("pg0".into());
+    topology.members.insert("pg0".into(), member.clone());
+    let (tx, rx) = watch::channel(Arc::new(topology));
+    let shared = Arc::new(Shared::new(config, rx, Arc::new(Metrics::new())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let _keep_topology = tx;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let shared = shared.clone();
+            let route = Route {
+                member: member.clone(),
+                target: Target::Leader,
+            };
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let mut server = TcpStream::connect(&route.member.addr).await.unwrap();
+                let _ = server.set_nodelay(true);
+                let mut state = StateGauge::new(&shared.metrics, "primary");
+                Relay {
+                    shared: &shared,
+                    route: &route,
+                    port: Port::Primary,
+                }
+                .run(&mut client, &mut server, &mut state)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trips(addr: &str, n: u64) -> Duration {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut reply = vec![0u8; super::pgbench_select_reply().len()];
+    let start = Instant::now();
+    for _ in 0..n {
+        s.write_all(QUERY).await.unwrap();
+        s.read_exact(&mut reply).await.unwrap();
+    }
+    start.elapsed()
+}
+
+pub fn bench(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let server = rt.block_on(fake_server());
+    let relayed = rt.block_on(relay_to(server.clone()));
+    let mut group = c.benchmark_group("round_trip");
+    group.throughput(Throughput::Elements(1));
+    for (name, addr) in [("direct", &server), ("through_relay", &relayed)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| rt.block_on(round_trips(addr, iters)))
+        });
+    }
+    group.finish();
+}
