@@ -187,7 +187,7 @@ impl App {
             ?drain_timeout,
             "shutting down: draining sessions"
         );
-        self.shared.shutdown.cancel();
+        self.shared.begin_shutdown();
         self.sessions.close();
         if tokio::time::timeout(drain_timeout + Duration::from_secs(2), self.sessions.wait())
             .await
@@ -226,11 +226,13 @@ async fn reload_on_sighup(app: Arc<App>) {
     }
 }
 
-/// One info line per topology change (leader moves, replicas joining or leaving reads, and
-/// why), and the per-member metrics.
+/// On every topology change: wake the sessions, one info line (leader moves, replicas joining
+/// or leaving reads, and why), and the per-member metrics.
 async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Shared>) {
     let mut old = rx.borrow_and_update().clone();
     while rx.changed().await.is_ok() {
+        // Sessions read the new topology themselves; this only wakes the idle ones.
+        shared.signals.raise_all();
         let new = rx.borrow_and_update().clone();
         let max_lag = shared.config().routing.max_replica_lag.0;
         shared.metrics.observe_topology(&old, &new, max_lag);

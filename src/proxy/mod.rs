@@ -6,3 +6,4 @@ pub mod relay;
 pub mod route;
 pub mod session;
 pub mod shared;
+pub mod signal;

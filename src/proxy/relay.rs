@@ -230,9 +230,11 @@ impl Relay<'_> {
     ) -> End {
         let shared = self.shared;
         let mut follow = Follow::new(shared, self.port, &self.route.member.addr);
+        // Only `has_changed` is asked of these (an atomic load); wake-ups come from `signal`,
+        // which costs nothing to poll, unlike a `changed()` future shared by every session.
         let mut topology = shared.topology.clone();
         let mut config = shared.config_changes();
-        let mut paused = shared.pause_switch(self.port);
+        let signal = shared.signals.subscribe();
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
         let (mut up, mut down) = (Pump::new(), Pump::new());
@@ -241,6 +243,33 @@ impl Relay<'_> {
         topology.mark_changed();
 
         loop {
+            let at_boundary = !down.pending() && follow.down_scan.at_boundary();
+            // Checked before every step, so no byte from a member that lost its role is relayed
+            // after the topology saying so was published.
+            let changed =
+                topology.has_changed().unwrap_or(true) | config.has_changed().unwrap_or(true);
+            if changed {
+                match self.verdict(&mut topology, &mut config) {
+                    Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == SHUTDOWN),
+                    Verdict::CloseNow(reason) => {
+                        return End::Lost {
+                            reason,
+                            at_boundary,
+                        }
+                    }
+                    Verdict::Drain(reason) => {
+                        drain = drain.or_else(|| {
+                            Some(self.drain_from_now(Cause {
+                                kind: "replica_ineligible",
+                                reason,
+                            }))
+                        });
+                    }
+                }
+            }
+            if shared.shutting_down() && drain.as_ref().is_none_or(|(_, c)| c.kind != SHUTDOWN) {
+                drain = Some(self.drain_from_now(shutdown_cause()));
+            }
             let flushed = !up.pending()
                 && !down.pending()
                 && follow.up_scan.at_boundary()
@@ -255,31 +284,15 @@ impl Relay<'_> {
                 return End::Drained(cause.clone());
             }
             // Paused: an idle client's next transaction waits, unread, until resume.
-            let hold_client = idle && *paused.borrow_and_update();
+            let hold_client = idle && shared.is_paused(self.port);
             let drain_deadline = drain.as_ref().map(|(d, _)| *d);
-            let at_boundary = !down.pending() && follow.down_scan.at_boundary();
             tokio::select! {
                 biased;
-                changed = recheck(&mut topology, &mut config) => {
-                    if changed.is_err() {
-                        return End::Drained(shutdown_cause());
-                    }
-                    match self.verdict(&mut topology) {
-                        Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == SHUTDOWN),
-                        Verdict::CloseNow(reason) => return End::Lost { reason, at_boundary },
-                        Verdict::Drain(reason) => {
-                            drain = drain.or_else(|| Some(self.drain_from_now(Cause { kind: "replica_ineligible", reason })));
-                        }
-                    }
-                }
-                _ = shared.shutdown.cancelled(), if drain.as_ref().is_none_or(|(_, c)| c.kind != SHUTDOWN) => {
-                    drain = Some(self.drain_from_now(shutdown_cause()));
-                }
+                _ = signal.wait() => {}
                 _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
                     let cause = drain.take().map(|(_, c)| c).expect("a drain deadline has a cause");
                     return End::DrainTimeout { cause, at_boundary };
                 }
-                _ = paused.changed() => {}
                 step = down.step(&mut sr, &mut cw) => match step {
                     Ok(Step::Read(n)) => {
                         if let Err(e) = follow.server_bytes(&down.buf[..n]) {
@@ -306,11 +319,14 @@ impl Relay<'_> {
         }
     }
 
-    fn verdict(&self, topology: &mut watch::Receiver<Arc<Topology>>) -> Verdict {
+    fn verdict(
+        &self,
+        topology: &mut watch::Receiver<Arc<Topology>>,
+        config: &mut watch::Receiver<Arc<Config>>,
+    ) -> Verdict {
         let current = topology.borrow_and_update().clone();
-        self.shared
-            .router
-            .check(&self.shared.config().routing, &current, self.route)
+        let routing = config.borrow_and_update().routing.clone();
+        self.shared.router.check(&routing, &current, self.route)
     }
 
     fn drain_from_now(&self, cause: Cause) -> (Instant, Cause) {
@@ -325,19 +341,6 @@ fn shutdown_cause() -> Cause {
     Cause {
         kind: SHUTDOWN,
         reason: "pgrouter is shutting down".into(),
-    }
-}
-
-/// Resolves when the topology or the settings in force change: the member must be checked
-/// again. Errs when the router is going away.
-async fn recheck(
-    topology: &mut watch::Receiver<Arc<Topology>>,
-    config: &mut watch::Receiver<Arc<Config>>,
-) -> Result<(), watch::error::RecvError> {
-    tokio::select! {
-        biased;
-        changed = topology.changed() => changed,
-        changed = config.changed() => changed,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What every session shares: the settings in force, routing state, cancel keys, metrics,
 //! pause switches and the shutdown signal. Passed in, never global.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelRegistry;
 use super::route::{Port, Router};
+use super::signal::Signals;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::topology::Topology;
@@ -19,9 +21,14 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub topology: watch::Receiver<Arc<Topology>>,
     pub metrics: Arc<Metrics>,
+    /// Pause state per port: the flag relays read on every turn, the channel held clients wait on.
+    paused: [AtomicBool; 2],
     pause: [watch::Sender<bool>; 2],
-    /// Cancelled on SIGTERM: sessions drain at their next idle point.
+    /// Cancelled on SIGTERM: listeners stop; sessions see `shutting_down` and drain.
     pub shutdown: CancellationToken,
+    shutting_down: AtomicBool,
+    /// Wakes running sessions when the topology, the settings, pause or shutdown change.
+    pub signals: Signals,
 }
 
 impl Shared {
@@ -37,8 +44,11 @@ impl Shared {
             cancels: CancelRegistry::default(),
             topology,
             metrics,
+            paused: [AtomicBool::new(false), AtomicBool::new(false)],
             pause: [watch::channel(false).0, watch::channel(false).0],
             shutdown: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
+            signals: Signals::default(),
         }
     }
 
@@ -50,6 +60,7 @@ impl Shared {
     /// Installs reloaded settings; running sessions re-check their member against them.
     pub fn set_config(&self, config: Arc<Config>) {
         self.config.send_replace(config);
+        self.signals.raise_all();
     }
 
     pub fn config_changes(&self) -> watch::Receiver<Arc<Config>> {
@@ -62,14 +73,25 @@ impl Shared {
     }
 
     pub fn set_paused(&self, port: Port, paused: bool) {
+        self.paused[port as usize].store(paused, Ordering::Release);
         self.pause[port as usize].send_replace(paused);
-        self.metrics
-            .paused
-            .with_label_values(&[port.label()])
-            .set(i64::from(paused));
+        let gauge = self.metrics.paused.with_label_values(&[port.label()]);
+        gauge.set(i64::from(paused));
+        self.signals.raise_all();
     }
 
     pub fn is_paused(&self, port: Port) -> bool {
-        *self.pause[port as usize].borrow()
+        self.paused[port as usize].load(Ordering::Acquire)
+    }
+
+    /// Stops the listeners and asks every session to close at its next idle point.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.cancel();
+        self.signals.raise_all();
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 }
