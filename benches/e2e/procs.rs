@@ -1,0 +1,199 @@
+//! Child processes of the e2e bench: HAProxy, pgbouncer and pgrouter, each in a guard that kills it
+//! on drop, plus CPU accounting from /proc.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgrouter_lab::{run_psql, Lab};
+
+/// A child process, SIGKILLed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy on `port` to the primary, with Patroni REST checks as TARGETS.md sets them.
+pub fn start_haproxy(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
+    let mut servers = String::new();
+    for m in lab.member_names() {
+        writeln!(
+            servers,
+            "    server {m} 127.0.0.1:{} maxconn 1000 check port {}",
+            lab.pg_port(&m),
+            lab.api_port(&m)
+        )?;
+    }
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 5s\n\
+             listen primary\n    bind 127.0.0.1:{port}\n    maxconn 3000\n    option httpchk OPTIONS /primary\n    http-check expect status 200\n    \
+             default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n{servers}"
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "haproxy.log")?)
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    let proc = Proc(child);
+    wait_port(port)?;
+    Ok(proc)
+}
+
+/// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`. It refuses to run
+/// as root, so it is started with `-u postgres` and its directory is handed to that user.
+pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16) -> Result<Proc> {
+    let dir = dir.join("pgbouncer");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(&userlist, "\"postgres\" \"postgres\"\n")?;
+    let config = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[databases]\npostgres = host=127.0.0.1 port={upstream} dbname=postgres\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
+             default_pool_size = 20\nmax_client_conn = 2000\nlogfile = {}\npidfile = {}\n",
+            userlist.display(),
+            dir.join("pgbouncer.log").display(),
+            dir.join("pgbouncer.pid").display(),
+        ),
+    )?;
+    let (uid, gid) = postgres_ids()?;
+    for path in [&dir, &userlist, &config] {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown postgres {}", path.display()))?;
+    }
+    let child = Command::new("pgbouncer")
+        .args(["-u", "postgres"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir, "pgbouncer.stderr")?)
+        .spawn()
+        .context("starting pgbouncer (apt-get install pgbouncer)")?;
+    let proc = Proc(child);
+    wait_port(port).with_context(|| format!("pgbouncer: see {}", dir.display()))?;
+    Ok(proc)
+}
+
+/// pgrouter (this crate's binary) with primary on `port`, replicas on `port + 1`, admin on `port + 2`.
+pub fn start_pgrouter(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
+    let config = dir.join("pgrouter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n[routing]\nhold_timeout = \"30s\"\n",
+            lab.spec().scope,
+            lab.etcd_endpoint(),
+            port + 1,
+            port + 2,
+        ),
+    )?;
+    let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "pgrouter.log")?)
+        .spawn()
+        .context("starting pgrouter")?;
+    let proc = Proc(child);
+    wait_port(port)?;
+    Ok(proc)
+}
+
+/// Wait (up to 30 s) until a query through `port` reaches a primary.
+pub fn wait_primary(name: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match run_psql("127.0.0.1", port, "select pg_is_in_recovery()") {
+            Ok(out) if out == "f" => return Ok(()),
+            Ok(out) if Instant::now() > deadline => {
+                bail!("{name} on {port} reaches a replica (pg_is_in_recovery = {out})")
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{name} on {port} never reached the primary")))
+            }
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: no ')'"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after "pid (comm) state".
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .with_context(|| format!("{path}: short line"))?
+            .parse()
+            .with_context(|| format!("{path}: field {}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+pub fn clock_ticks_per_sec() -> Result<f64> {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("parsing getconf CLK_TCK")
+}
+
+pub fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {port}")
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    let path = dir.join(name);
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// uid and gid of the `postgres` user, from /etc/passwd.
+fn postgres_ids() -> Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .context("no postgres user in /etc/passwd")?;
+    let f: Vec<&str> = line.split(':').collect();
+    let id = |i: usize| f.get(i).and_then(|s| s.parse().ok());
+    id(2).zip(id(3)).context("bad postgres line in /etc/passwd")
+}

@@ -1,0 +1,230 @@
+//! The workloads of TARGETS.md (W1 ladder, W2 fixed-rate latency, W3 churn, W5 bulk), each setting
+//! run on every target in turn, round after round; results are kept per round for medians.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::pgbench;
+use crate::procs::cpu_ticks;
+
+pub const MODES: [&str; 3] = ["simple", "extended", "prepared"];
+
+/// One place a client can connect to, and the proxy processes whose CPU it costs.
+pub struct Target {
+    pub name: &'static str,
+    pub port: u16,
+    pub procs: Vec<(&'static str, u32)>,
+}
+
+/// One measured run on one target.
+pub struct Measured {
+    /// tps for pgbench runs, MB/s for COPY.
+    pub value: f64,
+    /// Proxy CPU per transaction (per MB for COPY) in microseconds, per proxy process.
+    pub cpu_us: Vec<(&'static str, f64)>,
+    /// p50 and p99 latency in microseconds (W2 only).
+    pub latency: Option<(f64, f64)>,
+}
+
+pub type Outcome = Result<Measured, String>;
+
+/// Every round's outcome of one setting on one target.
+#[derive(Default)]
+pub struct Cell(pub Vec<Outcome>);
+
+impl Cell {
+    /// Median value over rounds, or the first failure.
+    pub fn value(&self) -> Result<f64, &str> {
+        let mut v = Vec::new();
+        for o in &self.0 {
+            v.push(o.as_ref().map_err(String::as_str)?.value);
+        }
+        median(v).ok_or("no runs")
+    }
+
+    /// Median proxy CPU per transaction, per process, over the successful rounds.
+    pub fn cpu_us(&self) -> Vec<(&'static str, f64)> {
+        let ok: Vec<&Measured> = self.0.iter().filter_map(|o| o.as_ref().ok()).collect();
+        let Some(first) = ok.first() else {
+            return Vec::new();
+        };
+        (0..first.cpu_us.len())
+            .filter_map(|i| {
+                let v = ok
+                    .iter()
+                    .filter_map(|m| m.cpu_us.get(i).map(|c| c.1))
+                    .collect();
+                Some((first.cpu_us[i].0, median(v)?))
+            })
+            .collect()
+    }
+
+    /// Median p50 and p99 over the successful rounds.
+    pub fn latency(&self) -> Option<(f64, f64)> {
+        let l: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter_map(|o| o.as_ref().ok()?.latency)
+            .collect();
+        Some((
+            median(l.iter().map(|x| x.0).collect())?,
+            median(l.iter().map(|x| x.1).collect())?,
+        ))
+    }
+}
+
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Results of one workload: each setting with one cell per target (in target order).
+pub type Table<K> = Vec<(K, Vec<Cell>)>;
+
+pub struct Bench {
+    pub targets: Vec<Target>,
+    pub rounds: usize,
+    pub duration: u32,
+    pub clients: Vec<u32>,
+    pub churn_clients: Vec<u32>,
+    pub work: PathBuf,
+    pub clk_tck: f64,
+}
+
+impl Bench {
+    /// W1: `pgbench -n -S -M <mode> -c <clients> -j 2 -T <duration>`.
+    pub fn w1(&self) -> Result<Table<(&'static str, u32)>> {
+        let keys: Vec<_> = MODES
+            .iter()
+            .flat_map(|m| self.clients.iter().map(move |c| (*m, *c)))
+            .collect();
+        self.each(keys, |&(mode, c), t| {
+            self.pgbench(t, &w1_args(mode, c, self.duration), None)
+        })
+    }
+
+    /// W2: W1 -c 16 simple at a fixed `rate`, with per-transaction logs.
+    pub fn w2(&self, rate: u64) -> Result<Table<u64>> {
+        let mut args = w1_args("simple", 16, self.duration);
+        args.extend(["-R".into(), rate.to_string(), "-l".into()]);
+        args.extend(["--log-prefix".into(), "w2log".into()]);
+        self.each(vec![rate], |_, t| self.pgbench(t, &args, Some("w2log")))
+    }
+
+    /// W3: `pgbench -n -S -C -c <clients> -j 2 -T <duration>`, a new connection per transaction.
+    pub fn w3(&self) -> Result<Table<u32>> {
+        self.each(self.churn_clients.clone(), |&c, t| {
+            self.pgbench(t, &w3_args(c, self.duration), None)
+        })
+    }
+
+    /// W5: `COPY pgbench_accounts TO STDOUT` through each target; MB/s (MB = 10^6 bytes).
+    pub fn w5(&self) -> Result<Table<&'static str>> {
+        self.each(vec!["pgbench_accounts"], |table, t| {
+            let before = self.ticks(t)?;
+            let start = Instant::now();
+            let bytes = match pgbench::copy_out(t.port, table) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(format!("{e:#}"))),
+            };
+            let secs = start.elapsed().as_secs_f64();
+            let mb = bytes as f64 / 1e6;
+            Ok(Ok(Measured {
+                value: mb / secs,
+                cpu_us: self.cpu_per(t, &before, mb)?,
+                latency: None,
+            }))
+        })
+    }
+
+    /// Run `f` for every round, every key and every target (target order rotated per round).
+    fn each<K>(
+        &self,
+        keys: Vec<K>,
+        f: impl Fn(&K, &Target) -> Result<Outcome>,
+    ) -> Result<Table<K>> {
+        let n = self.targets.len();
+        let mut table: Table<K> = keys
+            .into_iter()
+            .map(|k| (k, (0..n).map(|_| Cell::default()).collect()))
+            .collect();
+        for round in 0..self.rounds {
+            for (key, cells) in table.iter_mut() {
+                for i in (0..n).map(|i| (i + round) % n) {
+                    let outcome = f(key, &self.targets[i]).with_context(|| {
+                        format!("round {} on {}", round + 1, self.targets[i].name)
+                    })?;
+                    cells[i].0.push(outcome);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn pgbench(&self, t: &Target, args: &[String], log_prefix: Option<&str>) -> Result<Outcome> {
+        let dir = self.work.join("run");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let before = self.ticks(t)?;
+        let timeout = Duration::from_secs(u64::from(self.duration) + 120);
+        let summary = match pgbench::run(t.port, args, &dir, timeout)? {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("  {:<10} {}: {e}", t.name, args.join(" "));
+                return Ok(Err(e));
+            }
+        };
+        let cpu_us = self.cpu_per(t, &before, summary.transactions as f64)?;
+        let latency = match log_prefix {
+            Some(prefix) => {
+                let p = pgbench::latency_percentiles(&dir, prefix, &[50.0, 99.0])?;
+                Some((p[0], p[1]))
+            }
+            None => None,
+        };
+        eprintln!(
+            "  {:<10} {}: {:.0} tps",
+            t.name,
+            args.join(" "),
+            summary.tps
+        );
+        Ok(Ok(Measured {
+            value: summary.tps,
+            cpu_us,
+            latency,
+        }))
+    }
+
+    fn ticks(&self, t: &Target) -> Result<Vec<u64>> {
+        t.procs.iter().map(|&(_, pid)| cpu_ticks(pid)).collect()
+    }
+
+    /// Proxy CPU since `before`, in microseconds per `units`.
+    fn cpu_per(&self, t: &Target, before: &[u64], units: f64) -> Result<Vec<(&'static str, f64)>> {
+        let after = self.ticks(t)?;
+        Ok(t.procs
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(&(name, _), (b, a))| {
+                (name, (a - b) as f64 * 1e6 / self.clk_tck / units.max(1.0))
+            })
+            .collect())
+    }
+}
+
+pub fn w1_args(mode: &str, clients: u32, duration: u32) -> Vec<String> {
+    let s = format!("-n -S -M {mode} -c {clients} -j 2 -T {duration}");
+    s.split(' ').map(String::from).collect()
+}
+
+pub fn w3_args(clients: u32, duration: u32) -> Vec<String> {
+    let s = format!("-n -S -C -c {clients} -j 2 -T {duration}");
+    s.split(' ').map(String::from).collect()
+}
