@@ -4,9 +4,12 @@
 //!
 //! Run: `cargo bench --bench failover` (as root; add `-- --rounds 3` to repeat each event).
 
+// Shared with the e2e bench; the pgbouncer and CPU helpers are not used here.
+#[allow(dead_code)]
+#[path = "e2e/procs.rs"]
+mod procs;
+
 use std::fmt::Write as _;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,15 +19,6 @@ use pgrouter_lab::{Lab, LabSpec};
 const BASE_PORT: u16 = 18400;
 const PGROUTER_PORT: u16 = 18500;
 const HAPROXY_PORT: u16 = 18600;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -40,8 +34,9 @@ fn main() -> Result<()> {
         .context("--rounds takes a number")?;
     let dir = std::env::temp_dir().join("pgrouter-bench-failover");
     let lab = Lab::start(LabSpec::new(&dir, BASE_PORT))?;
-    let _router = start_pgrouter(&lab, &dir)?;
-    let _haproxy = start_haproxy(&lab, &dir)?;
+    let _router = procs::start_pgrouter(&lab, &dir, PGROUTER_PORT)?;
+    let _haproxy = procs::start_haproxy(&lab, &dir, HAPROXY_PORT)?;
+    procs::wait_primary("HAProxy", HAPROXY_PORT)?;
     let runtime = tokio::runtime::Runtime::new()?;
 
     let mut table = String::from(
@@ -126,66 +121,4 @@ async fn run_event(
         Event::Freeze => lab.thaw_member(&old)?,
     }
     Ok(results)
-}
-
-fn start_pgrouter(lab: &Lab, dir: &Path) -> Result<Proc> {
-    let config = dir.join("pgrouter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[listen]\nprimary = \"127.0.0.1:{PGROUTER_PORT}\"\nreplicas = \"127.0.0.1:{}\"\n[routing]\nhold_timeout = \"30s\"\n",
-            lab.spec().scope,
-            lab.etcd_endpoint(),
-            PGROUTER_PORT + 1
-        ),
-    )?;
-    let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::fs::File::create(dir.join("pgrouter.log"))?)
-        .spawn()?;
-    wait_port(PGROUTER_PORT)?;
-    Ok(Proc(child))
-}
-
-/// HAProxy as the Patroni documentation sets it up, with the timings of TARGETS.md.
-fn start_haproxy(lab: &Lab, dir: &Path) -> Result<Proc> {
-    let mut servers = String::new();
-    for m in lab.member_names() {
-        writeln!(
-            servers,
-            "    server {m} 127.0.0.1:{} maxconn 100 check port {}",
-            lab.pg_port(&m),
-            lab.api_port(&m)
-        )?;
-    }
-    let config = dir.join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
-            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 5s\n\
-             listen primary\n    bind 127.0.0.1:{HAPROXY_PORT}\n    option httpchk OPTIONS /primary\n    http-check expect status 200\n    \
-             default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n{servers}"
-        ),
-    )?;
-    let child = Command::new("haproxy")
-        .arg("-f")
-        .arg(&config)
-        .arg("-db")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
-        .spawn()
-        .context("starting haproxy (apt-get install haproxy)")?;
-    wait_port(HAPROXY_PORT)?;
-    Ok(Proc(child))
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!("nothing listens on {port}")
 }

@@ -61,11 +61,11 @@ pub fn start_haproxy(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
 
 /// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`. It refuses to run
 /// as root, so it is started with `-u postgres` and its directory is handed to that user.
-pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16) -> Result<Proc> {
+pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16, scram_secret: &str) -> Result<Proc> {
     let dir = dir.join("pgbouncer");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, "\"postgres\" \"postgres\"\n")?;
+    std::fs::write(&userlist, format!("\"postgres\" \"{scram_secret}\"\n"))?;
     let config = dir.join("pgbouncer.ini");
     std::fs::write(
         &config,

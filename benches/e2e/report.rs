@@ -36,7 +36,7 @@ pub fn w2(out: &mut String, targets: &[Target], table: &Table<u64>, duration: u3
     args.extend([format!("-R {rate} -l --log-prefix w2log")]);
     heading(
         out,
-        "W2 latency at a fixed rate (70% of direct's W1 -c 16 simple tps)",
+        "W2 latency at a fixed rate (70% of the slowest target's W1 -c 16 simple tps)",
         &args,
         "",
     );
