@@ -18,6 +18,27 @@ fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every acknowledged row is on the new leader, and the client saw at most one error per
+/// connection it had open.
+fn nothing_lost_one_error_per_connection(
+    lab: &Lab,
+    new: &str,
+    table: &str,
+    report: &ProbeReport,
+) -> Result<()> {
+    let missing = missing_rows(lab, lab.pg_port(new), table, &report.acked)?;
+    ensure!(
+        missing.is_empty(),
+        "acknowledged rows missing on the new leader {new}: {missing:?}"
+    );
+    ensure!(
+        report.query_errors.len() <= report.connections as usize,
+        "more than one error per connection: {:?}",
+        report.query_errors
+    );
+    Ok(())
+}
+
 fn summary(event: &str, r: &ProbeReport) {
     println!(
         "  {event}: longest write gap {:.2}s, {} query errors, {} connect errors, {} connections, {} rows acknowledged",
@@ -49,16 +70,7 @@ pub async fn switchover(lab: &Lab) -> Result<()> {
     let report = probe.finish().await;
     summary("switchover", &report);
 
-    let missing = missing_rows(lab, lab.pg_port(&new), "probe_switchover", &report.acked)?;
-    ensure!(
-        missing.is_empty(),
-        "acknowledged rows missing on the new leader {new}: {missing:?}"
-    );
-    ensure!(
-        report.query_errors.len() <= report.connections as usize,
-        "more than one error per connection: {:?}",
-        report.query_errors
-    );
+    nothing_lost_one_error_per_connection(lab, &new, "probe_switchover", &report)?;
     ensure!(
         report.connect_errors.is_empty(),
         "new connections were refused, not held: {:?}",
@@ -161,15 +173,6 @@ pub async fn frozen_leader(lab: &Lab) -> Result<()> {
     summary("frozen leader", &report);
     // The old leader's backends kept running; pgrouter must have cut its sessions when the
     // lease expired, so every acknowledged row is on the new leader.
-    let missing = missing_rows(lab, lab.pg_port(&new), "probe_frozen", &report.acked)?;
-    ensure!(
-        missing.is_empty(),
-        "acknowledged rows missing on the new leader {new}: {missing:?}"
-    );
-    ensure!(
-        report.query_errors.len() <= report.connections as usize,
-        "more than one error per connection: {:?}",
-        report.query_errors
-    );
+    nothing_lost_one_error_per_connection(lab, &new, "probe_frozen", &report)?;
     Ok(())
 }
