@@ -91,9 +91,7 @@ fn main() -> ExitCode {
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
+    builder.worker_threads(config.runtime.workers());
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
