@@ -65,7 +65,7 @@ pub fn status(app: &App) -> (StatusCode, Value) {
             json!({
                 "name": m.name,
                 "addr": m.addr,
-                "role": if topology.holds_leader_key(&m.name) { "leader" } else { role_name(m.role) },
+                "role": if topology.holds_leader_key(&m.name) { "leader" } else { m.role.as_str() },
                 "state": m.state,
                 "timeline": m.timeline,
                 "lag_bytes": topology.lag(m),
@@ -95,16 +95,6 @@ pub fn status(app: &App) -> (StatusCode, Value) {
         "sessions": app.session_count(),
     });
     (StatusCode::OK, body)
-}
-
-fn role_name(role: crate::topology::Role) -> &'static str {
-    use crate::topology::Role;
-    match role {
-        Role::Primary => "primary",
-        Role::Replica => "replica",
-        Role::StandbyLeader => "standby_leader",
-        Role::Other => "other",
-    }
 }
 
 /// `?port=primary`, `?port=replicas`, or both when absent.

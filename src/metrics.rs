@@ -1,5 +1,6 @@
 //! Prometheus metrics: one `Metrics` value owns the registry; sessions hold cheap handles.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -44,129 +45,115 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(format!("pgrouter_{name}"), help)
 }
 
+/// Registers a metric built from constant names and labels; a failure is a programming error.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        // Hold and route-switch times: from a millisecond to the longest hold_timeout in use.
-        let buckets = vec![
+        let r = &registry;
+        let gauges = |name, help, labels| register(r, IntGaugeVec::new(opts(name, help), labels));
+        let counters =
+            |name, help, labels| register(r, IntCounterVec::new(opts(name, help), labels));
+        // Hold times: from a millisecond to the longest hold_timeout in use.
+        let hold_buckets = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
-        let hold_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "pgrouter_hold_seconds",
-                "Seconds new clients were held waiting for a member, by port.",
-            )
-            .buckets(buckets.clone()),
-            &["port"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(hold_seconds.clone()))
-            .expect("unique metric");
-        let route_switch_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "pgrouter_route_switch_seconds",
-                "Seconds from receiving an etcd event that changes the leader to routing by it.",
-            )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(route_switch_seconds.clone()))
-            .expect("unique metric");
-        let leader_changes = IntCounter::with_opts(opts(
-            "leader_changes_total",
-            "Times the leader key changed holder.",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(leader_changes.clone()))
-            .expect("unique metric");
-        let dcs_connected = IntGauge::with_opts(opts(
-            "dcs_connected",
-            "1 while the etcd watch is live, else 0.",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(dcs_connected.clone()))
-            .expect("unique metric");
-        let dcs_last_event_age_seconds = prometheus::Gauge::with_opts(opts(
-            "dcs_last_event_age_seconds",
-            "Seconds since the last etcd read or watch event.",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(dcs_last_event_age_seconds.clone()))
-            .expect("unique metric");
-
+        let hold_opts = HistogramOpts::new(
+            "pgrouter_hold_seconds",
+            "Seconds new clients were held waiting for a member, by port.",
+        );
+        // Route switches: the router's own part is well under a millisecond.
+        let switch_buckets = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
+        let switch_opts = HistogramOpts::new(
+            "pgrouter_route_switch_seconds",
+            "Seconds from receiving an etcd event that changes the leader to routing by it.",
+        );
         Metrics {
-            client_connections: gauge_vec(
+            client_connections: gauges(
                 "client_connections",
                 "Client connections by port and state.",
                 &["port", "state"],
             ),
-            server_connections: gauge_vec(
+            server_connections: gauges(
                 "server_connections",
                 "Server connections by member.",
                 &["member"],
             ),
-            bytes: counter_vec(
+            bytes: counters(
                 "bytes_total",
                 "Bytes relayed, by port and direction.",
                 &["port", "direction"],
             ),
-            transactions: counter_vec(
+            transactions: counters(
                 "transactions_total",
                 "Transactions relayed (ReadyForQuery idle), by port.",
                 &["port"],
             ),
-            client_errors: counter_vec(
+            client_errors: counters(
                 "client_errors_total",
                 "FATAL errors pgrouter sent to clients, by SQLSTATE.",
                 &["sqlstate"],
             ),
-            sessions_drained: counter_vec(
+            sessions_drained: counters(
                 "sessions_drained_total",
                 "Sessions pgrouter closed, by reason.",
                 &["reason"],
             ),
-            member_leader: gauge_vec(
+            hold_seconds: register(
+                r,
+                HistogramVec::new(hold_opts.buckets(hold_buckets), &["port"]),
+            ),
+            leader_changes: register(
+                r,
+                IntCounter::with_opts(opts(
+                    "leader_changes_total",
+                    "Times the leader key changed holder.",
+                )),
+            ),
+            route_switch_seconds: register(
+                r,
+                Histogram::with_opts(switch_opts.buckets(switch_buckets)),
+            ),
+            dcs_connected: register(
+                r,
+                IntGauge::with_opts(opts(
+                    "dcs_connected",
+                    "1 while the etcd watch is live, else 0.",
+                )),
+            ),
+            dcs_last_event_age_seconds: register(
+                r,
+                prometheus::Gauge::with_opts(opts(
+                    "dcs_last_event_age_seconds",
+                    "Seconds since the last etcd read or watch event.",
+                )),
+            ),
+            member_leader: gauges(
                 "member_leader",
                 "1 for the member holding the leader key.",
                 &["member"],
             ),
-            member_eligible: gauge_vec(
+            member_eligible: gauges(
                 "member_eligible",
                 "1 for members eligible for reads.",
                 &["member"],
             ),
-            member_lag_bytes: gauge_vec(
+            member_lag_bytes: gauges(
                 "member_lag_bytes",
                 "Replication lag of each member in bytes.",
                 &["member"],
             ),
-            paused: gauge_vec("paused", "1 while the port is paused.", &["port"]),
-            hold_seconds,
-            leader_changes,
-            route_switch_seconds,
-            dcs_connected,
-            dcs_last_event_age_seconds,
+            paused: gauges("paused", "1 while the port is paused.", &["port"]),
             dcs_last_event: Mutex::new(None),
             registry,
         }

@@ -63,6 +63,15 @@ impl Role {
             _ => Role::Other,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
+            Role::Other => "other",
+        }
+    }
 }
 
 /// Why a member cannot serve reads; shown in logs when it leaves or joins the set.
