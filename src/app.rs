@@ -65,7 +65,9 @@ pub async fn run(
         prefix: config.key_prefix(),
         scope: config.cluster.scope.clone(),
     };
+    let users = load_users(&config)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
+    shared.credentials.set_users(users);
     let app = Arc::new(App {
         config_path,
         limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
@@ -79,6 +81,8 @@ pub async fn run(
         tokio::spawn(watch_cluster(source, tx, metrics)),
         tokio::spawn(observe_topology(rx, app.shared.clone())),
         tokio::spawn(reload_on_sighup(app.clone())),
+        tokio::spawn(reload_on_request(app.clone())),
+        tokio::spawn(crate::pool::maintain(app.shared.clone())),
     ];
     let config = app.shared.config();
     tracing::info!(
@@ -119,7 +123,9 @@ impl App {
             if new.runtime != old.runtime {
                 tracing::warn!("runtime settings change at the next start, not on reload");
             }
+            let users = load_users(&new)?;
             self.bind_changed(&new).await?;
+            self.shared.credentials.set_users(users);
             let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
             if now > was {
                 self.limits.add_permits(now - was);
@@ -210,6 +216,36 @@ impl App {
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, [Option<Bound>; 3]> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The auth file's users (none without one); an unreadable or malformed file is refused
+/// with the key, the line and the reason, never a secret.
+fn load_users(
+    config: &Config,
+) -> Result<std::collections::HashMap<String, crate::auth::secret::Secret>, ConfigError> {
+    match &config.auth.auth_file {
+        None => Ok(Default::default()),
+        Some(path) => crate::pool::credentials::Credentials::read_file(path).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "auth.auth_file".into(),
+                reason,
+            }
+        }),
+    }
+}
+
+/// Reloads asked for by the admin console's RELOAD.
+async fn reload_on_request(app: Arc<App>) {
+    let Some(mut requests) = app.shared.take_reload_requests() else {
+        return;
+    };
+    while let Some(reply) = requests.recv().await {
+        let outcome = app.reload().await.map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "reload refused; the running config is unchanged");
+        }
+        let _ = reply.send(outcome);
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -105,6 +109,85 @@ pub struct ListenConfig {
     pub admin: SocketAddr,
     /// Bearer token the admin endpoint requires; mandatory when `admin` is not on loopback.
     pub admin_token: Option<String>,
+    /// How clients of the primary port reach the server: see [`PoolMode`].
+    pub primary_pool_mode: PoolMode,
+    /// How clients of the replicas port reach the server.
+    pub replicas_pool_mode: PoolMode,
+}
+
+/// How a listener's clients share server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// One server connection per client, authentication relayed end to end.
+    #[default]
+    Passthrough,
+    /// pgrouter authenticates the client; a pooled server connection is its own until it
+    /// disconnects, then reset with DISCARD ALL and reused.
+    Session,
+    /// pgrouter authenticates the client; a pooled server connection is its own for one
+    /// transaction (or extended-protocol batch) at a time.
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn pooled(self) -> bool {
+        self != PoolMode::Passthrough
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolMode::Passthrough => "passthrough",
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// Server connection pools of the pooled modes, one per (member, database, user).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Most server connections one pool opens.
+    pub pool_size: usize,
+    /// Server connections kept open per pool (to the members of the current role) even when idle.
+    pub min_pool_size: usize,
+    /// A transaction waits this long for a free server connection, then gets an error.
+    pub query_wait_timeout: HumanDuration,
+    /// Idle server connections are closed after this.
+    pub server_idle_timeout: HumanDuration,
+    /// Server connections are closed (when idle) after this age.
+    pub server_lifetime: HumanDuration,
+    /// A server connection idle longer than this is checked with an empty query before reuse.
+    pub server_check_delay: HumanDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            pool_size: 20,
+            min_pool_size: 0,
+            query_wait_timeout: HumanDuration(Duration::from_secs(120)),
+            server_idle_timeout: HumanDuration(Duration::from_secs(600)),
+            server_lifetime: HumanDuration(Duration::from_secs(3600)),
+            server_check_delay: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Who may connect in the pooled modes, and with what secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// pgbouncer's userlist format: `"user" "secret"` per line; the secret plain, md5 or SCRAM.
+    pub auth_file: Option<std::path::PathBuf>,
+    /// Looks up users missing from auth_file, run on the leader as `auth_user`, with the user
+    /// name as $1; returns (usename, passwd), e.g. from a SECURITY DEFINER function over pg_shadow.
+    pub auth_query: Option<String>,
+    /// The user auth_query runs as; its secret comes from auth_file.
+    pub auth_user: Option<String>,
+    /// Users who may open the admin console (database "pgrouter").
+    pub admin_users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -139,6 +222,8 @@ impl Default for ListenConfig {
             max_client_conn: 10_000,
             admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            primary_pool_mode: PoolMode::Passthrough,
+            replicas_pool_mode: PoolMode::Passthrough,
         }
     }
 }
@@ -245,6 +330,7 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_pooling()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid("log.level", e.to_string()));
         }
@@ -256,6 +342,70 @@ impl Config {
             return Err(ConfigError::invalid(key, "must be longer than 0s"));
         }
         Ok(self)
+    }
+
+    fn validate_pooling(&self) -> Result<(), ConfigError> {
+        let (l, p, a) = (&self.listen, &self.pool, &self.auth);
+        let pooled = [
+            ("listen.primary_pool_mode", l.primary_pool_mode),
+            ("listen.replicas_pool_mode", l.replicas_pool_mode),
+        ];
+        if let Some((key, _)) = pooled.iter().find(|(_, m)| m.pooled()) {
+            if a.auth_file.is_none() && a.auth_query.is_none() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "pooled modes authenticate clients: set auth.auth_file or auth.auth_query",
+                ));
+            }
+        }
+        if p.pool_size == 0 {
+            return Err(ConfigError::invalid("pool.pool_size", "must be at least 1"));
+        }
+        if p.min_pool_size > p.pool_size {
+            return Err(ConfigError::invalid(
+                "pool.min_pool_size",
+                format!("must not exceed pool.pool_size ({})", p.pool_size),
+            ));
+        }
+        let positive = [
+            ("pool.query_wait_timeout", p.query_wait_timeout),
+            ("pool.server_idle_timeout", p.server_idle_timeout),
+            ("pool.server_lifetime", p.server_lifetime),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.0.is_zero()) {
+            return Err(ConfigError::invalid(key, "must be longer than 0s"));
+        }
+        match (&a.auth_query, &a.auth_user) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "auth.auth_user",
+                    "required with auth.auth_query (the user it runs as)",
+                ))
+            }
+            (Some(q), Some(_)) if !q.contains("$1") => {
+                return Err(ConfigError::invalid(
+                    "auth.auth_query",
+                    "must take the user name as $1",
+                ))
+            }
+            (Some(_), Some(_)) if a.auth_file.is_none() => {
+                return Err(ConfigError::invalid(
+                    "auth.auth_file",
+                    "required with auth.auth_query (it holds auth_user's secret)",
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The pool mode of a listener.
+    pub fn pool_mode(&self, primary: bool) -> PoolMode {
+        if primary {
+            self.listen.primary_pool_mode
+        } else {
+            self.listen.replicas_pool_mode
+        }
     }
 
     /// The etcd key prefix Patroni writes this cluster under, e.g. "/service/demo/".
@@ -343,6 +493,28 @@ mod tests {
         );
         let e = err("[cluster]\nscope = \"demo\"\netcd = []\n");
         assert_eq!(e, "cluster.etcd: needs at least one endpoint");
+        let e = err(&format!(
+            "{MINIMAL}[listen]\nprimary_pool_mode = \"transaction\"\n"
+        ));
+        assert!(
+            e.starts_with("listen.primary_pool_mode: pooled modes authenticate"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[listen]\nreplicas_pool_mode = \"statement\"\n"
+        ));
+        assert!(
+            e.starts_with("listen.replicas_pool_mode: unknown variant"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[pool]\npool_size = 2\nmin_pool_size = 3\n"
+        ));
+        assert!(e.starts_with("pool.min_pool_size: must not exceed"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[auth]\nauth_file = \"/x\"\nauth_user = \"a\"\nauth_query = \"select 1\"\n"
+        ));
+        assert!(e.starts_with("auth.auth_query: must take"), "{e}");
         let e = err("[cluster]\nscope = \"demo\"\netcd = [\"nohost\"]\n");
         assert!(e.starts_with("cluster.etcd: \"nohost\""), "{e}");
         let e = err(&format!(

@@ -14,10 +14,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dcs;
 pub mod http;
 pub mod metrics;
+pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod status_cli;

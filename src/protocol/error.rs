@@ -12,11 +12,19 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const CONNECTION_FAILURE: &str = "08006";
+    /// Wrong password or unknown user (pooled modes authenticate clients themselves).
+    pub const INVALID_PASSWORD: &str = "28P01";
+    /// Not allowed in (or not understood by) the admin console.
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
-/// A FATAL error for a client; `message` should name pgrouter, the cluster and the member.
+/// An error for a client; `message` should name pgrouter, the cluster and the member.
+/// FATAL ends the connection; ERROR (pooled modes) ends only the transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {
+    pub fatal: bool,
     pub code: &'static str,
     pub message: String,
     pub detail: Option<String>,
@@ -26,10 +34,19 @@ pub struct PgError {
 impl PgError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> PgError {
         PgError {
+            fatal: true,
             code,
             message: message.into(),
             detail: None,
             hint: None,
+        }
+    }
+
+    /// An ERROR: the transaction fails, the connection stays usable.
+    pub fn error(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            fatal: false,
+            ..PgError::fatal(code, message)
         }
     }
 
@@ -43,11 +60,12 @@ impl PgError {
         self
     }
 
-    /// The wire form: an 'E' message with severity FATAL.
+    /// The wire form: an 'E' message with severity FATAL or ERROR.
     pub fn encode(&self) -> BytesMut {
+        let severity = if self.fatal { "FATAL" } else { "ERROR" };
         let mut fields = vec![
-            (b'S', "FATAL".to_owned()),
-            (b'V', "FATAL".to_owned()),
+            (b'S', severity.to_owned()),
+            (b'V', severity.to_owned()),
             (b'C', self.code.to_owned()),
             (b'M', self.message.clone()),
         ];

@@ -10,10 +10,21 @@ use tokio::net::TcpStream;
 
 use crate::protocol::startup::CancelKey;
 
-/// Keys of the sessions this router relays, each mapped to the member address that issued it.
+/// Where a pooled client's query runs: (member address, the server connection's key), or
+/// nothing between transactions.
+pub type PooledTarget = Arc<Mutex<Option<(String, CancelKey)>>>;
+
+enum Entry {
+    /// Passthrough: the key is the server's own, issued by this member.
+    Member(String),
+    /// Pooled: the key is pgrouter's, standing for whichever server runs the client's query.
+    Pooled(PooledTarget),
+}
+
+/// Keys of the sessions this router serves, each mapped to where a cancel for it must go.
 #[derive(Clone, Default)]
 pub struct CancelRegistry {
-    keys: Arc<Mutex<HashMap<CancelKey, String>>>,
+    keys: Arc<Mutex<HashMap<CancelKey, Entry>>>,
 }
 
 /// Removes its key from the registry when the session ends.
@@ -24,15 +35,29 @@ pub struct Registration {
 
 impl CancelRegistry {
     pub fn register(&self, key: CancelKey, member_addr: &str) -> Registration {
-        self.lock().insert(key.clone(), member_addr.to_owned());
+        self.insert(key, Entry::Member(member_addr.to_owned()))
+    }
+
+    /// A pooled client's key (made by pgrouter), following the server it currently uses.
+    pub fn register_pooled(&self, key: CancelKey, target: PooledTarget) -> Registration {
+        self.insert(key, Entry::Pooled(target))
+    }
+
+    fn insert(&self, key: CancelKey, entry: Entry) -> Registration {
+        self.lock().insert(key.clone(), entry);
         Registration {
             registry: self.clone(),
             key,
         }
     }
 
-    pub fn lookup(&self, key: &CancelKey) -> Option<String> {
-        self.lock().get(key).cloned()
+    /// Where to send a cancel for `key`: `Some(None)` for a known pooled client with no
+    /// query running, `None` for a key this router did not issue.
+    pub fn lookup(&self, key: &CancelKey) -> Option<Option<(String, CancelKey)>> {
+        match self.lock().get(key)? {
+            Entry::Member(addr) => Some(Some((addr.clone(), key.clone()))),
+            Entry::Pooled(target) => Some(target.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -43,7 +68,7 @@ impl CancelRegistry {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, Entry>> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -94,11 +119,30 @@ mod tests {
         let registry = CancelRegistry::default();
         let a = registry.register(key(1), "127.0.0.1:1");
         let _b = registry.register(key(2), "127.0.0.1:2");
-        assert_eq!(registry.lookup(&key(1)).as_deref(), Some("127.0.0.1:1"));
-        assert_eq!(registry.lookup(&key(2)).as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(
+            registry.lookup(&key(1)),
+            Some(Some(("127.0.0.1:1".to_owned(), key(1))))
+        );
+        assert_eq!(
+            registry.lookup(&key(2)),
+            Some(Some(("127.0.0.1:2".to_owned(), key(2))))
+        );
         drop(a);
         assert_eq!(registry.lookup(&key(1)), None);
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn pooled_keys_follow_the_server_in_use() {
+        let registry = CancelRegistry::default();
+        let target: PooledTarget = Arc::new(Mutex::new(None));
+        let _r = registry.register_pooled(key(7), target.clone());
+        assert_eq!(registry.lookup(&key(7)), Some(None), "between queries");
+        *target.lock().unwrap() = Some(("127.0.0.1:5432".to_owned(), key(99)));
+        assert_eq!(
+            registry.lookup(&key(7)),
+            Some(Some(("127.0.0.1:5432".to_owned(), key(99))))
+        );
     }
 
     #[test]

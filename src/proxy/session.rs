@@ -63,6 +63,11 @@ pub async fn run(
         return send_error(&shared, &mut client, &e).await;
     }
     let mut state = StateGauge::new(&shared.metrics, port.label());
+    state.set(ClientState::Active);
+    let mode = shared.config().pool_mode(port == Port::Primary);
+    if mode.pooled() {
+        return crate::pool::session::run(shared, port, mode, client, startup, peer, state).await;
+    }
     state.set(ClientState::Held);
     let held = Instant::now();
     let connected = connect(&shared, port).await;
@@ -308,14 +313,16 @@ async fn send_error(shared: &Shared, client: &mut TcpStream, e: &PgError) {
 /// through another pgrouter, or already gone) goes to every member, which ignore keys not theirs.
 async fn forward_cancel(shared: &Shared, key: &CancelKey) {
     let timeout = shared.config().routing.connect_timeout.0;
-    let targets: Vec<String> = match shared.cancels.lookup(key) {
-        Some(addr) => vec![addr],
+    let targets: Vec<(String, CancelKey)> = match shared.cancels.lookup(key) {
+        Some(Some(target)) => vec![target],
+        // A pooled client between queries: nothing to cancel.
+        Some(None) => return,
         None => shared
             .topology
             .borrow()
             .members
             .values()
-            .map(|m| m.addr.clone())
+            .map(|m| (m.addr.clone(), key.clone()))
             .collect(),
     };
     tracing::debug!(
@@ -324,8 +331,7 @@ async fn forward_cancel(shared: &Shared, key: &CancelKey) {
         "forwarding cancel request"
     );
     let mut sends = tokio::task::JoinSet::new();
-    for addr in targets {
-        let key = key.clone();
+    for (addr, key) in targets {
         sends.spawn(async move {
             let result = send_cancel(&addr, &key, timeout).await;
             (addr, result)

@@ -12,6 +12,8 @@ use super::route::{Port, Router};
 use super::signal::Signals;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pool::credentials::Credentials;
+use crate::pool::pools::Pools;
 use crate::topology::Topology;
 
 pub struct Shared {
@@ -29,7 +31,17 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Wakes running sessions when the topology, the settings, pause or shutdown change.
     pub signals: Signals,
+    /// Server connection pools and pooled clients (pooled modes).
+    pub pools: Pools,
+    /// Users' secrets from auth_file (pooled modes).
+    pub credentials: Credentials,
+    /// Reloads asked for by the admin console, served by the app.
+    reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
 }
+
+/// A reload request and where its outcome goes.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 impl Shared {
     pub fn new(
@@ -37,6 +49,7 @@ impl Shared {
         topology: watch::Receiver<Arc<Topology>>,
         metrics: Arc<Metrics>,
     ) -> Shared {
+        let (reloads, requests) = tokio::sync::mpsc::unbounded_channel();
         Shared {
             scope: config.cluster.scope.clone(),
             config: watch::channel(Arc::new(config)).0,
@@ -49,7 +62,31 @@ impl Shared {
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             signals: Signals::default(),
+            pools: Pools::default(),
+            credentials: Credentials::default(),
+            reloads,
+            reload_requests: std::sync::Mutex::new(Some(requests)),
         }
+    }
+
+    /// Asks the app to reload its config file, and waits for the outcome.
+    pub async fn request_reload(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reloads
+            .send(tx)
+            .map_err(|_| "pgrouter is not serving reloads".to_owned())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the reload was dropped".to_owned()))
+    }
+
+    /// The receiving end of reload requests; the app takes it once.
+    pub fn take_reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>> {
+        self.reload_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The settings in force; a reload swaps them whole.

@@ -1,0 +1,147 @@
+//! Authenticating a pooled client: SCRAM-SHA-256 for SCRAM and plain secrets, md5 for md5
+//! secrets. The outcome is how pgrouter will log in to PostgreSQL as that user.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::credentials::Credentials;
+use super::server::Login;
+use super::wire;
+use crate::auth::md5::verify_md5;
+use crate::auth::messages::{
+    auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final, decode_sasl_initial,
+};
+use crate::auth::scram::{ScramError, ServerExchange};
+use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
+use crate::protocol::error::{sqlstate, PgError};
+
+const MECHANISM: &str = "SCRAM-SHA-256";
+
+pub enum AuthError {
+    /// Tell the client this, then close.
+    Refused(PgError),
+    /// The client went away or broke the connection.
+    Gone,
+}
+
+/// Runs the exchange for `user` with `secret` and sends AuthenticationOk.
+pub async fn authenticate(
+    client: &mut TcpStream,
+    credentials: &Credentials,
+    scope: &str,
+    user: &str,
+    secret: &Secret,
+) -> Result<Login, AuthError> {
+    let login = match secret {
+        Secret::Scram(s) => {
+            let client_key = scram(client, s, scope, user).await?;
+            let keys = ScramKeys::recovered(s, client_key);
+            credentials.remember_keys(user, keys.clone());
+            Login::Scram(keys)
+        }
+        Secret::Plain(password) => {
+            let s = credentials.scram_for_password(user, password).await;
+            scram(client, &s, scope, user).await?;
+            credentials.login(user, &Login::Password(password.clone()))
+        }
+        Secret::Md5(m) => {
+            let salt: [u8; 4] = rand::random();
+            send(client, &auth_md5(salt)).await?;
+            let msg = read_password_message(client).await?;
+            if !verify_md5(m, salt, &msg[5..]) {
+                return Err(AuthError::Refused(wrong_password(scope, user)));
+            }
+            Login::Md5(*m)
+        }
+    };
+    send(client, &auth_ok()).await?;
+    Ok(login)
+}
+
+/// The SCRAM exchange; returns the ClientKey recovered from the client's proof.
+async fn scram(
+    client: &mut TcpStream,
+    secret: &ScramSecret,
+    scope: &str,
+    user: &str,
+) -> Result<[u8; 32], AuthError> {
+    send(client, &auth_sasl(&[MECHANISM])).await?;
+    let first = read_password_message(client).await?;
+    let (mechanism, data) =
+        decode_sasl_initial(&first[5..]).map_err(|e| protocol(scope, &e.to_string()))?;
+    if mechanism != MECHANISM {
+        return Err(protocol(
+            scope,
+            &format!("SASL mechanism {mechanism:?} not offered (pgrouter offers {MECHANISM})"),
+        ));
+    }
+    let (exchange, server_first) =
+        ServerExchange::start(secret, &data).map_err(|e| scram_failure(scope, user, e))?;
+    send(client, &auth_sasl_continue(&server_first)).await?;
+    let last = read_password_message(client).await?;
+    let (server_final, client_key) = exchange
+        .finish(&last[5..])
+        .map_err(|e| scram_failure(scope, user, e))?;
+    send(client, &auth_sasl_final(&server_final)).await?;
+    Ok(client_key)
+}
+
+fn scram_failure(scope: &str, user: &str, e: ScramError) -> AuthError {
+    match e {
+        ScramError::WrongPassword => AuthError::Refused(wrong_password(scope, user)),
+        other => protocol(scope, &format!("SCRAM exchange failed: {other}")),
+    }
+}
+
+/// What PostgreSQL says for a wrong password or an unknown user, so neither can be told apart.
+pub fn wrong_password(scope: &str, user: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::INVALID_PASSWORD,
+        format!(
+            "pgrouter: cluster \"{scope}\": password authentication failed for user \"{user}\""
+        ),
+    )
+}
+
+fn protocol(scope: &str, why: &str) -> AuthError {
+    AuthError::Refused(PgError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("pgrouter: cluster \"{scope}\": {why}"),
+    ))
+}
+
+async fn send(client: &mut TcpStream, bytes: &[u8]) -> Result<(), AuthError> {
+    client.write_all(bytes).await.map_err(|_| AuthError::Gone)
+}
+
+/// Reads the client's next message, which must be a PasswordMessage/SASL response ('p').
+async fn read_password_message(client: &mut TcpStream) -> Result<bytes::Bytes, AuthError> {
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        match wire::take_message(&mut buf) {
+            Ok(Some(m)) if m[0] == b'p' && m.len() <= 64 * 1024 => return Ok(m),
+            Ok(Some(m)) => {
+                return Err(AuthError::Refused(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "pgrouter: expected a password message during authentication, got '{}'",
+                        char::from(m[0])
+                    ),
+                )))
+            }
+            Ok(None) if buf.len() > 64 * 1024 => return Err(AuthError::Gone),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(AuthError::Refused(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("pgrouter: {e}"),
+                )))
+            }
+        }
+        match client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(AuthError::Gone),
+            Ok(_) => {}
+        }
+    }
+}

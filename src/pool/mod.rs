@@ -1,0 +1,81 @@
+//! Pooled modes (session and transaction): pgrouter authenticates clients itself and lends
+//! them server connections from pools keyed by (member, role, database, user).
+//!
+//! - `session`: one pooled client, from its authentication to its last message.
+//! - `statements`: protocol-level prepared statements renamed per server connection.
+//! - `pools`, `server`: the pools and the server connections in them.
+//! - `client_auth`, `credentials`, `auth_query`: who may connect, and logging in to servers.
+//! - `console`: the admin console (database "pgrouter").
+
+pub mod auth_query;
+pub mod client_auth;
+pub mod console;
+pub mod credentials;
+pub mod pools;
+pub mod server;
+pub mod session;
+pub mod statements;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proxy::shared::Shared;
+use crate::topology::Topology;
+use pools::{PoolKey, TargetKey};
+
+/// Whether `key`'s member still has the role its pool serves under `topology`.
+fn keeps_role(shared: &Shared, topology: &Topology, key: &PoolKey) -> bool {
+    match key.target {
+        TargetKey::Leader => topology.holds_leader_key(&key.member),
+        TargetKey::Replica => topology.members.get(&key.member).is_some_and(|m| {
+            let max_lag = shared.config().routing.max_replica_lag.0;
+            topology.replica_eligibility(m, max_lag).is_ok()
+        }),
+    }
+}
+
+/// Pool upkeep: at once on every topology change (idle connections to a member that lost its
+/// role close), and every second (idle timeout, lifetime, min_pool_size, pool_size changes).
+pub async fn maintain(shared: Arc<Shared>) {
+    let mut topology = shared.topology.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            changed = topology.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        let current = topology.borrow_and_update().clone();
+        let config = shared.config();
+        shared
+            .pools
+            .maintain(&config.pool, |key| keeps_role(&shared, &current, key));
+        if config.pool.min_pool_size == 0 {
+            continue;
+        }
+        for pool in shared.pools.all() {
+            if !keeps_role(&shared, &current, &pool.key)
+                || pool.open_count() >= config.pool.min_pool_size
+            {
+                continue;
+            }
+            let Some(login) = shared.credentials.login_from_file(&pool.key.user) else {
+                continue;
+            };
+            let shared = shared.clone();
+            let timeout = config.routing.connect_timeout.0;
+            tokio::spawn(async move {
+                let config = shared.config();
+                match pool
+                    .checkout(&shared.pools, &login, &config.pool, timeout)
+                    .await
+                {
+                    Ok((lease, _)) => lease.release(),
+                    Err(e) => {
+                        tracing::debug!(pool = %pool.name(), error = %e, "min_pool_size connection failed")
+                    }
+                }
+            });
+        }
+    }
+}

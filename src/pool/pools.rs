@@ -1,0 +1,407 @@
+//! The server connection pools, one per (member, role, database, user), and the registry of
+//! pooled clients the console lists.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout, Instant};
+
+use super::server::{Login, ServerConn, ServerError};
+use crate::config::PoolConfig;
+use crate::proxy::route::Target;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub member: String,
+    pub target: TargetKey,
+    pub database: String,
+    pub user: String,
+}
+
+/// The role a pool serves; a pool whose member loses that role has its idle connections closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetKey {
+    Leader,
+    Replica,
+}
+
+impl From<Target> for TargetKey {
+    fn from(t: Target) -> Self {
+        match t {
+            Target::Leader => TargetKey::Leader,
+            Target::Replica => TargetKey::Replica,
+        }
+    }
+}
+
+impl TargetKey {
+    pub fn label(self) -> &'static str {
+        match self {
+            TargetKey::Leader => "leader",
+            TargetKey::Replica => "replica",
+        }
+    }
+}
+
+/// Counters of one pool, for SHOW POOLS / SHOW STATS and the metrics.
+#[derive(Default)]
+pub struct PoolStats {
+    pub waiting: AtomicUsize,
+    pub active: AtomicUsize,
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    pub wait_micros: AtomicU64,
+    pub opened: AtomicU64,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    pub addr: String,
+    idle: Mutex<Vec<ServerConn>>,
+    slots: Arc<Semaphore>,
+    size: AtomicUsize,
+    pub stats: PoolStats,
+}
+
+/// A server connection checked out of its pool; `release` returns it, dropping it closes it.
+pub struct Lease {
+    pub conn: ServerConn,
+    pub pool: Arc<Pool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error(
+        "no server connection free in pool {pool} after waiting {waited:?} (pool_size {size})"
+    )]
+    Busy {
+        pool: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error("{0}")]
+    Server(#[from] ServerError),
+}
+
+impl Pool {
+    fn new(key: PoolKey, addr: String, size: usize) -> Pool {
+        Pool {
+            key,
+            addr,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(size)),
+            size: AtomicUsize::new(size),
+            stats: PoolStats::default(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        format!(
+            "{}/{}@{}({})",
+            self.key.user,
+            self.key.database,
+            self.key.member,
+            self.key.target.label()
+        )
+    }
+
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// (id, backend pid, age, idle for) of the idle connections.
+    pub fn idle_servers(&self) -> Vec<(u64, i32, Duration, Duration)> {
+        let now = Instant::now();
+        lock(&self.idle)
+            .iter()
+            .map(|c| {
+                (
+                    c.id,
+                    c.key.pid,
+                    now.duration_since(c.created),
+                    now.duration_since(c.last_used),
+                )
+            })
+            .collect()
+    }
+
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Server connections open: idle plus those leased to clients.
+    pub fn open_count(&self) -> usize {
+        self.idle_count() + self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// Takes an idle connection or opens one, waiting up to `query_wait_timeout` for a slot.
+    pub async fn checkout(
+        self: &Arc<Pool>,
+        pools: &Pools,
+        login: &Login,
+        config: &PoolConfig,
+        connect_timeout: Duration,
+    ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
+        let started = Instant::now();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = timeout(
+            config.query_wait_timeout.0,
+            self.slots.clone().acquire_owned(),
+        )
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let waited = started.elapsed();
+        self.stats
+            .wait_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        let slot = match slot {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                return Err(CheckoutError::Busy {
+                    pool: self.name(),
+                    waited,
+                    size: self.size.load(Ordering::Relaxed),
+                })
+            }
+        };
+        loop {
+            let Some(mut conn) = lock(&self.idle).pop() else {
+                break;
+            };
+            let now = Instant::now();
+            if now.duration_since(conn.created) >= config.server_lifetime.0 {
+                tokio::spawn(conn.close());
+                continue;
+            }
+            if now.duration_since(conn.last_used) >= config.server_check_delay.0
+                && !conn.healthy(connect_timeout).await
+            {
+                tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
+                continue;
+            }
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            return Ok((
+                Lease {
+                    conn,
+                    pool: self.clone(),
+                    _slot: slot,
+                },
+                None,
+            ));
+        }
+        let opened = ServerConn::open(
+            pools.next_server_id(),
+            &self.key.member,
+            &self.addr,
+            &self.key.user,
+            &self.key.database,
+            login,
+            connect_timeout,
+        )
+        .await?;
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");
+        Ok((
+            Lease {
+                conn: opened.conn,
+                pool: self.clone(),
+                _slot: slot,
+            },
+            opened.derived,
+        ))
+    }
+
+    /// Closes idle connections matching `close`.
+    fn close_idle(&self, mut close: impl FnMut(&ServerConn) -> bool) -> usize {
+        let closing: Vec<ServerConn> = {
+            let mut idle = lock(&self.idle);
+            let (drop, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| close(c));
+            *idle = keep;
+            drop
+        };
+        let n = closing.len();
+        for conn in closing {
+            tokio::spawn(conn.close());
+        }
+        n
+    }
+
+    fn resize(&self, size: usize) {
+        let was = self.size.swap(size, Ordering::Relaxed);
+        if size > was {
+            self.slots.add_permits(size - was);
+        } else {
+            self.slots.forget_permits(was - size);
+        }
+    }
+}
+
+impl Lease {
+    /// Returns the connection to its pool for the next transaction.
+    pub fn release(mut self) {
+        self.conn.last_used = Instant::now();
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let Lease { conn, pool, _slot } = self;
+        lock(&pool.idle).push(conn);
+    }
+
+    /// Closes the connection (its state is unknown or its member lost its role).
+    pub fn discard(self) {
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        tokio::spawn(self.conn.close());
+    }
+}
+
+/// What a pooled client is doing, for SHOW CLIENTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientActivity {
+    Idle = 0,
+    Waiting = 1,
+    Active = 2,
+}
+
+pub struct ClientEntry {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub peer: String,
+    pub port: &'static str,
+    pub since: SystemTime,
+    activity: std::sync::atomic::AtomicU8,
+    /// Id of the server connection in use, 0 when none.
+    server: AtomicU64,
+}
+
+impl ClientEntry {
+    pub fn set(&self, activity: ClientActivity, server: u64) {
+        self.activity.store(activity as u8, Ordering::Relaxed);
+        self.server.store(server, Ordering::Relaxed);
+    }
+
+    pub fn activity(&self) -> ClientActivity {
+        match self.activity.load(Ordering::Relaxed) {
+            1 => ClientActivity::Waiting,
+            2 => ClientActivity::Active,
+            _ => ClientActivity::Idle,
+        }
+    }
+
+    pub fn server(&self) -> u64 {
+        self.server.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes the client from the registry when its session ends.
+pub struct ClientRegistration {
+    pub entry: Arc<ClientEntry>,
+    clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
+}
+
+impl Drop for ClientRegistration {
+    fn drop(&mut self) {
+        lock(&self.clients).remove(&self.entry.id);
+    }
+}
+
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
+    next_id: AtomicU64,
+}
+
+impl Pools {
+    pub fn next_server_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The pool for `key`, created on first use.
+    pub fn get(&self, key: PoolKey, addr: &str, size: usize) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(&key) {
+            if p.addr == addr {
+                return p.clone();
+            }
+        }
+        // New, or the member moved to another address: a fresh pool (the old one's
+        // connections close as their leases end).
+        let pool = Arc::new(Pool::new(key.clone(), addr.to_owned(), size));
+        if let Some(old) = pools.insert(key, pool.clone()) {
+            old.close_idle(|_| true);
+        }
+        pool
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = lock(&self.pools).values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    pub fn register_client(
+        &self,
+        user: &str,
+        database: &str,
+        peer: &str,
+        port: &'static str,
+    ) -> ClientRegistration {
+        let entry = Arc::new(ClientEntry {
+            id: self.next_server_id(),
+            user: user.to_owned(),
+            database: database.to_owned(),
+            peer: peer.to_owned(),
+            port,
+            since: SystemTime::now(),
+            activity: Default::default(),
+            server: AtomicU64::new(0),
+        });
+        lock(&self.clients).insert(entry.id, entry.clone());
+        ClientRegistration {
+            entry,
+            clients: self.clients.clone(),
+        }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut v: Vec<_> = lock(&self.clients).values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Closes idle connections whose pool's member no longer has the pool's role, and those
+    /// past `server_idle_timeout` or `server_lifetime`; applies a changed `pool_size`.
+    /// Returns how many it closed.
+    pub fn maintain(&self, config: &PoolConfig, keeps_role: impl Fn(&PoolKey) -> bool) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for pool in self.all() {
+            if pool.size.load(Ordering::Relaxed) != config.pool_size {
+                pool.resize(config.pool_size);
+            }
+            if !keeps_role(&pool.key) {
+                let n = pool.close_idle(|_| true);
+                if n > 0 {
+                    tracing::info!(pool = %pool.name(), closed = n, "closed idle server connections: the member lost the pool's role");
+                }
+                closed += n;
+                continue;
+            }
+            closed += pool.close_idle(|c| {
+                now.duration_since(c.last_used) >= config.server_idle_timeout.0
+                    || now.duration_since(c.created) >= config.server_lifetime.0
+            });
+        }
+        closed
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps and lists are only pushed to and drained: a panic cannot tear them.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

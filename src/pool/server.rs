@@ -1,0 +1,394 @@
+//! One pooled server connection: opening it (startup and authentication as the client's user),
+//! and what pgrouter knows about it (parameters, cancel key, statements prepared on it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::wire::{self, Reader};
+use crate::auth::md5::{md5_response, md5_secret};
+use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
+use crate::auth::scram::{ClientCredential, ClientExchange};
+use crate::auth::secret::ScramKeys;
+use crate::protocol::startup::CancelKey;
+
+/// How pgrouter proves itself to PostgreSQL as a user.
+#[derive(Clone)]
+pub enum Login {
+    /// The plain password from the auth file.
+    Password(String),
+    /// md5(password || user), from an md5 secret.
+    Md5([u8; 16]),
+    /// SCRAM keys: recovered from a client's proof against a SCRAM secret, or derived once
+    /// from a plain password.
+    Scram(ScramKeys),
+    /// Only what pg_hba `trust` accepts: an md5 secret with a server asking SCRAM, say.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("login to {addr} timed out")]
+    Timeout { addr: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("server refused the login: {code} {message}")]
+    Refused { code: String, message: String },
+    #[error("cannot authenticate to the server: {0}")]
+    Auth(String),
+    #[error("server broke the protocol: {0}")]
+    Protocol(String),
+}
+
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub id: u64,
+    pub member: String,
+    pub addr: String,
+    pub key: CancelKey,
+    /// ParameterStatus values as the server last reported them.
+    pub params: HashMap<String, String>,
+    /// Ids of the client statements prepared here under their pooled names.
+    pub prepared: HashSet<u64>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+/// What a login produced besides the connection: SCRAM keys worth caching.
+pub struct Opened {
+    pub conn: ServerConn,
+    pub derived: Option<ScramKeys>,
+}
+
+impl ServerConn {
+    /// Connects to `addr` and logs in as `user` to `database`.
+    pub async fn open(
+        id: u64,
+        member: &str,
+        addr: &str,
+        user: &str,
+        database: &str,
+        login: &Login,
+        limit: Duration,
+    ) -> Result<Opened, ServerError> {
+        let addr_s = addr.to_owned();
+        match timeout(limit, Self::login(id, member, addr, user, database, login)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout { addr: addr_s }),
+        }
+    }
+
+    async fn login(
+        id: u64,
+        member: &str,
+        addr: &str,
+        user: &str,
+        database: &str,
+        login: &Login,
+    ) -> Result<Opened, ServerError> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .write_all(&wire::startup(&[("user", user), ("database", database)]))
+            .await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut scram: Option<ClientExchange> = None;
+        let mut derived = None;
+        let mut params = HashMap::new();
+        let mut key = None;
+        loop {
+            let msg = read_message(&mut stream, &mut buf).await?;
+            let body = &msg[5..];
+            match msg[0] {
+                b'R' => {
+                    let request = AuthRequest::decode(body)
+                        .map_err(|e| ServerError::Protocol(e.to_string()))?;
+                    let reply = match request {
+                        AuthRequest::Ok => continue,
+                        AuthRequest::Cleartext => match login {
+                            Login::Password(p) => password_message(p),
+                            _ => return Err(no_secret(user, "a cleartext password")),
+                        },
+                        AuthRequest::Md5(salt) => {
+                            let secret = match login {
+                                Login::Password(p) => md5_secret(user, p),
+                                Login::Md5(s) => *s,
+                                _ => return Err(no_secret(user, "an md5 password")),
+                            };
+                            password_message(&md5_response(&secret, salt))
+                        }
+                        AuthRequest::Sasl(mechanisms) => {
+                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                                return Err(ServerError::Auth(format!(
+                                    "server offers SASL {mechanisms:?}, pgrouter speaks SCRAM-SHA-256"
+                                )));
+                            }
+                            let credential = match login {
+                                Login::Password(p) => ClientCredential::Password(p.clone()),
+                                Login::Scram(k) => ClientCredential::Keys(k.clone()),
+                                _ => return Err(no_secret(user, "SCRAM-SHA-256")),
+                            };
+                            let (exchange, first) = ClientExchange::start(credential);
+                            scram = Some(exchange);
+                            sasl_initial_response("SCRAM-SHA-256", &first)
+                        }
+                        AuthRequest::SaslContinue(data) => {
+                            let mut exchange = scram
+                                .take()
+                                .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
+                            let data = data.to_vec();
+                            // PBKDF2 for a plain password is milliseconds of CPU: off the I/O threads.
+                            let (exchange, reply) = tokio::task::spawn_blocking(move || {
+                                let reply = exchange.respond(&data);
+                                (exchange, reply)
+                            })
+                            .await
+                            .map_err(|e| ServerError::Auth(e.to_string()))?;
+                            let reply = reply.map_err(|e| ServerError::Auth(e.to_string()))?;
+                            scram = Some(exchange);
+                            sasl_response(&reply)
+                        }
+                        AuthRequest::SaslFinal(data) => {
+                            let exchange = scram
+                                .as_ref()
+                                .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
+                            exchange
+                                .verify(data)
+                                .map_err(|e| ServerError::Auth(e.to_string()))?;
+                            derived = exchange.derived_keys();
+                            continue;
+                        }
+                        AuthRequest::Other(code) => {
+                            return Err(ServerError::Auth(format!(
+                                "server asks for authentication method {code}, which pgrouter does not speak"
+                            )))
+                        }
+                    };
+                    stream.write_all(&reply).await?;
+                }
+                b'S' => {
+                    let mut r = Reader::new(body);
+                    if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
+                        params.insert(
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                    }
+                }
+                b'K' => {
+                    let mut r = Reader::new(body);
+                    let pid = r.i32().unwrap_or(0);
+                    key = Some(CancelKey {
+                        pid,
+                        secret: bytes::Bytes::copy_from_slice(r.rest()),
+                    });
+                }
+                b'E' => {
+                    let fields = wire::error_fields(body);
+                    let field = |c: u8| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| *k == c)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    return Err(ServerError::Refused {
+                        code: field(b'C'),
+                        message: field(b'M'),
+                    });
+                }
+                b'Z' => break,
+                _ => {} // NoticeResponse, NegotiateProtocolVersion
+            }
+        }
+        let now = Instant::now();
+        Ok(Opened {
+            conn: ServerConn {
+                stream,
+                id,
+                member: member.to_owned(),
+                addr: addr.to_owned(),
+                key: key.unwrap_or(CancelKey {
+                    pid: 0,
+                    secret: bytes::Bytes::new(),
+                }),
+                params,
+                prepared: HashSet::new(),
+                created: now,
+                last_used: now,
+            },
+            derived,
+        })
+    }
+
+    /// Sends a query and reads until ReadyForQuery 'I'; Err if it failed or left a transaction.
+    pub async fn run(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        wire::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut buf = BytesMut::new();
+        let mut failed = None;
+        loop {
+            let msg = read_message(&mut self.stream, &mut buf).await?;
+            match msg[0] {
+                b'E' => failed = Some(wire::error_fields(&msg[5..])),
+                b'S' => {
+                    let mut r = Reader::new(&msg[5..]);
+                    if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
+                        self.params.insert(
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                    }
+                }
+                b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),
+                b'Z' => {
+                    let message = failed
+                        .and_then(|f| f.into_iter().find(|(c, _)| *c == b'M'))
+                        .map_or("left a transaction open".to_owned(), |(_, m)| m);
+                    return Err(ServerError::Refused {
+                        code: String::new(),
+                        message,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `sql` with one text parameter and returns the first row's text columns.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        param: &str,
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        use bytes::BufMut;
+        let mut out = BytesMut::new();
+        wire::message(&mut out, b'P', |b| {
+            b.put_u8(0);
+            b.put_slice(sql.as_bytes());
+            b.put_u8(0);
+            b.put_i16(0);
+        });
+        wire::message(&mut out, b'B', |b| {
+            b.put_slice(&[0, 0]); // unnamed portal and statement
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i32(param.len() as i32);
+            b.put_slice(param.as_bytes());
+            b.put_i16(0);
+        });
+        wire::message(&mut out, b'E', |b| {
+            b.put_u8(0);
+            b.put_i32(1);
+        });
+        wire::message(&mut out, b'S', |_| {});
+        self.stream.write_all(&out).await?;
+        let mut buf = BytesMut::new();
+        let mut row = None;
+        let mut failed = None;
+        loop {
+            let msg = read_message(&mut self.stream, &mut buf).await?;
+            match msg[0] {
+                b'D' if row.is_none() => row = Some(data_row(&msg[5..])),
+                b'E' => failed = Some(wire::error_fields(&msg[5..])),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failed {
+            None => Ok(row),
+            Some(fields) => {
+                let field = |c: u8| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| *k == c)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                Err(ServerError::Refused {
+                    code: field(b'C'),
+                    message: field(b'M'),
+                })
+            }
+        }
+    }
+
+    /// True if the connection answers an empty query at once (after idling).
+    pub async fn healthy(&mut self, limit: Duration) -> bool {
+        matches!(timeout(limit, self.run("")).await, Ok(Ok(())))
+    }
+
+    /// Says goodbye so the server does not log an unexpected EOF.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        wire::terminate(&mut out);
+        let _ = timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+    }
+}
+
+fn no_secret(user: &str, what: &str) -> ServerError {
+    ServerError::Auth(format!(
+        "the server asks for {what} for user \"{user}\", and the secret pgrouter holds cannot give it \
+         (a SCRAM secret needs the client to log in with SCRAM first; an md5 secret cannot answer SCRAM)"
+    ))
+}
+
+fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let r = Reader::new(body);
+    let n = {
+        let b = r.rest();
+        if b.len() < 2 {
+            return Vec::new();
+        }
+        i16::from_be_bytes([b[0], b[1]]) as usize
+    };
+    let mut rest = &body[2..];
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        if rest.len() < 4 {
+            break;
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            cols.push(None);
+        } else {
+            let len = (len as usize).min(rest.len());
+            cols.push(Some(String::from_utf8_lossy(&rest[..len]).into_owned()));
+            rest = &rest[len..];
+        }
+    }
+    cols
+}
+
+/// Reads one whole message from `stream`, buffering in `buf`.
+pub async fn read_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, ServerError> {
+    loop {
+        match wire::take_message(buf) {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) => return Err(ServerError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

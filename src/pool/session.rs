@@ -1,0 +1,1286 @@
+//! A pooled client: authenticated by pgrouter, lent a server connection per transaction
+//! (transaction mode) or for its whole stay (session mode).
+//!
+//! While it holds a server connection the session runs one readiness loop over both sockets
+//! with bounded buffers, reading whole only the messages it must look into (statements,
+//! ReadyForQuery, ParameterStatus, errors) and streaming the rest. Every message sent to the
+//! server that expects an answer leaves an entry in `expect`, so answers can be matched,
+//! swallowed (to messages pgrouter added) or made up (for messages it did not need to send).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::client_auth::{self, AuthError};
+use super::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
+use super::server::{Login, ServerError};
+use super::statements::{self, sql_effects, ClientStatements, Statement};
+use super::wire;
+use crate::config::PoolMode;
+use crate::metrics::{ClientState, StateGauge};
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::startup::{CancelKey, Startup};
+use crate::proxy::cancel::Registration;
+use crate::proxy::route::{Port, Route, Verdict};
+use crate::proxy::shared::Shared;
+use crate::proxy::signal::Subscription;
+
+/// Past this much unsent data in one direction, pgrouter stops reading the other side.
+const BUFFER_LIMIT: usize = 256 * 1024;
+/// A buffer grown past this is given back to the allocator when its client goes idle.
+const KEEP_CAPACITY: usize = 8 * 1024;
+/// Client parameters pgrouter carries over to whichever server connection runs a transaction.
+const TRACKED: [&str; 6] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+];
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+/// What an answer from the server settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A client's Parse; `Some(id)` when pgrouter prepared it under its pooled name.
+    Parse(Option<u64>),
+    /// A Parse pgrouter added: its ParseComplete is not the client's.
+    InjectedParse(u64),
+    Bind,
+    Describe,
+    Close,
+    Execute,
+    /// Sync, Query or FunctionCall: settled by ReadyForQuery.
+    Sync,
+    /// A query pgrouter added (SET of the client's parameters): every answer is swallowed.
+    InjectedQuery,
+    /// Answers pgrouter gives itself once everything before them is answered.
+    MadeUpParseComplete,
+    MadeUpCloseComplete,
+}
+
+/// Why the client's session ends.
+enum End {
+    /// Terminate, EOF or an I/O error on the client side.
+    ClientGone,
+    /// Tell the client this, then close.
+    Fatal(PgError),
+    /// The client wrote bytes that cannot frame a message.
+    ClientProtocol(String),
+}
+
+/// How a transaction ended for the server connection.
+enum Done {
+    /// At a transaction boundary: the connection can serve another client.
+    Idle,
+    /// The client left; the connection is returned if clean.
+    ClientLeft,
+}
+
+struct Held {
+    lease: Lease,
+    route: Route,
+    /// The member left the pool's role mildly (replica no longer eligible): close on release.
+    retire: bool,
+}
+
+pub struct PooledSession {
+    shared: Arc<Shared>,
+    port: Port,
+    mode: PoolMode,
+    client: TcpStream,
+    peer: String,
+    user: String,
+    database: String,
+    login: Login,
+    registration: ClientRegistration,
+    state: StateGauge,
+    signal: Subscription,
+    cancel: Arc<Mutex<Option<(String, CancelKey)>>>,
+    statements: ClientStatements,
+    /// Tracked parameter values the client has (as last reported to it).
+    vars: Vec<(String, String)>,
+    cin: BytesMut,
+    sin: BytesMut,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages sent since the last Sync: the batch is open.
+    unsynced: bool,
+    status: u8,
+    pinned: bool,
+    /// Bytes of the current client message still to forward unread (streamed CopyData).
+    client_stream_left: usize,
+    /// Bytes of the current server message still to forward (or drop) unread.
+    server_stream_left: usize,
+    server_stream_drop: bool,
+    /// An error owed to the client for a transaction pgrouter lost; given with its next message.
+    owed: Option<PgError>,
+    /// After an error outside a server: drop the client's messages up to its Sync.
+    skipping: bool,
+    held: Option<Held>,
+}
+
+/// Serves a client of a pooled listener after its StartupMessage.
+pub async fn run(
+    shared: Arc<Shared>,
+    port: Port,
+    mode: PoolMode,
+    mut client: TcpStream,
+    startup: Startup,
+    peer: String,
+    state: StateGauge,
+) {
+    let user = startup.user().to_owned();
+    let database = startup.database().to_owned();
+    if database == super::console::DATABASE {
+        return super::console::run(shared, client, &user, &peer).await;
+    }
+    let limit = shared.config().listen.startup_timeout.0;
+    let login = match timeout(limit, authenticate(&shared, &mut client, &user, &database)).await {
+        Ok(Ok(login)) => login,
+        Ok(Err(AuthError::Refused(e))) => {
+            tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
+            return send_fatal(&shared, &mut client, &e).await;
+        }
+        Ok(Err(AuthError::Gone)) | Err(_) => return,
+    };
+    let registration = shared
+        .pools
+        .register_client(&user, &database, &peer, port.label());
+    let vars = TRACKED
+        .iter()
+        .filter_map(|k| {
+            let v = startup
+                .params
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(k))?;
+            Some((k.to_string(), v.1.clone()))
+        })
+        .collect();
+    let mut session = PooledSession {
+        signal: shared.signals.subscribe(),
+        shared,
+        port,
+        mode,
+        client,
+        peer,
+        user,
+        database,
+        login,
+        registration,
+        state,
+        cancel: Arc::new(Mutex::new(None)),
+        statements: ClientStatements::default(),
+        vars,
+        cin: BytesMut::new(),
+        sin: BytesMut::new(),
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
+        expect: VecDeque::new(),
+        unsynced: false,
+        status: b'I',
+        pinned: false,
+        client_stream_left: 0,
+        server_stream_left: 0,
+        server_stream_drop: false,
+        owed: None,
+        skipping: false,
+        held: None,
+    };
+    session.serve().await;
+}
+
+/// Authenticates with the user's secret from auth_file, else from auth_query.
+pub async fn authenticate(
+    shared: &Shared,
+    client: &mut TcpStream,
+    user: &str,
+    database: &str,
+) -> Result<Login, AuthError> {
+    let scope = &shared.scope;
+    let secret = match shared.credentials.secret(user) {
+        Some(s) => s,
+        None => match super::auth_query::lookup(shared, user, database).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(AuthError::Refused(client_auth::wrong_password(scope, user))),
+            Err(e) => return Err(AuthError::Refused(e)),
+        },
+    };
+    client_auth::authenticate(client, &shared.credentials, scope, user, &secret).await
+}
+
+impl PooledSession {
+    async fn serve(&mut self) {
+        let key = CancelKey {
+            pid: rand::random::<i32>() & i32::MAX,
+            secret: Bytes::copy_from_slice(&rand::random::<[u8; 4]>()),
+        };
+        let _cancel: Registration = self
+            .shared
+            .cancels
+            .register_pooled(key.clone(), self.cancel.clone());
+        let end = match self.welcome(&key).await {
+            Ok(()) => match self.main_loop().await {
+                Ok(()) => End::ClientGone,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if let Some(held) = self.held.take() {
+            self.put_back(held, Done::ClientLeft).await;
+        }
+        match end {
+            End::ClientGone => {}
+            End::Fatal(e) => {
+                tracing::info!(peer = %self.peer, port = %self.port, error = %e, "closing pooled client");
+                send_fatal(&self.shared, &mut self.client, &e).await;
+            }
+            End::ClientProtocol(why) => {
+                let e = PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("pgrouter: cluster \"{}\": {why}", self.shared.scope),
+                );
+                send_fatal(&self.shared, &mut self.client, &e).await;
+            }
+        }
+    }
+
+    /// Borrows a server connection to learn the parameters to report (after setting the
+    /// client's own), then sends them, the client's cancel key and ReadyForQuery.
+    async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
+        self.state.set(ClientState::Held);
+        let held = self
+            .acquire()
+            .await
+            .map_err(|e| End::Fatal(PgError { fatal: true, ..e }))?;
+        self.held = Some(held);
+        self.sync_vars();
+        self.flush_to_server().await?;
+        while self.expect.contains(&Expect::InjectedQuery) {
+            self.read_server().await?;
+        }
+        let held = self.held.take().expect("held above");
+        let mut out = BytesMut::new();
+        let mut params: Vec<_> = held.lease.conn.params.iter().collect();
+        params.sort();
+        for (k, v) in params {
+            wire::parameter_status(&mut out, k, v);
+        }
+        self.vars = TRACKED
+            .iter()
+            .filter_map(|k| Some((k.to_string(), held.lease.conn.params.get(*k)?.clone())))
+            .collect();
+        self.put_back(held, Done::Idle).await;
+        wire::backend_key_data(&mut out, key.pid, &key.secret);
+        wire::ready_for_query(&mut out, b'I');
+        self.client
+            .write_all(&out)
+            .await
+            .map_err(|_| End::ClientGone)?;
+        self.state.set(ClientState::Idle);
+        Ok(())
+    }
+
+    async fn main_loop(&mut self) -> Result<(), End> {
+        loop {
+            self.idle_wait().await?;
+            if self.cin[0] == b'X' {
+                return Err(End::ClientGone);
+            }
+            if let Some(e) = self.owed.take() {
+                self.fail_unit(e).await?;
+                continue;
+            }
+            self.registration.entry.set(ClientActivity::Waiting, 0);
+            self.state.set(ClientState::Held);
+            match self.acquire().await {
+                Ok(held) => {
+                    self.registration
+                        .entry
+                        .set(ClientActivity::Active, held.lease.conn.id);
+                    *lock(&self.cancel) =
+                        Some((held.lease.conn.addr.clone(), held.lease.conn.key.clone()));
+                    self.held = Some(held);
+                }
+                Err(e) => {
+                    self.fail_unit(e).await?;
+                    continue;
+                }
+            }
+            self.state.set(ClientState::Active);
+            self.sync_vars();
+            let done = self.exchange().await;
+            *lock(&self.cancel) = None;
+            self.registration.entry.set(ClientActivity::Idle, 0);
+            self.state.set(ClientState::Idle);
+            let done = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    if let Some(held) = self.held.take() {
+                        self.put_back(held, Done::ClientLeft).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(held) = self.held.take() {
+                self.put_back(held, done).await;
+            }
+            self.shrink();
+        }
+    }
+
+    /// Waits, holding no server connection, for the client's next whole message.
+    async fn idle_wait(&mut self) -> Result<(), End> {
+        loop {
+            if self.shared.shutting_down() {
+                return Err(End::Fatal(PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    format!(
+                        "pgrouter: cluster \"{}\": pgrouter is shutting down",
+                        self.shared.scope
+                    ),
+                )));
+            }
+            match wire::header(&self.cin) {
+                Ok(Some((_, len))) if self.cin.len() >= len => return Ok(()),
+                Ok(Some((_, len))) if len > wire::MAX_WHOLE_MESSAGE => {
+                    return Err(End::ClientProtocol(format!(
+                        "message of {len} bytes is too long"
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+            }
+            tokio::select! {
+                _ = self.signal.wait() => {}
+                r = self.client.readable() => {
+                    r.map_err(|_| End::ClientGone)?;
+                    match self.client.try_read_buf(&mut self.cin) {
+                        Ok(0) => return Err(End::ClientGone),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(End::ClientGone),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A member for the client's port, and a connection from its pool, holding while there
+    /// is none (no leader, switchover announced, paused) up to hold_timeout.
+    async fn acquire(&mut self) -> Result<Held, PgError> {
+        let shared = self.shared.clone();
+        let mut paused = shared.pause_switch(self.port);
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                break;
+            }
+        }
+        let config = shared.config();
+        let routing = &config.routing;
+        let mut topology = shared.topology.clone();
+        let hold = routing.hold_timeout.0;
+        let started = Instant::now();
+        let deadline = started + hold;
+        let scope = &shared.scope;
+        loop {
+            let current = topology.borrow_and_update().clone();
+            let (failure, retry_soon) = match shared.router.pick(routing, &current, self.port) {
+                Ok(route) => {
+                    let key = PoolKey {
+                        member: route.member.name.clone(),
+                        target: route.target.into(),
+                        database: self.database.clone(),
+                        user: self.user.clone(),
+                    };
+                    let pool = shared
+                        .pools
+                        .get(key, &route.member.addr, config.pool.pool_size);
+                    let login = shared.credentials.login(&self.user, &self.login);
+                    match pool
+                        .checkout(&shared.pools, &login, &config.pool, routing.connect_timeout.0)
+                        .await
+                    {
+                        Ok((lease, derived)) => {
+                            if let Some(keys) = derived {
+                                shared.credentials.remember_keys(&self.user, keys);
+                            }
+                            shared
+                                .metrics
+                                .hold_seconds
+                                .with_label_values(&[self.port.label()])
+                                .observe(started.elapsed().as_secs_f64());
+                            return Ok(Held {
+                                lease,
+                                route,
+                                retire: false,
+                            });
+                        }
+                        Err(CheckoutError::Busy { pool, waited, size }) => {
+                            return Err(PgError::error(
+                                sqlstate::CANNOT_CONNECT_NOW,
+                                format!(
+                                    "pgrouter: cluster \"{scope}\": no server connection free for \"{}\" on member \"{}\" after {:.1}s (pool {pool}, pool_size {size})",
+                                    self.user, route.member.name, waited.as_secs_f64()
+                                ),
+                            ))
+                        }
+                        Err(CheckoutError::Server(ServerError::Refused { code, message })) => {
+                            if code == sqlstate::INVALID_PASSWORD {
+                                shared.credentials.forget_keys(&self.user);
+                            }
+                            return Err(PgError::error(
+                                sqlstate::CONNECTION_FAILURE,
+                                format!(
+                                    "pgrouter: cluster \"{scope}\": member \"{}\" refused a server connection for \"{}\": {code} {message}",
+                                    route.member.name, self.user
+                                ),
+                            ));
+                        }
+                        Err(CheckoutError::Server(e @ ServerError::Auth(_))) => {
+                            shared.credentials.forget_keys(&self.user);
+                            return Err(PgError::error(
+                                sqlstate::CONNECTION_FAILURE,
+                                format!(
+                                    "pgrouter: cluster \"{scope}\": cannot log in to member \"{}\" as \"{}\": {e}",
+                                    route.member.name, self.user
+                                ),
+                            ));
+                        }
+                        Err(CheckoutError::Server(e)) => (
+                            PgError::error(
+                                sqlstate::CONNECTION_FAILURE,
+                                format!(
+                                    "pgrouter: cluster \"{scope}\": cannot reach member \"{}\" at {}: {e}",
+                                    route.member.name, route.member.addr
+                                ),
+                            ),
+                            true,
+                        ),
+                    }
+                }
+                Err(why) => {
+                    let role = match self.port {
+                        Port::Primary => "no leader to route writes to",
+                        Port::Replicas => "no member to route reads to",
+                    };
+                    let e = PgError::error(
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        format!(
+                            "pgrouter: cluster \"{scope}\": {role} after waiting {}s: {why}",
+                            hold.as_secs_f64()
+                        ),
+                    )
+                    .with_hint("Patroni is electing or promoting a leader; retry the transaction.");
+                    if !shared.router.holds(routing, &current, self.port) {
+                        return Err(e);
+                    }
+                    (e, false)
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(failure);
+            }
+            let wait = if retry_soon {
+                CONNECT_RETRY.min(deadline - now)
+            } else {
+                deadline - now
+            };
+            if let Ok(Err(_)) = timeout(wait, topology.changed()).await {
+                return Err(failure);
+            }
+        }
+    }
+
+    /// Queues a SET for each tracked parameter where the client and the server differ.
+    fn sync_vars(&mut self) {
+        let Some(held) = &self.held else { return };
+        let sets: Vec<String> = self
+            .vars
+            .iter()
+            .filter(|(k, v)| held.lease.conn.params.get(k) != Some(v))
+            .map(|(k, v)| format!("SET {k} = '{}'", v.replace('\'', "''")))
+            .collect();
+        if sets.is_empty() {
+            return;
+        }
+        wire::query(&mut self.to_server, &sets.join("; "));
+        self.expect.push_back(Expect::InjectedQuery);
+    }
+
+    /// Answers a unit of work (a Query, or an extended batch up to its Sync) with `e` when
+    /// there is no server to run it: the transaction fails, the connection stays.
+    async fn fail_unit(&mut self, e: PgError) -> Result<(), End> {
+        self.shared
+            .metrics
+            .client_errors
+            .with_label_values(&[e.code])
+            .inc();
+        tracing::info!(peer = %self.peer, port = %self.port, error = %e, "transaction refused");
+        let mut out = e.encode();
+        loop {
+            let msg = match wire::take_message(&mut self.cin) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.read_client_more().await?;
+                    continue;
+                }
+                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+            };
+            match msg[0] {
+                b'X' => return Err(End::ClientGone),
+                b'Q' | b'F' | b'S' => break,
+                _ => {
+                    // Extended batch: the error goes out now, ReadyForQuery at its Sync.
+                    if !out.is_empty() {
+                        self.client
+                            .write_all(&out)
+                            .await
+                            .map_err(|_| End::ClientGone)?;
+                        out.clear();
+                    }
+                }
+            }
+        }
+        wire::ready_for_query(&mut out, b'I');
+        self.statements_lost_with_server();
+        self.client
+            .write_all(&out)
+            .await
+            .map_err(|_| End::ClientGone)
+    }
+
+    fn statements_lost_with_server(&mut self) {
+        self.status = b'I';
+        self.unsynced = false;
+        self.expect.clear();
+    }
+
+    async fn read_client_more(&mut self) -> Result<(), End> {
+        use tokio::io::AsyncReadExt;
+        match self.client.read_buf(&mut self.cin).await {
+            Ok(0) | Err(_) => Err(End::ClientGone),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Runs the client's work on the held connection until a point where it can go back.
+    async fn exchange(&mut self) -> Result<Done, End> {
+        let mut topology = self.shared.topology.clone();
+        topology.mark_changed();
+        loop {
+            self.process_client()?;
+            if topology.has_changed().unwrap_or(true) {
+                if let Some(lost) = self.check_route(&mut topology) {
+                    return self.abort(lost).await;
+                }
+            }
+            self.flush_nonblocking()?;
+            if self.releasable() && self.to_client.is_empty() && self.to_server.is_empty() {
+                return Ok(Done::Idle);
+            }
+            let held = self.held.as_ref().expect("exchange runs with a server");
+            let server = &held.lease.conn.stream;
+            let client = &self.client;
+            let read_client = self.to_server.len() < BUFFER_LIMIT && !self.skipping;
+            let read_server = self.to_client.len() < BUFFER_LIMIT;
+            let event = tokio::select! {
+                biased;
+                _ = self.signal.wait() => Event::Signal,
+                r = server.readable(), if read_server => Event::ServerReadable(r),
+                r = client.readable(), if read_client => Event::ClientReadable(r),
+                r = server.writable(), if !self.to_server.is_empty() => Event::Writable(r.map_err(Side::Server)),
+                r = client.writable(), if !self.to_client.is_empty() => Event::Writable(r.map_err(Side::Client)),
+            };
+            match event {
+                Event::Signal => {}
+                Event::Writable(Ok(())) => {}
+                Event::Writable(Err(Side::Client(_))) => return Err(End::ClientGone),
+                Event::Writable(Err(Side::Server(e))) => {
+                    return self.abort(Lost::Server(e.to_string())).await
+                }
+                Event::ClientReadable(r) => {
+                    r.map_err(|_| End::ClientGone)?;
+                    match self.client.try_read_buf(&mut self.cin) {
+                        Ok(0) => return Ok(Done::ClientLeft),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(End::ClientGone),
+                    }
+                }
+                Event::ServerReadable(r) => {
+                    let held = self.held.as_mut().expect("held");
+                    let read = r.and_then(|_| held.lease.conn.stream.try_read_buf(&mut self.sin));
+                    match read {
+                        Ok(0) => {
+                            return self
+                                .abort(Lost::Server("the server closed the connection".into()))
+                                .await
+                        }
+                        Ok(_) => {
+                            if let Err(lost) = self.process_server() {
+                                return self.abort(lost).await;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return self.abort(Lost::Server(e.to_string())).await,
+                    }
+                }
+            }
+        }
+    }
+
+    fn releasable(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.expect.is_empty()
+            && !self.unsynced
+            && self.status == b'I'
+            && !self.pinned
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+    }
+
+    /// Whether the held member may still serve; `Some` when nothing more from it may reach
+    /// the client.
+    fn check_route(
+        &mut self,
+        topology: &mut tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
+    ) -> Option<Lost> {
+        let current = topology.borrow_and_update().clone();
+        let routing = self.shared.config().routing.clone();
+        let held = self.held.as_mut()?;
+        match self.shared.router.check(&routing, &current, &held.route) {
+            Verdict::Keep => None,
+            Verdict::CloseNow(reason) => Some(Lost::Role(reason)),
+            Verdict::Drain(_) => {
+                held.retire = true;
+                None
+            }
+        }
+    }
+
+    /// Writes what each side will take now without waiting.
+    fn flush_nonblocking(&mut self) -> Result<(), End> {
+        if let Some(held) = &self.held {
+            while !self.to_server.is_empty() {
+                match held.lease.conn.stream.try_write(&self.to_server) {
+                    Ok(n) => {
+                        let _ = self.to_server.split_to(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // Seen again on the next read of the server; the abort happens there.
+                    Err(_) => break,
+                }
+            }
+        }
+        while !self.to_client.is_empty() {
+            match self.client.try_write(&self.to_client) {
+                Ok(n) => {
+                    let _ = self.to_client.split_to(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_to_server(&mut self) -> Result<(), End> {
+        let held = self.held.as_mut().expect("held");
+        held.lease
+            .conn
+            .stream
+            .write_all(&self.to_server)
+            .await
+            .map_err(|e| {
+                End::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string()))
+            })?;
+        self.to_server.clear();
+        Ok(())
+    }
+
+    /// Reads and processes server messages (used while welcoming, before any client bytes).
+    async fn read_server(&mut self) -> Result<(), End> {
+        use tokio::io::AsyncReadExt;
+        let held = self.held.as_mut().expect("held");
+        let n = held
+            .lease
+            .conn
+            .stream
+            .read_buf(&mut self.sin)
+            .await
+            .map_err(|e| {
+                End::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string()))
+            })?;
+        if n == 0 {
+            return Err(End::Fatal(server_gone(
+                &self.shared.scope,
+                &held.route,
+                "closed",
+            )));
+        }
+        if let Err(lost) = self.process_server() {
+            return Err(End::Fatal(PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                lost.to_string(),
+            )));
+        }
+        self.to_client.clear();
+        Ok(())
+    }
+
+    /// Forwards the client's complete messages (and streamed CopyData) to the server.
+    fn process_client(&mut self) -> Result<(), End> {
+        loop {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(self.cin.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                self.to_server.extend_from_slice(&self.cin.split_to(n));
+                self.client_stream_left -= n;
+                continue;
+            }
+            if self.to_server.len() >= BUFFER_LIMIT {
+                return Ok(());
+            }
+            let (tag, len) = match wire::header(&self.cin) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+            };
+            if tag == b'd' && self.cin.len() < len {
+                // CopyData: stream it, there is nothing to look at.
+                self.client_stream_left = len;
+                continue;
+            }
+            let msg = match wire::take_message(&mut self.cin) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+            };
+            self.client_message(msg)?;
+        }
+    }
+
+    fn client_message(&mut self, msg: Bytes) -> Result<(), End> {
+        let body = msg.slice(5..);
+        let rewrite = self.mode == PoolMode::Transaction;
+        match msg[0] {
+            b'X' => return Err(End::ClientGone),
+            b'Q' => {
+                let sql = wire::Reader::new(&body).cstr().unwrap_or_default().to_vec();
+                if self.on_sql(&sql, rewrite) {
+                    return Ok(());
+                }
+                self.to_server.extend_from_slice(&msg);
+                self.expect.push_back(Expect::Sync);
+            }
+            b'F' => {
+                self.to_server.extend_from_slice(&msg);
+                self.expect.push_back(Expect::Sync);
+            }
+            b'S' => {
+                self.to_server.extend_from_slice(&msg);
+                self.expect.push_back(Expect::Sync);
+                self.unsynced = false;
+            }
+            b'H' => self.to_server.extend_from_slice(&msg),
+            b'E' => {
+                self.to_server.extend_from_slice(&msg);
+                self.expect.push_back(Expect::Execute);
+                self.unsynced = true;
+            }
+            b'P' => {
+                self.unsynced = true;
+                let Some((name, definition)) = statements::split_parse(&body) else {
+                    return Err(End::ClientProtocol("malformed Parse".into()));
+                };
+                let query = statements::definition_query(&definition).to_vec();
+                if name.is_empty() || !rewrite {
+                    let effects = sql_effects(&query);
+                    self.note_effects(&effects);
+                    if let (Some(target), true) = (&effects.deallocate, rewrite) {
+                        if let Some(s) = self.statements.remove(target.as_bytes()) {
+                            // DEALLOCATE of a pooled name: drop the server's copy instead.
+                            self.ensure_prepared(&s);
+                            let mut def = format!("DEALLOCATE {}", s.server_name).into_bytes();
+                            def.push(0);
+                            def.extend_from_slice(&definition[query.len() + 1..]);
+                            wire::parse(&mut self.to_server, "", &def);
+                            self.forget_on_server(s.id);
+                            self.expect.push_back(Expect::Parse(None));
+                            return Ok(());
+                        }
+                    }
+                    self.to_server.extend_from_slice(&msg);
+                    self.expect.push_back(Expect::Parse(None));
+                    return Ok(());
+                }
+                let s = self.statements.define(name, definition);
+                if self.prepared_here(s.id) {
+                    self.expect.push_back(Expect::MadeUpParseComplete);
+                } else {
+                    wire::parse(&mut self.to_server, &s.server_name, &s.definition);
+                    self.mark_prepared(s.id);
+                    self.expect.push_back(Expect::Parse(Some(s.id)));
+                }
+            }
+            b'B' => {
+                self.unsynced = true;
+                let mut r = wire::Reader::new(&body);
+                let (Some(portal), Some(name)) = (r.cstr(), r.cstr()) else {
+                    return Err(End::ClientProtocol("malformed Bind".into()));
+                };
+                match self.pooled_statement(name, rewrite) {
+                    Some(s) => {
+                        self.ensure_prepared(&s);
+                        wire::bind(&mut self.to_server, portal, &s.server_name, r.rest());
+                    }
+                    None => self.to_server.extend_from_slice(&msg),
+                }
+                self.expect.push_back(Expect::Bind);
+            }
+            b'D' | b'C' => {
+                self.unsynced = true;
+                let mut r = wire::Reader::new(&body);
+                let (Some(kind), Some(name)) = (r.byte(), r.cstr()) else {
+                    return Err(End::ClientProtocol("malformed Describe/Close".into()));
+                };
+                let statement = if kind == b'S' {
+                    self.pooled_statement(name, rewrite)
+                } else {
+                    None
+                };
+                match (msg[0], statement) {
+                    (b'C', Some(_)) => {
+                        // The client is done with its name; the server keeps the statement
+                        // for other clients and later Parses of the same text.
+                        self.statements.remove(name);
+                        self.expect.push_back(Expect::MadeUpCloseComplete);
+                    }
+                    (b'D', Some(s)) => {
+                        self.ensure_prepared(&s);
+                        wire::describe_or_close(
+                            &mut self.to_server,
+                            b'D',
+                            b'S',
+                            s.server_name.as_bytes(),
+                        );
+                        self.expect.push_back(Expect::Describe);
+                    }
+                    (tag, None) => {
+                        self.to_server.extend_from_slice(&msg);
+                        self.expect.push_back(if tag == b'D' {
+                            Expect::Describe
+                        } else {
+                            Expect::Close
+                        });
+                    }
+                    _ => unreachable!("tags are D or C"),
+                }
+            }
+            _ => self.to_server.extend_from_slice(&msg),
+        }
+        Ok(())
+    }
+
+    /// Looks at a simple Query; returns true if it was handled without sending it as is.
+    fn on_sql(&mut self, sql: &[u8], rewrite: bool) -> bool {
+        let effects = sql_effects(sql);
+        self.note_effects(&effects);
+        let Some(target) = effects.deallocate.filter(|_| rewrite) else {
+            return false;
+        };
+        let Some(s) = self.statements.remove(target.as_bytes()) else {
+            return false;
+        };
+        self.ensure_prepared(&s);
+        wire::query(
+            &mut self.to_server,
+            &format!("DEALLOCATE {}", s.server_name),
+        );
+        self.forget_on_server(s.id);
+        self.expect.push_back(Expect::Sync);
+        true
+    }
+
+    fn note_effects(&mut self, e: &statements::SqlEffects) {
+        if e.listen && !self.pinned {
+            tracing::debug!(peer = %self.peer, "LISTEN: client pinned to its server connection");
+            self.pinned = true;
+        }
+        if e.unlisten_all {
+            self.pinned = false;
+        }
+        if e.drops_all_statements {
+            self.statements.clear();
+            if let Some(h) = &mut self.held {
+                h.lease.conn.prepared.clear();
+            }
+        }
+    }
+
+    /// The client's statement `name` when pgrouter renames statements (transaction mode).
+    fn pooled_statement(&self, name: &[u8], rewrite: bool) -> Option<Arc<Statement>> {
+        if !rewrite || name.is_empty() {
+            return None;
+        }
+        self.statements.get(name)
+    }
+
+    fn prepared_here(&self, id: u64) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.lease.conn.prepared.contains(&id))
+    }
+
+    fn mark_prepared(&mut self, id: u64) {
+        if let Some(h) = &mut self.held {
+            h.lease.conn.prepared.insert(id);
+        }
+    }
+
+    fn forget_on_server(&mut self, id: u64) {
+        if let Some(h) = &mut self.held {
+            h.lease.conn.prepared.remove(&id);
+        }
+    }
+
+    /// Prepares `s` on the held connection first if it is not there yet.
+    fn ensure_prepared(&mut self, s: &Statement) {
+        if self.prepared_here(s.id) {
+            return;
+        }
+        wire::parse(&mut self.to_server, &s.server_name, &s.definition);
+        self.mark_prepared(s.id);
+        self.expect.push_back(Expect::InjectedParse(s.id));
+    }
+
+    /// Forwards, swallows or answers for the server's messages as `expect` says.
+    fn process_server(&mut self) -> Result<(), Lost> {
+        loop {
+            self.made_up_answers();
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(self.sin.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                let bytes = self.sin.split_to(n);
+                if !self.server_stream_drop {
+                    self.to_client.extend_from_slice(&bytes);
+                }
+                self.server_stream_left -= n;
+                continue;
+            }
+            let (tag, len) = match wire::header(&self.sin) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Lost::Server(e.to_string())),
+            };
+            let whole = matches!(tag, b'Z' | b'S' | b'E');
+            if !whole {
+                let forward = self.settle(tag);
+                self.server_stream_left = len;
+                self.server_stream_drop = !forward;
+                continue;
+            }
+            let msg = match wire::take_message(&mut self.sin) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Lost::Server(e.to_string())),
+            };
+            let body = &msg[5..];
+            let swallowing = self.expect.front() == Some(&Expect::InjectedQuery);
+            match tag {
+                b'Z' => {
+                    self.status = body.first().copied().unwrap_or(b'I');
+                    let settled = self.expect.pop_front();
+                    if settled != Some(Expect::InjectedQuery) {
+                        self.to_client.extend_from_slice(&msg);
+                        if let Some(h) = &self.held {
+                            h.lease
+                                .pool
+                                .stats
+                                .queries
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if self.status == b'I' {
+                                h.lease
+                                    .pool
+                                    .stats
+                                    .transactions
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.shared
+                                    .metrics
+                                    .transactions
+                                    .with_label_values(&[self.port.label()])
+                                    .inc();
+                            }
+                        }
+                    }
+                }
+                b'S' => {
+                    let mut r = wire::Reader::new(body);
+                    if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
+                        let (k, v) = (
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                        if let Some(slot) = self.vars.iter_mut().find(|(name, _)| *name == k) {
+                            slot.1 = v.clone();
+                        } else if TRACKED.contains(&k.as_str()) {
+                            self.vars.push((k.clone(), v.clone()));
+                        }
+                        if let Some(h) = &mut self.held {
+                            h.lease.conn.params.insert(k, v);
+                        }
+                    }
+                    if !swallowing {
+                        self.to_client.extend_from_slice(&msg);
+                    }
+                }
+                _ => {
+                    let fields = wire::error_fields(body);
+                    let severity = fields
+                        .iter()
+                        .find(|(c, _)| *c == b'V' || *c == b'S')
+                        .map(|(_, v)| v.as_str());
+                    if matches!(severity, Some("FATAL") | Some("PANIC")) {
+                        let message = fields
+                            .iter()
+                            .find(|(c, _)| *c == b'M')
+                            .map(|(_, m)| m.clone())
+                            .unwrap_or_default();
+                        return Err(Lost::Server(message));
+                    }
+                    if swallowing {
+                        tracing::warn!(peer = %self.peer, error = ?fields.iter().find(|(c, _)| *c == b'M'), "setting the client's parameters failed");
+                        continue;
+                    }
+                    self.on_error();
+                    self.to_client.extend_from_slice(&msg);
+                }
+            }
+        }
+    }
+
+    /// An ErrorResponse in an extended batch: the server skips to Sync, so do the entries.
+    fn on_error(&mut self) {
+        if matches!(self.expect.front(), Some(Expect::Sync) | None) {
+            return;
+        }
+        while let Some(e) = self.expect.front().copied() {
+            if e == Expect::Sync {
+                break;
+            }
+            self.expect.pop_front();
+            if let Expect::Parse(Some(id)) | Expect::InjectedParse(id) = e {
+                self.forget_on_server(id);
+            }
+        }
+    }
+
+    /// Settles `expect` for a streamed message; returns whether to forward it.
+    fn settle(&mut self, tag: u8) -> bool {
+        let head = self.expect.front().copied();
+        if head == Some(Expect::InjectedQuery) {
+            return false;
+        }
+        let settles = match (tag, head) {
+            (b'1', Some(Expect::InjectedParse(_))) => {
+                self.expect.pop_front();
+                return false;
+            }
+            (b'1', Some(Expect::Parse(_))) => true,
+            (b'2', Some(Expect::Bind)) => true,
+            (b'3', Some(Expect::Close)) => true,
+            (b'T' | b'n', Some(Expect::Describe)) => true,
+            (b'C' | b'I' | b's', Some(Expect::Execute)) => true,
+            _ => false,
+        };
+        if settles {
+            self.expect.pop_front();
+        }
+        true
+    }
+
+    /// Sends the answers pgrouter owes for messages it did not forward, in order.
+    fn made_up_answers(&mut self) {
+        while let Some(e) = self.expect.front() {
+            let tag = match e {
+                Expect::MadeUpParseComplete => b'1',
+                Expect::MadeUpCloseComplete => b'3',
+                _ => return,
+            };
+            wire::message(&mut self.to_client, tag, |_| {});
+            self.expect.pop_front();
+        }
+    }
+
+    /// The held connection is gone or may no longer be used: nothing more from it reaches
+    /// the client; the client's unanswered work fails, its connection stays.
+    async fn abort(&mut self, lost: Lost) -> Result<Done, End> {
+        let held = self.held.take().expect("abort with a server");
+        let scope = &self.shared.scope;
+        let member = &held.route.member.name;
+        let e = match &lost {
+            Lost::Role(reason) => PgError::error(
+                sqlstate::ADMIN_SHUTDOWN,
+                format!(
+                    "pgrouter: cluster \"{scope}\": transaction on \"{member}\" aborted: {reason}"
+                ),
+            ),
+            Lost::Server(why) => server_gone(scope, &held.route, why),
+        }
+        .with_hint("The connection to pgrouter stays open; retry the transaction.");
+        tracing::info!(peer = %self.peer, port = %self.port, %member, error = %e, "aborted a pooled transaction");
+        self.shared
+            .metrics
+            .client_errors
+            .with_label_values(&[e.code])
+            .inc();
+        held.lease.discard();
+        // What the lost server said and was not yet written is dropped.
+        let partial = self.server_stream_left > 0 && !self.server_stream_drop;
+        self.sin.clear();
+        self.server_stream_left = 0;
+        self.to_server.clear();
+        self.to_client.clear();
+        if partial {
+            // The client saw half a message: there is no way to resynchronise it.
+            return Err(End::ClientGone);
+        }
+        let pending = self.expect.iter().filter(|e| **e == Expect::Sync).count();
+        let mut out = BytesMut::new();
+        for _ in 0..pending {
+            out.extend_from_slice(&e.encode());
+            wire::ready_for_query(&mut out, b'I');
+        }
+        let unsynced = self.unsynced;
+        let in_transaction = self.status != b'I';
+        self.statements_lost_with_server();
+        self.pinned = false;
+        self.client_stream_left = 0;
+        self.client
+            .write_all(&out)
+            .await
+            .map_err(|_| End::ClientGone)?;
+        if unsynced {
+            // The client's batch goes on up to its Sync: fail it there.
+            self.fail_unit(e).await?;
+        } else if pending == 0 && in_transaction {
+            // Idle inside a transaction: its next statement learns the transaction is gone.
+            self.owed = Some(e);
+        }
+        Ok(Done::Idle)
+    }
+
+    /// Returns a connection to its pool, or closes it when its state is unknown.
+    async fn put_back(&mut self, held: Held, done: Done) {
+        let clean = self.expect.is_empty()
+            && !self.unsynced
+            && self.status == b'I'
+            && self.server_stream_left == 0
+            && self.to_server.is_empty();
+        let reusable = clean && !held.retire && !self.pinned;
+        self.expect.clear();
+        self.unsynced = false;
+        self.status = b'I';
+        self.sin.clear();
+        self.to_server.clear();
+        if !reusable {
+            held.lease.discard();
+            return;
+        }
+        let mut lease = held.lease;
+        if matches!(done, Done::ClientLeft) && self.mode == PoolMode::Session {
+            if lease.conn.run("DISCARD ALL").await.is_err() {
+                lease.discard();
+                return;
+            }
+            lease.conn.prepared.clear();
+        }
+        lease.release();
+    }
+
+    /// Gives large buffers back while the client is idle.
+    fn shrink(&mut self) {
+        for buf in [&mut self.sin, &mut self.to_server, &mut self.to_client] {
+            if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+                *buf = BytesMut::new();
+            }
+        }
+        if self.cin.is_empty() && self.cin.capacity() > KEEP_CAPACITY {
+            self.cin = BytesMut::new();
+        }
+    }
+}
+
+enum Event {
+    Signal,
+    ClientReadable(std::io::Result<()>),
+    ServerReadable(std::io::Result<()>),
+    Writable(Result<(), Side>),
+}
+
+enum Side {
+    Client(std::io::Error),
+    Server(std::io::Error),
+}
+
+impl From<Side> for std::io::Error {
+    fn from(s: Side) -> Self {
+        match s {
+            Side::Client(e) | Side::Server(e) => e,
+        }
+    }
+}
+
+/// Why a held server connection cannot go on.
+#[derive(Debug)]
+enum Lost {
+    /// Its member lost the leader key.
+    Role(String),
+    /// It failed, closed, or said FATAL.
+    Server(String),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Role(r) | Lost::Server(r) => f.write_str(r),
+        }
+    }
+}
+
+fn server_gone(scope: &str, route: &Route, why: &str) -> PgError {
+    PgError::error(
+        sqlstate::CONNECTION_FAILURE,
+        format!(
+            "pgrouter: cluster \"{scope}\": lost the server connection to member \"{}\": {why}",
+            route.member.name
+        ),
+    )
+}
+
+async fn send_fatal(shared: &Shared, client: &mut TcpStream, e: &PgError) {
+    shared
+        .metrics
+        .client_errors
+        .with_label_values(&[e.code])
+        .inc();
+    let _ = client.write_all(&e.encode()).await;
+    let _ = client.shutdown().await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,210 @@
+//! The PostgreSQL messages pooled sessions read whole, write themselves, or rewrite.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Longest message pgrouter buffers whole (PostgreSQL's own limit for most messages is 1 GB;
+/// the messages read whole here are statements, binds and small server replies).
+pub const MAX_WHOLE_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// A length field below 4, or a message pgrouter must read whole beyond `MAX_WHOLE_MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message '{}' has unacceptable length {len}", char::from(*tag))]
+pub struct BadMessage {
+    pub tag: u8,
+    pub len: usize,
+}
+
+/// The tag and total length (tag byte included) of the message at the start of `buf`, once
+/// its 5-byte header is there.
+pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, BadMessage> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(BadMessage { tag: buf[0], len });
+    }
+    Ok(Some((buf[0], len + 1)))
+}
+
+/// Splits one whole message (header included) off the front of `buf`, if it is all there.
+pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadMessage> {
+    match header(buf)? {
+        Some((tag, len)) if len > MAX_WHOLE_MESSAGE => Err(BadMessage { tag, len }),
+        Some((_, len)) if buf.len() >= len => Ok(Some(buf.split_to(len).freeze())),
+        _ => Ok(None),
+    }
+}
+
+/// Writes a message with `tag` whose body `body` fills in.
+pub fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_u32(0);
+    body(out);
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    message(out, b'Z', |b| b.put_u8(status));
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    message(out, b'S', |b| {
+        put_cstr(b, name.as_bytes());
+        put_cstr(b, value.as_bytes());
+    });
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: &[u8]) {
+    message(out, b'K', |b| {
+        b.put_i32(pid);
+        b.put_slice(secret);
+    });
+}
+
+pub fn query(out: &mut BytesMut, sql: &str) {
+    message(out, b'Q', |b| put_cstr(b, sql.as_bytes()));
+}
+
+pub fn terminate(out: &mut BytesMut) {
+    message(out, b'X', |_| {});
+}
+
+/// A Parse of statement `name` from the body of a client's Parse after its name
+/// (query, parameter types).
+pub fn parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
+    message(out, b'P', |b| {
+        put_cstr(b, name.as_bytes());
+        b.put_slice(rest);
+    });
+}
+
+/// A Bind of `portal` to statement `name`, with the rest of a client's Bind after its
+/// statement name (formats, parameters, result formats).
+pub fn bind(out: &mut BytesMut, portal: &[u8], name: &str, rest: &[u8]) {
+    message(out, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, name.as_bytes());
+        b.put_slice(rest);
+    });
+}
+
+/// Describe or Close ('S' statement / 'P' portal) of `name`.
+pub fn describe_or_close(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    message(out, tag, |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+/// The StartupMessage (protocol 3.0) with these parameters.
+pub fn startup(params: &[(&str, &str)]) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_u32(0);
+    out.put_u32(196608);
+    for (k, v) in params {
+        put_cstr(&mut out, k.as_bytes());
+        put_cstr(&mut out, v.as_bytes());
+    }
+    out.put_u8(0);
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+fn put_cstr(b: &mut BytesMut, s: &[u8]) {
+    b.put_slice(s);
+    b.put_u8(0);
+}
+
+/// Reads NUL-terminated strings and fixed fields from a message body.
+pub struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(body: &'a [u8]) -> Reader<'a> {
+        Reader { rest: body }
+    }
+
+    pub fn cstr(&mut self) -> Option<&'a [u8]> {
+        let end = self.rest.iter().position(|&b| b == 0)?;
+        let s = &self.rest[..end];
+        self.rest = &self.rest[end + 1..];
+        Some(s)
+    }
+
+    pub fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(b)
+    }
+
+    pub fn i32(&mut self) -> Option<i32> {
+        let bytes = self.rest.get(..4)?;
+        self.rest = &self.rest[4..];
+        Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body: (field code, value).
+pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
+    let mut r = Reader::new(body);
+    let mut fields = Vec::new();
+    while let Some(code) = r.byte() {
+        if code == 0 {
+            break;
+        }
+        let Some(value) = r.cstr() else { break };
+        fields.push((code, String::from_utf8_lossy(value).into_owned()));
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed() {
+        let mut out = BytesMut::new();
+        ready_for_query(&mut out, b'I');
+        parse(&mut out, "pgr_1", b"select 1\0\0\0");
+        let mut buf = out.clone();
+        let z = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!(&z[..], b"Z\0\0\0\x05I");
+        let p = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!(&p[..], b"P\0\0\0\x18pgr_1\0select 1\0\0\0");
+        assert!(buf.is_empty());
+        assert_eq!(take_message(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_and_bad_messages() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09sel"[..]);
+        assert_eq!(take_message(&mut buf).unwrap(), None);
+        let mut bad = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert_eq!(
+            take_message(&mut bad).unwrap_err(),
+            BadMessage { tag: b'Q', len: 2 }
+        );
+    }
+
+    #[test]
+    fn startup_and_reader() {
+        let s = startup(&[("user", "app"), ("database", "db")]);
+        assert_eq!(&s[4..8], &196608u32.to_be_bytes());
+        let mut r = Reader::new(&s[8..]);
+        assert_eq!(r.cstr(), Some(&b"user"[..]));
+        assert_eq!(r.cstr(), Some(&b"app"[..]));
+        let fields = error_fields(b"SERROR\0C42P01\0Mno table\0\0");
+        assert_eq!(fields[1], (b'C', "42P01".to_owned()));
+        assert_eq!(fields[2].1, "no table");
+    }
+}
