@@ -8,6 +8,7 @@
 mod dcs;
 mod failover;
 mod operations;
+mod pooling;
 mod routing;
 mod startup;
 mod support;
@@ -61,6 +62,16 @@ const TESTS: &[(&str, TestFn)] = &[
     }),
     ("sigterm_under_load_drains_and_exits_0", |lab| {
         Box::pin(operations::sigterm_drains(lab))
+    }),
+    (
+        "pooled_drivers_pgbench_modes_and_auth_in_transaction_mode",
+        |lab| Box::pin(pooling::drivers_and_pgbench(lab)),
+    ),
+    ("pooled_planned_switchover_unseen_by_clients", |lab| {
+        Box::pin(pooling::switchover_unseen(lab))
+    }),
+    ("pooled_cancel_listen_console_and_session_mode", |lab| {
+        Box::pin(pooling::cancel_listen_console_session(lab))
     }),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))

@@ -169,31 +169,7 @@ fn pgbench(port: u16, clients: u32, seconds: u32) -> Result<std::process::Child>
 pub async fn pause_and_resume(lab: &Lab) -> Result<()> {
     let router = Router::start(lab, 17530, RouterOptions::default())?;
     let admin = router.admin;
-    lab.psql(
-        lab.pg_port(&lab.leader()?),
-        "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
-    )?;
-    let init = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &router.primary.to_string(),
-            "-U",
-            "postgres",
-            "-i",
-            "-s",
-            "1",
-            "-q",
-            "postgres",
-        ])
-        .env("PGPASSWORD", "postgres")
-        .output()?;
-    ensure!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    crate::support::pgbench_init(lab)?;
     let bench = pgbench(router.primary, 8, 10)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 

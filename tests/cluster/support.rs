@@ -27,6 +27,8 @@ pub struct RouterOptions<'a> {
     pub scope: &'a str,
     pub routing: &'a str,
     pub listen_extra: &'a str,
+    /// More sections ([pool], [auth]) after [routing].
+    pub sections: &'a str,
 }
 
 impl Default for RouterOptions<'_> {
@@ -35,6 +37,7 @@ impl Default for RouterOptions<'_> {
             scope: "demo",
             routing: "hold_timeout = \"30s\"\ndrain_timeout = \"5s\"\n",
             listen_extra: "",
+            sections: "",
         }
     }
 }
@@ -49,13 +52,14 @@ impl Router {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}",
+                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}\n{sections}",
                 scope = opts.scope,
                 etcd = lab.etcd_endpoint(),
                 rport = port + 1,
                 aport = port + ADMIN_OFFSET,
                 extra = opts.listen_extra,
                 routing = opts.routing,
+                sections = opts.sections,
             ),
         )?;
         let log = dir.join("pgrouter.log");
@@ -129,6 +133,26 @@ impl Drop for Router {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Recreates the pgbench tables (scale 1) on the leader, directly.
+pub fn pgbench_init(lab: &Lab) -> Result<()> {
+    let port = lab.pg_port(&lab.leader()?);
+    lab.psql(
+        port,
+        "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+    )?;
+    let init = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-i", "-s", "1", "-q", "postgres"])
+        .env("PGPASSWORD", "postgres")
+        .output()?;
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    Ok(())
 }
 
 /// The backend port a connection landed on.

@@ -1,0 +1,419 @@
+//! The pooling issue on the real lab: transaction pooling under pgbench's three query modes
+//! and three real drivers (PHP PDO, psycopg 3, asyncpg), a planned switchover that pooled
+//! clients do not see, cancel, LISTEN, the admin console, session mode and auth_query.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pgrouter_lab::Lab;
+use tokio_postgres::NoTls;
+
+use crate::support::{connect, missing_rows, pgbench_init, Probe, Router, RouterOptions};
+
+/// A router whose two ports pool; `postgres` logs in with the SCRAM secret from pg_authid
+/// (pgrouter logs in to the servers with the key recovered from the client's proof),
+/// `app_plain` with a plain password, `pgrouter_auth` runs auth_query.
+fn pooled_router(
+    lab: &Lab,
+    port: u16,
+    primary_mode: &str,
+    replicas_mode: &str,
+    pool_size: u32,
+) -> Result<Router> {
+    let leader = lab.pg_port(&lab.leader()?);
+    lab.psql(
+        leader,
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'app_plain') then
+             create role app_plain login password 'plain-secret'; end if;
+           if not exists (select from pg_roles where rolname = 'pgrouter_auth') then
+             create role pgrouter_auth login password 'auth-secret'; end if;
+           if not exists (select from pg_roles where rolname = 'aq_user') then
+             create role aq_user login password 'looked-up'; end if;
+         end $$;
+         create or replace function public.pgrouter_lookup(text)
+           returns table(usename name, passwd text) language sql security definer
+           as 'select usename, passwd from pg_catalog.pg_shadow where usename = $1';
+         revoke all on function public.pgrouter_lookup(text) from public;
+         grant execute on function public.pgrouter_lookup(text) to pgrouter_auth;
+         grant all on schema public to app_plain;",
+    )?;
+    let secret = lab.psql(
+        leader,
+        "select rolpassword from pg_authid where rolname = 'postgres'",
+    )?;
+    ensure!(secret.starts_with("SCRAM-SHA-256$"), "lab secret: {secret}");
+    let dir = lab.spec().dir.join(format!("router-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(
+        &userlist,
+        format!(
+            "; pgbouncer format\n\"postgres\" \"{secret}\"\n\"app_plain\" \"plain-secret\"\n\"pgrouter_auth\" \"auth-secret\"\n\"admin\" \"console-secret\"\n"
+        ),
+    )?;
+    let listen = format!(
+        "primary_pool_mode = \"{primary_mode}\"\nreplicas_pool_mode = \"{replicas_mode}\"\n"
+    );
+    let sections = format!(
+        "[pool]\npool_size = {pool_size}\n\n[auth]\nauth_file = \"{}\"\nauth_user = \"pgrouter_auth\"\nauth_query = \"select usename, passwd from public.pgrouter_lookup($1)\"\nadmin_users = [\"admin\"]\n",
+        userlist.display()
+    );
+    Router::start(
+        lab,
+        port,
+        RouterOptions {
+            listen_extra: &listen,
+            sections: &sections,
+            ..RouterOptions::default()
+        },
+    )
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    Ok(out)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn pgbench(port: u16, args: &[&str]) -> Command {
+    let mut c = Command::new("pgbench");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-n",
+    ])
+    .args(args)
+    .arg("postgres")
+    .env("PGPASSWORD", "postgres");
+    c
+}
+
+/// pgbench ran to its end with every transaction committed and no client aborted.
+fn pgbench_clean(what: &str, out: &Output) -> Result<u64> {
+    let t = text(out);
+    ensure!(out.status.success(), "{what}: pgbench failed:\n{t}");
+    ensure!(
+        t.contains("number of failed transactions: 0 ") && !t.contains("aborted"),
+        "{what}: pgbench saw failures:\n{t}"
+    );
+    let processed = t
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next()?.trim().parse().ok())
+        .context("no transaction count")?;
+    Ok(processed)
+}
+
+fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<Output> {
+    run(Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            db,
+        ])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "30"))
+}
+
+pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
+    pgbench_init(lab)?;
+    // Fewer server connections than clients: statements must follow clients across them.
+    let router = pooled_router(lab, 17540, "transaction", "transaction", 4)?;
+    let port = router.primary;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(&mut pgbench(
+            port,
+            &["-S", "-M", mode, "-c", "20", "-j", "2", "-T", "4"],
+        ))?;
+        let n = pgbench_clean(&format!("pgbench -S -M {mode} -c 20"), &out)?;
+        println!("  pgbench -S -M {mode} -c 20 through 4 server connections: {n} transactions");
+    }
+    // Read-write transactions (BEGIN ... END) with prepared statements, as many clients as
+    // server connections (pgbench prepares synchronously, which needs a free one).
+    let out = run(&mut pgbench(
+        port,
+        &["-M", "prepared", "-c", "4", "-j", "2", "-T", "3"],
+    ))?;
+    pgbench_clean("pgbench tpcb-like -M prepared -c 4", &out)?;
+
+    let scripts: [(&str, &[&str]); 3] = [
+        (
+            "PHP PDO (emulated prepares off)",
+            &["php", "tests/clients/pdo_prepared.php"],
+        ),
+        (
+            "psycopg 3 (prepare_threshold=0)",
+            &["/usr/bin/python3", "tests/clients/psycopg_prepared.py"],
+        ),
+        (
+            "asyncpg pool",
+            &["/usr/bin/python3", "tests/clients/asyncpg_pool.py"],
+        ),
+    ];
+    for (name, cmd) in scripts {
+        let out = run(Command::new(cmd[0])
+            .args(&cmd[1..])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--user",
+                "postgres",
+                "--password",
+                "postgres",
+                "--dbname",
+                "postgres",
+            ])
+            .args(["--clients", "8", "--iterations", "150"])
+            .current_dir(env!("CARGO_MANIFEST_DIR")))?;
+        let t = text(&out);
+        ensure!(
+            out.status.success() && t.starts_with("ok: "),
+            "{name} failed through transaction pooling:\n{t}"
+        );
+        println!("  {name}: {}", t.trim());
+    }
+
+    // A plain auth_file secret, auth_query for a user not in the file, and wrong passwords.
+    let out = psql(
+        port,
+        "app_plain",
+        "plain-secret",
+        "postgres",
+        "select current_user",
+    )?;
+    ensure!(
+        text(&out).trim() == "app_plain",
+        "plain secret: {}",
+        text(&out)
+    );
+    let out = psql(
+        port,
+        "aq_user",
+        "looked-up",
+        "postgres",
+        "select current_user",
+    )?;
+    ensure!(text(&out).trim() == "aq_user", "auth_query: {}", text(&out));
+    for (user, wrong) in [("postgres", "nope"), ("aq_user", "nope"), ("nobody", "x")] {
+        let out = psql(port, user, wrong, "postgres", "select 1")?;
+        let t = text(&out);
+        ensure!(
+            !out.status.success()
+                && t.contains(&format!(
+                    "password authentication failed for user \"{user}\""
+                )),
+            "wrong password for {user}: {t}"
+        );
+        ensure!(!t.contains(wrong) || wrong.len() < 3, "secret echoed: {t}");
+    }
+    let log = router.log_text();
+    for secret in ["plain-secret", "auth-secret", "looked-up", "SCRAM-SHA-256$"] {
+        ensure!(!log.contains(secret), "the log shows a secret ({secret})");
+    }
+    Ok(())
+}
+
+pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
+    pgbench_init(lab)?;
+    let router = pooled_router(lab, 17544, "transaction", "transaction", 10)?;
+    let old = lab.leader()?;
+    lab.psql(
+        lab.pg_port(&old),
+        "drop table if exists probe_pooled; create table probe_pooled(id bigint primary key, at timestamptz default clock_timestamp())",
+    )?;
+    let bench = pgbench(
+        router.primary,
+        &["-S", "-M", "prepared", "-c", "100", "-j", "2", "-T", "30"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    let probe = Probe::start(router.primary, "probe_pooled");
+    probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    lab.switchover(None)?;
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
+    probe.wait_for_acks(200, Duration::from_secs(60)).await?;
+    let report = probe.finish().await;
+    println!(
+        "  pooled writer probe: longest write gap {:.2}s, {} query errors, {} connect errors, {} connections, {} rows",
+        report.longest_gap.as_secs_f64(),
+        report.query_errors.len(),
+        report.connect_errors.len(),
+        report.connections,
+        report.acked.len()
+    );
+    ensure!(
+        report.query_errors.is_empty()
+            && report.connect_errors.is_empty()
+            && report.connections == 1,
+        "the pooled writer saw the switchover: {:?} {:?}",
+        report.query_errors,
+        report.connect_errors
+    );
+    let missing = missing_rows(lab, lab.pg_port(&new), "probe_pooled", &report.acked)?;
+    ensure!(
+        missing.is_empty(),
+        "acknowledged rows missing on {new}: {missing:?}"
+    );
+
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output()).await??;
+    let n = pgbench_clean("pgbench -S -M prepared -c 100 across a switchover", &out)?;
+    println!("  pgbench -S -M prepared -c 100 across the switchover: {n} transactions, 0 failed, no client dropped");
+    Ok(())
+}
+
+pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
+    let router = pooled_router(lab, 17548, "transaction", "session", 2)?;
+    let port = router.primary;
+
+    // Cancel: pgrouter's own key, mapped to the server running the query.
+    let (sleeper, _c) = connect(port, "pgrouter-test-cancel").await?;
+    let token = sleeper.cancel_token();
+    let started = Instant::now();
+    let sleeping = tokio::spawn(async move {
+        let r = sleeper.simple_query("select pg_sleep(60)").await;
+        (r.map(|_| ()), sleeper)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(NoTls).await?;
+    let (result, sleeper) = tokio::time::timeout(Duration::from_secs(20), sleeping).await??;
+    let e = result.err().context("pg_sleep(60) was not cancelled")?;
+    ensure!(
+        e.as_db_error().map(|d| d.code().code()) == Some("57014"),
+        "cancel: {e:?}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(30),
+        "cancel took too long"
+    );
+    let one: i32 = sleeper.query_one("select 1", &[]).await?.get(0);
+    ensure!(one == 1, "the cancelled client is still usable");
+
+    // LISTEN pins the client to its server connection, so notifications reach it even
+    // while other clients' transactions use the pool.
+    let (listener, mut connection) = tokio_postgres::connect(
+        &pgrouter_lab::probe::dsn(port, "pgrouter-test-listen"),
+        NoTls,
+    )
+    .await?;
+    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN pgrouter_jobs").await?;
+    let (other, _c2) = connect(port, "pgrouter-test-notify").await?;
+    for i in 0..5 {
+        other
+            .batch_execute(&format!("NOTIFY pgrouter_jobs, 'job {i}'"))
+            .await?;
+    }
+    for i in 0..5 {
+        let got = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+            .await
+            .context("a notification did not arrive")?;
+        ensure!(
+            got.as_deref() == Some(format!("job {i}").as_str()),
+            "notification {i}: {got:?}"
+        );
+    }
+    listener.batch_execute("UNLISTEN *").await?;
+
+    // The admin console.
+    let out = psql(port, "admin", "console-secret", "pgrouter", "SHOW POOLS")?;
+    let t = text(&out);
+    ensure!(
+        out.status.success() && t.contains("|postgres|") && t.contains("|leader|"),
+        "SHOW POOLS:\n{t}"
+    );
+    for command in ["SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG"] {
+        let out = psql(port, "admin", "console-secret", "pgrouter", command)?;
+        ensure!(out.status.success(), "{command}: {}", text(&out));
+    }
+    ensure!(
+        text(&psql(
+            port,
+            "admin",
+            "console-secret",
+            "pgrouter",
+            "SHOW CONFIG"
+        )?)
+        .contains("listen.primary_pool_mode|transaction"),
+        "SHOW CONFIG lacks the pool mode"
+    );
+    let out = psql(port, "postgres", "postgres", "pgrouter", "SHOW POOLS")?;
+    ensure!(
+        text(&out).contains("not in auth.admin_users"),
+        "non-admin console: {}",
+        text(&out)
+    );
+    let out = psql(port, "admin", "console-secret", "pgrouter", "PAUSE")?;
+    ensure!(out.status.success(), "PAUSE: {}", text(&out));
+    let held = tokio::spawn(async move {
+        let r = other.query_one("select 41 + 1", &[]).await;
+        r.map(|row| row.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(!held.is_finished(), "a transaction ran while paused");
+    let out = psql(port, "admin", "console-secret", "pgrouter", "RESUME")?;
+    ensure!(out.status.success(), "RESUME: {}", text(&out));
+    let v = tokio::time::timeout(Duration::from_secs(10), held).await???;
+    ensure!(v == 42, "after RESUME");
+    let out = psql(port, "admin", "console-secret", "pgrouter", "RELOAD")?;
+    ensure!(out.status.success(), "RELOAD: {}", text(&out));
+
+    // Session mode (the replicas port here): a server connection goes back reset.
+    let replicas = router.replicas;
+    let (a, _ca) = connect(replicas, "pgrouter-test-session").await?;
+    a.batch_execute("SET search_path = pgrouter_was_here")
+        .await?;
+    let pid_a: i32 = a.query_one("select pg_backend_pid()", &[]).await?.get(0);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut reused = false;
+    for _ in 0..4 {
+        let (b, _cb) = connect(replicas, "pgrouter-test-session").await?;
+        let row = b
+            .query_one(
+                "select pg_backend_pid(), current_setting('search_path')",
+                &[],
+            )
+            .await?;
+        let (pid, path): (i32, String) = (row.get(0), row.get(1));
+        ensure!(
+            !path.contains("pgrouter_was_here"),
+            "session state leaked to the next client: {path}"
+        );
+        reused |= pid == pid_a;
+    }
+    if !reused {
+        bail!("session mode did not reuse the server connection");
+    }
+    Ok(())
+}
