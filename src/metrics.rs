@@ -37,6 +37,10 @@ pub struct Metrics {
     pub member_eligible: IntGaugeVec,
     pub member_lag_bytes: IntGaugeVec,
     pub paused: IntGaugeVec,
+    /// Pooled modes: server connections per pool, idle or active.
+    pub pool_servers: IntGaugeVec,
+    /// Pooled modes: clients waiting for a server connection, per pool.
+    pub pool_waiting: IntGaugeVec,
     /// When the last etcd read or event arrived; the age gauge is computed at scrape time.
     dcs_last_event: Mutex<Option<Instant>>,
 }
@@ -101,7 +105,7 @@ impl Metrics {
             ),
             client_errors: counters(
                 "client_errors_total",
-                "FATAL errors pgrouter sent to clients, by SQLSTATE.",
+                "Errors pgrouter sent to clients (FATAL, and ERROR for pooled transactions), by SQLSTATE.",
                 &["sqlstate"],
             ),
             sessions_drained: counters(
@@ -154,6 +158,16 @@ impl Metrics {
                 &["member"],
             ),
             paused: gauges("paused", "1 while the port is paused.", &["port"]),
+            pool_servers: gauges(
+                "pool_server_connections",
+                "Pooled server connections by member, role, database, user and state (idle, active).",
+                &["member", "role", "database", "user", "state"],
+            ),
+            pool_waiting: gauges(
+                "pool_clients_waiting",
+                "Pooled clients waiting for a server connection, by pool.",
+                &["member", "role", "database", "user"],
+            ),
             dcs_last_event: Mutex::new(None),
             registry,
         }

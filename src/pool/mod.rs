@@ -50,6 +50,7 @@ pub async fn maintain(shared: Arc<Shared>) {
         shared
             .pools
             .maintain(&config.pool, |key| keeps_role(&shared, &current, key));
+        shared.pools.export(&shared.metrics);
         if config.pool.min_pool_size == 0 {
             continue;
         }

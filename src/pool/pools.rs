@@ -177,6 +177,10 @@ impl Pool {
                 tokio::spawn(conn.close());
                 continue;
             }
+            if !conn.quiet() {
+                tracing::info!(pool = %self.name(), server = conn.id, "dropped an idle server connection that spoke or closed unasked");
+                continue;
+            }
             if now.duration_since(conn.last_used) >= config.server_check_delay.0
                 && !conn.healthy(connect_timeout).await
             {
@@ -312,6 +316,9 @@ impl Drop for ClientRegistration {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// ParameterStatus of a fresh server connection per (database, user): the defaults a new
+    /// client is told at login without borrowing a server.
+    params: Mutex<HashMap<(String, String), Arc<HashMap<String, String>>>>,
     clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
     next_id: AtomicU64,
 }
@@ -336,6 +343,42 @@ impl Pools {
             old.close_idle(|_| true);
         }
         pool
+    }
+
+    pub fn remember_params(
+        &self,
+        database: &str,
+        user: &str,
+        params: Arc<HashMap<String, String>>,
+    ) {
+        lock(&self.params).insert((database.to_owned(), user.to_owned()), params);
+    }
+
+    pub fn params(&self, database: &str, user: &str) -> Option<Arc<HashMap<String, String>>> {
+        lock(&self.params)
+            .get(&(database.to_owned(), user.to_owned()))
+            .cloned()
+    }
+
+    /// Sets the per-pool gauges.
+    pub fn export(&self, metrics: &crate::metrics::Metrics) {
+        metrics.pool_servers.reset();
+        metrics.pool_waiting.reset();
+        for p in self.all() {
+            let k = &p.key;
+            let labels = [k.member.as_str(), k.target.label(), &k.database, &k.user];
+            let with = |state| {
+                let mut l = labels.to_vec();
+                l.push(state);
+                metrics.pool_servers.with_label_values(&l)
+            };
+            with("idle").set(p.idle_count() as i64);
+            with("active").set(p.stats.active.load(Ordering::Relaxed) as i64);
+            metrics
+                .pool_waiting
+                .with_label_values(&labels)
+                .set(p.stats.waiting.load(Ordering::Relaxed) as i64);
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

@@ -57,6 +57,8 @@ pub struct ServerConn {
     pub key: CancelKey,
     /// ParameterStatus values as the server last reported them.
     pub params: HashMap<String, String>,
+    /// ParameterStatus values at login: the defaults a client that sets nothing gets.
+    pub initial: std::sync::Arc<HashMap<String, String>>,
     /// Ids of the client statements prepared here under their pooled names.
     pub prepared: HashSet<u64>,
     pub created: Instant,
@@ -222,6 +224,7 @@ impl ServerConn {
                 id,
                 member: member.to_owned(),
                 addr: addr.to_owned(),
+                initial: std::sync::Arc::new(params.clone()),
                 key: key.unwrap_or(CancelKey {
                     pid: 0,
                     secret: bytes::Bytes::new(),
@@ -326,6 +329,13 @@ impl ServerConn {
                 })
             }
         }
+    }
+
+    /// True if an idle connection has said nothing since it was last used: a server that
+    /// ended the backend (FATAL, EOF) while it idled is caught here without a round trip.
+    pub fn quiet(&self) -> bool {
+        let mut probe = [0u8; 64];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// True if the connection answers an empty query at once (after idling).

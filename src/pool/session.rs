@@ -252,32 +252,54 @@ impl PooledSession {
         }
     }
 
-    /// Borrows a server connection to learn the parameters to report (after setting the
-    /// client's own), then sends them, the client's cancel key and ReadyForQuery.
+    /// Tells the client the server's parameters, its cancel key and ReadyForQuery. A client
+    /// asking for nothing but the defaults (remembered from a fresh server connection for
+    /// its database and user) needs no server; otherwise one is borrowed to apply its
+    /// settings, and the server's own spelling of them is reported.
     async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
-        self.state.set(ClientState::Held);
-        let held = self
-            .acquire()
-            .await
-            .map_err(|e| End::Fatal(PgError { fatal: true, ..e }))?;
-        self.held = Some(held);
-        self.sync_vars();
-        self.flush_to_server().await?;
-        while self.expect.contains(&Expect::InjectedQuery) {
-            self.read_server().await?;
-        }
-        let held = self.held.take().expect("held above");
+        let defaults = self.shared.pools.params(&self.database, &self.user);
+        let fits = defaults
+            .as_ref()
+            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.get(k) == Some(v)));
+        let params = match defaults {
+            Some(d) if fits => d,
+            _ => {
+                self.state.set(ClientState::Held);
+                let held = self
+                    .acquire()
+                    .await
+                    .map_err(|e| End::Fatal(PgError { fatal: true, ..e }))?;
+                self.held = Some(held);
+                self.sync_vars();
+                self.flush_to_server().await?;
+                while self.expect.contains(&Expect::InjectedQuery) {
+                    self.read_server().await?;
+                }
+                let held = self.held.take().expect("held above");
+                let conn = &held.lease.conn;
+                let mut params = (*conn.initial).clone();
+                for (k, _) in &self.vars {
+                    if let Some(v) = conn.params.get(k) {
+                        params.insert(k.clone(), v.clone());
+                    }
+                }
+                self.shared
+                    .pools
+                    .remember_params(&self.database, &self.user, conn.initial.clone());
+                self.put_back(held, Done::Idle).await;
+                Arc::new(params)
+            }
+        };
         let mut out = BytesMut::new();
-        let mut params: Vec<_> = held.lease.conn.params.iter().collect();
-        params.sort();
-        for (k, v) in params {
+        let mut sorted: Vec<_> = params.iter().collect();
+        sorted.sort();
+        for (k, v) in sorted {
             wire::parameter_status(&mut out, k, v);
         }
         self.vars = TRACKED
             .iter()
-            .filter_map(|k| Some((k.to_string(), held.lease.conn.params.get(*k)?.clone())))
+            .filter_map(|k| Some((k.to_string(), params.get(*k)?.clone())))
             .collect();
-        self.put_back(held, Done::Idle).await;
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
         self.client

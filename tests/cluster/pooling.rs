@@ -345,6 +345,29 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
     }
     listener.batch_execute("UNLISTEN *").await?;
 
+    // Each client keeps its own settings whichever server connection runs its statement.
+    let (a, _ca) = connect(port, "pgrouter-test-a").await?;
+    let (b, _cb) = connect(port, "pgrouter-test-b").await?;
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'").await?;
+    for _ in 0..10 {
+        for (client, app, zone) in [
+            (&a, "pgrouter-test-a", "Asia/Tokyo"),
+            (&b, "pgrouter-test-b", "UTC"),
+        ] {
+            let row = client
+                .query_one(
+                    "select current_setting('application_name'), current_setting('TimeZone')",
+                    &[],
+                )
+                .await?;
+            let (got_app, got_zone): (String, String) = (row.get(0), row.get(1));
+            ensure!(
+                got_app == app && (got_zone == zone || zone == "UTC" && got_zone != "Asia/Tokyo"),
+                "{app} saw application_name {got_app:?}, TimeZone {got_zone:?}"
+            );
+        }
+    }
+
     // The admin console.
     let out = psql(port, "admin", "console-secret", "pgrouter", "SHOW POOLS")?;
     let t = text(&out);
