@@ -313,12 +313,15 @@ impl Drop for ClientRegistration {
     }
 }
 
+/// ParameterStatus values by name.
+pub type Params = Arc<HashMap<String, String>>;
+
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// ParameterStatus of a fresh server connection per (database, user): the defaults a new
     /// client is told at login without borrowing a server.
-    params: Mutex<HashMap<(String, String), Arc<HashMap<String, String>>>>,
+    params: Mutex<HashMap<(String, String), Params>>,
     clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
     next_id: AtomicU64,
 }
@@ -345,16 +348,11 @@ impl Pools {
         pool
     }
 
-    pub fn remember_params(
-        &self,
-        database: &str,
-        user: &str,
-        params: Arc<HashMap<String, String>>,
-    ) {
+    pub fn remember_params(&self, database: &str, user: &str, params: Params) {
         lock(&self.params).insert((database.to_owned(), user.to_owned()), params);
     }
 
-    pub fn params(&self, database: &str, user: &str) -> Option<Arc<HashMap<String, String>>> {
+    pub fn params(&self, database: &str, user: &str) -> Option<Params> {
         lock(&self.params)
             .get(&(database.to_owned(), user.to_owned()))
             .cloned()
