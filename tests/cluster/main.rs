@@ -73,6 +73,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("pooled_cancel_listen_console_and_session_mode", |lab| {
         Box::pin(pooling::cancel_listen_console_session(lab))
     }),
+    (
+        "pooled_kill_9_of_the_leader_keeps_clients_connected",
+        |lab| Box::pin(pooling::kill_leader_keeps_clients(lab)),
+    ),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))
     }),

@@ -20,6 +20,7 @@ fn pooled_router(
     primary_mode: &str,
     replicas_mode: &str,
     pool_size: u32,
+    hold_timeout: &str,
 ) -> Result<Router> {
     let leader = lab.pg_port(&lab.leader()?);
     lab.psql(
@@ -60,11 +61,13 @@ fn pooled_router(
         "[pool]\npool_size = {pool_size}\n\n[auth]\nauth_file = \"{}\"\nauth_user = \"pgrouter_auth\"\nauth_query = \"select usename, passwd from public.pgrouter_lookup($1)\"\nadmin_users = [\"admin\"]\n",
         userlist.display()
     );
+    let routing = format!("hold_timeout = \"{hold_timeout}\"\ndrain_timeout = \"5s\"\n");
     Router::start(
         lab,
         port,
         RouterOptions {
             listen_extra: &listen,
+            routing: &routing,
             sections: &sections,
             ..RouterOptions::default()
         },
@@ -140,7 +143,7 @@ fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<Ou
 pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
     pgbench_init(lab)?;
     // Fewer server connections than clients: statements must follow clients across them.
-    let router = pooled_router(lab, 17540, "transaction", "transaction", 4)?;
+    let router = pooled_router(lab, 17540, "transaction", "transaction", 4, "30s")?;
     let port = router.primary;
     for mode in ["simple", "extended", "prepared"] {
         let out = run(&mut pgbench(
@@ -236,7 +239,7 @@ pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
 
 pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
     pgbench_init(lab)?;
-    let router = pooled_router(lab, 17544, "transaction", "transaction", 10)?;
+    let router = pooled_router(lab, 17544, "transaction", "transaction", 10, "30s")?;
     let old = lab.leader()?;
     lab.psql(
         lab.pg_port(&old),
@@ -286,7 +289,7 @@ pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
 }
 
 pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
-    let router = pooled_router(lab, 17548, "transaction", "session", 2)?;
+    let router = pooled_router(lab, 17548, "transaction", "session", 2, "30s")?;
     let port = router.primary;
 
     // Cancel: pgrouter's own key, mapped to the server running the query.
@@ -438,5 +441,95 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
     if !reused {
         bail!("session mode did not reuse the server connection");
     }
+    Ok(())
+}
+
+pub async fn kill_leader_keeps_clients(lab: &Lab) -> Result<()> {
+    // A short hold, so a transaction in the leaderless gap times out rather than waits.
+    let router = pooled_router(lab, 17552, "transaction", "transaction", 4, "2s")?;
+    let port = router.primary;
+    let old = lab.leader()?;
+    lab.psql(
+        lab.pg_port(&old),
+        "drop table if exists pooled_kill; create table pooled_kill(id int primary key)",
+    )?;
+    let (idle, _ci) = connect(port, "pgrouter-test-idle").await?;
+    let (busy, _cb) = connect(port, "pgrouter-test-busy").await?;
+    idle.execute("insert into pooled_kill values (1)", &[])
+        .await?;
+    busy.batch_execute("BEGIN; INSERT INTO pooled_kill VALUES (2)")
+        .await?;
+
+    lab.kill_member(&old)?;
+    let result = after_kill(lab, &old, &idle, &busy).await;
+    lab.start_member(&old)?;
+    result
+}
+
+async fn after_kill(
+    lab: &Lab,
+    old: &str,
+    idle: &tokio_postgres::Client,
+    busy: &tokio_postgres::Client,
+) -> Result<()> {
+    // The open transaction is gone with its server: an error, and the connection stays.
+    let e = busy
+        .batch_execute("INSERT INTO pooled_kill VALUES (3)")
+        .await
+        .err()
+        .context("a statement of a transaction on the killed leader succeeded")?;
+    let code = e.as_db_error().map(|d| d.code().code().to_owned());
+    ensure!(
+        matches!(code.as_deref(), Some("08006") | Some("57P01")),
+        "transaction on the killed leader: {e:?}"
+    );
+    // In the gap (the dead leader's key not yet expired, then no leader) a transaction waits
+    // hold_timeout, then gets an ERROR naming why; the connection stays.
+    let started = Instant::now();
+    let e = idle
+        .query_one("select 1", &[])
+        .await
+        .err()
+        .context("a query ran with no leader")?;
+    let db = e.as_db_error().context("not a server error")?;
+    let why_ok = match db.code().code() {
+        "57P03" => db.message().contains("no leader"),
+        "08006" => db
+            .message()
+            .contains(&format!("cannot reach member \"{old}\"")),
+        _ => false,
+    };
+    ensure!(
+        why_ok && db.message().starts_with("pgrouter: cluster \"demo\""),
+        "error in the leaderless gap: {db:?}"
+    );
+    ensure!(started.elapsed() >= Duration::from_millis(1500), "not held");
+    let new = lab.wait_leader_other_than(old, Duration::from_secs(90))?;
+    // Both clients go on, on the new leader, without reconnecting.
+    crate::support::eventually(
+        "pooled clients served by the new leader",
+        Duration::from_secs(30),
+        || async {
+            let a: i32 = idle
+                .query_one("select inet_server_port()", &[])
+                .await?
+                .get(0);
+            busy.execute(
+                "insert into pooled_kill values (4) on conflict do nothing",
+                &[],
+            )
+            .await?;
+            Ok(a as u16 == lab.pg_port(&new))
+        },
+    )
+    .await?;
+    let rows = lab.psql(
+        lab.pg_port(&new),
+        "select string_agg(id::text, ',' order by id) from pooled_kill",
+    )?;
+    ensure!(
+        rows == "1,4",
+        "rows on the new leader: {rows} (2 and 3 belonged to the lost transaction)"
+    );
     Ok(())
 }
