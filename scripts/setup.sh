@@ -2,7 +2,10 @@
 # Installs what pgrouter's lab, tests and benches need on a Debian machine (run as root).
 set -euo pipefail
 
-packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd)
+# php-cli/php-pgsql, python3-psycopg and python3-asyncpg: the real drivers the pooling tests run
+# (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3.
+packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
+  php-cli php-pgsql python3-psycopg python3-asyncpg)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,9 +16,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
-for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy; do
+for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
+/usr/bin/python3 -c 'import psycopg, asyncpg' || { echo "setup: psycopg or asyncpg missing" >&2; exit 1; }
+php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' || { echo "setup: php pdo_pgsql missing" >&2; exit 1; }
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
