@@ -66,8 +66,10 @@ pub async fn run(
         scope: config.cluster.scope.clone(),
     };
     let users = load_users(&config)?;
+    let tls = crate::tls::Tls::load(&config)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
     shared.credentials.set_users(users);
+    shared.set_tls(tls);
     let app = Arc::new(App {
         config_path,
         limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
@@ -124,8 +126,10 @@ impl App {
                 tracing::warn!("runtime settings change at the next start, not on reload");
             }
             let users = load_users(&new)?;
+            let tls = crate::tls::Tls::load(&new)?;
             self.bind_changed(&new).await?;
             self.shared.credentials.set_users(users);
+            self.shared.set_tls(tls);
             let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
             if now > was {
                 self.limits.add_permits(now - was);

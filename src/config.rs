@@ -42,6 +42,10 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -173,6 +177,59 @@ impl Default for PoolConfig {
             server_check_delay: HumanDuration(Duration::from_secs(30)),
         }
     }
+}
+
+/// TLS towards clients: SSLRequest answered 'S' (and PostgreSQL 17's direct TLS accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM certificate chain presented to clients.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS for clients that ask; plaintext for the rest.
+    Allow,
+    /// A plaintext StartupMessage gets FATAL 28000.
+    Require,
+}
+
+/// TLS towards the members: SSLRequest to the server, then rustls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    pub sslmode: SslMode,
+    /// PEM CA certificates the members' certificates must chain to (verify-ca, verify-full).
+    pub root_ca: Option<std::path::PathBuf>,
+    /// Name checked against the members' certificates (verify-full) instead of the host of
+    /// each member's conn_url.
+    pub server_name: Option<String>,
+}
+
+/// libpq's sslmode values, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    /// TLS if the member offers it, without verifying its certificate.
+    Prefer,
+    /// TLS or no connection, without verifying the certificate.
+    Require,
+    /// TLS with a certificate signed by `root_ca`, any name.
+    VerifyCa,
+    /// TLS with a certificate signed by `root_ca` for the member's host name.
+    VerifyFull,
 }
 
 /// Who may connect in the pooled modes, and with what secret.
@@ -331,6 +388,7 @@ impl Config {
             _ => {}
         }
         self.validate_pooling()?;
+        self.validate_tls()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid("log.level", e.to_string()));
         }
@@ -395,6 +453,32 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        if t.mode != TlsMode::Disable {
+            if t.cert.is_none() {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "required unless tls.mode = \"disable\"",
+                ));
+            }
+            if t.key.is_none() {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "required unless tls.mode = \"disable\"",
+                ));
+            }
+        }
+        let u = &self.upstream_tls;
+        if matches!(u.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && u.root_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "upstream_tls.root_ca",
+                "required with sslmode verify-ca or verify-full",
+            ));
         }
         Ok(())
     }
@@ -515,6 +599,17 @@ mod tests {
             "{MINIMAL}[auth]\nauth_file = \"/x\"\nauth_user = \"a\"\nauth_query = \"select 1\"\n"
         ));
         assert!(e.starts_with("auth.auth_query: must take"), "{e}");
+        let e = err(&format!("{MINIMAL}[tls]\nmode = \"require\"\n"));
+        assert!(e.starts_with("tls.cert: required"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[upstream_tls]\nsslmode = \"verify-full\"\n"
+        ));
+        assert!(e.starts_with("upstream_tls.root_ca: required"), "{e}");
+        let e = err(&format!("{MINIMAL}[upstream_tls]\nsslmode = \"verify\"\n"));
+        assert!(
+            e.starts_with("upstream_tls.sslmode: unknown variant"),
+            "{e}"
+        );
         let e = err("[cluster]\nscope = \"demo\"\netcd = [\"nohost\"]\n");
         assert!(e.starts_with("cluster.etcd: \"nohost\""), "{e}");
         let e = err(&format!(

@@ -23,5 +23,7 @@ pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod status_cli;
+pub mod stream;
+pub mod tls;
 pub mod topology;
 pub mod units;

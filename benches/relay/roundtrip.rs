@@ -10,6 +10,7 @@ use pgrouter::metrics::{Metrics, StateGauge};
 use pgrouter::proxy::relay::Relay;
 use pgrouter::proxy::route::{Port, Route, Target};
 use pgrouter::proxy::shared::Shared;
+use pgrouter::stream::Stream;
 use pgrouter::topology::{Member, Role, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,7 +66,7 @@ async fn relay_to(server: String) -> String {
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         let _keep_topology = tx;
-        while let Ok((mut client, _)) = listener.accept().await {
+        while let Ok((client, _)) = listener.accept().await {
             let shared = shared.clone();
             let route = Route {
                 member: member.clone(),
@@ -73,8 +74,9 @@ async fn relay_to(server: String) -> String {
             };
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
-                let mut server = TcpStream::connect(&route.member.addr).await.unwrap();
+                let server = TcpStream::connect(&route.member.addr).await.unwrap();
                 let _ = server.set_nodelay(true);
+                let (mut client, mut server) = (Stream::Plain(client), Stream::Plain(server));
                 let mut state = StateGauge::new(&shared.metrics, "primary");
                 Relay {
                     shared: &shared,

@@ -1,6 +1,6 @@
 //! auth_query: secrets of users missing from the auth file, looked up on the leader.
 
-use super::server::ServerConn;
+use super::server::{Endpoint, ServerConn};
 use crate::auth::secret::Secret;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::proxy::shared::Shared;
@@ -37,17 +37,16 @@ pub async fn lookup(
         .writable_leader()
         .cloned()
         .ok_or_else(|| fail("no writable leader to run it on".into()))?;
-    let opened = ServerConn::open(
-        shared.pools.next_server_id(),
-        &leader.name,
-        &leader.addr,
-        auth_user,
+    let to = Endpoint {
+        id: shared.pools.next_server_id(),
+        member: &leader.name,
+        addr: &leader.addr,
+        user: auth_user,
         database,
-        &login,
-        config.routing.connect_timeout.0,
-    )
-    .await
-    .map_err(|e| fail(format!("on member \"{}\": {e}", leader.name)))?;
+    };
+    let opened = ServerConn::open(&to, &login, config.routing.connect_timeout.0, &shared.tls())
+        .await
+        .map_err(|e| fail(format!("on member \"{}\": {e}", leader.name)))?;
     let mut conn = opened.conn;
     let row = conn.query_row(query, user).await;
     conn.close().await;

@@ -1,9 +1,9 @@
 //! Authenticating a pooled client: SCRAM-SHA-256 for SCRAM and plain secrets, md5 for md5
 //! secrets. The outcome is how pgrouter will log in to PostgreSQL as that user.
 
+use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use super::credentials::Credentials;
 use super::server::Login;
@@ -27,7 +27,7 @@ pub enum AuthError {
 
 /// Runs the exchange for `user` with `secret` and sends AuthenticationOk.
 pub async fn authenticate(
-    client: &mut TcpStream,
+    client: &mut Stream,
     credentials: &Credentials,
     scope: &str,
     user: &str,
@@ -61,7 +61,7 @@ pub async fn authenticate(
 
 /// The SCRAM exchange; returns the ClientKey recovered from the client's proof.
 async fn scram(
-    client: &mut TcpStream,
+    client: &mut Stream,
     secret: &ScramSecret,
     scope: &str,
     user: &str,
@@ -111,12 +111,12 @@ fn protocol(scope: &str, why: &str) -> AuthError {
     ))
 }
 
-async fn send(client: &mut TcpStream, bytes: &[u8]) -> Result<(), AuthError> {
-    client.write_all(bytes).await.map_err(|_| AuthError::Gone)
+async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
+    client.send(bytes).await.map_err(|_| AuthError::Gone)
 }
 
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p').
-async fn read_password_message(client: &mut TcpStream) -> Result<bytes::Bytes, AuthError> {
+async fn read_password_message(client: &mut Stream) -> Result<bytes::Bytes, AuthError> {
     let mut buf = BytesMut::with_capacity(512);
     loop {
         match wire::take_message(&mut buf) {

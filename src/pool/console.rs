@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::stream::Stream;
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use super::client_auth::AuthError;
 use super::pools::ClientActivity;
@@ -86,7 +86,7 @@ fn parse(sql: &str) -> Result<Command, String> {
 }
 
 /// Serves an admin user: authentication as for pooled clients, then commands.
-pub async fn run(shared: Arc<Shared>, mut client: TcpStream, user: &str, peer: &str) {
+pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str) {
     let scope = shared.scope.clone();
     let config = shared.config();
     if !config.auth.admin_users.iter().any(|u| u == user) {
@@ -95,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, mut client: TcpStream, user: &str, peer: &
             format!("pgrouter: cluster \"{scope}\": user \"{user}\" is not in auth.admin_users"),
         );
         tracing::info!(%peer, %user, "refused the admin console");
-        let _ = client.write_all(&e.encode()).await;
+        let _ = client.send(&e.encode()).await;
         return;
     }
     let limit = config.listen.startup_timeout.0;
@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<Shared>, mut client: TcpStream, user: &str, peer: &
     match tokio::time::timeout(limit, auth).await {
         Ok(Ok(_)) => {}
         Ok(Err(AuthError::Refused(e))) => {
-            let _ = client.write_all(&e.encode()).await;
+            let _ = client.send(&e.encode()).await;
             return;
         }
         _ => return,
@@ -122,7 +122,7 @@ pub async fn run(shared: Arc<Shared>, mut client: TcpStream, user: &str, peer: &
     }
     wire::backend_key_data(&mut out, 0, &[0; 4]);
     wire::ready_for_query(&mut out, b'I');
-    if client.write_all(&out).await.is_err() {
+    if client.send(&out).await.is_err() {
         return;
     }
     let mut buf = BytesMut::new();
@@ -164,7 +164,7 @@ pub async fn run(shared: Arc<Shared>, mut client: TcpStream, user: &str, peer: &
             }
             _ => {} // the rest of an extended batch: answered at its Sync
         }
-        if client.write_all(&out).await.is_err() {
+        if client.send(&out).await.is_err() {
             return;
         }
     }

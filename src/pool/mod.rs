@@ -66,9 +66,9 @@ pub async fn maintain(shared: Arc<Shared>) {
             let shared = shared.clone();
             let timeout = config.routing.connect_timeout.0;
             tokio::spawn(async move {
-                let config = shared.config();
+                let (config, tls) = (shared.config(), shared.tls());
                 match pool
-                    .checkout(&shared.pools, &login, &config.pool, timeout)
+                    .checkout(&shared.pools, &login, &config.pool, timeout, &tls)
                     .await
                 {
                     Ok((lease, _)) => lease.release(),

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
-use super::server::{Login, ServerConn, ServerError};
+use super::server::{Endpoint, Login, ServerConn, ServerError};
 use crate::config::PoolConfig;
 use crate::proxy::route::Target;
 
@@ -145,6 +145,7 @@ impl Pool {
         login: &Login,
         config: &PoolConfig,
         connect_timeout: Duration,
+        tls: &crate::tls::Tls,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
         let started = Instant::now();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -197,16 +198,14 @@ impl Pool {
                 None,
             ));
         }
-        let opened = ServerConn::open(
-            pools.next_server_id(),
-            &self.key.member,
-            &self.addr,
-            &self.key.user,
-            &self.key.database,
-            login,
-            connect_timeout,
-        )
-        .await?;
+        let to = Endpoint {
+            id: pools.next_server_id(),
+            member: &self.key.member,
+            addr: &self.addr,
+            user: &self.key.user,
+            database: &self.key.database,
+        };
+        let opened = ServerConn::open(&to, login, connect_timeout, tls).await?;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");

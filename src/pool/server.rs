@@ -4,9 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
 use super::wire::{self, Reader};
@@ -50,7 +50,7 @@ pub enum ServerError {
 }
 
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub id: u64,
     pub member: String,
     pub addr: String,
@@ -71,41 +71,53 @@ pub struct Opened {
     pub derived: Option<ScramKeys>,
 }
 
+/// Where a new server connection goes, and as whom.
+pub struct Endpoint<'a> {
+    /// The number it will carry in the console and logs.
+    pub id: u64,
+    pub member: &'a str,
+    pub addr: &'a str,
+    pub user: &'a str,
+    pub database: &'a str,
+}
+
 impl ServerConn {
-    /// Connects to `addr` and logs in as `user` to `database`.
+    /// Connects (with TLS as `tls` says) and logs in, all within `limit`.
     pub async fn open(
-        id: u64,
-        member: &str,
-        addr: &str,
-        user: &str,
-        database: &str,
+        to: &Endpoint<'_>,
         login: &Login,
         limit: Duration,
+        tls: &crate::tls::Tls,
     ) -> Result<Opened, ServerError> {
-        let addr_s = addr.to_owned();
-        match timeout(limit, Self::login(id, member, addr, user, database, login)).await {
+        match timeout(limit, Self::login(to, login, tls)).await {
             Ok(r) => r,
-            Err(_) => Err(ServerError::Timeout { addr: addr_s }),
+            Err(_) => Err(ServerError::Timeout {
+                addr: to.addr.to_owned(),
+            }),
         }
     }
 
     async fn login(
-        id: u64,
-        member: &str,
-        addr: &str,
-        user: &str,
-        database: &str,
+        to: &Endpoint<'_>,
         login: &Login,
+        tls: &crate::tls::Tls,
     ) -> Result<Opened, ServerError> {
-        let mut stream = TcpStream::connect(addr)
+        let Endpoint {
+            id,
+            member,
+            addr,
+            user,
+            database,
+        } = *to;
+        let mut stream = tls
+            .connect(addr)
             .await
             .map_err(|source| ServerError::Connect {
                 addr: addr.to_owned(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
         stream
-            .write_all(&wire::startup(&[("user", user), ("database", database)]))
+            .send(&wire::startup(&[("user", user), ("database", database)]))
             .await?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut scram: Option<ClientExchange> = None;
@@ -180,7 +192,7 @@ impl ServerConn {
                             )))
                         }
                     };
-                    stream.write_all(&reply).await?;
+                    stream.send(&reply).await?;
                 }
                 b'S' => {
                     let mut r = Reader::new(body);
@@ -242,7 +254,7 @@ impl ServerConn {
     pub async fn run(&mut self, sql: &str) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         wire::query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut buf = BytesMut::new();
         let mut failed = None;
         loop {
@@ -300,7 +312,7 @@ impl ServerConn {
             b.put_i32(1);
         });
         wire::message(&mut out, b'S', |_| {});
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut buf = BytesMut::new();
         let mut row = None;
         let mut failed = None;
@@ -334,8 +346,7 @@ impl ServerConn {
     /// True if an idle connection has said nothing since it was last used: a server that
     /// ended the backend (FATAL, EOF) while it idled is caught here without a round trip.
     pub fn quiet(&self) -> bool {
-        let mut probe = [0u8; 64];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.quiet()
     }
 
     /// True if the connection answers an empty query at once (after idling).
@@ -347,7 +358,7 @@ impl ServerConn {
     pub async fn close(mut self) {
         let mut out = BytesMut::new();
         wire::terminate(&mut out);
-        let _ = timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+        let _ = timeout(Duration::from_secs(1), self.stream.send(&out)).await;
     }
 }
 
@@ -388,7 +399,7 @@ fn data_row(body: &[u8]) -> Vec<Option<String>> {
 
 /// Reads one whole message from `stream`, buffering in `buf`.
 pub async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, ServerError> {
     loop {

@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::client_auth::{self, AuthError};
@@ -44,6 +44,9 @@ const TRACKED: [&str; 6] = [
     "application_name",
 ];
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
+/// Reads go into buffers with at least this much room, grown by `READ_CHUNK`.
+const READ_MIN: usize = 4 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// What an answer from the server settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +97,7 @@ pub struct PooledSession {
     shared: Arc<Shared>,
     port: Port,
     mode: PoolMode,
-    client: TcpStream,
+    client: Stream,
     peer: String,
     user: String,
     database: String,
@@ -132,7 +135,7 @@ pub async fn run(
     shared: Arc<Shared>,
     port: Port,
     mode: PoolMode,
-    mut client: TcpStream,
+    mut client: Stream,
     startup: Startup,
     peer: String,
     state: StateGauge,
@@ -200,7 +203,7 @@ pub async fn run(
 /// Authenticates with the user's secret from auth_file, else from auth_query.
 pub async fn authenticate(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     user: &str,
     database: &str,
 ) -> Result<Login, AuthError> {
@@ -302,10 +305,7 @@ impl PooledSession {
             .collect();
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
-        self.client
-            .write_all(&out)
-            .await
-            .map_err(|_| End::ClientGone)?;
+        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
         self.state.set(ClientState::Idle);
         Ok(())
     }
@@ -380,17 +380,13 @@ impl PooledSession {
                 Ok(_) => {}
                 Err(e) => return Err(End::ClientProtocol(e.to_string())),
             }
+            use tokio::io::AsyncReadExt;
             tokio::select! {
                 _ = self.signal.wait() => {}
-                r = self.client.readable() => {
-                    r.map_err(|_| End::ClientGone)?;
-                    match self.client.try_read_buf(&mut self.cin) {
-                        Ok(0) => return Err(End::ClientGone),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(End::ClientGone),
-                    }
-                }
+                r = self.client.read_buf(&mut self.cin) => match r {
+                    Ok(0) | Err(_) => return Err(End::ClientGone),
+                    Ok(_) => {}
+                },
             }
         }
     }
@@ -426,8 +422,9 @@ impl PooledSession {
                         .pools
                         .get(key, &route.member.addr, config.pool.pool_size);
                     let login = shared.credentials.login(&self.user, &self.login);
+                    let tls = shared.tls();
                     match pool
-                        .checkout(&shared.pools, &login, &config.pool, routing.connect_timeout.0)
+                        .checkout(&shared.pools, &login, &config.pool, routing.connect_timeout.0, &tls)
                         .await
                     {
                         Ok((lease, derived)) => {
@@ -563,10 +560,7 @@ impl PooledSession {
                 _ => {
                     // Extended batch: the error goes out now, ReadyForQuery at its Sync.
                     if !out.is_empty() {
-                        self.client
-                            .write_all(&out)
-                            .await
-                            .map_err(|_| End::ClientGone)?;
+                        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
                         out.clear();
                     }
                 }
@@ -574,10 +568,7 @@ impl PooledSession {
         }
         wire::ready_for_query(&mut out, b'I');
         self.statements_lost_with_server();
-        self.client
-            .write_all(&out)
-            .await
-            .map_err(|_| End::ClientGone)
+        self.client.send(&out).await.map_err(|_| End::ClientGone)
     }
 
     fn statements_lost_with_server(&mut self) {
@@ -596,66 +587,88 @@ impl PooledSession {
 
     /// Runs the client's work on the held connection until a point where it can go back.
     async fn exchange(&mut self) -> Result<Done, End> {
+        use tokio::io::AsyncReadExt;
         let mut topology = self.shared.topology.clone();
         topology.mark_changed();
+        let server_tls = self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.lease.conn.stream.is_tls());
+        let client_tls = self.client.is_tls();
+        let (mut server_unflushed, mut client_unflushed) = (false, false);
         loop {
             self.process_client()?;
+            // Checked before every read and write, so nothing from a member that lost its
+            // role reaches the client after the topology saying so was published.
             if topology.has_changed().unwrap_or(true) {
                 if let Some(lost) = self.check_route(&mut topology) {
                     return self.abort(lost).await;
                 }
             }
-            self.flush_nonblocking()?;
-            if self.releasable() && self.to_client.is_empty() && self.to_server.is_empty() {
+            let flushed = self.to_client.is_empty()
+                && self.to_server.is_empty()
+                && !server_unflushed
+                && !client_unflushed;
+            if flushed && self.releasable() {
                 return Ok(Done::Idle);
             }
-            let held = self.held.as_ref().expect("exchange runs with a server");
-            let server = &held.lease.conn.stream;
-            let client = &self.client;
             let read_client = self.to_server.len() < BUFFER_LIMIT && !self.skipping;
             let read_server = self.to_client.len() < BUFFER_LIMIT;
+            for buf in [&mut self.cin, &mut self.sin] {
+                if buf.capacity() - buf.len() < READ_MIN {
+                    buf.reserve(READ_CHUNK);
+                }
+            }
+            let held = self.held.as_mut().expect("exchange runs with a server");
+            let (mut sr, mut sw) = held.lease.conn.stream.halves();
+            let (mut cr, mut cw) = self.client.halves();
             let event = tokio::select! {
                 biased;
                 _ = self.signal.wait() => Event::Signal,
-                r = server.readable(), if read_server => Event::ServerReadable(r),
-                r = client.readable(), if read_client => Event::ClientReadable(r),
-                r = server.writable(), if !self.to_server.is_empty() => Event::Writable(r.map_err(Side::Server)),
-                r = client.writable(), if !self.to_client.is_empty() => Event::Writable(r.map_err(Side::Client)),
+                r = push(&mut sw, &self.to_server), if !self.to_server.is_empty() || server_unflushed => match r {
+                    Ok(None) => Event::FlushedServer(Ok(())),
+                    Ok(Some(n)) => Event::WroteServer(Ok(n)),
+                    Err(e) => Event::WroteServer(Err(e)),
+                },
+                r = push(&mut cw, &self.to_client), if !self.to_client.is_empty() || client_unflushed => match r {
+                    Ok(None) => Event::FlushedClient(Ok(())),
+                    Ok(Some(n)) => Event::WroteClient(Ok(n)),
+                    Err(e) => Event::WroteClient(Err(e)),
+                },
+                r = sr.read_buf(&mut self.sin), if read_server => Event::ReadServer(r),
+                r = cr.read_buf(&mut self.cin), if read_client => Event::ReadClient(r),
             };
             match event {
                 Event::Signal => {}
-                Event::Writable(Ok(())) => {}
-                Event::Writable(Err(Side::Client(_))) => return Err(End::ClientGone),
-                Event::Writable(Err(Side::Server(e))) => {
+                Event::WroteServer(Ok(n)) if n > 0 => {
+                    let _ = self.to_server.split_to(n);
+                    server_unflushed = server_tls;
+                }
+                Event::FlushedServer(Ok(())) => server_unflushed = false,
+                Event::WroteServer(r) | Event::ReadServer(r)
+                    if r.as_ref().is_ok_and(|n| *n == 0) =>
+                {
+                    return self
+                        .abort(Lost::Server("the server closed the connection".into()))
+                        .await
+                }
+                Event::WroteServer(Err(e)) | Event::ReadServer(Err(e)) => {
                     return self.abort(Lost::Server(e.to_string())).await
                 }
-                Event::ClientReadable(r) => {
-                    r.map_err(|_| End::ClientGone)?;
-                    match self.client.try_read_buf(&mut self.cin) {
-                        Ok(0) => return Ok(Done::ClientLeft),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(End::ClientGone),
+                Event::ReadServer(Ok(_)) => {
+                    if let Err(lost) = self.process_server() {
+                        return self.abort(lost).await;
                     }
                 }
-                Event::ServerReadable(r) => {
-                    let held = self.held.as_mut().expect("held");
-                    let read = r.and_then(|_| held.lease.conn.stream.try_read_buf(&mut self.sin));
-                    match read {
-                        Ok(0) => {
-                            return self
-                                .abort(Lost::Server("the server closed the connection".into()))
-                                .await
-                        }
-                        Ok(_) => {
-                            if let Err(lost) = self.process_server() {
-                                return self.abort(lost).await;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return self.abort(Lost::Server(e.to_string())).await,
-                    }
+                Event::WroteClient(Ok(n)) if n > 0 => {
+                    let _ = self.to_client.split_to(n);
+                    client_unflushed = client_tls;
                 }
+                Event::FlushedClient(Ok(())) => client_unflushed = false,
+                Event::ReadClient(Ok(0)) => return Ok(Done::ClientLeft),
+                Event::ReadClient(Ok(_)) => {}
+                Event::WroteClient(_) | Event::ReadClient(Err(_)) => return Err(End::ClientGone),
+                Event::WroteServer(Ok(_)) => unreachable!("zero-byte writes are handled above"),
             }
         }
     }
@@ -689,38 +702,12 @@ impl PooledSession {
         }
     }
 
-    /// Writes what each side will take now without waiting.
-    fn flush_nonblocking(&mut self) -> Result<(), End> {
-        if let Some(held) = &self.held {
-            while !self.to_server.is_empty() {
-                match held.lease.conn.stream.try_write(&self.to_server) {
-                    Ok(n) => {
-                        let _ = self.to_server.split_to(n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    // Seen again on the next read of the server; the abort happens there.
-                    Err(_) => break,
-                }
-            }
-        }
-        while !self.to_client.is_empty() {
-            match self.client.try_write(&self.to_client) {
-                Ok(n) => {
-                    let _ = self.to_client.split_to(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return Err(End::ClientGone),
-            }
-        }
-        Ok(())
-    }
-
     async fn flush_to_server(&mut self) -> Result<(), End> {
         let held = self.held.as_mut().expect("held");
         held.lease
             .conn
             .stream
-            .write_all(&self.to_server)
+            .send(&self.to_server)
             .await
             .map_err(|e| {
                 End::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string()))
@@ -1191,10 +1178,7 @@ impl PooledSession {
         self.statements_lost_with_server();
         self.pinned = false;
         self.client_stream_left = 0;
-        self.client
-            .write_all(&out)
-            .await
-            .map_err(|_| End::ClientGone)?;
+        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
         if unsynced {
             // The client's batch goes on up to its Sync: fail it there.
             self.fail_unit(e).await?;
@@ -1248,21 +1232,21 @@ impl PooledSession {
 
 enum Event {
     Signal,
-    ClientReadable(std::io::Result<()>),
-    ServerReadable(std::io::Result<()>),
-    Writable(Result<(), Side>),
+    WroteServer(std::io::Result<usize>),
+    WroteClient(std::io::Result<usize>),
+    FlushedServer(Result<(), std::convert::Infallible>),
+    FlushedClient(Result<(), std::convert::Infallible>),
+    ReadServer(std::io::Result<usize>),
+    ReadClient(std::io::Result<usize>),
 }
 
-enum Side {
-    Client(std::io::Error),
-    Server(std::io::Error),
-}
-
-impl From<Side> for std::io::Error {
-    fn from(s: Side) -> Self {
-        match s {
-            Side::Client(e) | Side::Server(e) => e,
-        }
+/// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.
+async fn push(w: &mut crate::stream::WriteSide<'_>, buf: &[u8]) -> std::io::Result<Option<usize>> {
+    use tokio::io::AsyncWriteExt;
+    if buf.is_empty() {
+        w.flush().await.map(|()| None)
+    } else {
+        w.write(buf).await.map(Some)
     }
 }
 
@@ -1293,13 +1277,13 @@ fn server_gone(scope: &str, route: &Route, why: &str) -> PgError {
     )
 }
 
-async fn send_fatal(shared: &Shared, client: &mut TcpStream, e: &PgError) {
+async fn send_fatal(shared: &Shared, client: &mut Stream, e: &PgError) {
     shared
         .metrics
         .client_errors
         .with_label_values(&[e.code])
         .inc();
-    let _ = client.write_all(&e.encode()).await;
+    let _ = client.send(&e.encode()).await;
     let _ = client.shutdown().await;
 }
 

@@ -180,7 +180,7 @@ mod tests {
         let z = take_message(&mut buf).unwrap().unwrap();
         assert_eq!(&z[..], b"Z\0\0\0\x05I");
         let p = take_message(&mut buf).unwrap().unwrap();
-        assert_eq!(&p[..], b"P\0\0\0\x18pgr_1\0select 1\0\0\0");
+        assert_eq!(&p[..], b"P\0\0\0\x15pgr_1\0select 1\0\0\0");
         assert!(buf.is_empty());
         assert_eq!(take_message(&mut buf).unwrap(), None);
     }

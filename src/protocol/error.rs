@@ -18,6 +18,8 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    /// TLS required and not used.
+    pub const INVALID_AUTHORIZATION: &str = "28000";
 }
 
 /// An error for a client; `message` should name pgrouter, the cluster and the member.

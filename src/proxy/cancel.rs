@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::protocol::startup::CancelKey;
 
@@ -91,10 +90,16 @@ pub fn cancel_packet(key: &CancelKey) -> BytesMut {
 }
 
 /// Sends the cancel to one member; the server answers nothing and closes.
-pub async fn send_cancel(addr: &str, key: &CancelKey, timeout: Duration) -> std::io::Result<()> {
+pub async fn send_cancel(
+    tls: &crate::tls::Tls,
+    addr: &str,
+    key: &CancelKey,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let send = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(&cancel_packet(key)).await?;
+        // Over TLS where upstream_tls says so: a member may require it.
+        let mut stream = tls.connect(addr).await?;
+        stream.send(&cancel_packet(key)).await?;
         stream.shutdown().await
     };
     tokio::time::timeout(timeout, send)

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::stream::Stream;
 use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -58,6 +58,9 @@ struct Pump {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// The writer is TLS: what it accepted goes out only on flush.
+    flushes: bool,
+    unflushed: bool,
 }
 
 enum Step {
@@ -72,16 +75,18 @@ enum Side {
 }
 
 impl Pump {
-    fn new() -> Pump {
+    fn new(flushes: bool) -> Pump {
         Pump {
             buf: vec![0; BATCH].into_boxed_slice(),
             start: 0,
             end: 0,
+            flushes,
+            unflushed: false,
         }
     }
 
     fn pending(&self) -> bool {
-        self.start < self.end
+        self.start < self.end || self.unflushed
     }
 
     async fn step<R, W>(&mut self, r: &mut R, w: &mut W) -> Result<Step, Side>
@@ -89,6 +94,11 @@ impl Pump {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        if self.start == self.end && self.unflushed {
+            w.flush().await.map_err(Side::Write)?;
+            self.unflushed = false;
+            return Ok(Step::Wrote);
+        }
         if self.pending() {
             let n = w
                 .write(&self.buf[self.start..self.end])
@@ -100,6 +110,7 @@ impl Pump {
             self.start += n;
             if self.start == self.end {
                 (self.start, self.end) = (0, 0);
+                self.unflushed = self.flushes;
             }
             return Ok(Step::Wrote);
         }
@@ -224,8 +235,8 @@ impl Relay<'_> {
     /// forwarded the startup packet; `state` counts the client under active or idle.
     pub async fn run(
         &self,
-        client: &mut TcpStream,
-        server: &mut TcpStream,
+        client: &mut Stream,
+        server: &mut Stream,
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
@@ -235,9 +246,10 @@ impl Relay<'_> {
         let mut topology = shared.topology.clone();
         let mut config = shared.config_changes();
         let signal = shared.signals.subscribe();
-        let (mut cr, mut cw) = client.split();
-        let (mut sr, mut sw) = server.split();
-        let (mut up, mut down) = (Pump::new(), Pump::new());
+        let (up_flushes, down_flushes) = (server.is_tls(), client.is_tls());
+        let (mut cr, mut cw) = client.halves();
+        let (mut sr, mut sw) = server.halves();
+        let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
         let mut drain: Option<(Instant, Cause)> = None;
         // A change that arrived between routing and now must not be missed.
         topology.mark_changed();
@@ -345,8 +357,8 @@ fn shutdown_cause() -> Cause {
 }
 
 /// Sends Terminate so the server ends the backend cleanly instead of logging a lost client.
-pub async fn terminate(server: &mut TcpStream) {
-    let _ = server.write_all(&[b'X', 0, 0, 0, 4]).await;
+pub async fn terminate(server: &mut Stream) {
+    let _ = server.send(&[b'X', 0, 0, 0, 4]).await;
     let _ = server.shutdown().await;
 }
 

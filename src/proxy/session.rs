@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::config::TlsMode;
+use crate::stream::Stream;
+use crate::tls::Tls;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
@@ -22,16 +26,15 @@ const CONNECT_RETRY: Duration = Duration::from_millis(250);
 pub async fn run(
     shared: Arc<Shared>,
     port: Port,
-    mut client: TcpStream,
+    tcp: TcpStream,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let peer = client
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = client.set_nodelay(true);
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = tcp.set_nodelay(true);
+    let mut client = Stream::Plain(tcp);
     let startup_timeout = shared.config().listen.startup_timeout.0;
-    let startup = match timeout(startup_timeout, read_startup(&mut client)).await {
+    let tls = shared.tls();
+    let startup = match timeout(startup_timeout, read_startup(&mut client, &tls)).await {
         Err(_) => {
             tracing::debug!(%peer, %port, "startup timed out");
             return;
@@ -52,6 +55,17 @@ pub async fn run(
         Ok(Ok(Opening::Cancel(key))) => return forward_cancel(&shared, &key).await,
         Ok(Ok(Opening::Startup(s))) => s,
     };
+    if tls.mode == TlsMode::Require && !client.is_tls() {
+        let e = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "pgrouter: cluster \"{}\": TLS is required (tls.mode = \"require\"); connect with sslmode=require or stronger",
+                shared.scope
+            ),
+        );
+        tracing::info!(%peer, %port, "refused a plaintext client: TLS required");
+        return send_error(&shared, &mut client, &e).await;
+    }
     if permit.is_none() {
         let e = PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -90,7 +104,7 @@ pub async fn run(
         .with_label_values(&[&member]);
     server_gauge.inc();
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
-    let end = match server.write_all(&startup.raw).await {
+    let end = match server.send(&startup.raw).await {
         Ok(()) => {
             Relay {
                 shared: &shared,
@@ -113,9 +127,26 @@ enum Opening {
     Closed,
 }
 
-/// Reads packets until a StartupMessage or CancelRequest, answering 'N' to SSL and GSS
-/// encryption requests (TLS is not configured) so the client goes on in plaintext.
-async fn read_startup(client: &mut TcpStream) -> std::io::Result<Opening> {
+/// Reads packets until a StartupMessage or CancelRequest. An SSLRequest gets 'S' and a TLS
+/// handshake when TLS is configured, else 'N'; a GSSENCRequest gets 'N'; a TLS ClientHello
+/// as the very first bytes (PostgreSQL 17's direct TLS, ALPN "postgresql") is accepted too.
+async fn read_startup(client: &mut Stream, tls: &Tls) -> std::io::Result<Opening> {
+    if let (Some(acceptor), Stream::Plain(tcp)) = (&tls.acceptor, &*client) {
+        let mut first = [0u8; 1];
+        // 0x16 starts a TLS handshake record; a startup packet starts with its length's high byte.
+        if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
+            upgrade(client, acceptor).await?;
+            let alpn = match &*client {
+                Stream::Tls(s) => s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+                _ => None,
+            };
+            if alpn.as_deref() != Some(crate::tls::ALPN) {
+                return Ok(Opening::Refused(startup::StartupError::Malformed(
+                    "direct TLS without ALPN \"postgresql\"",
+                )));
+            }
+        }
+    }
     loop {
         let packet = match startup::read_packet(client).await? {
             None => return Ok(Opening::Closed),
@@ -123,9 +154,14 @@ async fn read_startup(client: &mut TcpStream) -> std::io::Result<Opening> {
             Some(Ok(p)) => p,
         };
         match startup::decode(packet) {
-            Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
-                client.write_all(b"N").await?
-            }
+            Ok(FirstPacket::SslRequest) => match (&tls.acceptor, client.is_tls()) {
+                (Some(acceptor), false) => {
+                    client.send(b"S").await?;
+                    upgrade(client, acceptor).await?;
+                }
+                _ => client.send(b"N").await?,
+            },
+            Ok(FirstPacket::GssEncRequest) => client.send(b"N").await?,
             Ok(FirstPacket::Cancel(key)) => return Ok(Opening::Cancel(key)),
             Ok(FirstPacket::Startup(s)) => return Ok(Opening::Startup(s)),
             Err(e) => return Ok(Opening::Refused(e)),
@@ -133,10 +169,20 @@ async fn read_startup(client: &mut TcpStream) -> std::io::Result<Opening> {
     }
 }
 
+/// Replaces a plain client connection by TLS over it.
+async fn upgrade(client: &mut Stream, acceptor: &tokio_rustls::TlsAcceptor) -> std::io::Result<()> {
+    let Stream::Plain(tcp) = std::mem::replace(client, Stream::Closed) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let tls = acceptor.accept(tcp).await?;
+    *client = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+    Ok(())
+}
+
 /// Picks a member and connects to it, holding the client while the port is paused or the
 /// cluster has none to offer (no leader, a switchover under way, a member not accepting
 /// connections) up to hold_timeout.
-async fn connect(shared: &Shared, port: Port) -> Result<(Route, TcpStream), PgError> {
+async fn connect(shared: &Shared, port: Port) -> Result<(Route, Stream), PgError> {
     let mut paused = shared.pause_switch(port);
     // Paused: wait for resume, as pgbouncer's PAUSE does; hold_timeout starts after it.
     while *paused.borrow_and_update() {
@@ -146,30 +192,25 @@ async fn connect(shared: &Shared, port: Port) -> Result<(Route, TcpStream), PgEr
     }
     let mut topology = shared.topology.clone();
     let routing = shared.config().routing.clone();
+    let tls = shared.tls();
     let hold = routing.hold_timeout.0;
     let deadline = Instant::now() + hold;
     loop {
         let current = topology.borrow_and_update().clone();
         let (failure, retry_soon) = match shared.router.pick(&routing, &current, port) {
-            Ok(route) => match timeout(
-                routing.connect_timeout.0,
-                TcpStream::connect(&route.member.addr),
-            )
-            .await
-            {
-                Ok(Ok(server)) => {
-                    let _ = server.set_nodelay(true);
-                    return Ok((route, server));
+            Ok(route) => {
+                match timeout(routing.connect_timeout.0, tls.connect(&route.member.addr)).await {
+                    Ok(Ok(server)) => return Ok((route, server)),
+                    Ok(Err(e)) => (
+                        connection_failure(&shared.scope, &route, &e.to_string()),
+                        true,
+                    ),
+                    Err(_) => (
+                        connection_failure(&shared.scope, &route, "connect timed out"),
+                        true,
+                    ),
                 }
-                Ok(Err(e)) => (
-                    connection_failure(&shared.scope, &route, &e.to_string()),
-                    true,
-                ),
-                Err(_) => (
-                    connection_failure(&shared.scope, &route, "connect timed out"),
-                    true,
-                ),
-            },
+            }
             Err(why) if !shared.router.holds(&routing, &current, port) => {
                 return Err(no_member(&shared.scope, port, &why, None))
             }
@@ -221,8 +262,8 @@ async fn finish(
     port: Port,
     peer: &str,
     end: End,
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut Stream,
+    server: &mut Stream,
 ) {
     let scope = &shared.scope;
     let member = &route.member.name;
@@ -299,13 +340,13 @@ async fn finish(
     }
 }
 
-async fn send_error(shared: &Shared, client: &mut TcpStream, e: &PgError) {
+async fn send_error(shared: &Shared, client: &mut Stream, e: &PgError) {
     shared
         .metrics
         .client_errors
         .with_label_values(&[e.code])
         .inc();
-    let _ = client.write_all(&e.encode()).await;
+    let _ = client.send(&e.encode()).await;
     let _ = client.shutdown().await;
 }
 
@@ -331,9 +372,11 @@ async fn forward_cancel(shared: &Shared, key: &CancelKey) {
         "forwarding cancel request"
     );
     let mut sends = tokio::task::JoinSet::new();
+    let tls = shared.tls();
     for (addr, key) in targets {
+        let tls = tls.clone();
         sends.spawn(async move {
-            let result = send_cancel(&addr, &key, timeout).await;
+            let result = send_cancel(&tls, &addr, &key, timeout).await;
             (addr, result)
         });
     }

@@ -35,6 +35,8 @@ pub struct Shared {
     pub pools: Pools,
     /// Users' secrets from auth_file (pooled modes).
     pub credentials: Credentials,
+    /// TLS acceptor and member connector in force; replaced on reload.
+    tls: std::sync::RwLock<crate::tls::Tls>,
     /// Reloads asked for by the admin console, served by the app.
     reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
@@ -64,9 +66,18 @@ impl Shared {
             signals: Signals::default(),
             pools: Pools::default(),
             credentials: Credentials::default(),
+            tls: Default::default(),
             reloads,
             reload_requests: std::sync::Mutex::new(Some(requests)),
         }
+    }
+
+    pub fn tls(&self) -> crate::tls::Tls {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_tls(&self, tls: crate::tls::Tls) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
 
     /// Asks the app to reload its config file, and waits for the outcome.
