@@ -12,6 +12,7 @@ mod pooling;
 mod routing;
 mod startup;
 mod support;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,6 +78,13 @@ const TESTS: &[(&str, TestFn)] = &[
         "pooled_kill_9_of_the_leader_keeps_clients_connected",
         |lab| Box::pin(pooling::kill_leader_keeps_clients(lab)),
     ),
+    (
+        "tls_verify_full_require_mutual_channel_binding_cancel_reload",
+        |lab| Box::pin(tls::clients(lab)),
+    ),
+    ("tls_to_members_with_ssl_on_verify_full", |lab| {
+        Box::pin(tls::members(lab))
+    }),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))
     }),
