@@ -108,7 +108,7 @@ pub struct PooledSession {
     cancel: Arc<Mutex<Option<(String, CancelKey)>>>,
     statements: ClientStatements,
     /// Tracked parameter values the client has (as last reported to it).
-    vars: Vec<(String, String)>,
+    vars: Vec<(&'static str, String)>,
     cin: BytesMut,
     sin: BytesMut,
     to_server: BytesMut,
@@ -127,7 +127,8 @@ pub struct PooledSession {
     owed: Option<PgError>,
     /// After an error outside a server: drop the client's messages up to its Sync.
     skipping: bool,
-    held: Option<Held>,
+    /// Boxed: most of the time a client holds none.
+    held: Option<Box<Held>>,
 }
 
 /// Serves a client of a pooled listener after its StartupMessage.
@@ -143,10 +144,11 @@ pub async fn run(
     let user = startup.user().to_owned();
     let database = startup.database().to_owned();
     if database == super::console::DATABASE {
-        return super::console::run(shared, client, &user, &peer).await;
+        return Box::pin(super::console::run(shared, client, &user, &peer)).await;
     }
     let limit = shared.config().listen.startup_timeout.0;
-    let login = match timeout(limit, authenticate(&shared, &mut client, &user, &database)).await {
+    let auth = Box::pin(authenticate(&shared, &mut client, &user, &database));
+    let login = match timeout(limit, auth).await {
         Ok(Ok(login)) => login,
         Ok(Err(AuthError::Refused(e))) => {
             tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
@@ -164,7 +166,7 @@ pub async fn run(
                 .params
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(k))?;
-            Some((k.to_string(), v.1.clone()))
+            Some((*k, v.1.clone()))
         })
         .collect();
     let mut session = PooledSession {
@@ -229,7 +231,7 @@ impl PooledSession {
             .shared
             .cancels
             .register_pooled(key.clone(), self.cancel.clone());
-        let end = match self.welcome(&key).await {
+        let end = match Box::pin(self.welcome(&key)).await {
             Ok(()) => match self.main_loop().await {
                 Ok(()) => End::ClientGone,
                 Err(e) => e,
@@ -237,7 +239,7 @@ impl PooledSession {
             Err(e) => e,
         };
         if let Some(held) = self.held.take() {
-            self.put_back(held, Done::ClientLeft).await;
+            Box::pin(self.put_back(held, Done::ClientLeft)).await;
         }
         match end {
             End::ClientGone => {}
@@ -263,7 +265,7 @@ impl PooledSession {
         let defaults = self.shared.pools.params(&self.database, &self.user);
         let fits = defaults
             .as_ref()
-            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.get(k) == Some(v)));
+            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.get(*k) == Some(v)));
         let params = match defaults {
             Some(d) if fits => d,
             _ => {
@@ -282,8 +284,8 @@ impl PooledSession {
                 let conn = &held.lease.conn;
                 let mut params = (*conn.initial).clone();
                 for (k, _) in &self.vars {
-                    if let Some(v) = conn.params.get(k) {
-                        params.insert(k.clone(), v.clone());
+                    if let Some(v) = conn.params.get(*k) {
+                        params.insert(k.to_string(), v.clone());
                     }
                 }
                 self.shared
@@ -301,7 +303,7 @@ impl PooledSession {
         }
         self.vars = TRACKED
             .iter()
-            .filter_map(|k| Some((k.to_string(), params.get(*k)?.clone())))
+            .filter_map(|k| Some((*k, params.get(*k)?.clone())))
             .collect();
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
@@ -317,12 +319,13 @@ impl PooledSession {
                 return Err(End::ClientGone);
             }
             if let Some(e) = self.owed.take() {
-                self.fail_unit(e).await?;
+                Box::pin(self.fail_unit(e)).await?;
                 continue;
             }
             self.registration.entry.set(ClientActivity::Waiting, 0);
             self.state.set(ClientState::Held);
-            match self.acquire().await {
+            // Boxed, like every step but the idle wait: an idle client's task stays small.
+            match Box::pin(self.acquire()).await {
                 Ok(held) => {
                     self.registration
                         .entry
@@ -332,13 +335,13 @@ impl PooledSession {
                     self.held = Some(held);
                 }
                 Err(e) => {
-                    self.fail_unit(e).await?;
+                    Box::pin(self.fail_unit(e)).await?;
                     continue;
                 }
             }
             self.state.set(ClientState::Active);
             self.sync_vars();
-            let done = self.exchange().await;
+            let done = Box::pin(self.exchange()).await;
             *lock(&self.cancel) = None;
             self.registration.entry.set(ClientActivity::Idle, 0);
             self.state.set(ClientState::Idle);
@@ -346,13 +349,13 @@ impl PooledSession {
                 Ok(d) => d,
                 Err(e) => {
                     if let Some(held) = self.held.take() {
-                        self.put_back(held, Done::ClientLeft).await;
+                        Box::pin(self.put_back(held, Done::ClientLeft)).await;
                     }
                     return Err(e);
                 }
             };
             if let Some(held) = self.held.take() {
-                self.put_back(held, done).await;
+                Box::pin(self.put_back(held, done)).await;
             }
             self.shrink();
         }
@@ -393,7 +396,7 @@ impl PooledSession {
 
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
-    async fn acquire(&mut self) -> Result<Held, PgError> {
+    async fn acquire(&mut self) -> Result<Box<Held>, PgError> {
         let shared = self.shared.clone();
         let mut paused = shared.pause_switch(self.port);
         while *paused.borrow_and_update() {
@@ -436,11 +439,11 @@ impl PooledSession {
                                 .hold_seconds
                                 .with_label_values(&[self.port.label()])
                                 .observe(started.elapsed().as_secs_f64());
-                            return Ok(Held {
+                            return Ok(Box::new(Held {
                                 lease,
                                 route,
                                 retire: false,
-                            });
+                            }));
                         }
                         Err(CheckoutError::Busy { pool, waited, size }) => {
                             return Err(PgError::error(
@@ -525,7 +528,7 @@ impl PooledSession {
         let sets: Vec<String> = self
             .vars
             .iter()
-            .filter(|(k, v)| held.lease.conn.params.get(k) != Some(v))
+            .filter(|(k, v)| held.lease.conn.params.get(*k) != Some(v))
             .map(|(k, v)| format!("SET {k} = '{}'", v.replace('\'', "''")))
             .collect();
         if sets.is_empty() {
@@ -1045,8 +1048,8 @@ impl PooledSession {
                         );
                         if let Some(slot) = self.vars.iter_mut().find(|(name, _)| *name == k) {
                             slot.1 = v.clone();
-                        } else if TRACKED.contains(&k.as_str()) {
-                            self.vars.push((k.clone(), v.clone()));
+                        } else if let Some(name) = TRACKED.iter().find(|t| **t == k) {
+                            self.vars.push((name, v.clone()));
                         }
                         if let Some(h) = &mut self.held {
                             h.lease.conn.params.insert(k, v);
@@ -1190,7 +1193,7 @@ impl PooledSession {
     }
 
     /// Returns a connection to its pool, or closes it when its state is unknown.
-    async fn put_back(&mut self, held: Held, done: Done) {
+    async fn put_back(&mut self, held: Box<Held>, done: Done) {
         let clean = self.expect.is_empty()
             && !self.unsynced
             && self.status == b'I'
@@ -1289,4 +1292,45 @@ async fn send_fatal(shared: &Shared, client: &mut Stream, e: &PgError) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::topology::Topology;
+
+    /// 10,000 idle pooled clients must fit in a few KiB each: the task of one holds the
+    /// session and the idle wait, every larger step is boxed while it runs.
+    #[tokio::test]
+    async fn an_idle_pooled_client_task_is_small() {
+        let config =
+            Config::from_toml("[cluster]\nscope = \"d\"\netcd = [\"127.0.0.1:1\"]\n").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Topology::empty("d")));
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::new(config, rx, metrics.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let startup = Startup {
+            raw: Bytes::new(),
+            version: (3, 0),
+            params: vec![("user".into(), "u".into())],
+        };
+        let session = size_of::<PooledSession>();
+        let task = run(
+            shared,
+            Port::Primary,
+            PoolMode::Transaction,
+            Stream::Plain(tcp),
+            startup,
+            String::new(),
+            StateGauge::new(&metrics, "primary"),
+        );
+        let task = std::mem::size_of_val(&task);
+        println!("PooledSession {session} bytes, task future {task} bytes");
+        assert!(task < 2048, "task future {task} bytes");
+    }
 }

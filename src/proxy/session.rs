@@ -79,9 +79,24 @@ pub async fn run(
     let mut state = StateGauge::new(&shared.metrics, port.label());
     state.set(ClientState::Active);
     let mode = shared.config().pool_mode(port == Port::Primary);
+    // Boxed: a task's future is as large as its largest state, and an idle pooled client
+    // should not carry the relay's or a TLS handshake's.
     if mode.pooled() {
-        return crate::pool::session::run(shared, port, mode, client, startup, peer, state).await;
+        let pooled = crate::pool::session::run(shared, port, mode, client, startup, peer, state);
+        return Box::pin(pooled).await;
     }
+    Box::pin(passthrough(shared, port, client, startup, peer, state)).await
+}
+
+/// One server connection for this client, authentication relayed, then the relay.
+async fn passthrough(
+    shared: Arc<Shared>,
+    port: Port,
+    mut client: Stream,
+    startup: Startup,
+    peer: String,
+    mut state: StateGauge,
+) {
     state.set(ClientState::Held);
     let held = Instant::now();
     let connected = connect(&shared, port).await;
@@ -135,7 +150,7 @@ async fn read_startup(client: &mut Stream, tls: &Tls) -> std::io::Result<Opening
         let mut first = [0u8; 1];
         // 0x16 starts a TLS handshake record; a startup packet starts with its length's high byte.
         if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
-            upgrade(client, acceptor).await?;
+            Box::pin(upgrade(client, acceptor)).await?;
             let alpn = match &*client {
                 Stream::Tls(s) => s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
                 _ => None,
@@ -157,7 +172,7 @@ async fn read_startup(client: &mut Stream, tls: &Tls) -> std::io::Result<Opening
             Ok(FirstPacket::SslRequest) => match (&tls.acceptor, client.is_tls()) {
                 (Some(acceptor), false) => {
                     client.send(b"S").await?;
-                    upgrade(client, acceptor).await?;
+                    Box::pin(upgrade(client, acceptor)).await?;
                 }
                 _ => client.send(b"N").await?,
             },
