@@ -66,9 +66,10 @@ pub async fn maintain(shared: Arc<Shared>) {
             let shared = shared.clone();
             let timeout = config.routing.connect_timeout.0;
             tokio::spawn(async move {
-                let (config, tls) = (shared.config(), shared.tls());
+                let config = shared.config();
+                let open_with = || (login, shared.tls());
                 match pool
-                    .checkout(&shared.pools, &login, &config.pool, timeout, &tls)
+                    .checkout(&shared.pools, open_with, &config.pool, timeout)
                     .await
                 {
                     Ok((lease, _)) => lease.release(),

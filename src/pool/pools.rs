@@ -138,14 +138,14 @@ impl Pool {
         self.idle_count() + self.stats.active.load(Ordering::Relaxed)
     }
 
-    /// Takes an idle connection or opens one, waiting up to `query_wait_timeout` for a slot.
+    /// Takes an idle connection or opens one (logging in as `open_with` says), waiting up to
+    /// `query_wait_timeout` for a slot.
     pub async fn checkout(
         self: &Arc<Pool>,
         pools: &Pools,
-        login: &Login,
+        open_with: impl FnOnce() -> (Login, crate::tls::Tls),
         config: &PoolConfig,
         connect_timeout: Duration,
-        tls: &crate::tls::Tls,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
         let started = Instant::now();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +205,8 @@ impl Pool {
             user: &self.key.user,
             database: &self.key.database,
         };
-        let opened = ServerConn::open(&to, login, connect_timeout, tls).await?;
+        let (login, tls) = open_with();
+        let opened = ServerConn::open(&to, &login, connect_timeout, &tls).await?;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");

@@ -86,6 +86,15 @@ enum Done {
     ClientLeft,
 }
 
+/// The member and pool the last transaction used, valid while the topology and settings it
+/// was picked under are the ones in force (compared by pointer: a new view is a new Arc).
+struct RouteCache {
+    topology: Arc<crate::topology::Topology>,
+    config: Arc<crate::config::Config>,
+    pool: Arc<super::pools::Pool>,
+    route: Route,
+}
+
 struct Held {
     lease: Lease,
     route: Route,
@@ -129,6 +138,10 @@ pub struct PooledSession {
     skipping: bool,
     /// Boxed: most of the time a client holds none.
     held: Option<Box<Held>>,
+    route_cache: Option<Box<RouteCache>>,
+    /// This port's series, looked up once.
+    hold_seconds: prometheus::Histogram,
+    transactions: prometheus::IntCounter,
 }
 
 /// Serves a client of a pooled listener after its StartupMessage.
@@ -169,6 +182,7 @@ pub async fn run(
             Some((*k, v.1.clone()))
         })
         .collect();
+    let shared_metrics = shared.metrics.clone();
     let mut session = PooledSession {
         signal: shared.signals.subscribe(),
         shared,
@@ -198,6 +212,13 @@ pub async fn run(
         owed: None,
         skipping: false,
         held: None,
+        route_cache: None,
+        hold_seconds: shared_metrics
+            .hold_seconds
+            .with_label_values(&[port.label()]),
+        transactions: shared_metrics
+            .transactions
+            .with_label_values(&[port.label()]),
     };
     session.serve().await;
 }
@@ -398,10 +419,12 @@ impl PooledSession {
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
     async fn acquire(&mut self) -> Result<Box<Held>, PgError> {
         let shared = self.shared.clone();
-        let mut paused = shared.pause_switch(self.port);
-        while *paused.borrow_and_update() {
-            if paused.changed().await.is_err() {
-                break;
+        if shared.is_paused(self.port) {
+            let mut paused = shared.pause_switch(self.port);
+            while *paused.borrow_and_update() {
+                if paused.changed().await.is_err() {
+                    break;
+                }
             }
         }
         let config = shared.config();
@@ -413,32 +436,53 @@ impl PooledSession {
         let scope = &shared.scope;
         loop {
             let current = topology.borrow_and_update().clone();
-            let (failure, retry_soon) = match shared.router.pick(routing, &current, self.port) {
-                Ok(route) => {
-                    let key = PoolKey {
-                        member: route.member.name.clone(),
-                        target: route.target.into(),
-                        database: self.database.clone(),
-                        user: self.user.clone(),
+            let picked = match self.route_cache.take() {
+                // Same topology and settings as last time: same member, same pool.
+                Some(c)
+                    if Arc::ptr_eq(&c.topology, &current) && Arc::ptr_eq(&c.config, &config) =>
+                {
+                    Ok(c)
+                }
+                _ => shared
+                    .router
+                    .pick(routing, &current, self.port)
+                    .map(|route| {
+                        let key = PoolKey {
+                            member: route.member.name.clone(),
+                            target: route.target.into(),
+                            database: self.database.clone(),
+                            user: self.user.clone(),
+                        };
+                        let pool = shared
+                            .pools
+                            .get(key, &route.member.addr, config.pool.pool_size);
+                        Box::new(RouteCache {
+                            topology: current.clone(),
+                            config: config.clone(),
+                            pool,
+                            route,
+                        })
+                    }),
+            };
+            let (failure, retry_soon) = match picked {
+                Ok(cached) => {
+                    let (pool, route) = (cached.pool.clone(), cached.route.clone());
+                    self.route_cache = Some(cached);
+                    let open_with = || {
+                        (
+                            shared.credentials.login(&self.user, &self.login),
+                            shared.tls(),
+                        )
                     };
-                    let pool = shared
-                        .pools
-                        .get(key, &route.member.addr, config.pool.pool_size);
-                    let login = shared.credentials.login(&self.user, &self.login);
-                    let tls = shared.tls();
                     match pool
-                        .checkout(&shared.pools, &login, &config.pool, routing.connect_timeout.0, &tls)
+                        .checkout(&shared.pools, open_with, &config.pool, routing.connect_timeout.0)
                         .await
                     {
                         Ok((lease, derived)) => {
                             if let Some(keys) = derived {
                                 shared.credentials.remember_keys(&self.user, keys);
                             }
-                            shared
-                                .metrics
-                                .hold_seconds
-                                .with_label_values(&[self.port.label()])
-                                .observe(started.elapsed().as_secs_f64());
+                            self.hold_seconds.observe(started.elapsed().as_secs_f64());
                             return Ok(Box::new(Held {
                                 lease,
                                 route,
@@ -1030,11 +1074,7 @@ impl PooledSession {
                                     .stats
                                     .transactions
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                self.shared
-                                    .metrics
-                                    .transactions
-                                    .with_label_values(&[self.port.label()])
-                                    .inc();
+                                self.transactions.inc();
                             }
                         }
                     }

@@ -99,6 +99,11 @@ pub struct SqlEffects {
 
 pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     let mut e = SqlEffects::default();
+    // Most statements mention none of the commands: no allocation for them.
+    let words: [&[u8]; 3] = [b"listen", b"deallocate", b"discard"];
+    if !words.iter().any(|w| mentions(sql, w)) {
+        return e;
+    }
     let text = String::from_utf8_lossy(sql);
     let parts: Vec<String> = text
         .split(';')
@@ -131,6 +136,12 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
         }
     }
     e
+}
+
+/// ASCII case-insensitive substring test.
+fn mentions(text: &[u8], word: &[u8]) -> bool {
+    text.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 #[cfg(test)]
