@@ -107,17 +107,16 @@ pub struct PooledSession {
     port: Port,
     mode: PoolMode,
     client: Stream,
-    peer: String,
-    user: String,
-    database: String,
     login: Login,
     registration: ClientRegistration,
     state: StateGauge,
     signal: Subscription,
     cancel: Arc<Mutex<Option<(String, CancelKey)>>>,
     statements: ClientStatements,
-    /// Tracked parameter values the client has (as last reported to it).
+    /// Tracked parameters the client set itself (at startup or with SET), as the server
+    /// reported them; the others are the `defaults` of its database and user.
     vars: Vec<(&'static str, String)>,
+    defaults: Option<super::pools::Params>,
     cin: BytesMut,
     sin: BytesMut,
     to_server: BytesMut,
@@ -160,8 +159,11 @@ pub async fn run(
         return Box::pin(super::console::run(shared, client, &user, &peer)).await;
     }
     let limit = shared.config().listen.startup_timeout.0;
-    let auth = Box::pin(authenticate(&shared, &mut client, &user, &database));
-    let login = match timeout(limit, auth).await {
+    let auth = Box::pin(timeout(
+        limit,
+        authenticate(&shared, &mut client, &user, &database),
+    ));
+    let login = match auth.await {
         Ok(Ok(login)) => login,
         Ok(Err(AuthError::Refused(e))) => {
             tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
@@ -183,21 +185,20 @@ pub async fn run(
         })
         .collect();
     let shared_metrics = shared.metrics.clone();
-    let mut session = PooledSession {
+    drop(startup);
+    let session = Box::new(PooledSession {
         signal: shared.signals.subscribe(),
         shared,
         port,
         mode,
         client,
-        peer,
-        user,
-        database,
         login,
         registration,
         state,
         cancel: Arc::new(Mutex::new(None)),
         statements: ClientStatements::default(),
         vars,
+        defaults: None,
         cin: BytesMut::new(),
         sin: BytesMut::new(),
         to_server: BytesMut::new(),
@@ -219,8 +220,8 @@ pub async fn run(
         transactions: shared_metrics
             .transactions
             .with_label_values(&[port.label()]),
-    };
-    session.serve().await;
+    });
+    Box::pin(session.serve()).await;
 }
 
 /// Authenticates with the user's secret from auth_file, else from auth_query.
@@ -243,7 +244,7 @@ pub async fn authenticate(
 }
 
 impl PooledSession {
-    async fn serve(&mut self) {
+    async fn serve(mut self: Box<Self>) {
         let key = CancelKey {
             pid: rand::random::<i32>() & i32::MAX,
             secret: Bytes::copy_from_slice(&rand::random::<[u8; 4]>()),
@@ -265,7 +266,7 @@ impl PooledSession {
         match end {
             End::ClientGone => {}
             End::Fatal(e) => {
-                tracing::info!(peer = %self.peer, port = %self.port, error = %e, "closing pooled client");
+                tracing::info!(peer = %self.registration.entry.peer, port = %self.port, error = %e, "closing pooled client");
                 send_fatal(&self.shared, &mut self.client, &e).await;
             }
             End::ClientProtocol(why) => {
@@ -283,12 +284,15 @@ impl PooledSession {
     /// its database and user) needs no server; otherwise one is borrowed to apply its
     /// settings, and the server's own spelling of them is reported.
     async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
-        let defaults = self.shared.pools.params(&self.database, &self.user);
+        let defaults = self.shared.pools.params(
+            &self.registration.entry.database,
+            &self.registration.entry.user,
+        );
         let fits = defaults
             .as_ref()
             .is_some_and(|d| self.vars.iter().all(|(k, v)| d.get(*k) == Some(v)));
-        let params = match defaults {
-            Some(d) if fits => d,
+        let (params, params_defaults) = match defaults {
+            Some(d) if fits => (d.clone(), Some(d)),
             _ => {
                 self.state.set(ClientState::Held);
                 let held = self
@@ -309,11 +313,14 @@ impl PooledSession {
                         params.insert(k.to_string(), v.clone());
                     }
                 }
-                self.shared
-                    .pools
-                    .remember_params(&self.database, &self.user, conn.initial.clone());
+                let initial = conn.initial.clone();
+                self.shared.pools.remember_params(
+                    &self.registration.entry.database,
+                    &self.registration.entry.user,
+                    initial.clone(),
+                );
                 self.put_back(held, Done::Idle).await;
-                Arc::new(params)
+                (Arc::new(params), Some(initial))
             }
         };
         let mut out = BytesMut::new();
@@ -322,10 +329,17 @@ impl PooledSession {
         for (k, v) in sorted {
             wire::parameter_status(&mut out, k, v);
         }
-        self.vars = TRACKED
-            .iter()
-            .filter_map(|k| Some((*k, params.get(*k)?.clone())))
-            .collect();
+        // Keep only what differs from the defaults: most clients then carry nothing.
+        let mut vars = std::mem::take(&mut self.vars);
+        for slot in &mut vars {
+            if let Some(v) = params.get(slot.0) {
+                slot.1 = v.clone();
+            }
+        }
+        vars.retain(|(k, v)| defaults_of(&params_defaults, k) != Some(v));
+        vars.shrink_to_fit();
+        self.vars = vars;
+        self.defaults = params_defaults;
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
         self.client.send(&out).await.map_err(|_| End::ClientGone)?;
@@ -450,8 +464,8 @@ impl PooledSession {
                         let key = PoolKey {
                             member: route.member.name.clone(),
                             target: route.target.into(),
-                            database: self.database.clone(),
-                            user: self.user.clone(),
+                            database: self.registration.entry.database.clone(),
+                            user: self.registration.entry.user.clone(),
                         };
                         let pool = shared
                             .pools
@@ -470,7 +484,9 @@ impl PooledSession {
                     self.route_cache = Some(cached);
                     let open_with = || {
                         (
-                            shared.credentials.login(&self.user, &self.login),
+                            shared
+                                .credentials
+                                .login(&self.registration.entry.user, &self.login),
                             shared.tls(),
                         )
                     };
@@ -480,7 +496,7 @@ impl PooledSession {
                     {
                         Ok((lease, derived)) => {
                             if let Some(keys) = derived {
-                                shared.credentials.remember_keys(&self.user, keys);
+                                shared.credentials.remember_keys(&self.registration.entry.user, keys);
                             }
                             self.hold_seconds.observe(started.elapsed().as_secs_f64());
                             return Ok(Box::new(Held {
@@ -494,29 +510,29 @@ impl PooledSession {
                                 sqlstate::CANNOT_CONNECT_NOW,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": no server connection free for \"{}\" on member \"{}\" after {:.1}s (pool {pool}, pool_size {size})",
-                                    self.user, route.member.name, waited.as_secs_f64()
+                                    self.registration.entry.user, route.member.name, waited.as_secs_f64()
                                 ),
                             ))
                         }
                         Err(CheckoutError::Server(ServerError::Refused { code, message })) => {
                             if code == sqlstate::INVALID_PASSWORD {
-                                shared.credentials.forget_keys(&self.user);
+                                shared.credentials.forget_keys(&self.registration.entry.user);
                             }
                             return Err(PgError::error(
                                 sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": member \"{}\" refused a server connection for \"{}\": {code} {message}",
-                                    route.member.name, self.user
+                                    route.member.name, self.registration.entry.user
                                 ),
                             ));
                         }
                         Err(CheckoutError::Server(e @ ServerError::Auth(_))) => {
-                            shared.credentials.forget_keys(&self.user);
+                            shared.credentials.forget_keys(&self.registration.entry.user);
                             return Err(PgError::error(
                                 sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": cannot log in to member \"{}\" as \"{}\": {e}",
-                                    route.member.name, self.user
+                                    route.member.name, self.registration.entry.user
                                 ),
                             ));
                         }
@@ -569,10 +585,16 @@ impl PooledSession {
     /// Queues a SET for each tracked parameter where the client and the server differ.
     fn sync_vars(&mut self) {
         let Some(held) = &self.held else { return };
-        let sets: Vec<String> = self
-            .vars
+        let params = &held.lease.conn.params;
+        let sets: Vec<String> = TRACKED
             .iter()
-            .filter(|(k, v)| held.lease.conn.params.get(*k) != Some(v))
+            .filter_map(|k| {
+                let wanted = match self.vars.iter().find(|(name, _)| name == k) {
+                    Some((_, v)) => Some(v),
+                    None => defaults_of(&self.defaults, k),
+                }?;
+                (params.get(*k) != Some(wanted)).then_some((k, wanted))
+            })
             .map(|(k, v)| format!("SET {k} = '{}'", v.replace('\'', "''")))
             .collect();
         if sets.is_empty() {
@@ -590,7 +612,7 @@ impl PooledSession {
             .client_errors
             .with_label_values(&[e.code])
             .inc();
-        tracing::info!(peer = %self.peer, port = %self.port, error = %e, "transaction refused");
+        tracing::info!(peer = %self.registration.entry.peer, port = %self.port, error = %e, "transaction refused");
         let mut out = e.encode();
         loop {
             let msg = match wire::take_message(&mut self.cin) {
@@ -971,7 +993,7 @@ impl PooledSession {
 
     fn note_effects(&mut self, e: &statements::SqlEffects) {
         if e.listen && !self.pinned {
-            tracing::debug!(peer = %self.peer, "LISTEN: client pinned to its server connection");
+            tracing::debug!(peer = %self.registration.entry.peer, "LISTEN: client pinned to its server connection");
             self.pinned = true;
         }
         if e.unlisten_all {
@@ -1114,7 +1136,7 @@ impl PooledSession {
                         return Err(Lost::Server(message));
                     }
                     if swallowing {
-                        tracing::warn!(peer = %self.peer, error = ?fields.iter().find(|(c, _)| *c == b'M'), "setting the client's parameters failed");
+                        tracing::warn!(peer = %self.registration.entry.peer, error = ?fields.iter().find(|(c, _)| *c == b'M'), "setting the client's parameters failed");
                         continue;
                     }
                     self.on_error();
@@ -1193,7 +1215,7 @@ impl PooledSession {
             Lost::Server(why) => server_gone(scope, &held.route, why),
         }
         .with_hint("The connection to pgrouter stays open; retry the transaction.");
-        tracing::info!(peer = %self.peer, port = %self.port, %member, error = %e, "aborted a pooled transaction");
+        tracing::info!(peer = %self.registration.entry.peer, port = %self.port, %member, error = %e, "aborted a pooled transaction");
         self.shared
             .metrics
             .client_errors
@@ -1283,6 +1305,10 @@ enum Event {
     ReadClient(std::io::Result<usize>),
 }
 
+fn defaults_of<'a>(defaults: &'a Option<super::pools::Params>, key: &str) -> Option<&'a String> {
+    defaults.as_ref()?.get(key)
+}
+
 /// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.
 async fn push(w: &mut crate::stream::WriteSide<'_>, buf: &[u8]) -> std::io::Result<Option<usize>> {
     use tokio::io::AsyncWriteExt;
@@ -1350,6 +1376,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Topology::empty("d")));
         let metrics = Arc::new(Metrics::new());
         let shared = Arc::new(Shared::new(config, rx, metrics.clone()));
+        let shared2 = shared.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -1370,7 +1397,12 @@ mod tests {
             StateGauge::new(&metrics, "primary"),
         );
         let task = std::mem::size_of_val(&task);
-        println!("PooledSession {session} bytes, task future {task} bytes");
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let outer = crate::proxy::session::run(shared2, Port::Primary, tcp, None);
+        let outer = std::mem::size_of_val(&outer);
+        println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
         assert!(task < 2048, "task future {task} bytes");
     }
 }

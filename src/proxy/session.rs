@@ -34,7 +34,8 @@ pub async fn run(
     let mut client = Stream::Plain(tcp);
     let startup_timeout = shared.config().listen.startup_timeout.0;
     let tls = shared.tls();
-    let startup = match timeout(startup_timeout, read_startup(&mut client, &tls)).await {
+    let opening = Box::pin(timeout(startup_timeout, read_startup(&mut client, &tls)));
+    let startup = match opening.await {
         Err(_) => {
             tracing::debug!(%peer, %port, "startup timed out");
             return;
