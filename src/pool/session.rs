@@ -143,8 +143,10 @@ pub struct PooledSession {
     transactions: prometheus::IntCounter,
 }
 
-/// Serves a client of a pooled listener after its StartupMessage.
-pub async fn run(
+/// Authenticates a client of a pooled listener after its StartupMessage; the session to
+/// `serve`, or None when the client was refused (or used the admin console). Kept apart
+/// from serving so the memory of this phase is given back before the client idles.
+pub async fn start(
     shared: Arc<Shared>,
     port: Port,
     mode: PoolMode,
@@ -152,11 +154,12 @@ pub async fn run(
     startup: Startup,
     peer: String,
     state: StateGauge,
-) {
+) -> Option<Box<PooledSession>> {
     let user = startup.user().to_owned();
     let database = startup.database().to_owned();
     if database == super::console::DATABASE {
-        return Box::pin(super::console::run(shared, client, &user, &peer)).await;
+        Box::pin(super::console::run(shared, client, &user, &peer)).await;
+        return None;
     }
     let limit = shared.config().listen.startup_timeout.0;
     let auth = Box::pin(timeout(
@@ -167,9 +170,10 @@ pub async fn run(
         Ok(Ok(login)) => login,
         Ok(Err(AuthError::Refused(e))) => {
             tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
-            return send_fatal(&shared, &mut client, &e).await;
+            send_fatal(&shared, &mut client, &e).await;
+            return None;
         }
-        Ok(Err(AuthError::Gone)) | Err(_) => return,
+        Ok(Err(AuthError::Gone)) | Err(_) => return None,
     };
     let registration = shared
         .pools
@@ -221,7 +225,7 @@ pub async fn run(
             .transactions
             .with_label_values(&[port.label()]),
     });
-    Box::pin(session.serve()).await;
+    Some(session)
 }
 
 /// Authenticates with the user's secret from auth_file, else from auth_query.
@@ -244,7 +248,8 @@ pub async fn authenticate(
 }
 
 impl PooledSession {
-    async fn serve(mut self: Box<Self>) {
+    /// Serves the client until it leaves.
+    pub async fn serve(mut self: Box<Self>) {
         let key = CancelKey {
             pid: rand::random::<i32>() & i32::MAX,
             secret: Bytes::copy_from_slice(&rand::random::<[u8; 4]>()),
@@ -1387,7 +1392,7 @@ mod tests {
             params: vec![("user".into(), "u".into())],
         };
         let session = size_of::<PooledSession>();
-        let task = run(
+        let task = start(
             shared,
             Port::Primary,
             PoolMode::Transaction,

@@ -83,8 +83,11 @@ pub async fn run(
     // Boxed: a task's future is as large as its largest state, and an idle pooled client
     // should not carry the relay's or a TLS handshake's.
     if mode.pooled() {
-        let pooled = crate::pool::session::run(shared, port, mode, client, startup, peer, state);
-        return Box::pin(pooled).await;
+        let start = crate::pool::session::start(shared, port, mode, client, startup, peer, state);
+        if let Some(session) = Box::pin(start).await {
+            Box::pin(session.serve()).await;
+        }
+        return;
     }
     Box::pin(passthrough(shared, port, client, startup, peer, state)).await
 }
