@@ -11,6 +11,9 @@ use crate::procs::Proc;
 
 const PASSWORD: &str = "postgres";
 
+/// How a pgbench run that did not finish in time is reported.
+pub const TIMED_OUT: &str = "timed out";
+
 /// What pgbench printed for a successful run.
 pub struct Summary {
     pub tps: f64,
@@ -52,7 +55,7 @@ pub fn run(
             break status;
         }
         if Instant::now() > deadline {
-            return Ok(Err(format!("timed out after {} s", timeout.as_secs())));
+            return Ok(Err(format!("{TIMED_OUT} after {} s", timeout.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(50));
     };

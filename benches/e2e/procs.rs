@@ -61,11 +61,18 @@ pub fn start_haproxy(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
 
 /// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`. It refuses to run
 /// as root, so it is started with `-u postgres` and its directory is handed to that user.
-pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16, scram_secret: &str) -> Result<Proc> {
+/// `max_client_conn` must cover W4's idle clients plus pgbench's.
+pub fn start_pgbouncer(
+    dir: &Path,
+    port: u16,
+    upstream: u16,
+    scram_secret: &str,
+    max_client_conn: usize,
+) -> Result<Proc> {
     let dir = dir.join("pgbouncer");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, format!("\"postgres\" \"{scram_secret}\"\n"))?;
+    std::fs::write(&userlist, userlist_line(scram_secret))?;
     let config = dir.join("pgbouncer.ini");
     std::fs::write(
         &config,
@@ -73,7 +80,7 @@ pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16, scram_secret: &str)
             "[databases]\npostgres = host=127.0.0.1 port={upstream} dbname=postgres\n\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
-             default_pool_size = 20\nmax_client_conn = 2000\nlogfile = {}\npidfile = {}\n",
+             default_pool_size = {POOL_SIZE}\nmax_client_conn = {max_client_conn}\nlogfile = {}\npidfile = {}\n",
             userlist.display(),
             dir.join("pgbouncer.log").display(),
             dir.join("pgbouncer.pid").display(),
@@ -96,29 +103,91 @@ pub fn start_pgbouncer(dir: &Path, port: u16, upstream: u16, scram_secret: &str)
     Ok(proc)
 }
 
-/// pgrouter (this crate's binary) with primary on `port`, replicas on `port + 1`, admin on `port + 2`.
+/// pgrouter (this crate's binary) in pass-through mode with primary on `port`, replicas on
+/// `port + 1`, admin on `port + 2`.
 pub fn start_pgrouter(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
-    let config = dir.join("pgrouter.toml");
+    spawn_pgrouter(lab, dir, "pgrouter", port, "")
+}
+
+/// pgrouter in transaction pooling mode on both listeners (ports as [`start_pgrouter`]), with
+/// pgbouncer's pool size and the same userlist (the SCRAM secret from pg_authid). An error when
+/// it exits or does not listen within 10 s, with the end of its log.
+pub fn start_pgrouter_txn(
+    lab: &Lab,
+    dir: &Path,
+    port: u16,
+    scram_secret: &str,
+    max_client_conn: usize,
+) -> Result<Proc> {
+    let userlist = dir.join("pgrouter-txn-userlist.txt");
+    std::fs::write(&userlist, userlist_line(scram_secret))
+        .with_context(|| format!("writing {}", userlist.display()))?;
+    let extra = format!(
+        "primary_pool_mode = \"transaction\"\nreplicas_pool_mode = \"transaction\"\nmax_client_conn = {max_client_conn}\n\
+         [pool]\npool_size = {POOL_SIZE}\n[auth]\nauth_file = \"{}\"\n",
+        userlist.display()
+    );
+    spawn_pgrouter(lab, dir, "pgrouter-txn", port, &extra)
+}
+
+/// Server connections per pool, pgbouncer's `default_pool_size` and pgrouter's `pool.pool_size`.
+pub const POOL_SIZE: usize = 20;
+
+/// A pgbouncer userlist line for user postgres.
+fn userlist_line(secret: &str) -> String {
+    format!("\"postgres\" \"{secret}\"\n")
+}
+
+/// Start pgrouter with config `<name>.toml` and log `<name>.log`; `listen_extra` is appended to
+/// the `[listen]` table (and may open further tables).
+fn spawn_pgrouter(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    listen_extra: &str,
+) -> Result<Proc> {
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n[routing]\nhold_timeout = \"30s\"\n",
+            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[routing]\nhold_timeout = \"30s\"\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n{listen_extra}",
             lab.spec().scope,
             lab.etcd_endpoint(),
             port + 1,
             port + 2,
         ),
-    )?;
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let log = dir.join(format!("{name}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
-        .stderr(log_file(dir, "pgrouter.log")?)
+        .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
         .spawn()
-        .context("starting pgrouter")?;
-    let proc = Proc(child);
-    wait_port(port)?;
-    Ok(proc)
+        .with_context(|| format!("starting {name}"))?;
+    let mut proc = Proc(child);
+    for _ in 0..200 {
+        if let Some(status) = proc.0.try_wait()? {
+            bail!("{name} exited ({status}): {}", tail(&log, 5));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(proc);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{name} does not listen on {port} after 10 s: {}",
+        tail(&log, 5)
+    )
+}
+
+/// The last `n` lines of a file, joined with " / ".
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
 }
 
 /// Wait (up to 30 s) until a query through `port` reaches a primary.
@@ -157,6 +226,59 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
             .with_context(|| format!("{path}: field {}", i + 3))
     };
     Ok(field(11)? + field(12)?)
+}
+
+/// Resident memory of process `pid` (VmRSS from /proc/<pid>/status), in bytes.
+pub fn vm_rss(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{path}: no VmRSS"))?;
+    Ok(kb * 1024)
+}
+
+/// The soft and hard RLIMIT_NOFILE of this process, from /proc/self/limits.
+pub fn nofile_limit() -> Result<(u64, u64)> {
+    let limits =
+        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("/proc/self/limits: no Max open files")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match v.as_slice() {
+        [soft, hard, ..] => Ok((*soft, *hard)),
+        _ => bail!("/proc/self/limits: cannot parse {line:?}"),
+    }
+}
+
+/// Raise this process's RLIMIT_NOFILE (inherited by the proxies it starts) towards `want` with
+/// `prlimit` (util-linux; no libc binding among the bench's dependencies). Raising the hard limit
+/// needs CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one. Returns the soft
+/// limit in force afterwards.
+pub fn raise_nofile(want: u64) -> Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    let pid = std::process::id().to_string();
+    let set = |soft: u64, hard: u64| {
+        Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:{hard}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !set(want, want.max(hard)) {
+        set(want.min(hard), hard);
+    }
+    Ok(nofile_limit()?.0)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).

@@ -1,12 +1,19 @@
-//! Markdown tables for the e2e bench: one per workload, medians over rounds, ratios to direct.
+//! Markdown tables for the e2e bench: one per workload, medians over rounds, ratios to direct;
+//! the pooled comparison (pgrouter-txn against pgbouncer) and W4.
 
 use std::fmt::Write as _;
 
+use crate::idle;
 use crate::pgbench::command_line;
 use crate::workloads::{w1_args, w3_args, Cell, Table, Target};
 
-/// Index of the `direct` target: ratios are taken against it.
-const DIRECT: usize = 0;
+const DIRECT: &str = "direct";
+const PGBOUNCER: &str = "pgbouncer";
+const POOLED: &str = "pgrouter-txn";
+
+fn index(targets: &[Target], name: &str) -> Option<usize> {
+    targets.iter().position(|t| t.name == name)
+}
 
 pub fn w1(out: &mut String, targets: &[Target], table: &Table<(&str, u32)>, duration: u32) {
     heading(
@@ -16,6 +23,7 @@ pub fn w1(out: &mut String, targets: &[Target], table: &Table<(&str, u32)>, dura
         "<clients>",
     );
     out.push_str("| mode | clients | target | tps | vs direct | proxy CPU us/txn |\n|---|---|---|---|---|---|\n");
+    let direct = index(targets, DIRECT);
     for ((mode, clients), cells) in table {
         for (t, cell) in targets.iter().zip(cells) {
             let _ = writeln!(
@@ -23,7 +31,7 @@ pub fn w1(out: &mut String, targets: &[Target], table: &Table<(&str, u32)>, dura
                 "| {mode} | {clients} | {} | {} | {} | {} |",
                 t.name,
                 fmt_value(cell, 0),
-                ratio(cell, &cells[DIRECT]),
+                ratio(cell, direct.map(|d| &cells[d])),
                 fmt_cpu(cell),
             );
         }
@@ -41,13 +49,14 @@ pub fn w2(out: &mut String, targets: &[Target], table: &Table<u64>, duration: u3
         "",
     );
     out.push_str("| target | rate | tps | p50 ms | p99 ms | added p50 ms | added p99 ms |\n|---|---|---|---|---|---|---|\n");
+    let direct = index(targets, DIRECT);
     for (rate, cells) in table {
-        let base = cells[DIRECT].latency();
+        let base = direct.and_then(|d| cells[d].latency());
         for (t, cell) in targets.iter().zip(cells) {
             let lat = cell.latency();
             let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3}", v / 1000.0));
             let added = |f: fn((f64, f64)) -> f64| match (lat, base) {
-                (Some(l), Some(b)) if !std::ptr::eq(cell, &cells[DIRECT]) => {
+                (Some(l), Some(b)) if t.name != DIRECT => {
                     format!("{:+.3}", (f(l) - f(b)) / 1000.0)
                 }
                 _ => "-".into(),
@@ -76,6 +85,7 @@ pub fn w3(out: &mut String, targets: &[Target], table: &Table<u32>, duration: u3
     out.push_str(
         "| clients | target | tps | vs direct | proxy CPU us/txn |\n|---|---|---|---|---|\n",
     );
+    let direct = index(targets, DIRECT);
     for (clients, cells) in table {
         for (t, cell) in targets.iter().zip(cells) {
             let _ = writeln!(
@@ -83,7 +93,7 @@ pub fn w3(out: &mut String, targets: &[Target], table: &Table<u32>, duration: u3
                 "| {clients} | {} | {} | {} | {} |",
                 t.name,
                 fmt_value(cell, 0),
-                ratio(cell, &cells[DIRECT]),
+                ratio(cell, direct.map(|d| &cells[d])),
                 fmt_cpu(cell),
             );
         }
@@ -91,6 +101,7 @@ pub fn w3(out: &mut String, targets: &[Target], table: &Table<u32>, duration: u3
 }
 
 pub fn w5(out: &mut String, targets: &[Target], table: &Table<&str>) {
+    let direct = index(targets, DIRECT);
     for (name, cells) in table {
         let _ = write!(
             out,
@@ -103,7 +114,7 @@ pub fn w5(out: &mut String, targets: &[Target], table: &Table<&str>) {
                 "| {} | {} | {} | {} |",
                 t.name,
                 fmt_value(cell, 1),
-                ratio(cell, &cells[DIRECT]),
+                ratio(cell, direct.map(|d| &cells[d])),
                 fmt_cpu(cell),
             );
         }
@@ -125,9 +136,9 @@ fn fmt_value(cell: &Cell, decimals: usize) -> String {
     }
 }
 
-fn ratio(cell: &Cell, direct: &Cell) -> String {
-    match (cell.value(), direct.value()) {
-        (Ok(v), Ok(d)) if d > 0.0 => format!("{:.2}x", v / d),
+fn ratio(cell: &Cell, base: Option<&Cell>) -> String {
+    match (cell.value(), base.map(Cell::value)) {
+        (Ok(v), Some(Ok(b))) if b > 0.0 => format!("{:.2}x", v / b),
         _ => "-".into(),
     }
 }
@@ -143,5 +154,155 @@ fn fmt_cpu(cell: &Cell) -> String {
             let each: Vec<String> = parts.iter().map(|(n, v)| format!("{n} {v:.1}")).collect();
             format!("{total:.1} ({})", each.join(" + "))
         }
+    }
+}
+
+/// pgrouter in transaction mode against pgbouncer (transaction mode, in front of HAProxy) for
+/// every W1 and W3 setting both ran, with TARGETS.md's targets: >= 1.3x at -c 150, churn >= 1x.
+pub fn pooled(
+    out: &mut String,
+    targets: &[Target],
+    w1: Option<&Table<(&str, u32)>>,
+    w3: Option<&Table<u32>>,
+) {
+    let (Some(b), Some(p)) = (index(targets, PGBOUNCER), index(targets, POOLED)) else {
+        return;
+    };
+    if w1.is_none() && w3.is_none() {
+        return;
+    }
+    out.push_str(
+        "\n### Pooled: pgrouter-txn vs pgbouncer\n\nBoth in transaction mode with 20 server connections per pool, the same SCRAM secret in their userlist; \
+         pgbouncer reaches the leader through HAProxy, so its CPU column is pgbouncer + HAProxy. Same runs as the tables above.\n\n\
+         | workload | setting | pgbouncer tps | pgrouter-txn tps | pgrouter-txn / pgbouncer | target | CPU us/txn pgbouncer | CPU us/txn pgrouter-txn |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut row = |workload: &str, setting: String, cells: &[Cell], goal: Option<f64>| {
+        let (cb, cp) = (&cells[b], &cells[p]);
+        let verdict = match (goal, cp.value(), cb.value()) {
+            (None, ..) => "-".to_string(),
+            (Some(g), Ok(v), Ok(base)) if base > 0.0 => {
+                let met = if v / base >= g { "met" } else { "not met" };
+                format!(">= {g:.1}x: {met}")
+            }
+            (Some(g), ..) => format!(">= {g:.1}x: -"),
+        };
+        let _ = writeln!(
+            out,
+            "| {workload} | {setting} | {} | {} | {} | {verdict} | {} | {} |",
+            fmt_value(cb, 0),
+            fmt_value(cp, 0),
+            // Three decimals: the verdict compares the unrounded ratio.
+            match (cp.value(), cb.value()) {
+                (Ok(v), Ok(base)) if base > 0.0 => format!("{:.3}x", v / base),
+                _ => "-".into(),
+            },
+            fmt_cpu(cb),
+            fmt_cpu(cp),
+        );
+    };
+    for ((mode, clients), cells) in w1.into_iter().flatten() {
+        let goal = (*clients == 150).then_some(1.3);
+        row("W1", format!("{mode} -c {clients}"), cells, goal);
+    }
+    for (clients, cells) in w3.into_iter().flatten() {
+        row("W3 churn", format!("-C -c {clients}"), cells, Some(1.0));
+    }
+}
+
+/// W4: idle clients per target, then W1 -c 16 simple beside them.
+pub fn w4(
+    out: &mut String,
+    rows: &[(&str, Result<idle::Row, String>)],
+    idle: usize,
+    duration: u32,
+) {
+    let line = command_line(&w1_args("simple", 16, duration), "<port>");
+    let _ = write!(
+        out,
+        "\n### W4 idle clients\n\n{idle} idle clients asked per target, each opened with tokio-postgres (startup, SCRAM-SHA-256, \
+         ReadyForQuery; 32 at a time) and left idle. Proxy RSS: VmRSS of the process the clients connect to (pgbouncer itself, \
+         not HAProxy), before opening, 1 s after the last one opened, and 2 s after closing them; per client = (with - before) / opened, where before is the RSS before the first round's opening on that process (the allocator keeps \
+         what earlier rounds' clients used, so later rounds add little). \
+         Active load: `{line}` before opening, beside the idle clients, and after closing them; change = with / mean(before, after) - 1 \
+         (target: > -5%, and <= 4 KiB per idle client); CPU: the target's proxy processes (pgbouncer: pgbouncer + HAProxy) in the runs before and beside. Alive: idle clients answering `select 1` after the loaded run.\n\n\
+         | target | round | idle clients | open s | RSS before MiB | RSS with idle MiB | bytes per idle client | RSS after close MiB | \
+         tps before / after | tps with idle | change | CPU us/txn without / with | alive after |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    let mut notes = Vec::new();
+    for (name, row) in rows {
+        let r = match row {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "| {name} | - | fails: {} | | | | | | | | | | |",
+                    e.replace('|', "/")
+                );
+                continue;
+            }
+        };
+        let mib = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1048576.0));
+        let tps = |o: &crate::workloads::Outcome| match o {
+            Ok(m) => format!("{:.0}", m.value),
+            Err(e) => format!("fails: {}", e.replace('|', "/")),
+        };
+        let cpu = |o: &crate::workloads::Outcome| match o {
+            Ok(m) if !m.cpu_us.is_empty() => {
+                format!("{:.1}", m.cpu_us.iter().map(|c| c.1).sum::<f64>())
+            }
+            _ => "-".into(),
+        };
+        let with = r.runs[1].as_ref().ok().map(|m| m.value);
+        let change = match (with, r.tps_without()) {
+            (Some(w), Some(b)) if b > 0.0 => format!("{:+.1}%", (w / b - 1.0) * 100.0),
+            _ => "-".into(),
+        };
+        let mut clients = format!("{} of {}", r.opened, r.asked);
+        if let Some(n) = &r.note {
+            notes.push(format!("{name}: {} idle clients asked ({n})", r.asked));
+            clients.push_str(" (see below)");
+        }
+        if let Some(e) = &r.open_error {
+            notes.push(format!("{name}: opening idle clients: {e}"));
+        }
+        if let Some(e) = &r.alive_error {
+            notes.push(format!("{name}: select 1 on idle clients: {e}"));
+        }
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {clients} | {:.1} | {} | {} | {} | {} | {} / {} | {} | {change} | {} / {} | {} |",
+            r.round + 1,
+            r.open_secs,
+            mib(r.rss[0]),
+            mib(r.rss[1]),
+            r.bytes_per_client().map_or("-".into(), |b| format!("{b:.0}")),
+            mib(r.rss[2]),
+            tps(&r.runs[0]),
+            tps(&r.runs[2]),
+            tps(&r.runs[1]),
+            cpu(&r.runs[0]),
+            cpu(&r.runs[1]),
+            r.alive,
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+}
+
+/// Notes on the targets: why one did not start, what the pooling check found.
+pub fn notes(out: &mut String, notes: &[String]) {
+    if notes.is_empty() {
+        return;
+    }
+    out.push_str("\n### Targets\n\n");
+    for n in notes {
+        let _ = writeln!(out, "- {}", n.replace('\n', " "));
     }
 }

@@ -1,5 +1,6 @@
 //! The workloads of TARGETS.md (W1 ladder, W2 fixed-rate latency, W3 churn, W5 bulk), each setting
-//! run on every target in turn, round after round; results are kept per round for medians.
+//! run on every target in turn, round after round; results are kept per round for medians. W4
+//! (idle clients) is in idle.rs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,12 +14,39 @@ const COPY_REPEATS: u32 = 5;
 
 pub const MODES: [&str; 3] = ["simple", "extended", "prepared"];
 
-/// One place a client can connect to, and the proxy processes whose CPU it costs.
+/// One place a client can connect to, and the proxy processes whose CPU it costs (the first
+/// is the one clients connect to).
 pub struct Target {
     pub name: &'static str,
     pub port: u16,
     pub procs: Vec<(&'static str, u32)>,
+    /// Why the target is not usable (it did not start, or failed its checks): every run on it
+    /// is reported as failed instead of run.
+    pub failed: Option<String>,
+    /// pgbench runs on this target that timed out; after `MAX_TIMEOUTS` its remaining runs are
+    /// skipped (a hung proxy would cost a minute per run).
+    pub timeouts: std::cell::Cell<u32>,
 }
+
+pub const MAX_TIMEOUTS: u32 = 2;
+
+impl Target {
+    /// Why runs on this target are not made: it did not start, or it hung too often.
+    pub fn skip_reason(&self) -> Option<String> {
+        if self.failed.is_some() {
+            Some(NOT_STARTED.to_string())
+        } else if self.timeouts.get() >= MAX_TIMEOUTS {
+            Some(format!(
+                "skipped: {MAX_TIMEOUTS} earlier runs on it timed out"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// What a cell of a target that did not start says; the reason is printed once under the tables.
+pub const NOT_STARTED: &str = "not started (see the notes)";
 
 /// One measured run on one target.
 pub struct Measured {
@@ -98,6 +126,10 @@ pub struct Bench {
     pub churn_clients: Vec<u32>,
     pub work: PathBuf,
     pub clk_tck: f64,
+    /// W4: idle clients to open per target.
+    pub idle: usize,
+    /// The lab leader's PostgreSQL port (W4 sizes pass-through by its free connection slots).
+    pub leader_port: u16,
 }
 
 impl Bench {
@@ -165,9 +197,18 @@ impl Bench {
         for round in 0..self.rounds {
             for (key, cells) in table.iter_mut() {
                 for i in (0..n).map(|i| (i + round) % n) {
-                    let outcome = f(key, &self.targets[i]).with_context(|| {
-                        format!("round {} on {}", round + 1, self.targets[i].name)
-                    })?;
+                    let t = &self.targets[i];
+                    let outcome = if let Some(reason) = t.skip_reason() {
+                        Err(reason)
+                    } else {
+                        // A target that breaks (a proxy that died, say) fails its cells; the
+                        // other targets go on.
+                        f(key, t).unwrap_or_else(|e| {
+                            let e = format!("round {} on {}: {e:#}", round + 1, t.name);
+                            eprintln!("  {e}");
+                            Err(e)
+                        })
+                    };
                     cells[i].0.push(outcome);
                 }
             }
@@ -175,16 +216,25 @@ impl Bench {
         Ok(table)
     }
 
-    fn pgbench(&self, t: &Target, args: &[String], log_prefix: Option<&str>) -> Result<Outcome> {
+    pub fn pgbench(
+        &self,
+        t: &Target,
+        args: &[String],
+        log_prefix: Option<&str>,
+    ) -> Result<Outcome> {
         let dir = self.work.join("run");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let before = self.ticks(t)?;
-        let timeout = Duration::from_secs(u64::from(self.duration) + 120);
+        // A hung target costs a minute per run, not the whole bench.
+        let timeout = Duration::from_secs(u64::from(self.duration) + 60);
         let summary = match pgbench::run(t.port, args, &dir, timeout)? {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("  {:<10} {}: {e}", t.name, args.join(" "));
+                if e.starts_with(pgbench::TIMED_OUT) {
+                    t.timeouts.set(t.timeouts.get() + 1);
+                }
                 return Ok(Err(e));
             }
         };
