@@ -1,6 +1,8 @@
-//! Failover bench (TARGETS.md W6): one writer probe through pgrouter and one through HAProxy with
-//! Patroni REST checks, side by side in the same events: planned switchover, kill -9 of the
-//! leader, frozen leader. Prints a markdown table of write gaps, errors and lost rows.
+//! Failover bench (TARGETS.md W6): a writer probe through pgrouter (pass-through), one through
+//! pgrouter in transaction pooling, and one through HAProxy with Patroni REST checks, side by
+//! side in the same events: planned switchover, kill -9 of the leader, frozen leader. Prints a
+//! markdown table of write gaps, errors and lost rows, and pgrouter's route-switch latency
+//! (etcd event to routing by it) from its histogram.
 //!
 //! Run: `cargo bench --bench failover` (as root; add `-- --rounds 3` to repeat each event).
 
@@ -19,6 +21,7 @@ use pgrouter_lab::{Lab, LabSpec};
 const BASE_PORT: u16 = 18400;
 const PGROUTER_PORT: u16 = 18500;
 const HAPROXY_PORT: u16 = 18600;
+const POOLED_PORT: u16 = 18510;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -35,6 +38,11 @@ fn main() -> Result<()> {
     let dir = std::env::temp_dir().join("pgrouter-bench-failover");
     let lab = Lab::start(LabSpec::new(&dir, BASE_PORT))?;
     let _router = procs::start_pgrouter(&lab, &dir, PGROUTER_PORT)?;
+    let secret = lab.psql(
+        lab.pg_port(&lab.leader()?),
+        "select rolpassword from pg_authid where rolname = 'postgres'",
+    )?;
+    let _pooled = procs::start_pgrouter_txn(&lab, &dir, POOLED_PORT, &secret, 1000)?;
     let _haproxy = procs::start_haproxy(&lab, &dir, HAPROXY_PORT)?;
     procs::wait_primary("HAProxy", HAPROXY_PORT)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -62,7 +70,38 @@ fn main() -> Result<()> {
     }
     println!("\nPatroni ttl {} s, loop_wait {} s; HAProxy: inter 1s fall 2 rise 2, on-marked-down shutdown-sessions\n", lab.spec().ttl, lab.spec().loop_wait);
     println!("{table}");
+    for (name, port) in [("pgrouter", PGROUTER_PORT), ("pgrouter-txn", POOLED_PORT)] {
+        println!("{name}: {}", route_switch(port + 2)?);
+    }
     Ok(())
+}
+
+/// Route switches from pgrouter's `pgrouter_route_switch_seconds` histogram: the count and
+/// the bucket bound under which 99% of them fell.
+fn route_switch(admin: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut page = String::new();
+    s.read_to_string(&mut page)?;
+    let mut buckets = Vec::new();
+    let mut count = 0.0;
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("pgrouter_route_switch_seconds_bucket{le=\"") {
+            let (le, n) = rest.split_once("\"} ").context("bucket line")?;
+            buckets.push((le.to_owned(), n.trim().parse::<f64>()?));
+        } else if let Some(n) = line.strip_prefix("pgrouter_route_switch_seconds_count ") {
+            count = n.trim().parse()?;
+        }
+    }
+    let p99 = buckets
+        .iter()
+        .find(|(_, n)| count > 0.0 && *n >= 0.99 * count)
+        .map(|(le, _)| le.clone())
+        .unwrap_or_else(|| "-".into());
+    Ok(format!(
+        "{count} route switches (etcd event -> routing by it), p99 <= {p99} s (histogram bucket bound)"
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -88,10 +127,18 @@ async fn run_event(
     round: usize,
 ) -> Result<Vec<(&'static str, ProbeReport, usize)>> {
     let old = lab.leader()?;
-    let targets = [("pgrouter", PGROUTER_PORT), ("HAProxy", HAPROXY_PORT)];
+    let targets = [
+        ("pgrouter", PGROUTER_PORT),
+        ("pgrouter-txn", POOLED_PORT),
+        ("HAProxy", HAPROXY_PORT),
+    ];
     let mut probes = Vec::new();
     for (name, port) in targets {
-        let table = format!("bench_{}_{round}_{}", name.to_lowercase(), event as u8);
+        let table = format!(
+            "bench_{}_{round}_{}",
+            name.to_lowercase().replace('-', "_"),
+            event as u8
+        );
         lab.psql(
             lab.pg_port(&old),
             &format!("drop table if exists {table}; create table {table}(id bigint primary key)"),
