@@ -19,6 +19,12 @@ fi
 for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
+# docker-compose validates docker/compose.yml in the tests (no container engine is needed;
+# its recommended docker.io is not installed).
+command -v docker-compose >/dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+}
 /usr/bin/python3 -c 'import psycopg, asyncpg' || { echo "setup: psycopg or asyncpg missing" >&2; exit 1; }
 php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' || { echo "setup: php pdo_pgsql missing" >&2; exit 1; }
 for component in rustfmt clippy; do
