@@ -154,6 +154,7 @@ pub async fn clients(lab: &Lab) -> Result<()> {
         !out.status.success() && t.contains("TLS is required"),
         "plaintext under require: {t}"
     );
+    direct_tls(router.primary, &c).await?;
     // Channel binding: pgrouter terminates TLS, so SCRAM-SHA-256-PLUS cannot bind to the
     // server's channel; a plaintext upstream offers plain SCRAM only: prefer works, require
     // is refused by libpq with its own message.
@@ -261,6 +262,38 @@ pub async fn clients(lab: &Lab) -> Result<()> {
         );
     }
     cancel_over_tls(router.primary, &c).await?;
+    Ok(())
+}
+
+/// PostgreSQL 17's direct TLS: a ClientHello first (ALPN "postgresql"), then the startup
+/// inside TLS; the server's authentication request comes back through it.
+async fn direct_tls(port: u16, c: &Certs) -> Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::fs::read(&c.ca)?.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let body = b"user\0postgres\0database\0postgres\0\0";
+    let mut startup = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(body);
+    tls.write_all(&startup).await?;
+    tls.flush().await?;
+    let tag = tokio::time::timeout(Duration::from_secs(10), tls.read_u8()).await??;
+    ensure!(
+        tag == b'R',
+        "direct TLS: expected an authentication request, got {tag:#x}"
+    );
     Ok(())
 }
 
