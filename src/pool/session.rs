@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::stream::Stream;
 use bytes::{Bytes, BytesMut};
@@ -43,7 +42,6 @@ const TRACKED: [&str; 6] = [
     "standard_conforming_strings",
     "application_name",
 ];
-const CONNECT_RETRY: Duration = Duration::from_millis(250);
 /// Reads go into buffers with at least this much room, grown by `READ_CHUNK`.
 const READ_MIN: usize = 4 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -572,16 +570,7 @@ impl PooledSession {
                     (e, false)
                 }
             };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(failure);
-            }
-            let wait = if retry_soon {
-                CONNECT_RETRY.min(deadline - now)
-            } else {
-                deadline - now
-            };
-            if let Ok(Err(_)) = timeout(wait, topology.changed()).await {
+            if !crate::proxy::session::wait_to_retry(&mut topology, deadline, retry_soon).await {
                 return Err(failure);
             }
         }

@@ -235,19 +235,29 @@ async fn connect(shared: &Shared, port: Port) -> Result<(Route, Stream), PgError
             }
             Err(why) => (no_member(&shared.scope, port, &why, Some(hold)), false),
         };
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(failure);
-        }
-        let wait = if retry_soon {
-            CONNECT_RETRY.min(deadline - now)
-        } else {
-            deadline - now
-        };
-        if let Ok(Err(_)) = timeout(wait, topology.changed()).await {
+        if !wait_to_retry(&mut topology, deadline, retry_soon).await {
             return Err(failure);
         }
     }
+}
+
+/// One step of holding a client: waits for the topology to change, or `CONNECT_RETRY` when a
+/// member refused a connection; false once `deadline` has passed (or the view is gone).
+pub async fn wait_to_retry(
+    topology: &mut tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
+    deadline: Instant,
+    retry_soon: bool,
+) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let wait = if retry_soon {
+        CONNECT_RETRY.min(deadline - now)
+    } else {
+        deadline - now
+    };
+    !matches!(timeout(wait, topology.changed()).await, Ok(Err(_)))
 }
 
 fn no_member(scope: &str, port: Port, why: &str, held: Option<Duration>) -> PgError {

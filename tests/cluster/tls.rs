@@ -265,13 +265,39 @@ pub async fn clients(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// PostgreSQL 17's direct TLS: a ClientHello first (ALPN "postgresql"), then the startup
-/// inside TLS; the server's authentication request comes back through it.
-async fn direct_tls(port: u16, c: &Certs) -> Result<()> {
+/// The test CA as a rustls root store.
+fn test_roots(c: &Certs) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut std::fs::read(&c.ca)?.as_slice()) {
         roots.add(cert?)?;
     }
+    Ok(roots)
+}
+
+type Sleeping = tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>;
+type ConnectionEnd = tokio::sync::oneshot::Receiver<std::result::Result<(), tokio_postgres::Error>>;
+
+/// A session through `port` running `pg_sleep(60)`, half a second in, with its cancel token.
+async fn sleep_through(
+    port: u16,
+    app: &str,
+) -> Result<(tokio_postgres::CancelToken, Sleeping, ConnectionEnd)> {
+    let (sleeper, conn) = connect(port, app).await?;
+    let token = sleeper.cancel_token();
+    let sleeping = tokio::spawn(async move {
+        sleeper
+            .simple_query("select pg_sleep(60)")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((token, sleeping, conn))
+}
+
+/// PostgreSQL 17's direct TLS: a ClientHello first (ALPN "postgresql"), then the startup
+/// inside TLS; the server's authentication request comes back through it.
+async fn direct_tls(port: u16, c: &Certs) -> Result<()> {
+    let roots = test_roots(c)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -299,15 +325,7 @@ async fn direct_tls(port: u16, c: &Certs) -> Result<()> {
 
 /// A plaintext session runs pg_sleep; its CancelRequest is sent inside a TLS connection.
 async fn cancel_over_tls(port: u16, c: &Certs) -> Result<()> {
-    let (sleeper, _conn) = connect(port, "pgrouter-test-tls-cancel").await?;
-    let token = sleeper.cancel_token();
-    let sleeping = tokio::spawn(async move {
-        sleeper
-            .simple_query("select pg_sleep(60)")
-            .await
-            .map(|_| ())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (token, sleeping, _conn) = sleep_through(port, "pgrouter-test-tls-cancel").await?;
     let stream = tls_to_router(port, c).await?;
     token.cancel_query_raw(stream, NoTls).await?;
     let e = tokio::time::timeout(Duration::from_secs(20), sleeping)
@@ -329,10 +347,7 @@ async fn tls_to_router(
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
     ensure!(tcp.read_u8().await? == b'S', "SSLRequest not accepted");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(&c.ca)?.as_slice()) {
-        roots.add(cert?)?;
-    }
+    let roots = test_roots(c)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(&c.client.cert)?.as_slice())
         .collect::<Result<_, _>>()?;
     let key = rustls_pemfile::private_key(&mut std::fs::read(&c.client.key)?.as_slice())?
@@ -430,15 +445,8 @@ async fn through_tls_members(lab: &Lab, c: &Certs) -> Result<()> {
         .await?;
     }
     // A cancel through pgrouter reaches the member over TLS.
-    let (sleeper, _conn) = connect(router.primary, "pgrouter-test-upstream-cancel").await?;
-    let token = sleeper.cancel_token();
-    let sleeping = tokio::spawn(async move {
-        sleeper
-            .simple_query("select pg_sleep(60)")
-            .await
-            .map(|_| ())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (token, sleeping, _conn) =
+        sleep_through(router.primary, "pgrouter-test-upstream-cancel").await?;
     token.cancel_query(NoTls).await?;
     let e = tokio::time::timeout(Duration::from_secs(20), sleeping)
         .await??
