@@ -3,9 +3,10 @@
 set -euo pipefail
 
 # php-cli/php-pgsql, python3-psycopg and python3-asyncpg: the real drivers the pooling tests run
-# (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3.
+# (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3. iptables: the fault
+# tests drop packets (etcd unreachable, a member cut off, half-open clients) on loopback.
 packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
-  php-cli php-pgsql python3-psycopg python3-asyncpg)
+  php-cli php-pgsql python3-psycopg python3-asyncpg iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,7 +17,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
-for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php; do
+for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
 # docker-compose validates docker/compose.yml in the tests (no container engine is needed;

@@ -20,6 +20,13 @@ pub struct Topology {
     /// The leader key's holder, once its Patroni REST API said it finished promotion, before its
     /// member key caught up. Set only while that member holds the key.
     pub confirmed_primary: Option<String>,
+    /// The leader named by the first read after etcd was lost: its member key may predate the
+    /// outage (Patroni may have demoted it meanwhile), so it takes writes only once its REST API
+    /// confirms it (`confirmed_primary`).
+    pub unverified_leader: Option<String>,
+    /// While etcd is lost: the last leader, taken out because its Patroni stopped confirming
+    /// that it is the primary. For messages only.
+    pub unconfirmed_leader: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,8 +124,8 @@ impl Topology {
             .failover
             .as_ref()
             .is_some_and(|f| f.moves_away_from(name));
-        let promoted =
-            member.role == Role::Primary || self.confirmed_primary.as_deref() == Some(name);
+        let promoted = self.confirmed_primary.as_deref() == Some(name)
+            || (member.role == Role::Primary && !self.is_unverified(name));
         (promoted && !switching_away).then_some(member)
     }
 
@@ -133,7 +140,12 @@ impl Topology {
     pub fn promoting_leader(&self) -> Option<&Member> {
         let member = self.members.get(self.leader.as_deref()?)?;
         let confirmed = self.confirmed_primary.as_deref() == Some(member.name.as_str());
-        (member.role != Role::Primary && !confirmed && member.api_url.is_some()).then_some(member)
+        let unproven = member.role != Role::Primary || self.is_unverified(&member.name);
+        (unproven && !confirmed && member.api_url.is_some()).then_some(member)
+    }
+
+    fn is_unverified(&self, name: &str) -> bool {
+        self.unverified_leader.as_deref() == Some(name)
     }
 
     /// Bytes the member's replay position is behind the leader's WAL position.
@@ -311,6 +323,20 @@ mod tests {
         // A confirmation is worth nothing to a member that does not hold the key.
         t.confirmed_primary = Some("pg2".into());
         assert!(t.writable_leader().is_none());
+    }
+
+    #[test]
+    fn a_leader_read_after_etcd_returned_waits_for_its_rest_api() {
+        // Its member key may say master from before the outage while Patroni demoted it.
+        let mut t = cluster();
+        let leader = t.leader.clone();
+        assert!(t.writable_leader().is_some());
+        t.unverified_leader = leader.clone();
+        assert!(t.writable_leader().is_none());
+        assert_eq!(t.promoting_leader().map(|m| &m.name), leader.as_ref());
+        t.confirmed_primary = leader.clone();
+        assert_eq!(t.writable_leader().map(|m| &m.name), leader.as_ref());
+        assert!(t.promoting_leader().is_none());
     }
 
     #[test]

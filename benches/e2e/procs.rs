@@ -151,9 +151,9 @@ fn spawn_pgrouter(
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nscope = \"{}\"\netcd = [\"{}\"]\n[routing]\nhold_timeout = \"30s\"\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n{listen_extra}",
+            "[cluster]\nscope = \"{}\"\netcd = [{}]\n[routing]\nhold_timeout = \"30s\"\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n{listen_extra}",
             lab.spec().scope,
-            lab.etcd_endpoint(),
+            lab.etcd_toml_list(),
             port + 1,
             port + 2,
         ),

@@ -24,7 +24,7 @@ fn p(path: &Path) -> String {
 /// The complete `patroni.yml` of member `index` with the given `tags` (a JSON object).
 pub(crate) fn render(spec: &LabSpec, index: usize, tags: &Value) -> String {
     let name = member_name(index);
-    let etcd = format!("127.0.0.1:{}", spec.base_port);
+    let etcd = spec.etcd_endpoints().join(",");
     let api = format!("127.0.0.1:{}", spec.api_port(index));
     let pg = format!("127.0.0.1:{}", spec.pg_port(index));
     let member_dir = spec.member_dir(index);

@@ -2,9 +2,12 @@
 
 use crate::config::effective_tags;
 use crate::etcd;
+use crate::http;
 use crate::lab::Lab;
 use crate::poll::wait_for;
+use crate::partition;
 use crate::procs::{self, Signal};
+use crate::spec::ETCD_MEMBERS;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -26,6 +29,25 @@ impl Lab {
                 .with_context(|| format!("reap {member}'s patroni"))?;
         }
         self.kill_postgres(i)
+    }
+
+    /// Cuts `member` off the network: every packet its Patroni and PostgreSQL send, and every
+    /// packet to its PostgreSQL and REST ports, is dropped without a reset (iptables, cgroup v2).
+    /// Undo with [`Lab::reconnect_member`]; dropping the lab undoes it too.
+    pub fn cut_off_member(&self, member: &str) -> Result<()> {
+        let i = self.index(member)?;
+        ensure!(self.state().cut_off[i].is_empty(), "{member} is already cut off");
+        let rules = partition::cut(self.spec(), i)?;
+        self.state().cut_off[i] = rules;
+        Ok(())
+    }
+
+    /// Removes the rules of [`Lab::cut_off_member`].
+    pub fn reconnect_member(&self, member: &str) -> Result<()> {
+        let i = self.index(member)?;
+        let rules = std::mem::take(&mut self.state().cut_off[i]);
+        partition::heal(&rules);
+        Ok(())
     }
 
     /// SIGSTOP `member`'s Patroni and postmaster (backends keep running): a hung node.
@@ -155,20 +177,77 @@ impl Lab {
         Ok(())
     }
 
-    /// SIGKILL etcd: Patroni and pgrouter lose the DCS. Patroni demotes the leader once
-    /// `retry_timeout` passes without etcd, so bring it back soon with [`Lab::start_etcd`].
+    /// A planned switchover asked of the leader's Patroni REST API (`POST /switchover`), without
+    /// patronictl, so it works while this process cannot reach etcd. Returns once Patroni
+    /// reports success.
+    pub fn switchover_via_rest(&self, candidate: &str) -> Result<()> {
+        let leader = self.leader()?;
+        let addr = format!("127.0.0.1:{}", self.api_port(&leader));
+        let body = serde_json::json!({"leader": leader, "candidate": candidate}).to_string();
+        let resp = http::post_json(&addr, "/switchover", &body, Duration::from_secs(60))?;
+        ensure!(
+            resp.status == 200,
+            "switchover {leader} -> {candidate}: HTTP {}: {}",
+            resp.status,
+            resp.body
+        );
+        Ok(())
+    }
+
+    /// Patches the cluster's dynamic configuration through Patroni's `PATCH /config`, e.g.
+    /// `{"failsafe_mode": true}`; members apply it on their next HA cycle.
+    pub fn patch_dcs_config(&self, patch: &Value) -> Result<()> {
+        let addr = format!("127.0.0.1:{}", self.api_port(&self.leader()?));
+        let resp = http::patch_json(&addr, "/config", &patch.to_string(), Duration::from_secs(10))?;
+        ensure!(
+            resp.status == 200,
+            "PATCH /config {patch}: HTTP {}: {}",
+            resp.status,
+            resp.body
+        );
+        Ok(())
+    }
+
+    /// SIGKILL every etcd member: Patroni and pgrouter lose the DCS. Patroni demotes the leader
+    /// once `retry_timeout` passes without etcd (unless failsafe mode keeps it), so bring it back
+    /// soon with [`Lab::start_etcd`].
     pub fn stop_etcd(&self) -> Result<()> {
-        if let Some(mut child) = self.state().etcd.take() {
-            child.kill().context("SIGKILL etcd")?;
-            child.wait().context("reap etcd")?;
+        (0..ETCD_MEMBERS).try_for_each(|i| self.stop_etcd_member(i))
+    }
+
+    /// Start every stopped etcd member again on its data directory; waits until healthy.
+    pub fn start_etcd(&self) -> Result<()> {
+        let stopped: Vec<usize> = {
+            let state = self.state();
+            (0..ETCD_MEMBERS)
+                .filter(|&i| state.etcd[i].is_none())
+                .collect()
+        };
+        self.start_etcd_members(&stopped, Duration::from_secs(30))
+    }
+
+    /// SIGKILL etcd member `index` (0, 1 or 2); the other two keep a quorum.
+    pub fn stop_etcd_member(&self, index: usize) -> Result<()> {
+        ensure!(index < ETCD_MEMBERS, "no etcd member {index}");
+        if let Some(mut child) = self.state().etcd[index].take() {
+            child.kill().with_context(|| format!("SIGKILL etcd{index}"))?;
+            child.wait().with_context(|| format!("reap etcd{index}"))?;
         }
         Ok(())
     }
 
-    /// Start etcd again on its data directory after [`Lab::stop_etcd`]; waits until healthy.
-    pub fn start_etcd(&self) -> Result<()> {
-        let child = etcd::start(self.spec(), Duration::from_secs(30))?;
-        self.state().etcd = Some(child);
+    /// Start etcd member `index` again after [`Lab::stop_etcd_member`]; waits until healthy.
+    pub fn start_etcd_member(&self, index: usize) -> Result<()> {
+        ensure!(index < ETCD_MEMBERS, "no etcd member {index}");
+        self.start_etcd_members(&[index], Duration::from_secs(30))
+    }
+
+    pub(crate) fn start_etcd_members(&self, members: &[usize], timeout: Duration) -> Result<()> {
+        let children = etcd::start(self.spec(), members, timeout)?;
+        let mut state = self.state();
+        for (&i, child) in members.iter().zip(children) {
+            state.etcd[i] = Some(child);
+        }
         Ok(())
     }
 

@@ -1,10 +1,10 @@
-//! Starting the lab's single-node etcd and reading keys through its v3 JSON gateway.
+//! Starting the lab's three-member etcd cluster and reading keys through its v3 JSON gateway.
 
 use crate::b64;
 use crate::http;
 use crate::poll::wait_for;
 use crate::procs;
-use crate::spec::LabSpec;
+use crate::spec::{LabSpec, ETCD_MEMBERS};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::fs::File;
@@ -13,51 +13,84 @@ use std::time::Duration;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Spawn etcd for `spec` (logging to `<dir>/etcd.log`) and wait until `/health` says true.
-pub(crate) fn start(spec: &LabSpec, timeout: Duration) -> Result<Child> {
-    let (client, peer) = (spec.base_port, spec.base_port + 1);
-    let log_path = spec.dir.join("etcd.log");
+/// Spawn the etcd members in `members` (logging to `<dir>/etcdN.log`) and wait until each
+/// `/health` says true: a three-member cluster is healthy once two of them run.
+pub(crate) fn start(spec: &LabSpec, members: &[usize], timeout: Duration) -> Result<Vec<Child>> {
+    let mut children = Vec::new();
+    for &i in members {
+        match spawn(spec, i) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                children.into_iter().for_each(kill);
+                return Err(e);
+            }
+        }
+    }
+    for (child, &i) in children.iter_mut().zip(members) {
+        if let Err(e) = wait_healthy(spec, i, child, timeout) {
+            children.into_iter().for_each(kill);
+            return Err(e);
+        }
+    }
+    Ok(children)
+}
+
+fn spawn(spec: &LabSpec, index: usize) -> Result<Child> {
+    let name = format!("etcd{index}");
+    let log_path = spec.dir.join(format!("{name}.log"));
     // Appended to, so a restart keeps the log of the run before it.
     let log = File::options()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new("etcd")
-        .args(["--name", "lab", "--data-dir"])
-        .arg(spec.dir.join("etcd"))
+    let peer_url = |i: usize| format!("http://127.0.0.1:{}", spec.etcd_peer_port(i));
+    let initial_cluster = (0..ETCD_MEMBERS)
+        .map(|i| format!("etcd{i}={}", peer_url(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let client_url = format!("http://127.0.0.1:{}", spec.etcd_client_port(index));
+    let child = Command::new("etcd")
+        .args(["--name", &name, "--data-dir"])
+        .arg(spec.dir.join(&name))
         .args(["--listen-client-urls", &client_url])
         .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("lab={peer_url}")])
+        .args(["--listen-peer-urls", &peer_url(index)])
+        .args(["--initial-advertise-peer-urls", &peer_url(index)])
+        .args(["--initial-cluster", &initial_cluster])
+        .args(["--initial-cluster-token", "pgrouter-lab"])
         .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("spawn etcd (is it installed in PATH?)")?;
-    procs::record_pid(&spec.dir, "etcd", child.id())?;
-    let addr = format!("127.0.0.1:{client}");
+    procs::record_pid(&spec.dir, &name, child.id())?;
+    Ok(child)
+}
+
+fn wait_healthy(spec: &LabSpec, index: usize, child: &mut Child, timeout: Duration) -> Result<()> {
+    let addr = format!("127.0.0.1:{}", spec.etcd_client_port(index));
     let healthy = wait_for(timeout, Duration::from_millis(100), || {
         if let Some(status) = child.try_wait()? {
-            bail!("etcd exited with {status}");
+            bail!("etcd{index} exited with {status}");
         }
         let resp = http::get(&addr, "/health", HTTP_TIMEOUT)?;
         let v: Value = serde_json::from_str(&resp.body).unwrap_or_default();
         Ok((v["health"] == "true").then_some(()))
     });
-    if let Err(e) = healthy {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = procs::tail(&log_path, 30);
-        return Err(e.context(format!(
-            "etcd on {addr} did not become healthy; etcd.log:\n{log}"
-        )));
-    }
-    Ok(child)
+    healthy.map_err(|e| {
+        let log = procs::tail(&spec.dir.join(format!("etcd{index}.log")), 30);
+        e.context(format!(
+            "etcd{index} on {addr} did not become healthy; its log:\n{log}"
+        ))
+    })
+}
+
+/// SIGKILL and reap.
+pub(crate) fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The value of `key` in the etcd at `addr`, `None` if absent.

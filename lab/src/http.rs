@@ -25,6 +25,11 @@ pub(crate) fn post_json(addr: &str, path: &str, body: &str, timeout: Duration) -
     request(addr, "POST", path, Some(body), timeout)
 }
 
+/// `PATCH http://<addr><path>` with a JSON body.
+pub(crate) fn patch_json(addr: &str, path: &str, body: &str, timeout: Duration) -> Result<Response> {
+    request(addr, "PATCH", path, Some(body), timeout)
+}
+
 fn request(
     addr: &str,
     method: &str,

@@ -2,10 +2,10 @@
 
 use crate::client::run_psql;
 use crate::config;
-use crate::etcd;
 use crate::poll::{remaining, wait_for, Abort};
+use crate::partition;
 use crate::procs;
-use crate::spec::{member_name, LabSpec, MEMBERS};
+use crate::spec::{member_name, LabSpec, ETCD_MEMBERS, MEMBERS};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::fs;
@@ -28,13 +28,16 @@ pub struct Lab {
 
 /// What changes while the lab runs.
 pub(crate) struct State {
-    pub etcd: Option<Child>,
+    /// Each etcd member; `None` while stopped.
+    pub etcd: Vec<Option<Child>>,
     /// Patroni child of each member; `None` after `kill_member`.
     pub patroni: Vec<Option<Child>>,
     /// Member whose REST API answered last; tried first.
     pub preferred: usize,
     /// Per member: frozen by `freeze_member` while holding the leader key.
     pub frozen_leader: Vec<bool>,
+    /// Per member: the iptables rules of `cut_off_member`, until `reconnect_member`.
+    pub cut_off: Vec<Vec<Vec<String>>>,
 }
 
 impl Lab {
@@ -55,16 +58,16 @@ impl Lab {
         lay_out(&spec, owner)?;
         let lab = Lab {
             state: Mutex::new(State {
-                etcd: None,
+                etcd: (0..ETCD_MEMBERS).map(|_| None).collect(),
                 patroni: (0..MEMBERS).map(|_| None).collect(),
                 preferred: 0,
                 frozen_leader: vec![false; MEMBERS],
+                cut_off: vec![Vec::new(); MEMBERS],
             }),
             spec,
             owner,
         };
-        let etcd = etcd::start(&lab.spec, ETCD_TIMEOUT.min(remaining(deadline)))?;
-        lab.state().etcd = Some(etcd);
+        lab.start_etcd_members(&[0, 1, 2], ETCD_TIMEOUT.min(remaining(deadline)))?;
         lab.spawn_patroni(0)?;
         wait_for(remaining(deadline), Duration::from_millis(250), || {
             lab.check_children()?;
@@ -86,9 +89,27 @@ impl Lab {
         &self.spec
     }
 
-    /// `127.0.0.1:<etcd client port>`.
-    pub fn etcd_endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.spec.base_port)
+    /// `127.0.0.1:<client port>` of each etcd member, `etcd0` first.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.spec.etcd_endpoints()
+    }
+
+    /// The etcd endpoints as a TOML array body: `"127.0.0.1:B", "127.0.0.1:B+2", ...`.
+    pub fn etcd_toml_list(&self) -> String {
+        let quoted: Vec<String> = self
+            .etcd_endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        quoted.join(", ")
+    }
+
+    /// The client endpoint of a running etcd member, for the lab's own reads.
+    pub(crate) fn running_etcd(&self) -> Result<String> {
+        let state = self.state();
+        let running = state.etcd.iter().position(Option::is_some);
+        let i = running.ok_or_else(|| anyhow!("no etcd member is running"))?;
+        Ok(self.spec.etcd_endpoints()[i].clone())
     }
 
     /// `["pg0", "pg1", "pg2"]`.
@@ -167,6 +188,10 @@ impl Lab {
             .spawn()
             .with_context(|| format!("spawn patroni for {name} (is it installed in PATH?)"))?;
         procs::record_pid(&self.spec.dir, &name, child.id())?;
+        // Best effort: without cgroup v2 only `cut_off_member` is unavailable, and says so.
+        if let Err(e) = partition::join(&self.spec, index, child.id()) {
+            eprintln!("pgrouter-lab: {name} runs outside its own cgroup: {e:#}");
+        }
         self.state().patroni[index] = Some(child);
         Ok(())
     }
@@ -216,6 +241,9 @@ impl Lab {
 
     fn teardown(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for rules in &mut state.cut_off {
+            partition::heal(&std::mem::take(rules));
+        }
         for child in state.patroni.iter_mut().filter_map(Option::take) {
             kill_child(child);
         }
@@ -223,10 +251,11 @@ impl Lab {
             let _ = self.kill_postgres(i);
         }
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(child) = state.etcd.take() {
+        for child in state.etcd.iter_mut().filter_map(Option::take) {
             kill_child(child);
         }
         procs::kill_all_under(&self.spec.dir, Duration::from_secs(5));
+        (0..MEMBERS).for_each(|i| partition::remove_group(&self.spec, i));
         let _ = procs::wait_ports_free(&self.spec.ports(), Duration::from_secs(5));
     }
 }

@@ -1,4 +1,4 @@
-//! A real local Patroni cluster on loopback (one etcd, three PostgreSQL 15 members) for pgrouter's tests, demo and benches.
+//! A real local Patroni cluster on loopback (three etcd members, three PostgreSQL 15 members) for pgrouter's tests, demo and benches.
 //!
 //! ```no_run
 //! use pgrouter_lab::{Lab, LabSpec};
@@ -8,8 +8,8 @@
 //! # anyhow::Ok(())
 //! ```
 //!
-//! Port layout from `base_port` B (all on 127.0.0.1): etcd client B, etcd peer B+1,
-//! member `pgN` PostgreSQL on B+10+N and Patroni REST on B+20+N.
+//! Port layout from `base_port` B (all on 127.0.0.1): etcd member `etcdN` client B+2N and peer
+//! B+2N+1, member `pgN` PostgreSQL on B+10+N and Patroni REST on B+20+N.
 
 mod b64;
 mod client;
@@ -18,6 +18,7 @@ mod control;
 mod etcd;
 mod http;
 mod lab;
+mod partition;
 mod poll;
 pub mod probe;
 mod procs;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Number of Patroni members in every lab.
 pub(crate) const MEMBERS: usize = 3;
 
+/// Number of etcd members in every lab.
+pub(crate) const ETCD_MEMBERS: usize = 3;
+
 /// Everything needed to lay out a lab. Build it with [`LabSpec::new`] and adjust fields as needed.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
@@ -40,16 +43,32 @@ impl LabSpec {
 
     /// Every port the lab listens on, with what it is for.
     pub(crate) fn ports(&self) -> Vec<(u16, String)> {
-        let mut ports = vec![
-            (self.base_port, "etcd client".to_string()),
-            (self.base_port + 1, "etcd peer".to_string()),
-        ];
+        let mut ports = Vec::new();
+        for i in 0..ETCD_MEMBERS {
+            ports.push((self.etcd_client_port(i), format!("etcd{i} client")));
+            ports.push((self.etcd_peer_port(i), format!("etcd{i} peer")));
+        }
         for i in 0..MEMBERS {
             let name = member_name(i);
             ports.push((self.pg_port(i), format!("{name} PostgreSQL")));
             ports.push((self.api_port(i), format!("{name} Patroni REST")));
         }
         ports
+    }
+
+    pub(crate) fn etcd_client_port(&self, index: usize) -> u16 {
+        self.base_port + 2 * index as u16
+    }
+
+    pub(crate) fn etcd_peer_port(&self, index: usize) -> u16 {
+        self.base_port + 2 * index as u16 + 1
+    }
+
+    /// `127.0.0.1:<client port>` of every etcd member.
+    pub(crate) fn etcd_endpoints(&self) -> Vec<String> {
+        (0..ETCD_MEMBERS)
+            .map(|i| format!("127.0.0.1:{}", self.etcd_client_port(i)))
+            .collect()
     }
 
     pub(crate) fn pg_port(&self, index: usize) -> u16 {
@@ -86,7 +105,7 @@ impl LabSpec {
         self.dcs_key("leader")
     }
 
-    fn dcs_key(&self, suffix: &str) -> String {
+    pub(crate) fn dcs_key(&self, suffix: &str) -> String {
         let raw = format!("/{}/{}/{suffix}", self.namespace, self.scope);
         let mut key = String::with_capacity(raw.len());
         for c in raw.chars() {

@@ -216,16 +216,21 @@ impl Lab {
     pub fn member_key(&self, member: &str) -> Result<Option<Value>> {
         self.index(member)?;
         let key = self.spec().member_key(member);
-        let Some(raw) = etcd::get(&self.etcd_endpoint(), &key)? else {
+        let Some(raw) = etcd::get(&self.running_etcd()?, &key)? else {
             return Ok(None);
         };
         let v = serde_json::from_str(&raw).with_context(|| format!("{key}: bad JSON {raw:?}"))?;
         Ok(Some(v))
     }
 
+    /// The value of the cluster's DCS key `suffix` (e.g. `failsafe`), `None` if absent.
+    pub fn dcs_value(&self, suffix: &str) -> Result<Option<String>> {
+        etcd::get(&self.running_etcd()?, &self.spec().dcs_key(suffix))
+    }
+
     /// The member named by the DCS leader key, `None` if the key is absent.
     pub(crate) fn leader_key_holder(&self) -> Result<Option<String>> {
-        etcd::get(&self.etcd_endpoint(), &self.spec().leader_key())
+        etcd::get(&self.running_etcd()?, &self.spec().leader_key())
     }
 }
 

@@ -151,7 +151,7 @@ fn lab_cleans_up_after_faults() -> Result<()> {
         .err()
         .context("clash")?;
     ensure!(
-        format!("{err:#}").contains("port 16500 (etcd client)"),
+        format!("{err:#}").contains("port 16500 (etcd0 client)"),
         "clash error: {err:#}"
     );
     lab.freeze_member("pg1")?;

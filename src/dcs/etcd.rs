@@ -1,5 +1,6 @@
 //! Keeps a `Topology` fresh from etcd v3: read the cluster's prefix, publish, watch from the
-//! next revision; on any error back off with jitter and read the whole prefix again.
+//! next revision; on any error back off with jitter and read the whole prefix again. While etcd
+//! is lost, the last leader stays only while its own Patroni confirms it is the primary.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,6 +18,11 @@ use crate::topology::{Member, Topology};
 
 /// How often a promoting leader's REST API is asked whether it is done.
 const PROMOTION_POLL: Duration = Duration::from_millis(100);
+
+/// While etcd is lost, how often the last leader's Patroni is asked whether it is still the
+/// primary, and how long it has to answer.
+const FAILSAFE_CHECK: Duration = Duration::from_millis(500);
+const FAILSAFE_ANSWER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -37,42 +43,74 @@ pub struct EtcdSource {
     pub scope: String,
 }
 
-/// Runs until the receiver side is gone. Losing etcd keeps the last topology published: with
-/// Patroni's failsafe mode a confirmed primary may stay writable while etcd is down.
+/// Runs until the receiver side is gone.
+///
+/// While etcd cannot be read, the leader of the last view keeps its writes only as long as its
+/// own Patroni confirms, every [`FAILSAFE_CHECK`], that it is still the primary (Patroni demotes
+/// it after `retry_timeout` without etcd, unless failsafe mode keeps it). The first failed
+/// confirmation takes the leader out of the view: new writes are held, then refused with 57P03,
+/// and sessions on it are closed. A full read of the keys, once etcd answers again, replaces
+/// the view.
 pub async fn watch_cluster(
     source: EtcdSource,
     tx: watch::Sender<Arc<Topology>>,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut first = true;
     while !tx.is_closed() {
-        let Err(err) = sync_and_watch(&source, &tx, &metrics, &mut backoff).await;
+        let after_loss = !first;
+        let lost_leader = after_loss.then(|| leader_of(&tx.borrow())).flatten();
+        first = false;
+        let synced = tokio::select! {
+            synced = reconnect(&source, &mut backoff) => synced,
+            never = guard_lost_leader(&source.scope, &tx, lost_leader) => match never {},
+        };
+        let Err(err) = watch_from(&source, &tx, &metrics, &mut backoff, synced, after_loss).await;
         metrics.dcs_connected.set(0);
-        let delay = backoff.next_delay();
         tracing::warn!(
             cluster = %source.scope,
             error = %err,
-            retry_in_ms = delay.as_millis() as u64,
-            "lost the etcd view; keeping the last topology and reconnecting"
+            "lost the etcd view; keeping the last leader while its Patroni confirms it, and reconnecting"
         );
-        tokio::time::sleep(delay).await;
     }
 }
 
-/// One session with etcd: full read, then watch. Returns only on failure.
-async fn sync_and_watch(
-    source: &EtcdSource,
-    tx: &watch::Sender<Arc<Topology>>,
-    metrics: &Metrics,
-    backoff: &mut Backoff,
-) -> Result<Infallible, DcsError> {
+/// The cluster's keys as read at one revision, with the client that read them.
+struct Synced {
+    client: Client,
+    keys: BTreeMap<String, Vec<u8>>,
+    revision: i64,
+}
+
+/// Connects and reads the whole prefix, backing off between failed attempts; returns only
+/// once a read succeeded.
+async fn reconnect(source: &EtcdSource, backoff: &mut Backoff) -> Synced {
+    let mut delay = Duration::ZERO;
+    loop {
+        tokio::time::sleep(delay).await;
+        match read_cluster(source).await {
+            Ok(synced) => return synced,
+            Err(err) => {
+                delay = backoff.next_delay();
+                tracing::warn!(
+                    cluster = %source.scope,
+                    error = %err,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot read the cluster from etcd"
+                );
+            }
+        }
+    }
+}
+
+async fn read_cluster(source: &EtcdSource) -> Result<Synced, DcsError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
     let mut client = Client::connect(&source.endpoints, Some(options)).await?;
-
     let resp = client
         .get(
             source.prefix.as_str(),
@@ -80,14 +118,41 @@ async fn sync_and_watch(
         )
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let mut keys: BTreeMap<String, Vec<u8>> = resp
+    let keys = resp
         .kvs()
         .iter()
         .filter_map(|kv| Some((relative_key(&source.prefix, kv.key())?, kv.value().to_vec())))
         .collect();
-    let mut confirmed = None;
+    Ok(Synced {
+        client,
+        keys,
+        revision,
+    })
+}
+
+/// Publishes a full read, then follows the watch from the next revision. Returns only on failure.
+/// After etcd was lost, the leader the read names takes writes only once its REST API confirms.
+async fn watch_from(
+    source: &EtcdSource,
+    tx: &watch::Sender<Arc<Topology>>,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+    synced: Synced,
+    after_loss: bool,
+) -> Result<Infallible, DcsError> {
+    let Synced {
+        mut client,
+        mut keys,
+        revision,
+    } = synced;
+    let mut promotion = Promotion {
+        confirmed: None,
+        unverified: after_loss
+            .then(|| topology_from_keys(&source.scope, &keys).leader)
+            .flatten(),
+    };
     metrics.dcs_event_seen();
-    publish(source, tx, &keys, &mut confirmed);
+    publish(source, tx, &keys, &mut promotion);
     tracing::info!(cluster = %source.scope, revision, keys = keys.len(), "read cluster state from etcd");
 
     let mut stream = client
@@ -111,14 +176,64 @@ async fn sync_and_watch(
             }
             name = confirm_promotion(promoting) => {
                 tracing::info!(cluster = %source.scope, member = %name, "new leader confirmed writable by its Patroni REST API");
-                confirmed = Some(name);
+                promotion.confirmed = Some(name);
             }
         }
         let received = std::time::Instant::now();
-        if publish(source, tx, &keys, &mut confirmed) {
+        if publish(source, tx, &keys, &mut promotion) {
             metrics
                 .route_switch_seconds
                 .observe(received.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The member holding the leader key in `topology`, when it has a REST API to ask.
+fn leader_of(topology: &Topology) -> Option<Member> {
+    let leader = topology.members.get(topology.leader.as_deref()?)?;
+    Some(leader.clone())
+}
+
+/// While etcd is lost: asks `leader`'s Patroni every [`FAILSAFE_CHECK`] whether it is still
+/// the primary, and keeps it in the view only while it says so. Never resolves; dropped when
+/// etcd can be read again.
+async fn guard_lost_leader(
+    scope: &str,
+    tx: &watch::Sender<Arc<Topology>>,
+    leader: Option<Member>,
+) -> Infallible {
+    let Some(leader) = leader else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(FAILSAFE_CHECK).await;
+        let confirmed = match &leader.api_url {
+            Some(url) => rest::confirms_primary(url, FAILSAFE_ANSWER).await,
+            None => false,
+        };
+        let keep = confirmed.then(|| leader.name.clone());
+        let changed = tx.send_if_modified(|current| {
+            if current.leader == keep {
+                return false;
+            }
+            let mut next = Topology::clone(current);
+            next.leader = keep.clone();
+            next.unconfirmed_leader = (!confirmed).then(|| leader.name.clone());
+            *current = Arc::new(next);
+            true
+        });
+        match (changed, confirmed) {
+            (true, false) => tracing::warn!(
+                cluster = %scope,
+                member = %leader.name,
+                "etcd is lost and the last leader's Patroni does not confirm it is the primary; holding writes"
+            ),
+            (true, true) => tracing::info!(
+                cluster = %scope,
+                member = %leader.name,
+                "etcd is still lost; the last leader's Patroni confirms it is the primary again"
+            ),
+            (false, _) => {}
         }
     }
 }
@@ -174,20 +289,32 @@ fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Sends a new topology only when it differs, so sessions wake only for real changes. A REST
-/// confirmation of promotion is kept only while its member holds the leader key. Returns
-/// whether the routing of writes changed (leader key holder or writable leader).
+/// What the REST API said about the leader key's holder, kept while it holds the key.
+struct Promotion {
+    /// Confirmed writable by its REST API.
+    confirmed: Option<String>,
+    /// Named by the first read after etcd was lost; not trusted until confirmed.
+    unverified: Option<String>,
+}
+
+/// Sends a new topology only when it differs, so sessions wake only for real changes. What the
+/// REST API said is kept only while its member holds the leader key. Returns whether the
+/// routing of writes changed (leader key holder or writable leader).
 fn publish(
     source: &EtcdSource,
     tx: &watch::Sender<Arc<Topology>>,
     keys: &BTreeMap<String, Vec<u8>>,
-    confirmed: &mut Option<String>,
+    promotion: &mut Promotion,
 ) -> bool {
     let mut next = topology_from_keys(&source.scope, keys);
-    if next.leader != *confirmed {
-        *confirmed = None;
+    if next.leader != promotion.confirmed {
+        promotion.confirmed = None;
     }
-    next.confirmed_primary = confirmed.clone();
+    if next.leader != promotion.unverified {
+        promotion.unverified = None;
+    }
+    next.confirmed_primary = promotion.confirmed.clone();
+    next.unverified_leader = promotion.unverified.clone();
     let writer = |t: &Topology| {
         (
             t.leader.clone(),
@@ -257,6 +384,60 @@ mod tests {
         assert_eq!(
             relative_key("/service/demo/", b"/service/demo2/leader"),
             None
+        );
+    }
+
+    /// A fake Patroni REST socket answers `/primary` with each status in turn; the guard keeps,
+    /// drops and restores the leader accordingly, and leaves the other members alone.
+    #[tokio::test]
+    async fn guard_follows_the_lost_leaders_own_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable", "200 OK"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 128];
+                let n = s.read(&mut request).await.unwrap();
+                assert!(request[..n].starts_with(b"GET /primary HTTP/1.0\r\n"));
+                let body = r#"{"state": "running", "role": "master"}"#;
+                let answer = format!("HTTP/1.0 {status}\r\n\r\n{body}");
+                s.write_all(answer.as_bytes()).await.unwrap();
+                drop(s);
+                answered_tx.send(status).unwrap();
+            }
+        });
+        let leader = Member {
+            name: "pg0".into(),
+            addr: "127.0.0.1:5432".into(),
+            role: crate::topology::Role::Primary,
+            state: "running".into(),
+            wal_position: None,
+            noloadbalance: false,
+            timeline: Some(1),
+            api_url: Some(format!("http://{addr}/patroni")),
+        };
+        let mut topology = Topology::empty("demo");
+        topology.leader = Some("pg0".into());
+        topology.members.insert("pg0".into(), leader.clone());
+        let (tx, mut rx) = watch::channel(Arc::new(topology));
+        let lost = leader_of(&tx.borrow());
+        let guard = tokio::spawn(async move { guard_lost_leader("demo", &tx, lost).await });
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let status = answered.recv().await.unwrap();
+            if status.starts_with("503") || seen.last() == Some(&None) {
+                rx.changed().await.unwrap();
+            }
+            let t = rx.borrow_and_update().clone();
+            assert!(t.members.contains_key("pg0"));
+            seen.push(t.leader.clone());
+        }
+        guard.abort();
+        assert_eq!(
+            seen,
+            [Some("pg0".to_owned()), None, Some("pg0".to_owned())]
         );
     }
 }

@@ -1,10 +1,14 @@
-//! Patroni's REST API, asked one question: has this member's PostgreSQL left recovery?
+//! Patroni's REST API, asked two questions.
 //!
-//! Patroni's member key in etcd says `master` only on the HA cycle after promotion, which was
-//! seen here to lag the leader key by 0.5 s to over 20 s. `GET /patroni` reports the role from
-//! `pg_is_in_recovery()` at the moment of asking, so pgrouter asks it while the leader key's
-//! holder is still promoting. (`GET /primary` would not do: it answers 200 as soon as Patroni
-//! holds the lock, before PostgreSQL is writable.)
+//! Has this member's PostgreSQL left recovery? Patroni's member key in etcd says `master` only
+//! on the HA cycle after promotion, which was seen here to lag the leader key by 0.5 s to over
+//! 20 s. `GET /patroni` reports the role from `pg_is_in_recovery()` at the moment of asking, so
+//! pgrouter asks it while the leader key's holder is still promoting. (`GET /primary` alone
+//! would not do: it answers 200 as soon as Patroni holds the lock, before PostgreSQL is writable.)
+//!
+//! Is this member still the primary while etcd cannot be read? `GET /primary` answers 200 only
+//! while Patroni believes it holds the leader lock (or stays primary in failsafe mode) and runs
+//! as primary; the body must also say a running primary, so both the lock and PostgreSQL agree.
 
 use std::time::Duration;
 
@@ -24,12 +28,22 @@ struct Status {
 /// True when the member's REST API reports a running, writable PostgreSQL within `timeout`.
 /// Any failure (no api_url, https, refused, slow, unreadable) is false: the member key decides.
 pub async fn is_writable(api_url: &str, timeout: Duration) -> bool {
+    reports_running_primary(api_url, "/patroni", timeout).await
+}
+
+/// True when Patroni on `api_url` answers `GET /primary` with 200 and a running primary within
+/// `timeout`: it still holds the leader lock as far as it knows. Any failure is false.
+pub async fn confirms_primary(api_url: &str, timeout: Duration) -> bool {
+    reports_running_primary(api_url, "/primary", timeout).await
+}
+
+async fn reports_running_primary(api_url: &str, path: &str, timeout: Duration) -> bool {
     let Some(authority) = http_authority(api_url) else {
         return false;
     };
     let ask = async {
         let mut stream = TcpStream::connect(authority).await?;
-        let request = format!("GET /patroni HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
@@ -93,16 +107,22 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/patroni", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
-            for answer in [PROMOTED, PROMOTING] {
+            for (path, answer) in [
+                ("/patroni", PROMOTED),
+                ("/patroni", PROMOTING),
+                ("/primary", PROMOTED),
+            ] {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut request = [0u8; 64];
                 let n = s.read(&mut request).await.unwrap();
-                assert!(request[..n].starts_with(b"GET /patroni HTTP/1.0\r\n"));
+                let line = format!("GET {path} HTTP/1.0\r\n");
+                assert!(request[..n].starts_with(line.as_bytes()));
                 s.write_all(answer.as_bytes()).await.unwrap();
             }
         });
         assert!(is_writable(&url, Duration::from_secs(5)).await);
         assert!(!is_writable(&url, Duration::from_secs(5)).await);
+        assert!(confirms_primary(&url, Duration::from_secs(5)).await);
         server.await.unwrap();
     }
 }

@@ -176,6 +176,11 @@ fn no_replica_reason(routing: &RoutingConfig, topology: &Topology) -> String {
 }
 
 fn no_leader_reason(topology: &Topology) -> String {
+    if let (None, Some(last)) = (&topology.leader, &topology.unconfirmed_leader) {
+        return format!(
+            "etcd is unreachable and the last leader \"{last}\" does not confirm it is the primary"
+        );
+    }
     let Some(name) = topology.leader.as_deref() else {
         return "no member holds the leader key".to_owned();
     };
@@ -245,6 +250,12 @@ mod tests {
             ("pg0", Target::Leader)
         );
         t.leader = None;
+        t.unconfirmed_leader = Some("pg0".into());
+        assert_eq!(
+            r.pick(&p, &t, Port::Primary).unwrap_err(),
+            "etcd is unreachable and the last leader \"pg0\" does not confirm it is the primary"
+        );
+        t.unconfirmed_leader = None;
         assert_eq!(
             r.pick(&p, &t, Port::Primary).unwrap_err(),
             "no member holds the leader key"

@@ -1,8 +1,9 @@
-//! The etcd view: losing etcd keeps the last topology, and pgrouter resyncs when it returns.
+//! The etcd view: losing etcd keeps the last leader only while its Patroni confirms it, one
+//! etcd member of three changes nothing, and pgrouter resyncs when etcd returns.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use pgrouter_lab::Lab;
 use serde_json::json;
 
@@ -63,4 +64,323 @@ pub async fn etcd_restart(lab: &Lab) -> Result<()> {
         "pgrouter did not read the keys again"
     );
     Ok(())
+}
+
+/// Where one new connection through `port` ended up.
+enum Landing {
+    /// On the member listening on this port, which is not in recovery.
+    Primary(u16),
+    /// Refused with 57P03 and this message.
+    Refused(String),
+    /// The connection failed or broke (a member restarting while it is demoted or promoted).
+    Broken,
+}
+
+/// Connects through `port`. A connection must land on a member that is not in recovery (a
+/// write reaching a demoted member is the failure this file guards against); a refusal must
+/// be 57P03 naming pgrouter and the cluster.
+async fn land(port: u16) -> Result<Landing> {
+    let err = match connect(port, "pgrouter-test-dcs").await {
+        Ok((client, _conn)) => {
+            let row = match client
+                .query_one("select inet_server_port(), pg_is_in_recovery()", &[])
+                .await
+            {
+                Ok(row) => row,
+                Err(e) if e.as_db_error().is_none() => return Ok(Landing::Broken),
+                Err(e) => return Err(e.into()),
+            };
+            let (server, in_recovery): (i32, bool) = (row.get(0), row.get(1));
+            ensure!(
+                !in_recovery,
+                "routed to a member in recovery (port {server})"
+            );
+            return Ok(Landing::Primary(server as u16));
+        }
+        Err(err) => err,
+    };
+    let Some(db) = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+    else {
+        return Ok(Landing::Broken);
+    };
+    let message = db.message().to_owned();
+    ensure!(
+        db.code().code() == "57P03",
+        "SQLSTATE {}: {message}",
+        db.code().code()
+    );
+    ensure!(
+        message.starts_with("pgrouter: cluster \"demo\""),
+        "message: {message}"
+    );
+    Ok(Landing::Refused(message))
+}
+
+/// Connects until the router refuses with 57P03; every connection before that lands on a
+/// primary.
+async fn until_refused(port: u16, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Landing::Refused(message) = land(port).await? {
+            return Ok(message);
+        }
+        ensure!(Instant::now() < deadline, "still routed after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Connects until a connection lands on `want`; refusals in between are fine.
+async fn until_landing_on(port: u16, want: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Landing::Primary(server) = land(port).await? {
+            if server == want {
+                return Ok(());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "never reached port {want} in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// All of etcd stopped, no failsafe mode: Patroni demotes its leader after retry_timeout, so
+/// the leader's REST API stops confirming; pgrouter then holds and refuses writes with 57P03
+/// (never routing to the demoted member) and follows the cluster again once etcd is back.
+pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
+    let opts = RouterOptions {
+        routing: "hold_timeout = \"2s\"\n",
+        ..RouterOptions::default()
+    };
+    let router = Router::start(lab, 17570, opts)?;
+    let leader = lab.leader()?;
+    ensure!(
+        matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&leader))
+    );
+    lab.stop_etcd()?;
+    let refused = until_refused(router.primary, Duration::from_secs(60)).await;
+    lab.start_etcd()?;
+    let message = refused?;
+    println!("  without etcd, once unconfirmed: {message}");
+    ensure!(
+        message.contains("etcd is unreachable and the last leader"),
+        "message: {message}"
+    );
+    ensure!(
+        router
+            .log_text()
+            .contains("the last leader's Patroni does not confirm it is the primary"),
+        "no log line about the unconfirmed leader:\n{}",
+        router.log_tail(20)
+    );
+    lab.wait_healthy(Duration::from_secs(120))?;
+    let leader = lab.leader()?;
+    until_landing_on(
+        router.primary,
+        lab.pg_port(&leader),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// With Patroni's failsafe mode the leader stays primary while every member still answers it,
+/// longer than the leader key's ttl; pgrouter keeps routing to it because its Patroni keeps
+/// confirming it, and sessions opened before survive.
+pub async fn etcd_lost_with_failsafe(lab: &Lab) -> Result<()> {
+    lab.patch_dcs_config(&json!({"failsafe_mode": true}))?;
+    let result = failsafe_outage(lab).await;
+    let restored = lab.start_etcd().and_then(|()| {
+        lab.wait_healthy(Duration::from_secs(120))?;
+        lab.patch_dcs_config(&json!({"failsafe_mode": null}))
+    });
+    result?;
+    restored
+}
+
+async fn failsafe_outage(lab: &Lab) -> Result<()> {
+    // The leader writes the failsafe key (the members it must reach) once it runs in the mode.
+    let armed = eventually(
+        "Patroni writes the failsafe key",
+        Duration::from_secs(30),
+        || async { Ok(lab.dcs_value("failsafe")?.is_some()) },
+    );
+    armed.await?;
+    let router = Router::start(lab, 17572, RouterOptions::default())?;
+    let leader = lab.leader()?;
+    let leader_port = lab.pg_port(&leader);
+    let (before, _conn) = connect(router.primary, "pgrouter-test-dcs").await?;
+    before
+        .batch_execute("create table if not exists failsafe_writes(at timestamptz default now())")
+        .await?;
+    lab.stop_etcd()?;
+    // Past the leader key's ttl and Patroni's retry_timeout: without failsafe mode the leader
+    // would have demoted itself by now.
+    let spec = lab.spec();
+    tokio::time::sleep(Duration::from_secs(
+        u64::from(spec.ttl + spec.retry_timeout) + 3,
+    ))
+    .await;
+    let Landing::Primary(port) = land(router.primary).await? else {
+        bail!("refused although the leader runs in failsafe mode");
+    };
+    ensure!(
+        port == leader_port,
+        "routed to port {port}, the leader is {leader_port}"
+    );
+    let (during, _conn2) = connect(router.primary, "pgrouter-test-dcs").await?;
+    during
+        .execute("insert into failsafe_writes default values", &[])
+        .await?;
+    before
+        .execute("insert into failsafe_writes default values", &[])
+        .await?;
+    let log = router.log_text();
+    ensure!(
+        log.contains("lost the etcd view"),
+        "pgrouter did not notice etcd going"
+    );
+    ensure!(
+        !log.contains("does not confirm it is the primary"),
+        "the failsafe leader was dropped:\n{}",
+        router.log_tail(20)
+    );
+    Ok(())
+}
+
+/// etcd0, the first endpoint in pgrouter's list, stopped: the other two keep the quorum and
+/// pgrouter follows a switchover through them.
+pub async fn one_etcd_member_lost(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17574, RouterOptions::default())?;
+    lab.stop_etcd_member(0)?;
+    let result = async {
+        let old = lab.leader()?;
+        lab.switchover(None)?;
+        let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
+        until_landing_on(router.primary, lab.pg_port(&new), Duration::from_secs(60)).await
+    }
+    .await;
+    lab.start_etcd_member(0)?;
+    result?;
+    ensure!(
+        !router
+            .log_text()
+            .contains("does not confirm it is the primary"),
+        "the leader was dropped although etcd kept its quorum"
+    );
+    Ok(())
+}
+
+/// pgrouter runs as this uid (`nobody`) where a firewall rule singles it out.
+const ROUTER_UID: u32 = 65534;
+
+/// An iptables rule that silently drops packets from processes of [`ROUTER_UID`] to the etcd
+/// client ports: pgrouter loses etcd; Patroni, etcd (whose JSON gateway dials its own client
+/// port) and the test do not. Removed on drop.
+struct EtcdBlackhole {
+    rule: Vec<String>,
+}
+
+impl EtcdBlackhole {
+    fn install(lab: &Lab) -> Result<EtcdBlackhole> {
+        let ports: Vec<String> = lab
+            .etcd_endpoints()
+            .iter()
+            .filter_map(|e| e.rsplit(':').next().map(str::to_owned))
+            .collect();
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([ports.join(",")])
+        .chain(
+            [
+                "-m",
+                "owner",
+                "--uid-owner",
+                &ROUTER_UID.to_string(),
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .collect();
+        iptables("-I", &rule)?;
+        Ok(EtcdBlackhole { rule })
+    }
+}
+
+impl Drop for EtcdBlackhole {
+    fn drop(&mut self) {
+        if let Err(e) = iptables("-D", &self.rule) {
+            eprintln!("could not remove the iptables rule {:?}: {e:#}", self.rule);
+        }
+    }
+}
+
+fn iptables(action: &str, rule: &[String]) -> Result<()> {
+    let out = std::process::Command::new("iptables")
+        .arg(action)
+        .args(rule)
+        .output()
+        .context("run iptables")?;
+    ensure!(
+        out.status.success(),
+        "iptables {action} {rule:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// etcd unreachable for pgrouter alone (packets dropped, no reset): the leader keeps
+/// confirming, so pgrouter keeps routing to it. A switchover that pgrouter cannot see makes
+/// the old leader stop confirming: writes are refused with 57P03 and never reach the demoted
+/// member. When etcd is reachable again pgrouter finds the new leader.
+pub async fn etcd_unreachable_for_the_router(lab: &Lab) -> Result<()> {
+    let opts = RouterOptions {
+        routing: "hold_timeout = \"2s\"\n",
+        run_as: Some(ROUTER_UID),
+        ..RouterOptions::default()
+    };
+    let router = Router::start(lab, 17576, opts)?;
+    let old = lab.leader()?;
+    let candidate = lab
+        .member_names()
+        .into_iter()
+        .find(|m| *m != old)
+        .expect("a replica");
+    let blackhole = EtcdBlackhole::install(lab)?;
+    let result = async {
+        eventually(
+            "pgrouter notices etcd is unreachable",
+            Duration::from_secs(60),
+            || async { Ok(router.log_text().contains("lost the etcd view")) },
+        )
+        .await?;
+        ensure!(
+            matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&old)),
+            "not routed to the confirmed leader"
+        );
+        lab.switchover_via_rest(&candidate)?;
+        let message = until_refused(router.primary, Duration::from_secs(60)).await?;
+        println!("  etcd unreachable, after an unseen switchover: {message}");
+        anyhow::Ok(())
+    }
+    .await;
+    drop(blackhole);
+    result?;
+    let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
+    until_landing_on(router.primary, lab.pg_port(&new), Duration::from_secs(60)).await
 }

@@ -176,3 +176,33 @@ pub async fn frozen_leader(lab: &Lab) -> Result<()> {
     nothing_lost_one_error_per_connection(lab, &new, "probe_frozen", &report)?;
     Ok(())
 }
+
+/// The leader cut off the network (its packets and packets to it dropped, no resets) under
+/// the writer probe: its lease expires, a replica takes over, and pgrouter follows etcd. The
+/// probe's session on the old leader hangs until pgrouter closes it (the leader key moved);
+/// every acknowledged row is on the new leader.
+pub async fn partitioned_leader(lab: &Lab) -> Result<()> {
+    let opts = RouterOptions {
+        routing: "hold_timeout = \"30s\"\nconnect_timeout = \"1s\"\n",
+        ..RouterOptions::default()
+    };
+    let router = Router::start(lab, 17578, opts)?;
+    let old = lab.leader()?;
+    create_table(lab, &old, "probe_partition")?;
+    let probe = Probe::start(router.primary, "probe_partition");
+    probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+
+    lab.cut_off_member(&old)?;
+    let result = async {
+        let new = lab.wait_leader_other_than(&old, Duration::from_secs(90))?;
+        probe.wait_for_acks(100, Duration::from_secs(90)).await?;
+        anyhow::Ok(new)
+    }
+    .await;
+    let report = probe.finish().await;
+    lab.reconnect_member(&old)?;
+    let new = result?;
+    summary("partitioned leader", &report);
+    nothing_lost_one_error_per_connection(lab, &new, "probe_partition", &report)?;
+    Ok(())
+}

@@ -24,6 +24,7 @@ use pgrouter_lab::{Lab, LabSpec};
 type TestFn = for<'a> fn(&'a Lab) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>;
 
 /// Lab ports: etcd 17400, PostgreSQL 17410-17412, Patroni REST 17420-17422. Routers: 17500+.
+/// `PGROUTER_LAB_BASE_PORT` moves the lab (not the routers), so two runs can share a machine.
 const LAB_BASE_PORT: u16 = 17400;
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -47,6 +48,18 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("etcd_restart_keeps_routing_and_resyncs", |lab| {
         Box::pin(dcs::etcd_restart(lab))
+    }),
+    ("etcd_lost_unconfirmed_leader_holds_then_57p03", |lab| {
+        Box::pin(dcs::etcd_lost_without_failsafe(lab))
+    }),
+    ("etcd_lost_failsafe_leader_keeps_writes", |lab| {
+        Box::pin(dcs::etcd_lost_with_failsafe(lab))
+    }),
+    ("etcd_one_member_of_three_lost_changes_nothing", |lab| {
+        Box::pin(dcs::one_etcd_member_lost(lab))
+    }),
+    ("etcd_unreachable_for_the_router_alone", |lab| {
+        Box::pin(dcs::etcd_unreachable_for_the_router(lab))
     }),
     (
         "metrics_and_health_follow_a_switchover_and_an_etcd_stop",
@@ -94,6 +107,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("frozen_leader_loses_no_acknowledged_write", |lab| {
         Box::pin(failover::frozen_leader(lab))
     }),
+    ("partitioned_leader_loses_no_acknowledged_write", |lab| {
+        Box::pin(failover::partitioned_leader(lab))
+    }),
 ];
 
 fn main() -> ExitCode {
@@ -111,9 +127,13 @@ fn main() -> ExitCode {
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .collect();
-    let dir = std::env::temp_dir().join("pgrouter-test-lab");
+    let base_port = match std::env::var("PGROUTER_LAB_BASE_PORT") {
+        Ok(port) => port.parse().expect("PGROUTER_LAB_BASE_PORT: a port number"),
+        Err(_) => LAB_BASE_PORT,
+    };
+    let dir = std::env::temp_dir().join(format!("pgrouter-test-lab-{base_port}"));
     let started = Instant::now();
-    let lab = match Lab::start(LabSpec::new(&dir, LAB_BASE_PORT)) {
+    let lab = match Lab::start(LabSpec::new(&dir, base_port)) {
         Ok(lab) => lab,
         Err(e) => {
             eprintln!("could not start the lab: {e:#}");

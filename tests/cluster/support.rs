@@ -29,6 +29,8 @@ pub struct RouterOptions<'a> {
     pub listen_extra: &'a str,
     /// More sections ([pool], [auth]) after [routing].
     pub sections: &'a str,
+    /// Run pgrouter under this uid instead of root, so firewall rules can single it out.
+    pub run_as: Option<u32>,
 }
 
 impl Default for RouterOptions<'_> {
@@ -38,6 +40,7 @@ impl Default for RouterOptions<'_> {
             routing: "hold_timeout = \"30s\"\ndrain_timeout = \"5s\"\n",
             listen_extra: "",
             sections: "",
+            run_as: None,
         }
     }
 }
@@ -52,9 +55,9 @@ impl Router {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nscope = \"{scope}\"\netcd = [\"{etcd}\"]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}\n{sections}",
+                "[cluster]\nscope = \"{scope}\"\netcd = [{etcd}]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}\n{sections}",
                 scope = opts.scope,
-                etcd = lab.etcd_endpoint(),
+                etcd = lab.etcd_toml_list(),
                 rport = port + 1,
                 aport = port + ADMIN_OFFSET,
                 extra = opts.listen_extra,
@@ -63,14 +66,17 @@ impl Router {
             ),
         )?;
         let log = dir.join("pgrouter.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgrouter"));
+        command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info,pgrouter=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("spawning pgrouter")?;
+            .stderr(std::fs::File::create(&log)?);
+        if let Some(uid) = opts.run_as {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+        }
+        let child = command.spawn().context("spawning pgrouter")?;
         let router = Router {
             child,
             primary: port,

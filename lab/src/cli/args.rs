@@ -12,7 +12,7 @@ usage:
   demo  the same, plus pgrouter in front of it (config written to <dir>/pgrouter.toml)
 
   --dir D          lab directory, wiped at start   [/tmp/pgrouter-demo]
-  --base-port P    etcd on P, PostgreSQL on P+10.., Patroni REST on P+20..   [15400]
+  --base-port P    etcd on P, P+2, P+4, PostgreSQL on P+10.., Patroni REST on P+20..   [15400]
   --pgrouter PATH  pgrouter binary   [target/release/pgrouter]
   --primary ADDR   pgrouter's read-write listener   [127.0.0.1:5000]
   --replicas ADDR  pgrouter's read-only listener    [127.0.0.1:5001]";

@@ -149,7 +149,7 @@ fn print_banner(lab: &Lab, opts: &Options) -> Result<()> {
             m.name, m.role, m.state, m.pg_port
         );
     }
-    println!("\netcd: {}", lab.etcd_endpoint());
+    println!("\netcd: {}", lab.etcd_endpoints().join(","));
     match opts.mode {
         Mode::Demo => {
             println!(
@@ -188,7 +188,7 @@ fn pgrouter_toml(lab: &Lab, opts: &Options) -> String {
          hold_timeout = \"10s\"\ndrain_timeout = \"30s\"\n",
         toml_str(&spec.scope),
         toml_str(&spec.namespace),
-        toml_str(&lab.etcd_endpoint()),
+        lab.etcd_toml_list(),
         toml_str(&opts.primary),
         toml_str(&opts.replicas),
     )
