@@ -4,8 +4,8 @@ use crate::config::effective_tags;
 use crate::etcd;
 use crate::http;
 use crate::lab::Lab;
-use crate::poll::wait_for;
 use crate::partition;
+use crate::poll::wait_for;
 use crate::procs::{self, Signal};
 use crate::spec::ETCD_MEMBERS;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -36,7 +36,10 @@ impl Lab {
     /// Undo with [`Lab::reconnect_member`]; dropping the lab undoes it too.
     pub fn cut_off_member(&self, member: &str) -> Result<()> {
         let i = self.index(member)?;
-        ensure!(self.state().cut_off[i].is_empty(), "{member} is already cut off");
+        ensure!(
+            self.state().cut_off[i].is_empty(),
+            "{member} is already cut off"
+        );
         let rules = partition::cut(self.spec(), i)?;
         self.state().cut_off[i] = rules;
         Ok(())
@@ -198,7 +201,12 @@ impl Lab {
     /// `{"failsafe_mode": true}`; members apply it on their next HA cycle.
     pub fn patch_dcs_config(&self, patch: &Value) -> Result<()> {
         let addr = format!("127.0.0.1:{}", self.api_port(&self.leader()?));
-        let resp = http::patch_json(&addr, "/config", &patch.to_string(), Duration::from_secs(10))?;
+        let resp = http::patch_json(
+            &addr,
+            "/config",
+            &patch.to_string(),
+            Duration::from_secs(10),
+        )?;
         ensure!(
             resp.status == 200,
             "PATCH /config {patch}: HTTP {}: {}",
@@ -230,7 +238,9 @@ impl Lab {
     pub fn stop_etcd_member(&self, index: usize) -> Result<()> {
         ensure!(index < ETCD_MEMBERS, "no etcd member {index}");
         if let Some(mut child) = self.state().etcd[index].take() {
-            child.kill().with_context(|| format!("SIGKILL etcd{index}"))?;
+            child
+                .kill()
+                .with_context(|| format!("SIGKILL etcd{index}"))?;
             child.wait().with_context(|| format!("reap etcd{index}"))?;
         }
         Ok(())

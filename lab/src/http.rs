@@ -26,7 +26,12 @@ pub(crate) fn post_json(addr: &str, path: &str, body: &str, timeout: Duration) -
 }
 
 /// `PATCH http://<addr><path>` with a JSON body.
-pub(crate) fn patch_json(addr: &str, path: &str, body: &str, timeout: Duration) -> Result<Response> {
+pub(crate) fn patch_json(
+    addr: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Response> {
     request(addr, "PATCH", path, Some(body), timeout)
 }
 

@@ -2,8 +2,8 @@
 
 use crate::client::run_psql;
 use crate::config;
-use crate::poll::{remaining, wait_for, Abort};
 use crate::partition;
+use crate::poll::{remaining, wait_for, Abort};
 use crate::procs;
 use crate::spec::{member_name, LabSpec, ETCD_MEMBERS, MEMBERS};
 use anyhow::{anyhow, bail, ensure, Context, Result};

@@ -435,9 +435,6 @@ mod tests {
             seen.push(t.leader.clone());
         }
         guard.abort();
-        assert_eq!(
-            seen,
-            [Some("pg0".to_owned()), None, Some("pg0".to_owned())]
-        );
+        assert_eq!(seen, [Some("pg0".to_owned()), None, Some("pg0".to_owned())]);
     }
 }

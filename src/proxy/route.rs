@@ -98,6 +98,9 @@ impl Router {
             Target::Leader if topology.holds_leader_key(name) => Verdict::Keep,
             Target::Leader => Verdict::CloseNow(match &topology.leader {
                 Some(new) => format!("member \"{name}\" lost the leader key to \"{new}\""),
+                None if topology.unconfirmed_leader.as_ref() == Some(name) => format!(
+                    "etcd is unreachable and member \"{name}\" no longer confirms it is the primary"
+                ),
                 None => format!("member \"{name}\" lost the leader key; no new leader yet"),
             }),
             Target::Replica => match topology.members.get(name) {
@@ -326,6 +329,11 @@ mod tests {
         assert_eq!(
             r.check(&p, &released, &leader),
             Verdict::CloseNow("member \"pg0\" lost the leader key; no new leader yet".into())
+        );
+        // etcd lost and the leader's Patroni stopped confirming: closed, and the message says so.
+        released.unconfirmed_leader = Some("pg0".into());
+        assert!(
+            matches!(r.check(&p, &released, &leader), Verdict::CloseNow(m) if m.contains("no longer confirms"))
         );
         // The replica that took the key is drained from the read port.
         let mut promoted = t.clone();
