@@ -131,7 +131,10 @@ mod tests {
         let spec = LabSpec::new("/tmp/x", 16400);
         assert_eq!(spec.pg_port(2), 16412);
         assert_eq!(spec.api_port(0), 16420);
-        assert_eq!(spec.ports().len(), 8);
+        assert_eq!(spec.ports().len(), 12);
+        assert_eq!(spec.etcd_client_port(2), 16404);
+        assert_eq!(spec.etcd_peer_port(1), 16403);
+        assert_eq!(spec.etcd_endpoints()[1], "127.0.0.1:16402");
         assert_eq!(spec.member_key("pg1"), "/service/demo/members/pg1");
         assert_eq!(spec.leader_key(), "/service/demo/leader");
         let mut odd = spec.clone();
