@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test: formatting, clippy, unit tests, integration tests on a real lab
-# (etcd + Patroni + PostgreSQL on loopback), and a smoke run of the criterion benches.
+# (etcd + Patroni + PostgreSQL on loopback), a smoke run of the criterion benches, and a short
+# run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,3 +11,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo deny --offline --log-level error check licenses bans sources
 PGROUTER_LAB_TESTS=1 cargo test --workspace
 cargo bench --bench relay -- --test
+# Every fuzz target for 30 s from the committed seeds (docs/fuzzing.md: longer runs).
+scripts/fuzz.sh 30

@@ -49,6 +49,41 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub tcp: TcpConfig,
+}
+
+/// TCP keepalive and user timeout on every client socket and on passthrough member sockets,
+/// so a peer that vanished without a FIN or RST (host down, cable cut, a NAT or firewall that
+/// forgot the flow) is found and its session and server connection released. New values apply
+/// to connections opened after a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Send keepalive probes on idle connections.
+    pub keepalive: bool,
+    /// Idle time before the first probe (TCP_KEEPIDLE), whole seconds.
+    pub keepalive_idle: HumanDuration,
+    /// Time between unanswered probes (TCP_KEEPINTVL), whole seconds.
+    pub keepalive_interval: HumanDuration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub keepalive_count: u32,
+    /// Sent data left unacknowledged this long drops the connection (TCP_USER_TIMEOUT): finds a
+    /// vanished client while results are still queued for it, where keepalive does not probe.
+    /// 0 keeps the system default (retransmissions for about 15 minutes).
+    pub user_timeout: HumanDuration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            keepalive: true,
+            keepalive_idle: HumanDuration(Duration::from_secs(60)),
+            keepalive_interval: HumanDuration(Duration::from_secs(10)),
+            keepalive_count: 6,
+            user_timeout: HumanDuration(Duration::ZERO),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -389,6 +424,7 @@ impl Config {
         }
         self.validate_pooling()?;
         self.validate_tls()?;
+        self.validate_tcp()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid("log.level", e.to_string()));
         }
@@ -483,6 +519,38 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tcp(&self) -> Result<(), ConfigError> {
+        let t = &self.tcp;
+        // Linux takes whole seconds up to 32767 (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL).
+        let seconds = [
+            ("tcp.keepalive_idle", t.keepalive_idle),
+            ("tcp.keepalive_interval", t.keepalive_interval),
+        ];
+        for (key, d) in seconds {
+            let d = d.0;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(32767) || d.subsec_nanos() != 0
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be whole seconds from 1s to 32767s",
+                ));
+            }
+        }
+        if !(1..=127).contains(&t.keepalive_count) {
+            return Err(ConfigError::invalid(
+                "tcp.keepalive_count",
+                "must be from 1 to 127",
+            ));
+        }
+        if t.user_timeout.0.as_millis() > u128::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "tcp.user_timeout",
+                "must be at most 49 days (0 keeps the system default)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The pool mode of a listener.
     pub fn pool_mode(&self, primary: bool) -> PoolMode {
         if primary {
@@ -539,6 +607,40 @@ mod tests {
         assert_eq!(config.cluster.namespace, "/service");
         assert_eq!(config.listen, ListenConfig::default());
         assert_eq!(config.routing, RoutingConfig::default());
+    }
+
+    #[test]
+    fn tcp_keepalive_defaults_and_bounds() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.tcp, TcpConfig::default());
+        assert!(config.tcp.keepalive);
+        assert_eq!(config.tcp.keepalive_idle.0, Duration::from_secs(60));
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}[tcp]\nkeepalive_idle = \"2s\"\nkeepalive_interval = \"1s\"\nkeepalive_count = 3\nuser_timeout = \"30s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tcp.keepalive_count, 3);
+        assert_eq!(config.tcp.user_timeout.0, Duration::from_secs(30));
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_idle = \"500ms\"\n"));
+        assert!(
+            e.starts_with("tcp.keepalive_idle: must be whole seconds"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_interval = \"1.5s\"\n"));
+        assert!(
+            e.starts_with("tcp.keepalive_interval: must be whole"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_idle = \"10h\"\n"));
+        assert!(e.starts_with("tcp.keepalive_idle: "), "{e}");
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_count = 0\n"));
+        assert!(e.starts_with("tcp.keepalive_count: must be from 1"), "{e}");
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_count = 128\n"));
+        assert!(e.starts_with("tcp.keepalive_count: "), "{e}");
+        let e = err(&format!("{MINIMAL}[tcp]\nuser_timeout = \"100000h\"\n"));
+        assert!(e.starts_with("tcp.user_timeout: "), "{e}");
+        let e = err(&format!("{MINIMAL}[tcp]\nkeepalives = true\n"));
+        assert!(e.starts_with("tcp.keepalives: unknown field"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Tls {
     pub mode: TlsMode,
     pub acceptor: Option<TlsAcceptor>,
     upstream: Option<Upstream>,
+    /// Keepalive settings for member sockets (`[tcp]`), applied in [`Tls::connect`].
+    tcp: crate::config::TcpConfig,
 }
 
 #[derive(Clone)]
@@ -155,13 +157,15 @@ impl Tls {
             mode: t.mode,
             acceptor,
             upstream,
+            tcp: config.tcp.clone(),
         })
     }
 
-    /// Connects to a member at `addr` ("host:port"), with TLS as `[upstream_tls]` says.
+    /// Connects to a member at `addr` ("host:port"), with keepalives as `[tcp]` and TLS as
+    /// `[upstream_tls]` say.
     pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
         let mut tcp = TcpStream::connect(addr).await?;
-        let _ = tcp.set_nodelay(true);
+        crate::proxy::listener::tune(&tcp, &self.tcp);
         let Some(up) = &self.upstream else {
             return Ok(Stream::Plain(tcp));
         };

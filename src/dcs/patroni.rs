@@ -129,6 +129,8 @@ fn truthy(v: &serde_json::Value) -> bool {
 }
 
 /// "postgres://127.0.0.1:5432/postgres" -> "127.0.0.1:5432"; IPv6 hosts keep their brackets.
+/// None unless the address can be read only one way: an unbracketed host with a ':' (an IPv6
+/// address, or several hosts), junk after a bracket, a port that is not 1..=65535 in digits.
 fn conn_url_addr(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("postgres://")
@@ -138,14 +140,27 @@ fn conn_url_addr(url: &str) -> Option<String> {
     let (host, port) = match host_port.strip_prefix('[') {
         Some(v6) => {
             let (h, after) = v6.split_once(']')?;
-            (
-                &host_port[..h.len() + 2],
-                after.strip_prefix(':').unwrap_or("5432"),
-            )
+            if h.is_empty() || h.contains('[') {
+                return None;
+            }
+            let port = match after {
+                "" => "5432",
+                _ => after.strip_prefix(':')?,
+            };
+            (&host_port[..h.len() + 2], port)
         }
-        None => host_port.rsplit_once(':').unwrap_or((host_port, "5432")),
+        None => {
+            let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5432"));
+            if host.contains([':', '[', ']']) {
+                return None;
+            }
+            (host, port)
+        }
     };
-    let port: u16 = port.parse().ok()?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     (!host.is_empty()).then(|| format!("{host}:{port}"))
 }
 
@@ -254,5 +269,35 @@ mod tests {
         );
         assert_eq!(conn_url_addr("http://h:1/"), None);
         assert_eq!(conn_url_addr("postgres://:5/db"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/patroni_json.rs: addresses that read two ways or not at all
+    /// were accepted (port 0; "h:1:2" became host "h:1" port 2, so "fe80::1" became host
+    /// "fe80:" port 1). Found while fixing it: "[::1]x" became "[::1]:5432".
+    #[test]
+    fn conn_urls_that_read_two_ways_are_refused() {
+        for url in [
+            "postgres://fe80::1/db",
+            "postgres://fe80::1:5432/db",
+            "postgres://h1:5432,h2:5433/db",
+            "postgres://[::1]x/db",
+            "postgres://[::1]:/db",
+            "postgres://[]:5432/db",
+            "postgres://[[::1]]:5432/db",
+            "postgres://h]:5432/db",
+            "postgres://h:+5432/db",
+            "postgres://h:0/db",
+            "postgres://h:/db",
+        ] {
+            assert_eq!(conn_url_addr(url), None, "{url}");
+        }
+        assert_eq!(
+            conn_url_addr("postgres://[fe80::1%eth0]:5432/db").as_deref(),
+            Some("[fe80::1%eth0]:5432")
+        );
+        assert_eq!(
+            conn_url_addr("postgres://h:05432/db").as_deref(),
+            Some("h:5432")
+        );
     }
 }

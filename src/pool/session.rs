@@ -830,6 +830,11 @@ impl PooledSession {
                 Err(e) => return Err(End::ClientProtocol(e.to_string())),
             };
             if tag == b'd' && self.cin.len() < len {
+                // Streamed, so checked here: PostgreSQL would drop the connection silently.
+                if len - 1 > crate::proxy::relay::MAX_CLIENT_MESSAGE as usize {
+                    let bad = wire::BadMessage { tag, len: len - 1 };
+                    return Err(End::ClientProtocol(bad.to_string()));
+                }
                 // CopyData: stream it, there is nothing to look at.
                 self.client_stream_left = len;
                 continue;
@@ -916,6 +921,8 @@ impl PooledSession {
                     Some(s) => {
                         self.ensure_prepared(&s);
                         wire::bind(&mut self.to_server, portal, &s.server_name, r.rest());
+                        // A named DISCARD ALL, DEALLOCATE ALL or LISTEN acts each time it runs.
+                        self.note_effects(&s.effects);
                     }
                     None => self.to_server.extend_from_slice(&msg),
                 }
@@ -1216,8 +1223,11 @@ impl PooledSession {
             .with_label_values(&[e.code])
             .inc();
         held.lease.discard();
-        // What the lost server said and was not yet written is dropped.
-        let partial = self.server_stream_left > 0 && !self.server_stream_drop;
+        // What the lost server said and was not yet written is dropped. If some of it was
+        // owed to the client (maybe half written, maybe whole answers up to ReadyForQuery that
+        // `pending` no longer counts), the client cannot be answered in step: close it.
+        let partial = (self.server_stream_left > 0 && !self.server_stream_drop)
+            || !self.to_client.is_empty();
         self.sin.clear();
         self.server_stream_left = 0;
         self.to_server.clear();
@@ -1225,6 +1235,15 @@ impl PooledSession {
         if partial {
             // The client saw half a message: there is no way to resynchronise it.
             return Err(End::ClientGone);
+        }
+        if self.client_stream_left > 0 {
+            // The client is inside a message that was being streamed: the rest of it must not
+            // be read as messages (nor sent to another server). Tell it and close.
+            return Err(End::Fatal(PgError {
+                fatal: true,
+                hint: None,
+                ..e
+            }));
         }
         let pending = self.expect.iter().filter(|e| **e == Expect::Sync).count();
         let mut out = BytesMut::new();

@@ -22,6 +22,8 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the statement name: query, NUL, parameter type count and oids.
     pub definition: Bytes,
+    /// What running it does to the session (DISCARD ALL, LISTEN, ...), applied at each Bind.
+    pub effects: SqlEffects,
 }
 
 impl Statement {
@@ -29,10 +31,12 @@ impl Statement {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         definition.hash(&mut h);
         let id = h.finish();
+        let effects = sql_effects(definition_query(&definition));
         Statement {
             id,
             server_name: format!("pgr_{id:016x}"),
             definition,
+            effects,
         }
     }
 }
@@ -84,8 +88,9 @@ pub fn definition_query(definition: &[u8]) -> &[u8] {
     Reader::new(definition).cstr().unwrap_or_default()
 }
 
-/// What a client's SQL means for pooling, statement by statement (a rough split on ';' is
-/// enough for the commands looked for, which clients send alone).
+/// What a client's SQL means for pooling, statement by statement. The text is split into
+/// statements and tokens the way PostgreSQL's lexer would (comments, string literals and
+/// quoted identifiers kept whole), closely enough for the few commands looked for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SqlEffects {
     /// LISTEN: the client keeps its server connection until UNLISTEN * or disconnect.
@@ -93,7 +98,8 @@ pub struct SqlEffects {
     pub unlisten_all: bool,
     /// DEALLOCATE ALL or DISCARD ALL: every statement on the server connection is gone.
     pub drops_all_statements: bool,
-    /// `DEALLOCATE [PREPARE] name` of one statement, when it is the whole query.
+    /// `DEALLOCATE [PREPARE] name` of one statement, when it is the whole query: the name as
+    /// PostgreSQL reads it (unquoted names folded to lower case, quoted ones kept as written).
     pub deallocate: Option<String>,
 }
 
@@ -105,37 +111,178 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
-    let parts: Vec<String> = text
-        .split(';')
-        .map(|s| {
-            s.split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_ascii_lowercase()
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
-    for p in &parts {
-        if p.starts_with("listen ") {
-            e.listen = true;
-        } else if p == "unlisten *" {
-            e.unlisten_all = true;
-        } else if p == "deallocate all" || p == "deallocate prepare all" || p == "discard all" {
-            e.drops_all_statements = true;
+    let statements = split_sql(&text);
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x == w);
+    for st in &statements {
+        match st.as_slice() {
+            [listen, _, ..] if word(listen, "listen") => e.listen = true,
+            [unlisten, Token::Symbol('*')] if word(unlisten, "unlisten") => e.unlisten_all = true,
+            [command, all]
+                if (word(command, "deallocate") || word(command, "discard"))
+                    && word(all, "all") =>
+            {
+                e.drops_all_statements = true
+            }
+            [deallocate, prepare, all]
+                if word(deallocate, "deallocate")
+                    && word(prepare, "prepare")
+                    && word(all, "all") =>
+            {
+                e.drops_all_statements = true
+            }
+            _ => {}
         }
     }
-    if let [only] = parts.as_slice() {
-        let name = only
-            .strip_prefix("deallocate prepare ")
-            .or_else(|| only.strip_prefix("deallocate "));
-        if let Some(name) = name.filter(|n| *n != "all" && !n.contains(' ')) {
-            // The name as the client wrote it (case kept, quotes removed).
-            let original = text.trim().trim_end_matches(';').trim();
-            let raw = original.rsplit(' ').next().unwrap_or(name);
-            e.deallocate = Some(raw.trim_matches('"').to_owned());
-        }
+    if let [only] = statements.as_slice() {
+        let name = match only.as_slice() {
+            [deallocate, name] if word(deallocate, "deallocate") => Some(name),
+            [deallocate, prepare, name]
+                if word(deallocate, "deallocate") && word(prepare, "prepare") =>
+            {
+                Some(name)
+            }
+            _ => None,
+        };
+        e.deallocate = match name {
+            Some(Token::Word(w)) if w != "all" => Some(w.clone()),
+            Some(Token::Quoted(q)) if !q.is_empty() => Some(q.clone()),
+            _ => None,
+        };
     }
     e
+}
+
+/// A token of SQL text as far as `sql_effects` cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    /// A keyword or unquoted identifier, ASCII letters folded to lower case.
+    Word(String),
+    /// A quoted identifier, `""` undoubled.
+    Quoted(String),
+    /// A string literal or dollar-quoted string.
+    Literal,
+    /// Any other character.
+    Symbol(char),
+}
+
+fn word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()
+}
+
+/// Splits SQL at the semicolons outside comments, literals and quoted identifiers; the
+/// statements' tokens, empty statements left out.
+fn split_sql(text: &str) -> Vec<Vec<Token>> {
+    let chars: Vec<char> = text.chars().collect();
+    let at = |i: usize| chars.get(i).copied();
+    let mut statements = Vec::new();
+    let mut current = Vec::new();
+    let mut i = 0;
+    while let Some(c) = at(i) {
+        match c {
+            ';' => {
+                if !current.is_empty() {
+                    statements.push(std::mem::take(&mut current));
+                }
+                i += 1;
+            }
+            c if c.is_whitespace() => i += 1,
+            '-' if at(i + 1) == Some('-') => {
+                while at(i).is_some_and(|c| c != '\n') {
+                    i += 1;
+                }
+            }
+            '/' if at(i + 1) == Some('*') => {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0;
+                while let Some(c) = at(i) {
+                    if c == '/' && at(i + 1) == Some('*') {
+                        depth += 1;
+                        i += 2;
+                    } else if c == '*' && at(i + 1) == Some('/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            '"' => {
+                let mut name = String::new();
+                i += 1;
+                while let Some(c) = at(i) {
+                    i += 1;
+                    if c == '"' {
+                        if at(i) != Some('"') {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    name.push(c);
+                }
+                current.push(Token::Quoted(name));
+            }
+            '\'' => {
+                // E'...' strings take backslash escapes; the E was read as a word.
+                let escapes = matches!(current.last(), Some(Token::Word(w)) if w == "e")
+                    && matches!(i.checked_sub(1).and_then(at), Some('e' | 'E'));
+                if escapes {
+                    current.pop();
+                }
+                i += 1;
+                while let Some(c) = at(i) {
+                    i += 1;
+                    if escapes && c == '\\' {
+                        i += 1;
+                    } else if c == '\'' {
+                        if at(i) != Some('\'') {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+                current.push(Token::Literal);
+            }
+            '$' => {
+                // $tag$ ... $tag$, the tag empty or an identifier not starting with a digit.
+                let mut j = i + 1;
+                while at(j).is_some_and(|c| c.is_alphanumeric() || c == '_' || !c.is_ascii()) {
+                    j += 1;
+                }
+                let tag_ok = at(i + 1).is_none_or(|c| !c.is_ascii_digit());
+                if at(j) == Some('$') && tag_ok {
+                    let delimiter = &chars[i..=j];
+                    let body = j + 1;
+                    let close = (body..chars.len())
+                        .find(|&k| chars[k..].starts_with(delimiter))
+                        .map_or(chars.len(), |k| k + delimiter.len());
+                    current.push(Token::Literal);
+                    i = close;
+                } else {
+                    current.push(Token::Symbol('$'));
+                    i += 1;
+                }
+            }
+            c if word_char(c) => {
+                let mut w = String::new();
+                while let Some(c) = at(i).filter(|c| word_char(*c)) {
+                    w.push(c.to_ascii_lowercase());
+                    i += 1;
+                }
+                current.push(Token::Word(w));
+            }
+            c => {
+                current.push(Token::Symbol(c));
+                i += 1;
+            }
+        }
+    }
+    if !current.is_empty() {
+        statements.push(current);
+    }
+    statements
 }
 
 /// ASCII case-insensitive substring test.
@@ -147,6 +294,21 @@ fn mentions(text: &[u8], word: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_knows_what_running_it_does() {
+        let def = |sql: &str| Bytes::from([sql.as_bytes(), b"\0\0\0"].concat());
+        assert!(
+            Statement::new(def("DISCARD ALL"))
+                .effects
+                .drops_all_statements
+        );
+        assert!(Statement::new(def("listen jobs")).effects.listen);
+        assert_eq!(
+            Statement::new(def("select 1")).effects,
+            SqlEffects::default()
+        );
+    }
 
     #[test]
     fn same_definition_same_server_name() {
@@ -189,5 +351,75 @@ mod tests {
             Some("_pg3_2")
         );
         assert_eq!(sql_effects(b"select 'deallocate x'"), SqlEffects::default());
+    }
+
+    fn deallocated(sql: &str) -> Option<String> {
+        sql_effects(sql.as_bytes()).deallocate
+    }
+
+    /// Found by fuzz/fuzz_targets/pooled_rewrite.rs: the name was the text after the last
+    /// space of the query, so a tab or newline, a second ';' or a comment after it made a
+    /// wrong name ("DEALLOCATE\tx" -> "DEALLOCATE\tx", "DEALLOCATE x; ;" -> "x;").
+    #[test]
+    fn deallocate_names_whatever_the_spacing() {
+        for sql in [
+            "DEALLOCATE\tpdo_stmt_1",
+            "DEALLOCATE\n  pdo_stmt_1",
+            "deallocate pdo_stmt_1; ;",
+            " DEALLOCATE PREPARE\r\npdo_stmt_1 ; ",
+            "DEALLOCATE pdo_stmt_1 -- done",
+            "/* pgrouter */ DEALLOCATE /* x; y */ pdo_stmt_1",
+        ] {
+            assert_eq!(deallocated(sql).as_deref(), Some("pdo_stmt_1"), "{sql:?}");
+        }
+        assert_eq!(deallocated("DEALLOCATE a; DEALLOCATE b"), None);
+        assert_eq!(deallocated("DEALLOCATE"), None);
+        assert_eq!(deallocated("DEALLOCATE a b"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/pooled_rewrite.rs: PostgreSQL folds unquoted names to
+    /// lower case and keeps quoted ones as written, spaces, semicolons and `""` included.
+    #[test]
+    fn deallocate_names_are_read_as_postgresql_reads_them() {
+        assert_eq!(deallocated("DEALLOCATE Stmt1").as_deref(), Some("stmt1"));
+        assert_eq!(
+            deallocated("DEALLOCATE \"Stmt1\"").as_deref(),
+            Some("Stmt1")
+        );
+        assert_eq!(deallocated("DEALLOCATE \"a b\"").as_deref(), Some("a b"));
+        assert_eq!(
+            deallocated("DEALLOCATE \"a;\"\"b\"").as_deref(),
+            Some("a;\"b")
+        );
+        assert_eq!(deallocated("DEALLOCATE \"ALL\"").as_deref(), Some("ALL"));
+        assert_eq!(
+            deallocated("DEALLOCATE PREPARE").as_deref(),
+            Some("prepare")
+        );
+        assert_eq!(deallocated("DEALLOCATE \"\""), None);
+        assert!(sql_effects(b"DEALLOCATE PREPARE ALL").drops_all_statements);
+        assert!(!sql_effects(b"DEALLOCATE \"all\"").drops_all_statements);
+    }
+
+    #[test]
+    fn literals_and_comments_hide_commands() {
+        for sql in [
+            "select 'a; listen x'",
+            "select E'\\'; listen x'",
+            "select $$; listen x$$",
+            "select $f$ ; discard all $f$",
+            "select 1 -- ; listen x",
+            "select /* /* ; */ listen x; */ 1",
+            "select \"listen x\"",
+        ] {
+            assert_eq!(
+                sql_effects(sql.as_bytes()),
+                SqlEffects::default(),
+                "{sql:?}"
+            );
+        }
+        assert!(sql_effects(b"select $1; LISTEN\tx").listen);
+        assert!(sql_effects(b"UNLISTEN\n*").unlisten_all);
+        assert!(sql_effects(b"select 'x';DISCARD  ALL").drops_all_statements);
     }
 }

@@ -7,7 +7,8 @@
 /// Longest body the scanner captures: BackendKeyData with a protocol 3.2 secret of 256 bytes.
 pub const CAPTURE_MAX: usize = 4 + 256;
 
-/// A length field below 4 cannot frame a message: the stream is corrupt.
+/// A length field below 4 cannot frame a message (the stream is corrupt), and one above the
+/// scanner's limit is refused before any of its body passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("message '{}' has impossible length {len}", char::from(*tag))]
 pub struct BadLength {
@@ -25,6 +26,7 @@ pub struct Scanner {
     body: [u8; CAPTURE_MAX],
     body_len: usize,
     capture_tags: &'static [u8],
+    max_len: u32,
 }
 
 impl Scanner {
@@ -39,7 +41,13 @@ impl Scanner {
             body: [0; CAPTURE_MAX],
             body_len: 0,
             capture_tags,
+            max_len: u32::MAX,
         }
+    }
+
+    /// The same scanner refusing length fields above `max_len`.
+    pub fn with_max_len(self, max_len: u32) -> Scanner {
+        Scanner { max_len, ..self }
     }
 
     /// True when everything fed so far ends exactly at a message boundary.
@@ -96,7 +104,7 @@ impl Scanner {
             self.header[3],
             self.header[4],
         ]);
-        if len < 4 {
+        if !(4..=self.max_len).contains(&len) {
             return Err(BadLength { tag, len });
         }
         self.tag = tag;

@@ -63,9 +63,18 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
     Ok(Some(Ok(Bytes::from(packet))))
 }
 
-/// Decodes a whole packet as read by `read_packet`.
+/// Decodes a whole packet as read by `read_packet`. Anything else is refused, never a panic:
+/// fewer than 8 bytes, or a length field that is not the packet's length.
 pub fn decode(packet: Bytes) -> Result<FirstPacket, StartupError> {
-    let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    let Some(&[l0, l1, l2, l3, c0, c1, c2, c3]) = packet.get(..8) else {
+        return Err(StartupError::Malformed("packet shorter than 8 bytes"));
+    };
+    if u32::from_be_bytes([l0, l1, l2, l3]) as usize != packet.len() {
+        return Err(StartupError::Malformed(
+            "length field is not the packet's length",
+        ));
+    }
+    let code = u32::from_be_bytes([c0, c1, c2, c3]);
     match code {
         SSL_REQUEST if packet.len() == 8 => Ok(FirstPacket::SslRequest),
         GSSENC_REQUEST if packet.len() == 8 => Ok(FirstPacket::GssEncRequest),
@@ -92,6 +101,8 @@ fn decode_startup(packet: Bytes, code: u32) -> Result<FirstPacket, StartupError>
     }
     let mut rest = &packet[8..];
     let mut params = Vec::new();
+    // Names seen, hashed: a packet can hold thousands of parameters.
+    let mut seen = std::collections::HashSet::new();
     loop {
         let (key, after) =
             cstr(rest).ok_or(StartupError::Malformed("parameters not terminated"))?;
@@ -100,6 +111,11 @@ fn decode_startup(packet: Bytes, code: u32) -> Result<FirstPacket, StartupError>
                 return Err(StartupError::Malformed("data after the terminator"));
             }
             break;
+        }
+        // PostgreSQL lets the last of two values win; pgrouter would read the first. No
+        // client sends a name twice: refuse rather than disagree with the server.
+        if !seen.insert(key) {
+            return Err(StartupError::Malformed("parameter given twice"));
         }
         let (value, after) =
             cstr(after).ok_or(StartupError::Malformed("parameters not terminated"))?;
@@ -229,6 +245,39 @@ mod tests {
         assert_eq!(
             decode(packet(0x1234_5678, b"\0")).unwrap_err(),
             StartupError::UnsupportedVersion(0x1234, 0x5678)
+        );
+    }
+
+    /// Found by fuzz/fuzz_targets/startup.rs: `decode` indexed bytes 4..8 unchecked.
+    #[test]
+    fn short_or_misframed_packets_are_refused_not_a_panic() {
+        for short in [&b""[..], b"\0\0\0\x04", b"\0\0\0\x07\x04\xd2\x16"] {
+            assert_eq!(
+                decode(Bytes::copy_from_slice(short)),
+                Err(StartupError::Malformed("packet shorter than 8 bytes"))
+            );
+        }
+        let mut p = packet(196608, b"user\0a\0\0").to_vec();
+        p.push(0);
+        assert_eq!(
+            decode(Bytes::from(p)),
+            Err(StartupError::Malformed(
+                "length field is not the packet's length"
+            ))
+        );
+    }
+
+    /// Found by fuzz/fuzz_targets/startup.rs: with `user` twice pgrouter took the first and
+    /// PostgreSQL the last.
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        assert_eq!(
+            decode(packet(196608, b"user\0a\0user\0b\0\0")),
+            Err(StartupError::Malformed("parameter given twice"))
+        );
+        assert_eq!(
+            decode(packet(196608, b"user\0a\0database\0x\0database\0y\0\0")),
+            Err(StartupError::Malformed("parameter given twice"))
         );
     }
 

@@ -22,6 +22,11 @@ use crate::topology::Topology;
 /// Bytes read per direction in one batch.
 const BATCH: usize = 16 * 1024;
 
+/// Longest length field a client message may have. PostgreSQL refuses anything longer
+/// (PQ_LARGE_MESSAGE_LIMIT, 1 GiB - 1; 2^31 and up are negative to it) by closing the
+/// connection without a word, so pgrouter refuses it first, with an ErrorResponse.
+pub const MAX_CLIENT_MESSAGE: u32 = 0x3fff_ffff;
+
 /// Why pgrouter ends a session itself; `kind` is the metric label.
 #[derive(Debug, Clone)]
 pub struct Cause {
@@ -49,13 +54,16 @@ pub enum End {
     ClientError(std::io::Error),
     ServerError(std::io::Error),
     ClientProtocol(BadLength),
+    /// The client closed its side with a message half sent.
+    ClientTruncated,
     ServerProtocol(BadLength),
 }
 
 /// One direction: a buffer that is either being filled from the reader or drained to the writer.
 /// Each step is a single read or write, so dropping a step in `select!` loses nothing.
-struct Pump {
-    buf: Box<[u8]>,
+/// Public for the fuzz targets (fuzz/fuzz_targets/frames.rs).
+pub struct Pump {
+    pub buf: Box<[u8]>,
     start: usize,
     end: usize,
     /// The writer is TLS: what it accepted goes out only on flush.
@@ -63,19 +71,19 @@ struct Pump {
     unflushed: bool,
 }
 
-enum Step {
+pub enum Step {
     Read(usize),
     Wrote,
     Eof,
 }
 
-enum Side {
+pub enum Side {
     Read(std::io::Error),
     Write(std::io::Error),
 }
 
 impl Pump {
-    fn new(flushes: bool) -> Pump {
+    pub fn new(flushes: bool) -> Pump {
         Pump {
             buf: vec![0; BATCH].into_boxed_slice(),
             start: 0,
@@ -85,11 +93,11 @@ impl Pump {
         }
     }
 
-    fn pending(&self) -> bool {
+    pub fn pending(&self) -> bool {
         self.start < self.end || self.unflushed
     }
 
-    async fn step<R, W>(&mut self, r: &mut R, w: &mut W) -> Result<Step, Side>
+    pub async fn step<R, W>(&mut self, r: &mut R, w: &mut W) -> Result<Step, Side>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -125,28 +133,29 @@ impl Pump {
 }
 
 /// Transaction state followed from the two streams.
-struct TxState {
+pub struct TxState {
     /// Queries, Syncs and function calls sent that have not had their ReadyForQuery yet. The
     /// startup counts as one: the server ends it with the first ReadyForQuery.
-    awaiting: u32,
+    pub awaiting: u32,
     /// Status byte of the last ReadyForQuery: b'I', b'T' or b'E'; 0 before the first.
-    status: u8,
+    pub status: u8,
 }
 
 impl TxState {
-    fn idle(&self) -> bool {
+    pub fn idle(&self) -> bool {
         self.awaiting == 0 && self.status == b'I'
     }
 }
 
 /// What the relay follows of the two streams: message boundaries, transaction state, the
 /// cancel key, and the session's counters (resolved once, so the loop only adds to atomics).
-struct Follow<'a> {
+/// Public, like `Pump` and `TxState`, for the fuzz targets.
+pub struct Follow<'a> {
     shared: &'a Shared,
     member_addr: &'a str,
-    up_scan: Scanner,
-    down_scan: Scanner,
-    tx: TxState,
+    pub up_scan: Scanner,
+    pub down_scan: Scanner,
+    pub tx: TxState,
     registration: Option<Registration>,
     up_bytes: IntCounter,
     down_bytes: IntCounter,
@@ -154,7 +163,7 @@ struct Follow<'a> {
 }
 
 impl<'a> Follow<'a> {
-    fn new(shared: &'a Shared, port: Port, member_addr: &'a str) -> Follow<'a> {
+    pub fn new(shared: &'a Shared, port: Port, member_addr: &'a str) -> Follow<'a> {
         let bytes = |direction| {
             shared
                 .metrics
@@ -164,7 +173,7 @@ impl<'a> Follow<'a> {
         Follow {
             shared,
             member_addr,
-            up_scan: Scanner::new(b""),
+            up_scan: Scanner::new(b"").with_max_len(MAX_CLIENT_MESSAGE),
             down_scan: Scanner::new(b"ZK"),
             tx: TxState {
                 awaiting: 1,
@@ -181,18 +190,18 @@ impl<'a> Follow<'a> {
     }
 
     /// Bytes from the client: count what will earn a ReadyForQuery.
-    fn client_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
+    pub fn client_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
         self.up_bytes.inc_by(data.len() as u64);
         let tx = &mut self.tx;
         self.up_scan.feed(data, |tag, _| {
             if matches!(tag, b'Q' | b'S' | b'F') {
-                tx.awaiting += 1;
+                tx.awaiting = tx.awaiting.saturating_add(1);
             }
         })
     }
 
     /// Bytes from the server: ReadyForQuery ends a wait, BackendKeyData is registered for cancels.
-    fn server_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
+    pub fn server_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
         self.down_bytes.inc_by(data.len() as u64);
         let Follow {
             tx,
@@ -215,6 +224,9 @@ impl<'a> Follow<'a> {
                     pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
                     secret: Bytes::copy_from_slice(&body[4..]),
                 };
+                // Drop the old registration first: dropping it after would unregister a key
+                // sent twice.
+                *registration = None;
                 *registration = Some(shared.cancels.register(key, member_addr));
             }
             _ => {}
@@ -323,6 +335,7 @@ impl Relay<'_> {
                         }
                     }
                     Ok(Step::Wrote) => {}
+                    Ok(Step::Eof) if !follow.up_scan.at_boundary() => return End::ClientTruncated,
                     Ok(Step::Eof) => return End::ClientClosed,
                     Err(Side::Read(e)) => return End::ClientError(e),
                     Err(Side::Write(e)) => return End::ServerError(e),
@@ -385,5 +398,47 @@ mod tests {
             status: b'I',
         };
         assert!(!tx.idle(), "a query is in flight");
+    }
+
+    fn msg(tag: u8, len: u32, body: usize) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.resize(5 + body, b'x');
+        m
+    }
+
+    #[test]
+    fn client_lengths_past_postgres_limit_are_refused_in_any_split() {
+        let good = [msg(b'Q', 14, 10), msg(b'S', 4, 0), msg(b'd', 1004, 1000)].concat();
+        let client = || Scanner::new(b"").with_max_len(MAX_CLIENT_MESSAGE);
+        for bad_len in [
+            MAX_CLIENT_MESSAGE + 1,
+            0x7fff_ffff,
+            0x8000_0000,
+            0xffff_ffff,
+            3,
+        ] {
+            let stream = [good.clone(), msg(b'Q', bad_len, 0)].concat();
+            for chunk in 1..=stream.len() {
+                let mut scan = client();
+                let result = stream
+                    .chunks(chunk)
+                    .try_for_each(|c| scan.feed(c, |_, _| {}));
+                assert_eq!(
+                    result,
+                    Err(BadLength {
+                        tag: b'Q',
+                        len: bad_len
+                    }),
+                    "chunk {chunk}"
+                );
+            }
+        }
+        // The largest length PostgreSQL accepts passes; its body is followed, not buffered.
+        let mut scan = client();
+        scan.feed(&good, |_, _| {}).unwrap();
+        scan.feed(&msg(b'Q', MAX_CLIENT_MESSAGE, 0), |_, _| {})
+            .unwrap();
+        assert!(!scan.at_boundary());
     }
 }

@@ -30,7 +30,7 @@ pub async fn run(
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = tcp.set_nodelay(true);
+    super::listener::tune(&tcp, &shared.config().tcp);
     let mut client = Stream::Plain(tcp);
     let startup_timeout = shared.config().listen.startup_timeout.0;
     let tls = shared.tls();
@@ -39,6 +39,18 @@ pub async fn run(
         Err(_) => {
             tracing::debug!(%peer, %port, "startup timed out");
             return;
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Closed inside a packet: a client that only shut down its sending side is told.
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "pgrouter: cluster \"{}\": startup packet truncated: the client closed the connection inside it",
+                    shared.scope
+                ),
+            );
+            tracing::info!(%peer, %port, error = %e, "refused a truncated startup");
+            return send_error(&shared, &mut client, &e).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, %port, error = %e, "client left during startup");
@@ -71,10 +83,12 @@ pub async fn run(
         let e = PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(
-                "pgrouter: too many client connections for cluster \"{}\"",
-                shared.scope
+                "pgrouter: cluster \"{}\": too many client connections (listen.max_client_conn = {})",
+                shared.scope,
+                shared.config().listen.max_client_conn
             ),
         );
+        tracing::debug!(%peer, %port, "refused a client past max_client_conn");
         return send_error(&shared, &mut client, &e).await;
     }
     let mut state = StateGauge::new(&shared.metrics, port.label());
@@ -350,6 +364,18 @@ async fn finish(
         End::ClientProtocol(e) => {
             tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
             let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
+            send_error(
+                shared,
+                client,
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+            )
+            .await;
+        }
+        End::ClientTruncated => {
+            tracing::info!(%peer, %port, %member, "client closed the connection inside a message");
+            let message = format!(
+                "pgrouter: cluster \"{scope}\": session on \"{member}\": the client closed the connection inside a message"
+            );
             send_error(
                 shared,
                 client,
