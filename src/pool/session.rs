@@ -1226,8 +1226,8 @@ impl PooledSession {
         // What the lost server said and was not yet written is dropped. If some of it was
         // owed to the client (maybe half written, maybe whole answers up to ReadyForQuery that
         // `pending` no longer counts), the client cannot be answered in step: close it.
-        let partial = (self.server_stream_left > 0 && !self.server_stream_drop)
-            || !self.to_client.is_empty();
+        let partial =
+            (self.server_stream_left > 0 && !self.server_stream_drop) || !self.to_client.is_empty();
         self.sin.clear();
         self.server_stream_left = 0;
         self.to_server.clear();

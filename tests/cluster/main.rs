@@ -7,9 +7,12 @@
 
 mod dcs;
 mod failover;
+mod hostile;
 mod operations;
 mod pooling;
+mod restarts;
 mod routing;
+mod soak;
 mod startup;
 mod support;
 mod tls;
@@ -97,6 +100,25 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("tls_to_members_with_ssl_on_verify_full", |lab| {
         Box::pin(tls::members(lab))
+    }),
+    (
+        "router_kill_9_under_load_restarts_on_the_same_ports",
+        |lab| Box::pin(restarts::kill_9_under_load(lab)),
+    ),
+    (
+        "two_routers_side_by_side_agree_and_cancel_through_each_other",
+        |lab| Box::pin(restarts::side_by_side(lab)),
+    ),
+    (
+        "soak_mixed_pgbench_switchovers_and_a_kill_9_failover",
+        |lab| Box::pin(soak::soak(lab)),
+    ),
+    (
+        "hostile_clients_bad_lengths_many_parameters_flood_slowloris",
+        |lab| Box::pin(hostile::bad_frames_floods_and_slowloris(lab)),
+    ),
+    ("hostile_clients_not_reading_and_half_open_tcp", |lab| {
+        Box::pin(hostile::slow_readers_and_half_open(lab))
     }),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))

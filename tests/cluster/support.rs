@@ -266,3 +266,155 @@ pub fn startup_packet(version: u32, body: &[u8]) -> Vec<u8> {
     p.extend_from_slice(body);
     p
 }
+
+// Crash and restart (restarts.rs, soak.rs).
+impl Router {
+    /// The pgrouter process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL pgrouter and reap it: a crash, nothing drained, every socket closed by the kernel.
+    pub fn kill_9(&mut self) -> Result<()> {
+        self.child.kill().context("SIGKILL pgrouter")?;
+        self.child.wait().context("reap pgrouter")?;
+        Ok(())
+    }
+
+    /// Starts pgrouter again after [`Router::kill_9`] with the same config file, so on the same
+    /// ports, appending to the same log; waits until it accepts connections.
+    pub fn restart(&mut self) -> Result<()> {
+        anyhow::ensure!(
+            self.child.try_wait()?.is_some(),
+            "pgrouter (pid {}) is still running",
+            self.child.id()
+        );
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        self.child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info,pgrouter=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("respawning pgrouter")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdTcpStream::connect(("127.0.0.1", self.primary)).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "restarted pgrouter exited ({status}):\n{}",
+                    self.log_tail(30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "restarted pgrouter did not listen on {}:\n{}",
+                    self.primary,
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The admin endpoint's /metrics page.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = http("GET", self.admin, "/metrics", None)?;
+        anyhow::ensure!(status == 200, "/metrics: HTTP {status}");
+        Ok(body)
+    }
+}
+
+/// The resident set size of process `pid` (VmRSS from /proc), in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// The sum of every series of metric `name` whose labels contain all of `labels` (each
+/// `key="value"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let matches = (rest.is_empty() || rest.starts_with('{'))
+                && labels.iter().all(|want| rest.contains(want));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// What one pgbench run reported.
+#[derive(Debug, Default, Clone)]
+pub struct PgbenchRun {
+    /// Exit code: 0 clean, 2 when clients aborted, 1 when it could not start.
+    pub exit: Option<i32>,
+    /// Transactions that completed (committed, for read-write scripts).
+    pub processed: u64,
+    pub failed: u64,
+    /// Clients that gave up (pgbench does not reconnect after a lost connection).
+    pub aborted_clients: u64,
+    pub tps: f64,
+    pub output: String,
+}
+
+/// Runs pgbench (`-n`, as postgres) through `port` with `args` to its end (blocking).
+pub fn pgbench_run(port: u16, args: &[&str]) -> Result<PgbenchRun> {
+    let out = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+        ])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", "postgres")
+        .env("PGCONNECT_TIMEOUT", "60")
+        .stdin(Stdio::null())
+        .output()
+        .context("running pgbench")?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number = |prefix: &str| -> Option<f64> {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().split([' ', '/']).next()?.parse().ok())
+    };
+    Ok(PgbenchRun {
+        exit: out.status.code(),
+        processed: number("number of transactions actually processed: ").unwrap_or(0.0) as u64,
+        failed: number("number of failed transactions: ").unwrap_or(0.0) as u64,
+        aborted_clients: output
+            .lines()
+            .filter(|l| l.contains("client ") && l.contains(" aborted "))
+            .count() as u64,
+        tps: number("tps = ").unwrap_or(0.0),
+        output,
+    })
+}
+
+/// Client backends on the PostgreSQL at `pg_port`, leaving out Patroni's own connections and
+/// the one asking.
+pub fn client_backends(lab: &Lab, pg_port: u16) -> Result<u64> {
+    let n = lab.psql(
+        pg_port,
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' \
+         and pid <> pg_backend_pid() and application_name not like 'Patroni%'",
+    )?;
+    Ok(n.trim().parse()?)
+}
