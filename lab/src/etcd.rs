@@ -93,8 +93,8 @@ pub(crate) fn kill(mut child: Child) {
     let _ = child.wait();
 }
 
-/// The value of `key` in the etcd at `addr`, `None` if absent.
-pub(crate) fn get(addr: &str, key: &str) -> Result<Option<String>> {
+/// The value of `key` in the etcd at `addr` (`127.0.0.1:port`), `None` if absent.
+pub fn get(addr: &str, key: &str) -> Result<Option<String>> {
     let body = json!({ "key": b64::encode(key.as_bytes()) }).to_string();
     let resp = http::post_json(addr, "/v3/kv/range", &body, HTTP_TIMEOUT)?;
     if resp.status != 200 {

@@ -26,6 +26,8 @@ mod spec;
 mod status;
 
 pub use client::run_psql;
+pub use etcd::get as etcd_get;
 pub use lab::Lab;
+pub use partition::iptables;
 pub use spec::LabSpec;
 pub use status::MemberStatus;

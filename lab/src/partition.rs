@@ -91,7 +91,8 @@ pub(crate) fn heal(rules: &[Vec<String>]) {
     }
 }
 
-fn iptables(action: &str, rule: &[String]) -> Result<()> {
+/// Runs `iptables <action> <rule...>` (e.g. `-I`, `-D`); an error carries iptables' stderr.
+pub fn iptables(action: &str, rule: &[String]) -> Result<()> {
     let out = Command::new("iptables")
         .arg(action)
         .args(rule)

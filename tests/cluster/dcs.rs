@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use pgrouter_lab::Lab;
+use anyhow::{bail, ensure, Result};
+use pgrouter_lab::{iptables, Lab};
 use serde_json::json;
 
 use crate::support::{
@@ -258,7 +258,12 @@ pub async fn one_etcd_member_lost(lab: &Lab) -> Result<()> {
     lab.stop_etcd_member(0)?;
     let result = async {
         let old = lab.leader()?;
-        lab.switchover(None)?;
+        // Patroni's own etcd client may take a few requests to leave the dead member.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = lab.switchover(None) {
+            ensure!(Instant::now() < deadline, "no switchover in 60 s: {e:#}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
         until_landing_on(router.primary, lab.pg_port(&new), Duration::from_secs(60)).await
     }
@@ -328,20 +333,6 @@ impl Drop for EtcdBlackhole {
             eprintln!("could not remove the iptables rule {:?}: {e:#}", self.rule);
         }
     }
-}
-
-fn iptables(action: &str, rule: &[String]) -> Result<()> {
-    let out = std::process::Command::new("iptables")
-        .arg(action)
-        .args(rule)
-        .output()
-        .context("run iptables")?;
-    ensure!(
-        out.status.success(),
-        "iptables {action} {rule:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// etcd unreachable for pgrouter alone (packets dropped, no reset): the leader keeps

@@ -18,7 +18,7 @@ use pgrouter_lab::Lab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{connect, eventually, startup_packet, Router, RouterOptions};
+use crate::support::{connect, eventually, scram_userlist, startup_packet, Router, RouterOptions};
 
 const SCOPE: &str = "demo";
 /// Generous: the machine is small and shared.
@@ -581,16 +581,7 @@ async fn copy_cut_mid_message(lab: &Lab, port: u16) -> Result<()> {
 /// A router with `listen_extra` (pool modes) whose pooled ports log `postgres` in with its SCRAM
 /// secret from pg_authid; pool_size 4.
 fn pooled_router(lab: &Lab, port: u16, listen_extra: &str, sections: &str) -> Result<Router> {
-    let leader = lab.pg_port(&lab.leader()?);
-    let secret = lab.psql(
-        leader,
-        "select rolpassword from pg_authid where rolname = 'postgres'",
-    )?;
-    ensure!(secret.starts_with("SCRAM-SHA-256$"), "lab secret: {secret}");
-    let dir = lab.spec().dir.join(format!("router-{port}"));
-    std::fs::create_dir_all(&dir)?;
-    let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, format!("\"postgres\" \"{secret}\"\n"))?;
+    let userlist = scram_userlist(lab, port, "")?;
     let listen = if listen_extra.contains("pool_mode") {
         listen_extra.to_owned()
     } else {

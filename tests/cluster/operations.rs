@@ -142,28 +142,13 @@ pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
 
 /// Runs pgbench against `port` for `seconds` in the background.
 fn pgbench(port: u16, clients: u32, seconds: u32) -> Result<std::process::Child> {
-    Ok(Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-n",
-            "-S",
-        ])
-        .args([
-            "-c",
-            &clients.to_string(),
-            "-T",
-            &seconds.to_string(),
-            "postgres",
-        ])
-        .env("PGPASSWORD", "postgres")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?)
+    let (clients, seconds) = (clients.to_string(), seconds.to_string());
+    Ok(
+        crate::support::pgbench_command(port, &["-S", "-c", &clients, "-T", &seconds])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    )
 }
 
 pub async fn pause_and_resume(lab: &Lab) -> Result<()> {

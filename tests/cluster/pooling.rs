@@ -9,7 +9,10 @@ use anyhow::{bail, ensure, Context, Result};
 use pgrouter_lab::Lab;
 use tokio_postgres::NoTls;
 
-use crate::support::{connect, missing_rows, pgbench_init, Probe, Router, RouterOptions};
+use crate::support::{
+    connect, missing_rows, pgbench_command, pgbench_init, scram_userlist, Probe, Router,
+    RouterOptions,
+};
 
 /// A router whose two ports pool; `postgres` logs in with the SCRAM secret from pg_authid
 /// (pgrouter logs in to the servers with the key recovered from the client's proof),
@@ -40,19 +43,10 @@ fn pooled_router(
          grant execute on function public.pgrouter_lookup(text) to pgrouter_auth;
          grant all on schema public to app_plain;",
     )?;
-    let secret = lab.psql(
-        leader,
-        "select rolpassword from pg_authid where rolname = 'postgres'",
-    )?;
-    ensure!(secret.starts_with("SCRAM-SHA-256$"), "lab secret: {secret}");
-    let dir = lab.spec().dir.join(format!("router-{port}"));
-    std::fs::create_dir_all(&dir)?;
-    let userlist = dir.join("userlist.txt");
-    std::fs::write(
-        &userlist,
-        format!(
-            "; pgbouncer format\n\"postgres\" \"{secret}\"\n\"app_plain\" \"plain-secret\"\n\"pgrouter_auth\" \"auth-secret\"\n\"admin\" \"console-secret\"\n"
-        ),
+    let userlist = scram_userlist(
+        lab,
+        port,
+        "\"app_plain\" \"plain-secret\"\n\"pgrouter_auth\" \"auth-secret\"\n\"admin\" \"console-secret\"\n",
     )?;
     let listen = format!(
         "primary_pool_mode = \"{primary_mode}\"\nreplicas_pool_mode = \"{replicas_mode}\"\n"
@@ -88,23 +82,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Command {
-    let mut c = Command::new("pgbench");
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-n",
-    ])
-    .args(args)
-    .arg("postgres")
-    .env("PGPASSWORD", "postgres");
-    c
 }
 
 /// pgbench ran to its end with every transaction committed and no client aborted.
@@ -146,7 +123,7 @@ pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
     let router = pooled_router(lab, 17540, "transaction", "transaction", 4, "30s")?;
     let port = router.primary;
     for mode in ["simple", "extended", "prepared"] {
-        let out = run(&mut pgbench(
+        let out = run(&mut pgbench_command(
             port,
             &["-S", "-M", mode, "-c", "20", "-j", "2", "-T", "4"],
         ))?;
@@ -155,7 +132,7 @@ pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
     }
     // Read-write transactions (BEGIN ... END) with prepared statements, as many clients as
     // server connections (pgbench prepares synchronously, which needs a free one).
-    let out = run(&mut pgbench(
+    let out = run(&mut pgbench_command(
         port,
         &["-M", "prepared", "-c", "4", "-j", "2", "-T", "3"],
     ))?;
@@ -245,7 +222,7 @@ pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
         lab.pg_port(&old),
         "drop table if exists probe_pooled; create table probe_pooled(id bigint primary key, at timestamptz default clock_timestamp())",
     )?;
-    let bench = pgbench(
+    let bench = pgbench_command(
         router.primary,
         &["-S", "-M", "prepared", "-c", "100", "-j", "2", "-T", "30"],
     )

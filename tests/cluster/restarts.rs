@@ -14,7 +14,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::support::{
     client_backends, connect, eventually, http, missing_rows, pgbench_init, pgbench_run,
-    ports_of_new_connections, server_port, PgbenchRun, Probe, ProbeReport, Router, RouterOptions,
+    ports_of_new_connections, scram_userlist, server_port, PgbenchRun, Probe, ProbeReport, Router,
+    RouterOptions,
 };
 
 /// The password of `admin`, who may open the admin console of [`pooled_router`]s.
@@ -25,19 +26,7 @@ pub const CONSOLE_PASSWORD: &str = "console-secret";
 /// from the client's proof); `admin` may open the admin console. `pool` is the body of the
 /// `[pool]` section.
 pub fn pooled_router(lab: &Lab, port: u16, pool: &str) -> Result<Router> {
-    let leader = lab.pg_port(&lab.leader()?);
-    let secret = lab.psql(
-        leader,
-        "select rolpassword from pg_authid where rolname = 'postgres'",
-    )?;
-    ensure!(secret.starts_with("SCRAM-SHA-256$"), "lab secret: {secret}");
-    let dir = lab.spec().dir.join(format!("router-{port}"));
-    std::fs::create_dir_all(&dir)?;
-    let userlist = dir.join("userlist.txt");
-    std::fs::write(
-        &userlist,
-        format!("\"postgres\" \"{secret}\"\n\"admin\" \"{CONSOLE_PASSWORD}\"\n"),
-    )?;
+    let userlist = scram_userlist(lab, port, &format!("\"admin\" \"{CONSOLE_PASSWORD}\"\n"))?;
     let sections = format!(
         "[pool]\n{pool}\n[auth]\nauth_file = \"{}\"\nadmin_users = [\"admin\"]\n",
         userlist.display()

@@ -21,14 +21,13 @@
 //! A summary line starting with `soak summary:` gives the numbers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use pgrouter_lab::Lab;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::restarts::pooled_router;
 use crate::support::{
@@ -153,65 +152,23 @@ struct Sample {
     holder: Option<String>,
 }
 
-/// Padded standard base64, for etcd's JSON gateway.
-fn b64(input: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The leader key's holder, read (linearizably) from the first etcd member that answers.
+/// The leader key's holder, read from the first etcd member that answers.
 fn leader_key_holder(
     endpoints: &[String],
     key: &str,
     members: &[String],
 ) -> Result<Option<String>> {
-    let body = json!({ "key": b64(key.as_bytes()) }).to_string();
     let mut last = anyhow::anyhow!("no etcd endpoint");
     for addr in endpoints {
-        let attempt = || -> Result<Option<String>> {
-            let sock = addr.parse()?;
-            let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            write!(
-                s,
-                "POST /v3/kv/range HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )?;
-            let mut response = String::new();
-            s.read_to_string(&mut response)?;
-            let (head, json) = response.split_once("\r\n\r\n").context("bad HTTP answer")?;
-            ensure!(
-                head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-                "{head}"
-            );
-            let v: Value = serde_json::from_str(json)?;
-            let Some(value) = v["kvs"][0]["value"].as_str() else {
-                return Ok(None);
-            };
-            members
-                .iter()
-                .find(|m| b64(m.as_bytes()) == value)
-                .map(|m| Some(m.clone()))
-                .with_context(|| format!("leader key holds an unknown value {value}"))
-        };
-        match attempt() {
-            Ok(holder) => return Ok(holder),
+        match pgrouter_lab::etcd_get(addr, key) {
+            Ok(None) => return Ok(None),
+            Ok(Some(value)) => {
+                return members
+                    .iter()
+                    .find(|m| **m == value)
+                    .map(|m| Some(m.clone()))
+                    .with_context(|| format!("leader key holds an unknown value {value}"))
+            }
             Err(e) => last = e.context(format!("etcd {addr}")),
         }
     }

@@ -365,23 +365,29 @@ pub struct PgbenchRun {
     pub output: String,
 }
 
-/// Runs pgbench (`-n`, as postgres) through `port` with `args` to its end (blocking).
+/// pgbench (`-n`, as postgres, database postgres) through `port` with `args`.
+pub fn pgbench_command(port: u16, args: &[&str]) -> Command {
+    let mut c = Command::new("pgbench");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-n",
+    ])
+    .args(args)
+    .arg("postgres")
+    .env("PGPASSWORD", "postgres")
+    .env("PGCONNECT_TIMEOUT", "60")
+    .stdin(Stdio::null());
+    c
+}
+
+/// Runs [`pgbench_command`] to its end (blocking).
 pub fn pgbench_run(port: u16, args: &[&str]) -> Result<PgbenchRun> {
-    let out = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-n",
-        ])
-        .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", "postgres")
-        .env("PGCONNECT_TIMEOUT", "60")
-        .stdin(Stdio::null())
+    let out = pgbench_command(port, args)
         .output()
         .context("running pgbench")?;
     let output = format!(
@@ -417,4 +423,19 @@ pub fn client_backends(lab: &Lab, pg_port: u16) -> Result<u64> {
          and pid <> pg_backend_pid() and application_name not like 'Patroni%'",
     )?;
     Ok(n.trim().parse()?)
+}
+
+/// Writes `<lab dir>/router-<port>/userlist.txt` (pgbouncer's format) giving `postgres` its SCRAM
+/// secret from pg_authid, then `more` lines; returns its path, for a pooled router's auth_file.
+pub fn scram_userlist(lab: &Lab, port: u16, more: &str) -> Result<PathBuf> {
+    let secret = lab.psql(
+        lab.pg_port(&lab.leader()?),
+        "select rolpassword from pg_authid where rolname = 'postgres'",
+    )?;
+    anyhow::ensure!(secret.starts_with("SCRAM-SHA-256$"), "lab secret: {secret}");
+    let dir = lab.spec().dir.join(format!("router-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(&userlist, format!("\"postgres\" \"{secret}\"\n{more}"))?;
+    Ok(userlist)
 }
