@@ -48,8 +48,7 @@ impl Lab {
     /// Removes the rules of [`Lab::cut_off_member`].
     pub fn reconnect_member(&self, member: &str) -> Result<()> {
         let i = self.index(member)?;
-        let rules = std::mem::take(&mut self.state().cut_off[i]);
-        partition::heal(&rules);
+        self.state().cut_off[i].clear();
         Ok(())
     }
 

@@ -37,7 +37,7 @@ pub(crate) struct State {
     /// Per member: frozen by `freeze_member` while holding the leader key.
     pub frozen_leader: Vec<bool>,
     /// Per member: the iptables rules of `cut_off_member`, until `reconnect_member`.
-    pub cut_off: Vec<Vec<Vec<String>>>,
+    pub cut_off: Vec<Vec<partition::IptablesRule>>,
 }
 
 impl Lab {
@@ -62,7 +62,7 @@ impl Lab {
                 patroni: (0..MEMBERS).map(|_| None).collect(),
                 preferred: 0,
                 frozen_leader: vec![false; MEMBERS],
-                cut_off: vec![Vec::new(); MEMBERS],
+                cut_off: (0..MEMBERS).map(|_| Vec::new()).collect(),
             }),
             spec,
             owner,
@@ -241,9 +241,7 @@ impl Lab {
 
     fn teardown(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        for rules in &mut state.cut_off {
-            partition::heal(&std::mem::take(rules));
-        }
+        state.cut_off.iter_mut().for_each(Vec::clear);
         for child in state.patroni.iter_mut().filter_map(Option::take) {
             kill_child(child);
         }

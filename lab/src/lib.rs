@@ -28,6 +28,6 @@ mod status;
 pub use client::run_psql;
 pub use etcd::get as etcd_get;
 pub use lab::Lab;
-pub use partition::iptables;
+pub use partition::IptablesRule;
 pub use spec::LabSpec;
 pub use status::MemberStatus;

@@ -40,8 +40,8 @@ pub(crate) fn remove_group(spec: &LabSpec, index: usize) {
     }
 }
 
-/// Installs the rules cutting member `index` off; returns them for [`heal`].
-pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<Vec<String>>> {
+/// Installs the rules cutting member `index` off; dropping them reconnects it.
+pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<IptablesRule>> {
     let Some(root) = cgroup_root() else {
         bail!("cannot cut a member off: no cgroup v2 hierarchy under /sys/fs/cgroup");
     };
@@ -52,9 +52,9 @@ pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<Vec<String>>> {
         member_name(index)
     );
     let ports = format!("{},{}", spec.pg_port(index), spec.api_port(index));
-    let rules: Vec<Vec<String>> = [
-        vec!["OUTPUT", "-m", "cgroup", "--path", &name, "-j", "DROP"],
-        vec![
+    Ok(vec![
+        IptablesRule::insert(&["OUTPUT", "-m", "cgroup", "--path", &name, "-j", "DROP"])?,
+        IptablesRule::insert(&[
             "INPUT",
             "-i",
             "lo",
@@ -66,38 +66,39 @@ pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<Vec<String>>> {
             &ports,
             "-j",
             "DROP",
-        ],
-    ]
-    .iter()
-    .map(|r| r.iter().map(|s| s.to_string()).collect())
-    .collect();
-    let mut installed = Vec::new();
-    for rule in rules {
-        if let Err(e) = iptables("-I", &rule) {
-            heal(&installed);
-            return Err(e);
-        }
-        installed.push(rule);
-    }
-    Ok(installed)
+        ])?,
+    ])
 }
 
-/// Removes rules installed by [`cut`]; failures are printed, not returned.
-pub(crate) fn heal(rules: &[Vec<String>]) {
-    for rule in rules {
-        if let Err(e) = iptables("-D", rule) {
-            eprintln!("pgrouter-lab: could not remove iptables rule {rule:?}: {e:#}");
-        }
+/// An iptables rule, inserted first in its chain and deleted when dropped (a failure to delete
+/// is printed).
+pub struct IptablesRule {
+    rule: Vec<String>,
+}
+
+impl IptablesRule {
+    /// `iptables -I <rule...>`, e.g. `["INPUT", "-p", "tcp", ..., "-j", "DROP"]`.
+    pub fn insert(rule: &[&str]) -> Result<IptablesRule> {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        iptables("-I", &rule)?;
+        Ok(IptablesRule { rule })
     }
 }
 
-/// Runs `iptables <action> <rule...>` (e.g. `-I`, `-D`); an error carries iptables' stderr.
-pub fn iptables(action: &str, rule: &[String]) -> Result<()> {
+impl Drop for IptablesRule {
+    fn drop(&mut self) {
+        if let Err(e) = iptables("-D", &self.rule) {
+            eprintln!("pgrouter-lab: could not remove iptables rule: {e:#}");
+        }
+    }
+}
+
+fn iptables(action: &str, rule: &[String]) -> Result<()> {
     let out = Command::new("iptables")
         .arg(action)
         .args(rule)
         .output()
-        .context("run iptables (is it installed?)")?;
+        .context("run iptables (installed? root?)")?;
     ensure!(
         out.status.success(),
         "iptables {action} {}: {}",

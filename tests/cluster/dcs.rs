@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use pgrouter_lab::{iptables, Lab};
+use pgrouter_lab::{IptablesRule, Lab};
 use serde_json::json;
 
 use crate::support::{
@@ -284,55 +284,31 @@ const ROUTER_UID: u32 = 65534;
 
 /// An iptables rule that silently drops packets from processes of [`ROUTER_UID`] to the etcd
 /// client ports: pgrouter loses etcd; Patroni, etcd (whose JSON gateway dials its own client
-/// port) and the test do not. Removed on drop.
-struct EtcdBlackhole {
-    rule: Vec<String>,
-}
-
-impl EtcdBlackhole {
-    fn install(lab: &Lab) -> Result<EtcdBlackhole> {
-        let ports: Vec<String> = lab
-            .etcd_endpoints()
-            .iter()
-            .filter_map(|e| e.rsplit(':').next().map(str::to_owned))
-            .collect();
-        let rule: Vec<String> = [
-            "OUTPUT",
-            "-o",
-            "lo",
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-        ]
+/// port) and the test do not. Removed when dropped.
+fn blackhole_etcd(lab: &Lab) -> Result<IptablesRule> {
+    let endpoints = lab.etcd_endpoints();
+    let ports: Vec<&str> = endpoints
         .iter()
-        .map(|s| s.to_string())
-        .chain([ports.join(",")])
-        .chain(
-            [
-                "-m",
-                "owner",
-                "--uid-owner",
-                &ROUTER_UID.to_string(),
-                "-j",
-                "DROP",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        )
+        .filter_map(|e| e.rsplit(':').next())
         .collect();
-        iptables("-I", &rule)?;
-        Ok(EtcdBlackhole { rule })
-    }
-}
-
-impl Drop for EtcdBlackhole {
-    fn drop(&mut self) {
-        if let Err(e) = iptables("-D", &self.rule) {
-            eprintln!("could not remove the iptables rule {:?}: {e:#}", self.rule);
-        }
-    }
+    let (ports, uid) = (ports.join(","), ROUTER_UID.to_string());
+    IptablesRule::insert(&[
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        &ports,
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "DROP",
+    ])
 }
 
 /// etcd unreachable for pgrouter alone (packets dropped, no reset): the leader keeps
@@ -352,7 +328,7 @@ pub async fn etcd_unreachable_for_the_router(lab: &Lab) -> Result<()> {
         .into_iter()
         .find(|m| *m != old)
         .expect("a replica");
-    let blackhole = EtcdBlackhole::install(lab)?;
+    let blackhole = blackhole_etcd(lab)?;
     let result = async {
         eventually(
             "pgrouter notices etcd is unreachable",

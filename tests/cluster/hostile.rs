@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use pgrouter::auth::messages::{sasl_initial_response, sasl_response, AuthRequest};
 use pgrouter::auth::scram::{ClientCredential, ClientExchange};
-use pgrouter_lab::Lab;
+use pgrouter_lab::{IptablesRule, Lab};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -418,8 +418,8 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         .await
         .context("a healthy idle pooled client was cut")?;
     let rules = [
-        DropRule::insert(pt.s.local_addr()?.port(), router.replicas)?,
-        DropRule::insert(pooled.s.local_addr()?.port(), router.primary)?,
+        drop_client_packets(pt.s.local_addr()?.port(), router.replicas)?,
+        drop_client_packets(pooled.s.local_addr()?.port(), router.primary)?,
     ];
     let cut = Instant::now();
     let mut found = Vec::new();
@@ -480,7 +480,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         },
     )
     .await?;
-    let rule = DropRule::insert(hog.s.local_addr()?.port(), timed.primary)?;
+    let rule = drop_client_packets(hog.s.local_addr()?.port(), timed.primary)?;
     let cut = Instant::now();
     eventually(
         "the vanished hog's server connection released",
@@ -917,53 +917,27 @@ async fn stall_in_scram(port: u16) -> Result<()> {
 const RULE_COMMENT: &str = "pgrouter-hostile-test";
 
 /// An iptables rule dropping what a client sends to pgrouter on loopback; removed when dropped.
-struct DropRule {
-    spec: Vec<String>,
-}
-
-impl DropRule {
-    fn insert(client_port: u16, router_port: u16) -> Result<DropRule> {
-        let spec: Vec<String> = [
-            "INPUT",
-            "-p",
-            "tcp",
-            "-s",
-            "127.0.0.1",
-            "-d",
-            "127.0.0.1",
-            "--sport",
-            &client_port.to_string(),
-            "--dport",
-            &router_port.to_string(),
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "DROP",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let out = Command::new("iptables")
-            .arg("-I")
-            .args(&spec)
-            .output()
-            .context("running iptables (installed? root?)")?;
-        ensure!(
-            out.status.success(),
-            "iptables -I {}: {}",
-            spec.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(DropRule { spec })
-    }
-}
-
-impl Drop for DropRule {
-    fn drop(&mut self) {
-        let _ = Command::new("iptables").arg("-D").args(&self.spec).status();
-    }
+fn drop_client_packets(client_port: u16, router_port: u16) -> Result<IptablesRule> {
+    let (client, router) = (client_port.to_string(), router_port.to_string());
+    IptablesRule::insert(&[
+        "INPUT",
+        "-p",
+        "tcp",
+        "-s",
+        "127.0.0.1",
+        "-d",
+        "127.0.0.1",
+        "--sport",
+        &client,
+        "--dport",
+        &router,
+        "-m",
+        "comment",
+        "--comment",
+        RULE_COMMENT,
+        "-j",
+        "DROP",
+    ])
 }
 
 /// Removes rules an earlier, killed run of this test left behind.
