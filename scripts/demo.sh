@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up etcd and a 3-member Patroni cluster on loopback with pgrouter in front of it, prints
-# the DSNs, and runs until Ctrl-C. Ports: pgrouter 5000/5001, etcd 15400, PostgreSQL 15410-15412.
+# the DSNs, and runs until Ctrl-C. Ports: pgrouter 5000/5001, etcd 15400/15402/15404, PostgreSQL
+# 15410-15412.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
