@@ -97,7 +97,8 @@ impl RuntimeConfig {
     /// The worker count to run with. pgrouter usually shares its host with PostgreSQL or the
     /// application, and its work is mostly the kernel's socket calls: on 2 shared cores one
     /// worker gave 14% more pgbench -S tps than two (BENCHMARKS.md). A dedicated router host
-    /// sets `worker_threads` to its core count.
+    /// sets `worker_threads` to its core count. One worker runs tokio's current-thread
+    /// scheduler (see `main`).
     pub fn workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),

@@ -90,8 +90,16 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(config.runtime.workers());
+    // One worker: the current-thread scheduler, which wakes and runs a task without the
+    // atomics and queues the multi-thread one needs to share work between threads.
+    let mut builder = match config.runtime.workers() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -15,6 +15,7 @@ pub mod pools;
 pub mod server;
 pub mod session;
 pub mod statements;
+pub mod tracked;
 pub mod wire;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
 use super::server::{Endpoint, Login, ServerConn, ServerError};
+use super::tracked::Tracked;
 use crate::config::PoolConfig;
 use crate::proxy::route::Target;
 
@@ -60,7 +61,10 @@ pub struct PoolStats {
 pub struct Pool {
     pub key: PoolKey,
     pub addr: String,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, like a lease's: a connection changes hands by pointer, not by copying its
+    /// ~500 bytes at every checkout and release.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     slots: Arc<Semaphore>,
     size: AtomicUsize,
     pub stats: PoolStats,
@@ -68,7 +72,7 @@ pub struct Pool {
 
 /// A server connection checked out of its pool; `release` returns it, dropping it closes it.
 pub struct Lease {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pub pool: Arc<Pool>,
     _slot: OwnedSemaphorePermit,
 }
@@ -147,27 +151,9 @@ impl Pool {
         config: &PoolConfig,
         connect_timeout: Duration,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
-        let started = Instant::now();
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let slot = timeout(
-            config.query_wait_timeout.0,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        let waited = started.elapsed();
-        self.stats
-            .wait_micros
-            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        let slot = match slot {
-            Ok(Ok(slot)) => slot,
-            _ => {
-                return Err(CheckoutError::Busy {
-                    pool: self.name(),
-                    waited,
-                    size: self.size.load(Ordering::Relaxed),
-                })
-            }
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => self.wait_for_slot(config.query_wait_timeout.0).await?,
         };
         loop {
             let Some(mut conn) = lock(&self.idle).pop() else {
@@ -212,7 +198,7 @@ impl Pool {
         tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");
         Ok((
             Lease {
-                conn: opened.conn,
+                conn: Box::new(opened.conn),
                 pool: self.clone(),
                 _slot: slot,
             },
@@ -220,9 +206,29 @@ impl Pool {
         ))
     }
 
+    /// Waits up to `limit` for a slot when all are taken.
+    async fn wait_for_slot(&self, limit: Duration) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let started = Instant::now();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = timeout(limit, self.slots.clone().acquire_owned()).await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let waited = started.elapsed();
+        self.stats
+            .wait_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        match slot {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(CheckoutError::Busy {
+                pool: self.name(),
+                waited,
+                size: self.size.load(Ordering::Relaxed),
+            }),
+        }
+    }
+
     /// Closes idle connections matching `close`.
     fn close_idle(&self, mut close: impl FnMut(&ServerConn) -> bool) -> usize {
-        let closing: Vec<ServerConn> = {
+        let closing: Vec<Box<ServerConn>> = {
             let mut idle = lock(&self.idle);
             let (drop, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| close(c));
             *idle = keep;
@@ -316,12 +322,20 @@ impl Drop for ClientRegistration {
 /// ParameterStatus values by name.
 pub type Params = Arc<HashMap<String, String>>;
 
+/// What a fresh server connection for a (database, user) reports: every ParameterStatus, told
+/// to a new client at login, and the tracked ones by position.
+#[derive(Clone)]
+pub struct Defaults {
+    pub params: Params,
+    pub tracked: Arc<Tracked>,
+}
+
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// ParameterStatus of a fresh server connection per (database, user): the defaults a new
     /// client is told at login without borrowing a server.
-    params: Mutex<HashMap<(String, String), Params>>,
+    params: Mutex<HashMap<(String, String), Defaults>>,
     clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
     next_id: AtomicU64,
 }
@@ -348,11 +362,16 @@ impl Pools {
         pool
     }
 
-    pub fn remember_params(&self, database: &str, user: &str, params: Params) {
-        lock(&self.params).insert((database.to_owned(), user.to_owned()), params);
+    pub fn remember_params(&self, database: &str, user: &str, params: Params) -> Defaults {
+        let defaults = Defaults {
+            tracked: Arc::new(Tracked::from_params(&params)),
+            params,
+        };
+        lock(&self.params).insert((database.to_owned(), user.to_owned()), defaults.clone());
+        defaults
     }
 
-    pub fn params(&self, database: &str, user: &str) -> Option<Params> {
+    pub fn params(&self, database: &str, user: &str) -> Option<Defaults> {
         lock(&self.params)
             .get(&(database.to_owned(), user.to_owned()))
             .cloned()

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
+use super::tracked::Tracked;
 use super::wire::{self, Reader};
 use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
@@ -53,16 +54,29 @@ pub struct ServerConn {
     pub stream: Stream,
     pub id: u64,
     pub member: String,
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     pub key: CancelKey,
-    /// ParameterStatus values as the server last reported them.
-    pub params: HashMap<String, String>,
+    /// The tracked parameters as the server last reported them.
+    pub tracked: Tracked,
     /// ParameterStatus values at login: the defaults a client that sets nothing gets.
     pub initial: std::sync::Arc<HashMap<String, String>>,
     /// Ids of the client statements prepared here under their pooled names.
     pub prepared: HashSet<u64>,
     pub created: Instant,
     pub last_used: Instant,
+    /// Lent to the client holding the connection.
+    pub buffers: Buffers,
+}
+
+/// Buffers a server connection lends to the client holding it: they keep their capacity from
+/// one transaction to the next, so running one allocates nothing, while an idle client holds
+/// only its own small input buffer.
+#[derive(Default)]
+pub struct Buffers {
+    pub from_client: BytesMut,
+    pub from_server: BytesMut,
+    pub to_server: BytesMut,
+    pub to_client: BytesMut,
 }
 
 /// What a login produced besides the connection: SCRAM keys worth caching.
@@ -235,16 +249,17 @@ impl ServerConn {
                 stream,
                 id,
                 member: member.to_owned(),
-                addr: addr.to_owned(),
+                addr: addr.into(),
                 initial: std::sync::Arc::new(params.clone()),
                 key: key.unwrap_or(CancelKey {
                     pid: 0,
                     secret: bytes::Bytes::new(),
                 }),
-                params,
+                tracked: Tracked::from_params(&params),
                 prepared: HashSet::new(),
                 created: now,
                 last_used: now,
+                buffers: Buffers::default(),
             },
             derived,
         })
@@ -264,10 +279,8 @@ impl ServerConn {
                 b'S' => {
                     let mut r = Reader::new(&msg[5..]);
                     if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
-                        self.params.insert(
-                            String::from_utf8_lossy(k).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        );
+                        self.tracked
+                            .update(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
                     }
                 }
                 b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),

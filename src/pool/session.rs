@@ -19,6 +19,7 @@ use super::client_auth::{self, AuthError};
 use super::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
 use super::server::{Login, ServerError};
 use super::statements::{self, sql_effects, ClientStatements, Statement};
+use super::tracked::{self, Tracked, TRACKED};
 use super::wire;
 use crate::config::PoolMode;
 use crate::metrics::{ClientState, StateGauge};
@@ -33,15 +34,8 @@ use crate::proxy::signal::Subscription;
 const BUFFER_LIMIT: usize = 256 * 1024;
 /// A buffer grown past this is given back to the allocator when its client goes idle.
 const KEEP_CAPACITY: usize = 8 * 1024;
-/// Client parameters pgrouter carries over to whichever server connection runs a transaction.
-const TRACKED: [&str; 6] = [
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-];
+/// A buffer a server connection lends is kept up to this size.
+const LENT_CAPACITY: usize = 2 * BUFFER_LIMIT;
 /// Reads go into buffers with at least this much room, grown by `READ_CHUNK`.
 const READ_MIN: usize = 4 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -90,12 +84,12 @@ struct RouteCache {
     topology: Arc<crate::topology::Topology>,
     config: Arc<crate::config::Config>,
     pool: Arc<super::pools::Pool>,
-    route: Route,
+    route: Arc<Route>,
 }
 
 struct Held {
     lease: Lease,
-    route: Route,
+    route: Arc<Route>,
     /// The member left the pool's role mildly (replica no longer eligible): close on release.
     retire: bool,
 }
@@ -109,12 +103,12 @@ pub struct PooledSession {
     registration: ClientRegistration,
     state: StateGauge,
     signal: Subscription,
-    cancel: Arc<Mutex<Option<(String, CancelKey)>>>,
+    cancel: crate::proxy::cancel::PooledTarget,
     statements: ClientStatements,
     /// Tracked parameters the client set itself (at startup or with SET), as the server
     /// reported them; the others are the `defaults` of its database and user.
     vars: Vec<(&'static str, String)>,
-    defaults: Option<super::pools::Params>,
+    defaults: Option<Arc<Tracked>>,
     cin: BytesMut,
     sin: BytesMut,
     to_server: BytesMut,
@@ -293,16 +287,16 @@ impl PooledSession {
         );
         let fits = defaults
             .as_ref()
-            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.get(*k) == Some(v)));
-        let (params, params_defaults) = match defaults {
-            Some(d) if fits => (d.clone(), Some(d)),
+            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.params.get(*k) == Some(v)));
+        let (params, defaults) = match defaults {
+            Some(d) if fits => (d.params.clone(), d),
             _ => {
                 self.state.set(ClientState::Held);
                 let held = self
                     .acquire()
                     .await
                     .map_err(|e| End::Fatal(PgError { fatal: true, ..e }))?;
-                self.held = Some(held);
+                self.hold(held);
                 self.sync_vars();
                 self.flush_to_server().await?;
                 while self.expect.contains(&Expect::InjectedQuery) {
@@ -312,18 +306,17 @@ impl PooledSession {
                 let conn = &held.lease.conn;
                 let mut params = (*conn.initial).clone();
                 for (k, _) in &self.vars {
-                    if let Some(v) = conn.params.get(*k) {
-                        params.insert(k.to_string(), v.clone());
+                    if let Some(v) = tracked::position(k).and_then(|i| conn.tracked.get(i)) {
+                        params.insert(k.to_string(), v.to_owned());
                     }
                 }
-                let initial = conn.initial.clone();
-                self.shared.pools.remember_params(
+                let defaults = self.shared.pools.remember_params(
                     &self.registration.entry.database,
                     &self.registration.entry.user,
-                    initial.clone(),
+                    conn.initial.clone(),
                 );
                 self.put_back(held, Done::Idle).await;
-                (Arc::new(params), Some(initial))
+                (Arc::new(params), defaults)
             }
         };
         let mut out = BytesMut::new();
@@ -339,10 +332,10 @@ impl PooledSession {
                 slot.1 = v.clone();
             }
         }
-        vars.retain(|(k, v)| defaults_of(&params_defaults, k) != Some(v));
+        vars.retain(|(k, v)| defaults.params.get(*k) != Some(v));
         vars.shrink_to_fit();
         self.vars = vars;
-        self.defaults = params_defaults;
+        self.defaults = Some(defaults.tracked);
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
         self.client.send(&out).await.map_err(|_| End::ClientGone)?;
@@ -356,46 +349,83 @@ impl PooledSession {
             if self.cin[0] == b'X' {
                 return Err(End::ClientGone);
             }
-            if let Some(e) = self.owed.take() {
-                Box::pin(self.fail_unit(e)).await?;
-                continue;
+            // Boxed: an idle client's task holds only the idle wait.
+            Box::pin(self.transaction()).await?;
+        }
+    }
+
+    /// Runs the unit of work the client started on a server connection, and gives it back.
+    async fn transaction(&mut self) -> Result<(), End> {
+        if let Some(e) = self.owed.take() {
+            return self.fail_unit(e).await;
+        }
+        self.registration.entry.set(ClientActivity::Waiting, 0);
+        self.state.set(ClientState::Held);
+        match self.acquire().await {
+            Ok(held) => {
+                self.registration
+                    .entry
+                    .set(ClientActivity::Active, held.lease.conn.id);
+                *lock(&self.cancel) =
+                    Some((held.lease.conn.addr.clone(), held.lease.conn.key.clone()));
+                self.hold(held);
             }
-            self.registration.entry.set(ClientActivity::Waiting, 0);
-            self.state.set(ClientState::Held);
-            // Boxed, like every step but the idle wait: an idle client's task stays small.
-            match Box::pin(self.acquire()).await {
-                Ok(held) => {
-                    self.registration
-                        .entry
-                        .set(ClientActivity::Active, held.lease.conn.id);
-                    *lock(&self.cancel) =
-                        Some((held.lease.conn.addr.clone(), held.lease.conn.key.clone()));
-                    self.held = Some(held);
+            Err(e) => return self.fail_unit(e).await,
+        }
+        self.state.set(ClientState::Active);
+        self.sync_vars();
+        let done = self.exchange().await;
+        *lock(&self.cancel) = None;
+        self.registration.entry.set(ClientActivity::Idle, 0);
+        self.state.set(ClientState::Idle);
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(held) = self.held.take() {
+                    self.put_back(held, Done::ClientLeft).await;
                 }
-                Err(e) => {
-                    Box::pin(self.fail_unit(e)).await?;
-                    continue;
-                }
+                return Err(e);
             }
-            self.state.set(ClientState::Active);
-            self.sync_vars();
-            let done = Box::pin(self.exchange()).await;
-            *lock(&self.cancel) = None;
-            self.registration.entry.set(ClientActivity::Idle, 0);
-            self.state.set(ClientState::Idle);
-            let done = match done {
-                Ok(d) => d,
-                Err(e) => {
-                    if let Some(held) = self.held.take() {
-                        Box::pin(self.put_back(held, Done::ClientLeft)).await;
-                    }
-                    return Err(e);
-                }
-            };
-            if let Some(held) = self.held.take() {
-                Box::pin(self.put_back(held, done)).await;
+        };
+        if let Some(held) = self.held.take() {
+            self.put_back(held, done).await;
+        }
+        self.shrink();
+        Ok(())
+    }
+
+    /// Takes `held` and the buffers it lends; the client's unread bytes move into them.
+    fn hold(&mut self, mut held: Box<Held>) {
+        let lent = &mut held.lease.conn.buffers;
+        lent.from_client.extend_from_slice(&self.cin);
+        self.cin.clear();
+        std::mem::swap(&mut self.cin, &mut lent.from_client);
+        std::mem::swap(&mut self.sin, &mut lent.from_server);
+        std::mem::swap(&mut self.to_server, &mut lent.to_server);
+        std::mem::swap(&mut self.to_client, &mut lent.to_client);
+        self.held = Some(held);
+    }
+
+    /// Gives `held` its buffers back, emptied; the client keeps its unread bytes. A buffer
+    /// grown past what a connection keeps is dropped.
+    fn give_back_buffers(&mut self, held: &mut Held) {
+        let lent = &mut held.lease.conn.buffers;
+        if self.cin.is_empty() {
+            std::mem::swap(&mut self.cin, &mut lent.from_client);
+        }
+        std::mem::swap(&mut self.sin, &mut lent.from_server);
+        std::mem::swap(&mut self.to_server, &mut lent.to_server);
+        std::mem::swap(&mut self.to_client, &mut lent.to_client);
+        for buf in [
+            &mut lent.from_client,
+            &mut lent.from_server,
+            &mut lent.to_server,
+            &mut lent.to_client,
+        ] {
+            buf.clear();
+            if buf.capacity() > LENT_CAPACITY {
+                *buf = BytesMut::new();
             }
-            self.shrink();
         }
     }
 
@@ -477,7 +507,7 @@ impl PooledSession {
                             topology: current.clone(),
                             config: config.clone(),
                             pool,
-                            route,
+                            route: Arc::new(route),
                         })
                     }),
             };
@@ -579,22 +609,25 @@ impl PooledSession {
     /// Queues a SET for each tracked parameter where the client and the server differ.
     fn sync_vars(&mut self) {
         let Some(held) = &self.held else { return };
-        let params = &held.lease.conn.params;
-        let sets: Vec<String> = TRACKED
-            .iter()
-            .filter_map(|k| {
-                let wanted = match self.vars.iter().find(|(name, _)| name == k) {
-                    Some((_, v)) => Some(v),
-                    None => defaults_of(&self.defaults, k),
-                }?;
-                (params.get(*k) != Some(wanted)).then_some((k, wanted))
-            })
-            .map(|(k, v)| format!("SET {k} = '{}'", v.replace('\'', "''")))
-            .collect();
+        let server = &held.lease.conn.tracked;
+        let mut sets = String::new();
+        for (i, k) in TRACKED.iter().enumerate() {
+            let wanted = match self.vars.iter().find(|(name, _)| name == k) {
+                Some((_, v)) => Some(v.as_str()),
+                None => self.defaults.as_ref().and_then(|d| d.get(i)),
+            };
+            let Some(wanted) = wanted.filter(|w| server.get(i) != Some(*w)) else {
+                continue;
+            };
+            if !sets.is_empty() {
+                sets.push_str("; ");
+            }
+            sets.push_str(&format!("SET {k} = '{}'", wanted.replace('\'', "''")));
+        }
         if sets.is_empty() {
             return;
         }
-        wire::query(&mut self.to_server, &sets.join("; "));
+        wire::query(&mut self.to_server, &sets);
         self.expect.push_back(Expect::InjectedQuery);
     }
 
@@ -753,9 +786,13 @@ impl PooledSession {
         topology: &mut tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
     ) -> Option<Lost> {
         let current = topology.borrow_and_update().clone();
-        let routing = self.shared.config().routing.clone();
+        let config = self.shared.config();
         let held = self.held.as_mut()?;
-        match self.shared.router.check(&routing, &current, &held.route) {
+        match self
+            .shared
+            .router
+            .check(&config.routing, &current, &held.route)
+        {
             Verdict::Keep => None,
             Verdict::CloseNow(reason) => Some(Lost::Role(reason)),
             Verdict::Drain(_) => {
@@ -854,8 +891,8 @@ impl PooledSession {
         match msg[0] {
             b'X' => return Err(End::ClientGone),
             b'Q' => {
-                let sql = wire::Reader::new(&body).cstr().unwrap_or_default().to_vec();
-                if self.on_sql(&sql, rewrite) {
+                let sql = wire::Reader::new(&body).cstr().unwrap_or_default();
+                if self.on_sql(sql, rewrite) {
                     return Ok(());
                 }
                 self.to_server.extend_from_slice(&msg);
@@ -1115,7 +1152,7 @@ impl PooledSession {
                             self.vars.push((name, v.clone()));
                         }
                         if let Some(h) = &mut self.held {
-                            h.lease.conn.params.insert(k, v);
+                            h.lease.conn.tracked.update(&k, &v);
                         }
                     }
                     if !swallowing {
@@ -1203,7 +1240,7 @@ impl PooledSession {
     /// The held connection is gone or may no longer be used: nothing more from it reaches
     /// the client; the client's unanswered work fails, its connection stays.
     async fn abort(&mut self, lost: Lost) -> Result<Done, End> {
-        let held = self.held.take().expect("abort with a server");
+        let mut held = self.held.take().expect("abort with a server");
         let scope = &self.shared.scope;
         let member = &held.route.member.name;
         let e = match &lost {
@@ -1222,16 +1259,14 @@ impl PooledSession {
             .client_errors
             .with_label_values(&[e.code])
             .inc();
-        held.lease.discard();
         // What the lost server said and was not yet written is dropped. If some of it was
         // owed to the client (maybe half written, maybe whole answers up to ReadyForQuery that
         // `pending` no longer counts), the client cannot be answered in step: close it.
         let partial =
             (self.server_stream_left > 0 && !self.server_stream_drop) || !self.to_client.is_empty();
-        self.sin.clear();
         self.server_stream_left = 0;
-        self.to_server.clear();
-        self.to_client.clear();
+        self.give_back_buffers(&mut held);
+        held.lease.discard();
         if partial {
             // The client saw half a message: there is no way to resynchronise it.
             return Err(End::ClientGone);
@@ -1268,7 +1303,7 @@ impl PooledSession {
     }
 
     /// Returns a connection to its pool, or closes it when its state is unknown.
-    async fn put_back(&mut self, held: Box<Held>, done: Done) {
+    async fn put_back(&mut self, mut held: Box<Held>, done: Done) {
         let clean = self.expect.is_empty()
             && !self.unsynced
             && self.status == b'I'
@@ -1278,8 +1313,7 @@ impl PooledSession {
         self.expect.clear();
         self.unsynced = false;
         self.status = b'I';
-        self.sin.clear();
-        self.to_server.clear();
+        self.give_back_buffers(&mut held);
         if !reusable {
             held.lease.discard();
             return;
@@ -1316,10 +1350,6 @@ enum Event {
     FlushedClient(Result<(), std::convert::Infallible>),
     ReadServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
-}
-
-fn defaults_of<'a>(defaults: &'a Option<super::pools::Params>, key: &str) -> Option<&'a String> {
-    defaults.as_ref()?.get(key)
 }
 
 /// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.

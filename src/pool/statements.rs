@@ -107,7 +107,7 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     let mut e = SqlEffects::default();
     // Most statements mention none of the commands: no allocation for them.
     let words: [&[u8]; 3] = [b"listen", b"deallocate", b"discard"];
-    if !words.iter().any(|w| mentions(sql, w)) {
+    if !mentions_any(sql, &words) {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
@@ -285,10 +285,19 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
     statements
 }
 
-/// ASCII case-insensitive substring test.
-fn mentions(text: &[u8], word: &[u8]) -> bool {
-    text.windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word))
+/// Whether `text` contains any of the lowercase `words`, ASCII case-insensitively, in one
+/// pass: this runs on every statement a pooled client sends.
+fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
+    text.iter().enumerate().any(|(i, c)| {
+        // `| 0x20` lowercases ASCII letters; only a letter can match a word's first byte.
+        let c = c | 0x20;
+        words.iter().any(|w| {
+            w[0] == c
+                && text
+                    .get(i..i + w.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(w))
+        })
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::protocol::startup::CancelKey;
 
 /// Where a pooled client's query runs: (member address, the server connection's key), or
 /// nothing between transactions.
-pub type PooledTarget = Arc<Mutex<Option<(String, CancelKey)>>>;
+pub type PooledTarget = Arc<Mutex<Option<(Arc<str>, CancelKey)>>>;
 
 enum Entry {
     /// Passthrough: the key is the server's own, issued by this member.
@@ -55,7 +55,13 @@ impl CancelRegistry {
     pub fn lookup(&self, key: &CancelKey) -> Option<Option<(String, CancelKey)>> {
         match self.lock().get(key)? {
             Entry::Member(addr) => Some(Some((addr.clone(), key.clone()))),
-            Entry::Pooled(target) => Some(target.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            Entry::Pooled(target) => Some(
+                target
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|(addr, key)| (addr.to_string(), key.clone())),
+            ),
         }
     }
 
@@ -143,7 +149,7 @@ mod tests {
         let target: PooledTarget = Arc::new(Mutex::new(None));
         let _r = registry.register_pooled(key(7), target.clone());
         assert_eq!(registry.lookup(&key(7)), Some(None), "between queries");
-        *target.lock().unwrap() = Some(("127.0.0.1:5432".to_owned(), key(99)));
+        *target.lock().unwrap() = Some(("127.0.0.1:5432".into(), key(99)));
         assert_eq!(
             registry.lookup(&key(7)),
             Some(Some(("127.0.0.1:5432".to_owned(), key(99))))

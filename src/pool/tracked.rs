@@ -1,0 +1,65 @@
+//! The client parameters pgrouter carries over to whichever server connection runs a
+//! transaction, held by position: comparing what a client wants with what a server has
+//! before every transaction is six string comparisons, with no hashing.
+
+use std::collections::HashMap;
+
+/// The parameters, in the order `Tracked` holds them.
+pub const TRACKED: [&str; 6] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// The position of `name` in [`TRACKED`], spelled as the server reports it.
+pub fn position(name: &str) -> Option<usize> {
+    TRACKED.iter().position(|t| *t == name)
+}
+
+/// A value for each tracked parameter, where known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracked([Option<String>; TRACKED.len()]);
+
+impl Tracked {
+    /// The tracked parameters among a server's ParameterStatus values.
+    pub fn from_params(params: &HashMap<String, String>) -> Tracked {
+        Tracked(TRACKED.map(|name| params.get(name).cloned()))
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.0[i].as_deref()
+    }
+
+    /// Records a ParameterStatus; other parameters are ignored.
+    pub fn update(&mut self, name: &str, value: &str) {
+        if let Some(i) = position(name) {
+            if self.0[i].as_deref() != Some(value) {
+                self.0[i] = Some(value.to_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_only_the_tracked_parameters_by_position() {
+        let params = HashMap::from([
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("server_version".to_owned(), "15.4".to_owned()),
+        ]);
+        let mut t = Tracked::from_params(&params);
+        assert_eq!(t.get(position("TimeZone").unwrap()), Some("UTC"));
+        assert_eq!(t.get(position("DateStyle").unwrap()), None);
+        t.update("DateStyle", "ISO, MDY");
+        t.update("server_version", "16");
+        t.update("datestyle", "German");
+        assert_eq!(t.get(1), Some("ISO, MDY"));
+        assert_eq!(position("server_version"), None);
+    }
+}
