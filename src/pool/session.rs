@@ -369,6 +369,7 @@ impl PooledSession {
                 *lock(&self.cancel) =
                     Some((held.lease.conn.addr.clone(), held.lease.conn.key.clone()));
                 self.hold(held);
+                self.read_sent_client();
             }
             Err(e) => return self.fail_unit(e).await,
         }
@@ -404,6 +405,19 @@ impl PooledSession {
         std::mem::swap(&mut self.to_server, &mut lent.to_server);
         std::mem::swap(&mut self.to_client, &mut lent.to_client);
         self.held = Some(held);
+    }
+
+    /// Reads, without waiting, what the client has sent beyond the idle wait's small buffer,
+    /// so a batch (Parse, Bind, Execute, Sync) reaches the server in one write, not two.
+    /// An EOF or error is left for the exchange to read again.
+    fn read_sent_client(&mut self) {
+        use std::future::Future;
+        use tokio::io::AsyncReadExt;
+        if self.cin.capacity() - self.cin.len() < READ_MIN {
+            self.cin.reserve(READ_CHUNK);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let _ = std::pin::pin!(self.client.read_buf(&mut self.cin)).poll(&mut cx);
     }
 
     /// Gives `held` its buffers back, emptied; the client keeps its unread bytes. A buffer
@@ -448,7 +462,10 @@ impl PooledSession {
                         "message of {len} bytes is too long"
                     )))
                 }
-                Ok(_) => {}
+                // Room for the rest of the message (up to a chunk: a length is only a claim
+                // until the bytes come): one read, not one per 64 bytes.
+                Ok(Some((_, len))) => self.cin.reserve((len - self.cin.len()).min(READ_CHUNK)),
+                Ok(None) => {}
                 Err(e) => return Err(End::ClientProtocol(e.to_string())),
             }
             use tokio::io::AsyncReadExt;
