@@ -90,8 +90,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    // One worker: the current-thread scheduler, which wakes and runs a task without the
-    // atomics and queues the multi-thread one needs to share work between threads.
+    // One worker: the current-thread scheduler. Pooled pgbench -S ran 10-17% faster on it
+    // than on a one-worker multi-thread runtime (BENCHMARKS.md, second pooled pass).
     let mut builder = match config.runtime.workers() {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
