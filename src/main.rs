@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    // One worker: the current-thread scheduler. Pooled pgbench -S ran 10-17% faster on it
+    // One worker: the current-thread scheduler. Pooled pgbench -S -c 150 ran 9-16% faster on it
     // than on a one-worker multi-thread runtime (BENCHMARKS.md, second pooled pass).
     let mut builder = match config.runtime.workers() {
         1 => tokio::runtime::Builder::new_current_thread(),
