@@ -362,12 +362,19 @@ impl Pools {
         pool
     }
 
+    /// Remembers what a fresh server connection reported; the same values as already
+    /// remembered give back the shared copy, which every client using them holds.
     pub fn remember_params(&self, database: &str, user: &str, params: Params) -> Defaults {
+        let mut known = lock(&self.params);
+        let key = (database.to_owned(), user.to_owned());
+        if let Some(d) = known.get(&key).filter(|d| d.params == params) {
+            return d.clone();
+        }
         let defaults = Defaults {
             tracked: Arc::new(Tracked::from_params(&params)),
             params,
         };
-        lock(&self.params).insert((database.to_owned(), user.to_owned()), defaults.clone());
+        known.insert(key, defaults.clone());
         defaults
     }
 
