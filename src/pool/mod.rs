@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod pools;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod statements;
 pub mod tracked;
 pub mod wire;

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use super::server::{Endpoint, Login, ServerConn, ServerError};
+use super::slots::{Expired, Slots, Take};
 use super::tracked::Tracked;
 use crate::config::PoolConfig;
 use crate::proxy::route::Target;
@@ -61,11 +61,9 @@ pub struct PoolStats {
 pub struct Pool {
     pub key: PoolKey,
     pub addr: String,
-    /// Boxed, like a lease's: a connection changes hands by pointer, not by copying its
+    /// Connections boxed, like a lease's: they change hands by pointer, not by copying their
     /// ~500 bytes at every checkout and release.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<ServerConn>>>,
-    slots: Arc<Semaphore>,
+    slots: Slots<Box<ServerConn>>,
     size: AtomicUsize,
     pub stats: PoolStats,
 }
@@ -73,8 +71,18 @@ pub struct Pool {
 /// A server connection checked out of its pool; `release` returns it, dropping it closes it.
 pub struct Lease {
     pub conn: Box<ServerConn>,
-    pub pool: Arc<Pool>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
+}
+
+/// A slot taken from a pool; given back when dropped, unless a connection went back with it.
+struct Slot(Option<Arc<Pool>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.slots.free();
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +104,7 @@ impl Pool {
         Pool {
             key,
             addr,
-            idle: Mutex::new(Vec::new()),
-            slots: Arc::new(Semaphore::new(size)),
+            slots: Slots::new(size),
             size: AtomicUsize::new(size),
             stats: PoolStats::default(),
         }
@@ -114,23 +121,24 @@ impl Pool {
     }
 
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.slots.with_idle(|idle| idle.len())
     }
 
     /// (id, backend pid, age, idle for) of the idle connections.
     pub fn idle_servers(&self) -> Vec<(u64, i32, Duration, Duration)> {
         let now = Instant::now();
-        lock(&self.idle)
-            .iter()
-            .map(|c| {
-                (
-                    c.id,
-                    c.key.pid,
-                    now.duration_since(c.created),
-                    now.duration_since(c.last_used),
-                )
-            })
-            .collect()
+        self.slots.with_idle(|idle| {
+            idle.iter()
+                .map(|c| {
+                    (
+                        c.id,
+                        c.key.pid,
+                        now.duration_since(c.created),
+                        now.duration_since(c.last_used),
+                    )
+                })
+                .collect()
+        })
     }
 
     pub fn size(&self) -> usize {
@@ -151,38 +159,40 @@ impl Pool {
         config: &PoolConfig,
         connect_timeout: Duration,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => self.wait_for_slot(config.query_wait_timeout.0).await?,
+        let mut idle = match self.slots.take(config.query_wait_timeout.0) {
+            Take::Now(idle) => idle,
+            Take::Queued(queued) => {
+                let started = Instant::now();
+                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                let granted = queued.await;
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                let waited = started.elapsed();
+                self.stats
+                    .wait_micros
+                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+                granted.map_err(|Expired| CheckoutError::Busy {
+                    pool: self.name(),
+                    waited,
+                    size: self.size(),
+                })?
+            }
         };
-        loop {
-            let Some(mut conn) = lock(&self.idle).pop() else {
-                break;
-            };
+        let slot = Slot(Some(self.clone()));
+        while let Some(mut conn) = idle.take() {
             let now = Instant::now();
             if now.duration_since(conn.created) >= config.server_lifetime.0 {
                 tokio::spawn(conn.close());
-                continue;
-            }
-            if !conn.quiet() {
+            } else if !conn.quiet() {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped an idle server connection that spoke or closed unasked");
-                continue;
-            }
-            if now.duration_since(conn.last_used) >= config.server_check_delay.0
+            } else if now.duration_since(conn.last_used) >= config.server_check_delay.0
                 && !conn.healthy(connect_timeout).await
             {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
-                continue;
+            } else {
+                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                return Ok((Lease { conn, slot }, None));
             }
-            self.stats.active.fetch_add(1, Ordering::Relaxed);
-            return Ok((
-                Lease {
-                    conn,
-                    pool: self.clone(),
-                    _slot: slot,
-                },
-                None,
-            ));
+            idle = self.slots.pop_idle();
         }
         let to = Endpoint {
             id: pools.next_server_id(),
@@ -199,41 +209,19 @@ impl Pool {
         Ok((
             Lease {
                 conn: Box::new(opened.conn),
-                pool: self.clone(),
-                _slot: slot,
+                slot,
             },
             opened.derived,
         ))
     }
 
-    /// Waits up to `limit` for a slot when all are taken.
-    async fn wait_for_slot(&self, limit: Duration) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        let started = Instant::now();
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let slot = timeout(limit, self.slots.clone().acquire_owned()).await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        let waited = started.elapsed();
-        self.stats
-            .wait_micros
-            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        match slot {
-            Ok(Ok(slot)) => Ok(slot),
-            _ => Err(CheckoutError::Busy {
-                pool: self.name(),
-                waited,
-                size: self.size.load(Ordering::Relaxed),
-            }),
-        }
-    }
-
     /// Closes idle connections matching `close`.
     fn close_idle(&self, mut close: impl FnMut(&ServerConn) -> bool) -> usize {
-        let closing: Vec<Box<ServerConn>> = {
-            let mut idle = lock(&self.idle);
+        let closing: Vec<Box<ServerConn>> = self.slots.with_idle(|idle| {
             let (drop, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| close(c));
             *idle = keep;
             drop
-        };
+        });
         let n = closing.len();
         for conn in closing {
             tokio::spawn(conn.close());
@@ -242,27 +230,28 @@ impl Pool {
     }
 
     fn resize(&self, size: usize) {
-        let was = self.size.swap(size, Ordering::Relaxed);
-        if size > was {
-            self.slots.add_permits(size - was);
-        } else {
-            self.slots.forget_permits(was - size);
-        }
+        self.size.store(size, Ordering::Relaxed);
+        self.slots.resize(size);
     }
 }
 
 impl Lease {
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.slot.0.as_ref().expect("a lease holds its slot")
+    }
+
     /// Returns the connection to its pool for the next transaction.
-    pub fn release(mut self) {
-        self.conn.last_used = Instant::now();
-        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-        let Lease { conn, pool, _slot } = self;
-        lock(&pool.idle).push(conn);
+    pub fn release(self) {
+        let Lease { mut conn, mut slot } = self;
+        conn.last_used = Instant::now();
+        let pool = slot.0.take().expect("a lease holds its slot");
+        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        pool.slots.put(conn);
     }
 
     /// Closes the connection (its state is unknown or its member lost its role).
     pub fn discard(self) {
-        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool().stats.active.fetch_sub(1, Ordering::Relaxed);
         tokio::spawn(self.conn.close());
     }
 }
@@ -448,6 +437,8 @@ impl Pools {
         let now = Instant::now();
         let mut closed = 0;
         for pool in self.all() {
+            // query_wait_timeout, to the second.
+            pool.slots.expire(now);
             if pool.size.load(Ordering::Relaxed) != config.pool_size {
                 pool.resize(config.pool_size);
             }

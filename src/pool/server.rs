@@ -2,6 +2,7 @@
 //! and what pgrouter knows about it (parameters, cancel key, statements prepared on it).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::stream::Stream;
@@ -9,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
-use super::tracked::Tracked;
+use super::tracked::{Tracked, Vars};
 use super::wire::{self, Reader};
 use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
@@ -54,12 +55,16 @@ pub struct ServerConn {
     pub stream: Stream,
     pub id: u64,
     pub member: String,
-    pub addr: std::sync::Arc<str>,
+    pub addr: Arc<str>,
     pub key: CancelKey,
     /// The tracked parameters as the server last reported them.
     pub tracked: Tracked,
+    /// A client's settings (its defaults and its own values) last found to need no SET
+    /// here: the next client with the same ones skips the comparison. Cleared when the
+    /// server reports a change.
+    pub in_step: Option<(Arc<Tracked>, Vars)>,
     /// ParameterStatus values at login: the defaults a client that sets nothing gets.
-    pub initial: std::sync::Arc<HashMap<String, String>>,
+    pub initial: Arc<HashMap<String, String>>,
     /// Ids of the client statements prepared here under their pooled names.
     pub prepared: HashSet<u64>,
     pub created: Instant,
@@ -96,6 +101,13 @@ pub struct Endpoint<'a> {
 }
 
 impl ServerConn {
+    /// Records a ParameterStatus the server sent.
+    pub fn note_param(&mut self, name: &str, value: &str) {
+        if self.tracked.update(name, value) {
+            self.in_step = None;
+        }
+    }
+
     /// Connects (with TLS as `tls` says) and logs in, all within `limit`.
     pub async fn open(
         to: &Endpoint<'_>,
@@ -256,6 +268,7 @@ impl ServerConn {
                     secret: bytes::Bytes::new(),
                 }),
                 tracked: Tracked::from_params(&params),
+                in_step: None,
                 prepared: HashSet::new(),
                 created: now,
                 last_used: now,
@@ -279,8 +292,7 @@ impl ServerConn {
                 b'S' => {
                     let mut r = Reader::new(&msg[5..]);
                     if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
-                        self.tracked
-                            .update(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+                        self.note_param(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
                     }
                 }
                 b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),

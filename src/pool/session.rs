@@ -107,7 +107,7 @@ pub struct PooledSession {
     statements: ClientStatements,
     /// Tracked parameters the client set itself (at startup or with SET), as the server
     /// reported them; the others are the `defaults` of its database and user.
-    vars: Vec<(&'static str, String)>,
+    vars: tracked::Vars,
     defaults: Option<Arc<Tracked>>,
     cin: BytesMut,
     sin: BytesMut,
@@ -127,8 +127,9 @@ pub struct PooledSession {
     owed: Option<PgError>,
     /// After an error outside a server: drop the client's messages up to its Sync.
     skipping: bool,
-    /// Boxed: most of the time a client holds none.
-    held: Option<Box<Held>>,
+    /// Inline, not boxed: a few words an idle client carries spare an allocation per
+    /// transaction.
+    held: Option<Held>,
     route_cache: Option<Box<RouteCache>>,
     /// This port's series, looked up once.
     hold_seconds: prometheus::Histogram,
@@ -396,7 +397,7 @@ impl PooledSession {
     }
 
     /// Takes `held` and the buffers it lends; the client's unread bytes move into them.
-    fn hold(&mut self, mut held: Box<Held>) {
+    fn hold(&mut self, mut held: Held) {
         let lent = &mut held.lease.conn.buffers;
         lent.from_client.extend_from_slice(&self.cin);
         self.cin.clear();
@@ -481,7 +482,7 @@ impl PooledSession {
 
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
-    async fn acquire(&mut self) -> Result<Box<Held>, PgError> {
+    async fn acquire(&mut self) -> Result<Held, PgError> {
         let shared = self.shared.clone();
         if shared.is_paused(self.port) {
             let mut paused = shared.pause_switch(self.port);
@@ -549,11 +550,11 @@ impl PooledSession {
                                 shared.credentials.remember_keys(&self.registration.entry.user, keys);
                             }
                             self.hold_seconds.observe(started.elapsed().as_secs_f64());
-                            return Ok(Box::new(Held {
+                            return Ok(Held {
                                 lease,
                                 route,
                                 retire: false,
-                            }));
+                            });
                         }
                         Err(CheckoutError::Busy { pool, waited, size }) => {
                             return Err(PgError::error(
@@ -625,8 +626,14 @@ impl PooledSession {
 
     /// Queues a SET for each tracked parameter where the client and the server differ.
     fn sync_vars(&mut self) {
-        let Some(held) = &self.held else { return };
-        let server = &held.lease.conn.tracked;
+        let Some(held) = &mut self.held else { return };
+        let conn = &mut held.lease.conn;
+        if let (Some(defaults), Some((d, vars))) = (&self.defaults, &conn.in_step) {
+            if Arc::ptr_eq(defaults, d) && *vars == self.vars {
+                return;
+            }
+        }
+        let server = &conn.tracked;
         let mut sets = String::new();
         for (i, k) in TRACKED.iter().enumerate() {
             let wanted = match self.vars.iter().find(|(name, _)| name == k) {
@@ -642,6 +649,7 @@ impl PooledSession {
             sets.push_str(&format!("SET {k} = '{}'", wanted.replace('\'', "''")));
         }
         if sets.is_empty() {
+            conn.in_step = self.defaults.clone().map(|d| (d, self.vars.clone()));
             return;
         }
         wire::query(&mut self.to_server, &sets);
@@ -718,6 +726,15 @@ impl PooledSession {
                     return self.abort(lost).await;
                 }
             }
+            // What fits in the sockets now goes without a select round (plain TCP; TLS
+            // records go through the select, which flushes them).
+            let held = self.held.as_mut().expect("exchange runs with a server");
+            if let Err(e) = write_now(&held.lease.conn.stream, &mut self.to_server) {
+                return self.abort(Lost::Server(e.to_string())).await;
+            }
+            if write_now(&self.client, &mut self.to_client).is_err() {
+                return Err(End::ClientGone);
+            }
             let flushed = self.to_client.is_empty()
                 && self.to_server.is_empty()
                 && !server_unflushed
@@ -754,7 +771,7 @@ impl PooledSession {
             match event {
                 Event::Signal => {}
                 Event::WroteServer(Ok(n)) if n > 0 => {
-                    let _ = self.to_server.split_to(n);
+                    bytes::Buf::advance(&mut self.to_server, n);
                     server_unflushed = server_tls;
                 }
                 Event::FlushedServer(Ok(())) => server_unflushed = false,
@@ -774,7 +791,7 @@ impl PooledSession {
                     }
                 }
                 Event::WroteClient(Ok(n)) if n > 0 => {
-                    let _ = self.to_client.split_to(n);
+                    bytes::Buf::advance(&mut self.to_client, n);
                     client_unflushed = client_tls;
                 }
                 Event::FlushedClient(Ok(())) => client_unflushed = false,
@@ -871,7 +888,8 @@ impl PooledSession {
                 if n == 0 {
                     return Ok(());
                 }
-                self.to_server.extend_from_slice(&self.cin.split_to(n));
+                self.to_server.extend_from_slice(&self.cin[..n]);
+                bytes::Buf::advance(&mut self.cin, n);
                 self.client_stream_left -= n;
                 continue;
             }
@@ -1107,10 +1125,10 @@ impl PooledSession {
                 if n == 0 {
                     return Ok(());
                 }
-                let bytes = self.sin.split_to(n);
                 if !self.server_stream_drop {
-                    self.to_client.extend_from_slice(&bytes);
+                    self.to_client.extend_from_slice(&self.sin[..n]);
                 }
+                bytes::Buf::advance(&mut self.sin, n);
                 self.server_stream_left -= n;
                 continue;
             }
@@ -1141,13 +1159,13 @@ impl PooledSession {
                         self.to_client.extend_from_slice(&msg);
                         if let Some(h) = &self.held {
                             h.lease
-                                .pool
+                                .pool()
                                 .stats
                                 .queries
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if self.status == b'I' {
                                 h.lease
-                                    .pool
+                                    .pool()
                                     .stats
                                     .transactions
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1169,7 +1187,7 @@ impl PooledSession {
                             self.vars.push((name, v.clone()));
                         }
                         if let Some(h) = &mut self.held {
-                            h.lease.conn.tracked.update(&k, &v);
+                            h.lease.conn.note_param(&k, &v);
                         }
                     }
                     if !swallowing {
@@ -1320,7 +1338,7 @@ impl PooledSession {
     }
 
     /// Returns a connection to its pool, or closes it when its state is unknown.
-    async fn put_back(&mut self, mut held: Box<Held>, done: Done) {
+    async fn put_back(&mut self, mut held: Held, done: Done) {
         let clean = self.expect.is_empty()
             && !self.unsynced
             && self.status == b'I'
@@ -1367,6 +1385,22 @@ enum Event {
     FlushedClient(Result<(), std::convert::Infallible>),
     ReadServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
+}
+
+/// Writes what a plain socket takes of `buf` without waiting; leaves TLS streams alone.
+fn write_now(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
+    let Stream::Plain(tcp) = stream else {
+        return Ok(());
+    };
+    while !buf.is_empty() {
+        match tcp.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes::Buf::advance(buf, n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.

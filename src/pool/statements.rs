@@ -106,8 +106,7 @@ pub struct SqlEffects {
 pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     let mut e = SqlEffects::default();
     // Most statements mention none of the commands: no allocation for them.
-    let words: [&[u8]; 3] = [b"listen", b"deallocate", b"discard"];
-    if !mentions_any(sql, &words) {
+    if !mentions_any(sql) {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
@@ -285,18 +284,30 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
     statements
 }
 
-/// Whether `text` contains any of the lowercase `words`, ASCII case-insensitively, in one
-/// pass: this runs on every statement a pooled client sends.
-fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
-    // Bytes that can start a word, in either case: most bytes are rejected by one lookup.
-    let mut initial = [false; 256];
-    for w in words {
-        initial[usize::from(w[0])] = true;
-        initial[usize::from(w[0].to_ascii_uppercase())] = true;
+/// The commands whose effects `sql_effects` looks for, lowercase.
+const WORDS: [&[u8]; 4] = [b"listen", b"unlisten", b"deallocate", b"discard"];
+
+/// Bytes that start one of `WORDS`, in either case.
+const INITIALS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < WORDS.len() {
+        t[WORDS[i][0] as usize] = true;
+        t[WORDS[i][0].to_ascii_uppercase() as usize] = true;
+        i += 1;
     }
+    t
+};
+
+/// Whether `text` has one of `WORDS` where a word starts (as `split_sql` reads words), ASCII
+/// case-insensitively, in one pass: this runs on every statement a pooled client sends, and
+/// most bytes are passed over after one lookup.
+fn mentions_any(text: &[u8]) -> bool {
+    let word_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     text.iter().enumerate().any(|(i, &c)| {
-        initial[usize::from(c)]
-            && words.iter().any(|w| {
+        INITIALS[usize::from(c)]
+            && (i == 0 || !word_byte(text[i - 1]))
+            && WORDS.iter().any(|w| {
                 text.get(i..i + w.len())
                     .is_some_and(|t| t.eq_ignore_ascii_case(w))
             })
@@ -320,6 +331,18 @@ mod tests {
             Statement::new(def("select 1")).effects,
             SqlEffects::default()
         );
+    }
+
+    #[test]
+    fn the_prefilter_finds_the_commands_only_where_words_start() {
+        assert!(mentions_any(b"LISTEN jobs"));
+        assert!(mentions_any(b"select 1;Discard all"));
+        assert!(mentions_any(b"/* x */deallocate p"));
+        assert!(!mentions_any(b"select abalance from t where aid = 1"));
+        assert!(!mentions_any(
+            b"select xlisten, _discard, $deallocate, \xc3\xa9listen"
+        ));
+        assert!(sql_effects(b"select 1;\nlisten jobs").listen);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const TRACKED: [&str; 6] = [
     "application_name",
 ];
 
+/// Tracked parameters a client set itself, by name, as the server reported them.
+pub type Vars = Vec<(&'static str, String)>;
+
 /// The position of `name` in [`TRACKED`], spelled as the server reports it.
 pub fn position(name: &str) -> Option<usize> {
     TRACKED.iter().position(|t| *t == name)
@@ -33,12 +36,14 @@ impl Tracked {
         self.0[i].as_deref()
     }
 
-    /// Records a ParameterStatus; other parameters are ignored.
-    pub fn update(&mut self, name: &str, value: &str) {
-        if let Some(i) = position(name) {
-            if self.0[i].as_deref() != Some(value) {
+    /// Records a ParameterStatus (other parameters are ignored); whether a value changed.
+    pub fn update(&mut self, name: &str, value: &str) -> bool {
+        match position(name) {
+            Some(i) if self.0[i].as_deref() != Some(value) => {
                 self.0[i] = Some(value.to_owned());
+                true
             }
+            _ => false,
         }
     }
 }

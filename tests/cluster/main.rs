@@ -94,6 +94,9 @@ const TESTS: &[(&str, TestFn)] = &[
         "pooled_kill_9_of_the_leader_keeps_clients_connected",
         |lab| Box::pin(pooling::kill_leader_keeps_clients(lab)),
     ),
+    ("pooled_query_wait_timeout_refuses_then_serves", |lab| {
+        Box::pin(pooling::wait_timeout(lab))
+    }),
     (
         "tls_verify_full_require_mutual_channel_binding_cancel_reload",
         |lab| Box::pin(tls::clients(lab)),

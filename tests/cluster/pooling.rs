@@ -510,3 +510,57 @@ async fn after_kill(
     );
     Ok(())
 }
+
+/// A transaction that finds every server connection taken waits `query_wait_timeout`, then
+/// gets ERROR 57P03 naming pgrouter and the pool; the client's connection stays usable, and a
+/// transaction whose wait ends in time (the holder commits) runs.
+pub async fn wait_timeout(lab: &Lab) -> Result<()> {
+    let router =
+        crate::restarts::pooled_router(lab, 17556, "pool_size = 1\nquery_wait_timeout = \"2s\"\n")?;
+    let port = router.primary;
+    // Both log in first: a login asking for settings other than the defaults borrows a
+    // server connection too.
+    let (holder, _h) = connect(port, "pgrouter-test-holder").await?;
+    let (waiter, _w) = connect(port, "pgrouter-test-waiter").await?;
+    // An open transaction keeps the only server connection.
+    holder.batch_execute("begin; select 1").await?;
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(60), waiter.simple_query("select 2"))
+        .await
+        .context("the waiting transaction got no answer")?
+        .err()
+        .context("a transaction ran while the only server connection was held")?;
+    let db = refused
+        .as_db_error()
+        .with_context(|| format!("not an ErrorResponse: {refused:?}"))?;
+    ensure!(
+        db.code().code() == "57P03"
+            && db.message().contains("pgrouter")
+            && db.message().contains("no server connection free"),
+        "refusal: {} {}",
+        db.code().code(),
+        db.message()
+    );
+    let waited = started.elapsed();
+    ensure!(
+        waited >= Duration::from_secs(2),
+        "refused after {waited:?}, before query_wait_timeout"
+    );
+    let waiting = tokio::spawn(async move {
+        let r = waiter.query_one("select 3", &[]).await;
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.batch_execute("commit").await?;
+    let (r, waiter) = tokio::time::timeout(Duration::from_secs(60), waiting).await??;
+    ensure!(r?.get::<_, i32>(0) == 3, "the served waiter's answer");
+    let four: i32 = waiter.query_one("select 4", &[]).await?.get(0);
+    let five: i32 = holder.query_one("select 5", &[]).await?.get(0);
+    ensure!((four, five) == (4, 5), "both clients usable afterwards");
+    println!(
+        "  refused after {:.1}s with 57P03: {}",
+        waited.as_secs_f64(),
+        db.message()
+    );
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! A pool's slots: at most `size` items out at once, idle items kept for reuse (the most
+//! recently returned first), and checkouts that find no free slot served first come, first
+//! served. A returned item goes straight to the oldest waiter under the one lock. Waiters
+//! carry a deadline that `expire` enforces from the pool's upkeep, so waiting costs no timer.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use tokio::time::Instant;
+
+pub struct Slots<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    idle: Vec<T>,
+    /// Slots taken: items out, or being made by whoever took the slot.
+    out: usize,
+    size: usize,
+    waiting: VecDeque<Arc<Waiter<T>>>,
+}
+
+struct Waiter<T> {
+    deadline: Instant,
+    grant: Mutex<Option<Granted<T>>>,
+    waker: AtomicWaker,
+}
+
+/// A slot with the idle item on top, if any (`None`: make a new one); `Err` when no slot came
+/// free before the deadline.
+pub type Granted<T> = Result<Option<T>, Expired>;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expired;
+
+/// What `take` found.
+pub enum Take<'a, T> {
+    /// A free slot, with the idle item on top if any.
+    Now(Option<T>),
+    /// In line for a slot.
+    Queued(Queued<'a, T>),
+}
+
+impl<T> Slots<T> {
+    pub fn new(size: usize) -> Slots<T> {
+        Slots {
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                out: 0,
+                size,
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Takes a free slot, or joins the line to wait up to `limit` for one.
+    pub fn take(&self, limit: Duration) -> Take<'_, T> {
+        let mut st = self.lock();
+        if st.out < st.size && st.waiting.is_empty() {
+            st.out += 1;
+            return Take::Now(st.idle.pop());
+        }
+        let waiter = Arc::new(Waiter {
+            deadline: Instant::now() + limit,
+            grant: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        });
+        st.waiting.push_back(waiter.clone());
+        Take::Queued(Queued {
+            slots: self,
+            waiter: Some(waiter),
+        })
+    }
+
+    /// The next idle item for a slot already taken (the one given was not fit for use).
+    pub fn pop_idle(&self) -> Option<T> {
+        self.lock().idle.pop()
+    }
+
+    /// Returns an item and its slot; the oldest waiter gets both.
+    pub fn put(&self, item: T) {
+        let mut st = self.lock();
+        st.out -= 1;
+        st.idle.push(item);
+        serve(&mut st);
+    }
+
+    /// Frees a slot whose item is gone; the oldest waiter gets it.
+    pub fn free(&self) {
+        let mut st = self.lock();
+        st.out -= 1;
+        serve(&mut st);
+    }
+
+    pub fn resize(&self, size: usize) {
+        let mut st = self.lock();
+        st.size = size;
+        serve(&mut st);
+    }
+
+    /// Tells the waiters whose deadline is past that no slot came free.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut st = self.lock();
+        let before = st.waiting.len();
+        st.waiting.retain(|w| {
+            if w.deadline > now {
+                return true;
+            }
+            w.give(Err(Expired));
+            false
+        });
+        before - st.waiting.len()
+    }
+
+    /// Runs `f` on the idle items.
+    pub fn with_idle<R>(&self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        f(&mut self.lock().idle)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Every change is made whole under the lock: a panic elsewhere cannot tear it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Gives free slots to the waiters, oldest first.
+fn serve<T>(st: &mut State<T>) {
+    while st.out < st.size {
+        let Some(w) = st.waiting.pop_front() else {
+            return;
+        };
+        st.out += 1;
+        let item = st.idle.pop();
+        w.give(Ok(item));
+    }
+}
+
+impl<T> Waiter<T> {
+    fn give(&self, granted: Granted<T>) {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = Some(granted);
+        self.waker.wake();
+    }
+
+    fn taken(&self) -> Option<Granted<T>> {
+        self.grant.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A checkout in line; dropped before it resolves, it leaves the line, or passes on what it
+/// was given.
+pub struct Queued<'a, T> {
+    slots: &'a Slots<T>,
+    waiter: Option<Arc<Waiter<T>>>,
+}
+
+impl<T> Future for Queued<'_, T> {
+    type Output = Granted<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Granted<T>> {
+        let Some(waiter) = &self.waiter else {
+            return Poll::Ready(Err(Expired));
+        };
+        waiter.waker.register(cx.waker());
+        match waiter.taken() {
+            Some(granted) => {
+                self.waiter = None;
+                Poll::Ready(granted)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Unpin for Queued<'_, T> {}
+
+impl<T> Drop for Queued<'_, T> {
+    fn drop(&mut self) {
+        let Some(waiter) = self.waiter.take() else {
+            return;
+        };
+        let mut st = self.slots.lock();
+        if let Some(i) = st.waiting.iter().position(|w| Arc::ptr_eq(w, &waiter)) {
+            st.waiting.remove(i);
+            return;
+        }
+        // Served in the meantime: what it was given goes to the next in line.
+        if let Some(Ok(item)) = waiter.taken() {
+            st.out -= 1;
+            if let Some(item) = item {
+                st.idle.push(item);
+            }
+            serve(&mut st);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn poll<T>(q: &mut Queued<'_, T>) -> Poll<Granted<T>> {
+        Pin::new(q).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn queued<T>(t: Take<'_, T>) -> Queued<'_, T> {
+        match t {
+            Take::Queued(q) => q,
+            Take::Now(_) => panic!("expected to wait"),
+        }
+    }
+
+    #[test]
+    fn a_returned_item_goes_to_the_oldest_waiter() {
+        let slots = Slots::new(2);
+        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        let mut first = queued(slots.take(LONG));
+        let mut second = queued(slots.take(LONG));
+        assert!(poll(&mut first).is_pending());
+        slots.put(7);
+        assert_eq!(poll(&mut second), Poll::Pending);
+        assert_eq!(poll(&mut first), Poll::Ready(Ok(Some(7))));
+        slots.free();
+        assert_eq!(poll(&mut second), Poll::Ready(Ok(None)));
+        // Both slots are out again: a newcomer waits.
+        assert!(matches!(slots.take(LONG), Take::Queued(_)));
+    }
+
+    #[test]
+    fn idle_items_are_reused_most_recent_first() {
+        let slots = Slots::new(3);
+        for _ in 0..3 {
+            assert!(matches!(slots.take(LONG), Take::Now(None)));
+        }
+        slots.put(1);
+        slots.put(2);
+        assert!(matches!(slots.take(LONG), Take::Now(Some(2))));
+        assert_eq!(slots.pop_idle(), Some(1));
+        assert_eq!(slots.with_idle(|v| v.len()), 0);
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_passes_on_what_it_was_given() {
+        let slots = Slots::new(1);
+        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        let gone = queued(slots.take(LONG));
+        let mut next = queued(slots.take(LONG));
+        let mut left_early = queued(slots.take(LONG));
+        slots.put(5); // to `gone`, which leaves without looking
+        drop(gone);
+        assert_eq!(poll(&mut next), Poll::Ready(Ok(Some(5))));
+        assert_eq!(slots.waiting(), 1);
+        assert!(poll(&mut left_early).is_pending());
+        drop(left_early);
+        assert_eq!(slots.waiting(), 0);
+        slots.put(5);
+        assert!(matches!(slots.take(LONG), Take::Now(Some(5))));
+    }
+
+    #[test]
+    fn expire_answers_only_waiters_past_their_deadline() {
+        let slots = Slots::<u8>::new(0);
+        let mut short = queued(slots.take(Duration::from_millis(10)));
+        let mut long = queued(slots.take(LONG));
+        assert_eq!(slots.expire(Instant::now()), 0);
+        assert_eq!(slots.expire(Instant::now() + Duration::from_secs(1)), 1);
+        assert_eq!(poll(&mut short), Poll::Ready(Err(Expired)));
+        assert!(poll(&mut long).is_pending());
+        slots.resize(1);
+        assert_eq!(poll(&mut long), Poll::Ready(Ok(None)));
+    }
+
+    #[test]
+    fn a_smaller_size_holds_back_returned_slots() {
+        let slots = Slots::new(2);
+        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        slots.resize(1);
+        let mut waiter = queued(slots.take(LONG));
+        slots.put(1); // 2 out of 1 -> 1: still full
+        assert!(poll(&mut waiter).is_pending());
+        slots.put(2);
+        assert_eq!(poll(&mut waiter), Poll::Ready(Ok(Some(2))));
+    }
+}
