@@ -226,7 +226,7 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
                         p.key.member.clone(),
                         p.key.target.label().to_owned(),
                         s.active.load(Ordering::Relaxed).to_string(),
-                        s.waiting.load(Ordering::Relaxed).to_string(),
+                        p.waiting().to_string(),
                         s.active.load(Ordering::Relaxed).to_string(),
                         p.idle_count().to_string(),
                         p.size().to_string(),

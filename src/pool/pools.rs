@@ -50,7 +50,6 @@ impl TargetKey {
 /// Counters of one pool, for SHOW POOLS / SHOW STATS and the metrics.
 #[derive(Default)]
 pub struct PoolStats {
-    pub waiting: AtomicUsize,
     pub active: AtomicUsize,
     pub transactions: AtomicU64,
     pub queries: AtomicU64,
@@ -145,6 +144,11 @@ impl Pool {
         self.size.load(Ordering::Relaxed)
     }
 
+    /// Checkouts in line for a slot.
+    pub fn waiting(&self) -> usize {
+        self.slots.waiting()
+    }
+
     /// Server connections open: idle plus those leased to clients.
     pub fn open_count(&self) -> usize {
         self.idle_count() + self.stats.active.load(Ordering::Relaxed)
@@ -163,9 +167,7 @@ impl Pool {
             Take::Now(idle) => idle,
             Take::Queued(queued) => {
                 let started = Instant::now();
-                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
                 let granted = queued.await;
-                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 let waited = started.elapsed();
                 self.stats
                     .wait_micros
@@ -390,7 +392,7 @@ impl Pools {
             metrics
                 .pool_waiting
                 .with_label_values(&labels)
-                .set(p.stats.waiting.load(Ordering::Relaxed) as i64);
+                .set(p.waiting() as i64);
         }
     }
 

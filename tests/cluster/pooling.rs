@@ -525,9 +525,16 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
     // An open transaction keeps the only server connection.
     holder.batch_execute("begin; select 1").await?;
     let started = Instant::now();
-    let refused = tokio::time::timeout(Duration::from_secs(60), waiter.simple_query("select 2"))
+    let first = tokio::spawn(async move {
+        let r = waiter.simple_query("select 2").await.map(|_| ());
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_line = waiting_in_console(port)?;
+    let (r, waiter) = tokio::time::timeout(Duration::from_secs(60), first)
         .await
-        .context("the waiting transaction got no answer")?
+        .context("the waiting transaction got no answer")??;
+    let refused = r
         .err()
         .context("a transaction ran while the only server connection was held")?;
     let db = refused
@@ -546,6 +553,10 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
         waited >= Duration::from_secs(2),
         "refused after {waited:?}, before query_wait_timeout"
     );
+    ensure!(
+        (in_line.as_str(), waiting_in_console(port)?.as_str()) == ("1", "0"),
+        "SHOW POOLS cl_waiting while waiting: {in_line}, after the refusal: not 0"
+    );
     let waiting = tokio::spawn(async move {
         let r = waiter.query_one("select 3", &[]).await;
         (r, waiter)
@@ -563,4 +574,21 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
         db.message()
     );
     Ok(())
+}
+
+/// cl_waiting of the leader's pool for `postgres`, from the admin console's SHOW POOLS.
+fn waiting_in_console(port: u16) -> Result<String> {
+    let out = psql(
+        port,
+        "admin",
+        crate::restarts::CONSOLE_PASSWORD,
+        "pgrouter",
+        "SHOW POOLS",
+    )?;
+    let t = text(&out);
+    t.lines()
+        .find(|l| l.starts_with("postgres|postgres|") && l.contains("|leader|"))
+        .and_then(|l| l.split('|').nth(5))
+        .map(str::to_owned)
+        .with_context(|| format!("no leader pool for postgres in SHOW POOLS:\n{t}"))
 }
