@@ -167,6 +167,7 @@ impl<T> Future for Queued<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Granted<T>> {
         let Some(waiter) = &self.waiter else {
+            // Polled again after it resolved: nothing more will come.
             return Poll::Ready(Err(Expired));
         };
         waiter.waker.register(cx.waker());
@@ -179,8 +180,6 @@ impl<T> Future for Queued<'_, T> {
         }
     }
 }
-
-impl<T> Unpin for Queued<'_, T> {}
 
 impl<T> Drop for Queued<'_, T> {
     fn drop(&mut self) {
