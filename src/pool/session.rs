@@ -565,6 +565,22 @@ impl PooledSession {
                                 ),
                             ))
                         }
+                        Err(CheckoutError::Server(ServerError::Refused { code, message }))
+                            if code == sqlstate::CANNOT_CONNECT_NOW =>
+                        {
+                            // Starting up or shutting down, as the old leader in a switchover.
+                            (
+                                PgError::error(
+                                    sqlstate::CANNOT_CONNECT_NOW,
+                                    format!(
+                                        "pgrouter: cluster \"{scope}\": member \"{}\" is not accepting connections: {message}",
+                                        route.member.name
+                                    ),
+                                )
+                                .with_hint("The member is starting up or shutting down; retry the transaction."),
+                                true,
+                            )
+                        }
                         Err(CheckoutError::Server(ServerError::Refused { code, message })) => {
                             if code == sqlstate::INVALID_PASSWORD {
                                 shared.credentials.forget_keys(&self.registration.entry.user);

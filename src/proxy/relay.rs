@@ -20,7 +20,7 @@ use crate::protocol::startup::CancelKey;
 use crate::topology::Topology;
 
 /// Bytes read per direction in one batch.
-const BATCH: usize = 16 * 1024;
+pub const BATCH: usize = 16 * 1024;
 
 /// Longest length field a client message may have. PostgreSQL refuses anything longer
 /// (PQ_LARGE_MESSAGE_LIMIT, 1 GiB - 1; 2^31 and up are negative to it) by closing the
@@ -38,7 +38,12 @@ pub struct Cause {
 #[derive(Debug)]
 pub enum End {
     ClientClosed,
-    ServerClosed,
+    /// The server closed or failed (`error`); `tell` says whether the client can be told: at a
+    /// message boundary, and the server's last word was not an ErrorResponse of its own.
+    ServerGone {
+        error: Option<std::io::Error>,
+        tell: bool,
+    },
     /// The member lost the leader key mid-session; `at_boundary` says whether the client can be told.
     Lost {
         reason: String,
@@ -52,7 +57,6 @@ pub enum End {
         at_boundary: bool,
     },
     ClientError(std::io::Error),
-    ServerError(std::io::Error),
     ClientProtocol(BadLength),
     /// The client closed its side with a message half sent.
     ClientTruncated,
@@ -91,6 +95,12 @@ impl Pump {
             flushes,
             unflushed: false,
         }
+    }
+
+    /// Starts with `data`, at most a batch, to write before anything is read.
+    pub fn preload(&mut self, data: &[u8]) {
+        self.buf[..data.len()].copy_from_slice(data);
+        (self.start, self.end) = (0, data.len());
     }
 
     pub fn pending(&self) -> bool {
@@ -156,6 +166,10 @@ pub struct Follow<'a> {
     pub up_scan: Scanner,
     pub down_scan: Scanner,
     pub tx: TxState,
+    /// Tag of the last whole message from the server.
+    pub last_from_server: u8,
+    /// The client sent Terminate: the server closing is the end it asked for.
+    pub terminated: bool,
     registration: Option<Registration>,
     up_bytes: IntCounter,
     down_bytes: IntCounter,
@@ -179,6 +193,8 @@ impl<'a> Follow<'a> {
                 awaiting: 1,
                 status: 0,
             },
+            last_from_server: 0,
+            terminated: false,
             registration: None,
             up_bytes: bytes("client_to_server"),
             down_bytes: bytes("server_to_client"),
@@ -192,11 +208,11 @@ impl<'a> Follow<'a> {
     /// Bytes from the client: count what will earn a ReadyForQuery.
     pub fn client_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
         self.up_bytes.inc_by(data.len() as u64);
-        let tx = &mut self.tx;
-        self.up_scan.feed(data, |tag, _| {
-            if matches!(tag, b'Q' | b'S' | b'F') {
-                tx.awaiting = tx.awaiting.saturating_add(1);
-            }
+        let (tx, terminated) = (&mut self.tx, &mut self.terminated);
+        self.up_scan.feed(data, |tag, _| match tag {
+            b'Q' | b'S' | b'F' => tx.awaiting = tx.awaiting.saturating_add(1),
+            b'X' => *terminated = true,
+            _ => {}
         })
     }
 
@@ -205,32 +221,42 @@ impl<'a> Follow<'a> {
         self.down_bytes.inc_by(data.len() as u64);
         let Follow {
             tx,
+            last_from_server,
             registration,
             transactions,
             shared,
             member_addr,
             ..
         } = self;
-        self.down_scan.feed(data, |tag, body| match tag {
-            b'Z' => {
-                tx.awaiting = tx.awaiting.saturating_sub(1);
-                if body.first() == Some(&b'I') && tx.status != 0 {
-                    transactions.inc();
+        self.down_scan.feed(data, |tag, body| {
+            *last_from_server = tag;
+            match tag {
+                b'Z' => {
+                    tx.awaiting = tx.awaiting.saturating_sub(1);
+                    if body.first() == Some(&b'I') && tx.status != 0 {
+                        transactions.inc();
+                    }
+                    tx.status = body.first().copied().unwrap_or(0);
                 }
-                tx.status = body.first().copied().unwrap_or(0);
+                b'K' if body.len() >= 8 => {
+                    let key = CancelKey {
+                        pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                        secret: Bytes::copy_from_slice(&body[4..]),
+                    };
+                    // Drop the old registration first: dropping it after would unregister a key
+                    // sent twice.
+                    *registration = None;
+                    *registration = Some(shared.cancels.register(key, member_addr));
+                }
+                _ => {}
             }
-            b'K' if body.len() >= 8 => {
-                let key = CancelKey {
-                    pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-                    secret: Bytes::copy_from_slice(&body[4..]),
-                };
-                // Drop the old registration first: dropping it after would unregister a key
-                // sent twice.
-                *registration = None;
-                *registration = Some(shared.cancels.register(key, member_addr));
-            }
-            _ => {}
         })
+    }
+
+    /// Whether a client whose server went away can be told so: the stream to it stands at a
+    /// message boundary and the server's last message was not an error of its own.
+    fn can_tell(&self, down: &Pump) -> bool {
+        !down.pending() && self.down_scan.at_boundary() && self.last_from_server != b'E'
     }
 }
 
@@ -244,11 +270,13 @@ const SHUTDOWN: &str = "shutdown";
 
 impl Relay<'_> {
     /// Relays until either side closes or pgrouter ends the session. The caller has already
-    /// forwarded the startup packet; `state` counts the client under active or idle.
+    /// forwarded the startup packet and read `first` (at most a batch) of the server's answer;
+    /// `state` counts the client under active or idle.
     pub async fn run(
         &self,
         client: &mut Stream,
         server: &mut Stream,
+        first: &[u8],
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
@@ -262,6 +290,10 @@ impl Relay<'_> {
         let (mut cr, mut cw) = client.halves();
         let (mut sr, mut sw) = server.halves();
         let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
+        down.preload(first);
+        if let Err(e) = follow.server_bytes(first) {
+            return End::ServerProtocol(e);
+        }
         let mut drain: Option<(Instant, Cause)> = None;
         // A change that arrived between routing and now must not be missed.
         topology.mark_changed();
@@ -324,8 +356,14 @@ impl Relay<'_> {
                         }
                     }
                     Ok(Step::Wrote) => {}
-                    Ok(Step::Eof) => return End::ServerClosed,
-                    Err(Side::Read(e)) => return End::ServerError(e),
+                    Ok(Step::Eof) if follow.terminated => return End::ClientClosed,
+                    Ok(Step::Eof) => {
+                        return End::ServerGone { error: None, tell: follow.can_tell(&down) }
+                    }
+                    Err(Side::Read(_)) if follow.terminated => return End::ClientClosed,
+                    Err(Side::Read(e)) => {
+                        return End::ServerGone { error: Some(e), tell: follow.can_tell(&down) }
+                    }
                     Err(Side::Write(e)) => return End::ClientError(e),
                 },
                 step = up.step(&mut cr, &mut sw), if !hold_client => match step {
@@ -338,7 +376,9 @@ impl Relay<'_> {
                     Ok(Step::Eof) if !follow.up_scan.at_boundary() => return End::ClientTruncated,
                     Ok(Step::Eof) => return End::ClientClosed,
                     Err(Side::Read(e)) => return End::ClientError(e),
-                    Err(Side::Write(e)) => return End::ServerError(e),
+                    Err(Side::Write(e)) => {
+                        return End::ServerGone { error: Some(e), tell: follow.can_tell(&down) }
+                    }
                 },
             }
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::TlsMode;
@@ -17,6 +17,7 @@ use super::relay::{terminate, End, Relay};
 use super::route::{Port, Route};
 use super::shared::Shared;
 use crate::metrics::{ClientState, StateGauge};
+use crate::pool::wire;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
 
@@ -117,13 +118,13 @@ async fn passthrough(
 ) {
     state.set(ClientState::Held);
     let held = Instant::now();
-    let connected = connect(&shared, port).await;
+    let connected = connect(&shared, port, &startup.raw).await;
     shared
         .metrics
         .hold_seconds
         .with_label_values(&[port.label()])
         .observe(held.elapsed().as_secs_f64());
-    let (route, mut server) = match connected {
+    let (route, mut server, first) = match connected {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(%peer, %port, error = %e, "no member for client");
@@ -137,18 +138,13 @@ async fn passthrough(
         .with_label_values(&[&member]);
     server_gauge.inc();
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
-    let end = match server.send(&startup.raw).await {
-        Ok(()) => {
-            Relay {
-                shared: &shared,
-                route: &route,
-                port,
-            }
-            .run(&mut client, &mut server, &mut state)
-            .await
-        }
-        Err(e) => End::ServerError(e),
-    };
+    let end = Relay {
+        shared: &shared,
+        route: &route,
+        port,
+    }
+    .run(&mut client, &mut server, &first, &mut state)
+    .await;
     finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
     server_gauge.dec();
 }
@@ -212,10 +208,15 @@ async fn upgrade(client: &mut Stream, acceptor: &tokio_rustls::TlsAcceptor) -> s
     Ok(())
 }
 
-/// Picks a member and connects to it, holding the client while the port is paused or the
-/// cluster has none to offer (no leader, a switchover under way, a member not accepting
-/// connections) up to hold_timeout.
-async fn connect(shared: &Shared, port: Port) -> Result<(Route, Stream), PgError> {
+/// Picks a member, connects to it and forwards `startup`, holding the client while the port
+/// is paused or the cluster has none to offer (no leader, a switchover under way, a member
+/// unreachable or not accepting connections) up to hold_timeout. Returns the member's first
+/// bytes with the connection, for the relay to pass on.
+async fn connect(
+    shared: &Shared,
+    port: Port,
+    startup: &[u8],
+) -> Result<(Route, Stream, Vec<u8>), PgError> {
     let mut paused = shared.pause_switch(port);
     // Paused: wait for resume, as pgbouncer's PAUSE does; hold_timeout starts after it.
     while *paused.borrow_and_update() {
@@ -232,14 +233,23 @@ async fn connect(shared: &Shared, port: Port) -> Result<(Route, Stream), PgError
         let current = topology.borrow_and_update().clone();
         let (failure, retry_soon) = match shared.router.pick(&routing, &current, port) {
             Ok(route) => {
-                match timeout(routing.connect_timeout.0, tls.connect(&route.member.addr)).await {
-                    Ok(Ok(server)) => return Ok((route, server)),
+                let limit = routing.connect_timeout.0;
+                match timeout(limit, open(&tls, &route.member.addr, startup)).await {
+                    Ok(Ok(Answer::Relay(server, first))) => return Ok((route, server, first)),
+                    Ok(Ok(Answer::NotNow(why))) => (not_now(&shared.scope, &route, &why), true),
                     Ok(Err(e)) => (
                         connection_failure(&shared.scope, &route, &e.to_string()),
                         true,
                     ),
                     Err(_) => (
-                        connection_failure(&shared.scope, &route, "connect timed out"),
+                        connection_failure(
+                            &shared.scope,
+                            &route,
+                            &format!(
+                                "no answer within connect_timeout ({}s)",
+                                limit.as_secs_f64()
+                            ),
+                        ),
                         true,
                     ),
                 }
@@ -252,6 +262,75 @@ async fn connect(shared: &Shared, port: Port) -> Result<(Route, Stream), PgError
         if !wait_to_retry(&mut topology, deadline, retry_soon).await {
             return Err(failure);
         }
+    }
+}
+
+/// What a member made of a forwarded startup packet.
+enum Answer {
+    /// Its first bytes, for the relay to pass on: an authentication request, most often.
+    Relay(Stream, Vec<u8>),
+    /// ErrorResponse 57P03: the member is starting up, shutting down or recovering, as the old
+    /// leader is during a switchover. Not for the client, who is held and tried again.
+    NotNow(String),
+}
+
+/// Most of a member's first answer read before relaying starts; an ErrorResponse is read
+/// whole when it fits.
+const FIRST_ANSWER: usize = 8 * 1024;
+const _: () = assert!(FIRST_ANSWER <= super::relay::BATCH, "the relay preloads it");
+
+/// Connects to `addr`, sends `startup` and reads the member's first bytes.
+async fn open(tls: &Tls, addr: &str, startup: &[u8]) -> std::io::Result<Answer> {
+    let mut server = tls.connect(addr).await?;
+    server.send(startup).await?;
+    let mut first = vec![0; FIRST_ANSWER];
+    let mut filled = 0;
+    loop {
+        match server.read(&mut first[filled..]).await? {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the member closed the connection before answering the startup",
+                ))
+            }
+            n => filled += n,
+        }
+        match classify(&first[..filled]) {
+            First::Partial => {}
+            First::NotNow(why) => return Ok(Answer::NotNow(why)),
+            First::Relay => break,
+        }
+    }
+    first.truncate(filled);
+    Ok(Answer::Relay(server, first))
+}
+
+#[derive(Debug, PartialEq)]
+enum First {
+    /// An ErrorResponse not read whole yet, or not even a header.
+    Partial,
+    NotNow(String),
+    Relay,
+}
+
+/// What the start of a member's answer to a startup packet calls for.
+fn classify(answer: &[u8]) -> First {
+    match wire::header(answer) {
+        Ok(None) => First::Partial,
+        Ok(Some((b'E', len))) if len <= FIRST_ANSWER => {
+            let Some(body) = answer.get(5..len) else {
+                return First::Partial;
+            };
+            let fields = wire::error_fields(body);
+            let field = |code| fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v);
+            match field(b'C') {
+                Some(c) if c == sqlstate::CANNOT_CONNECT_NOW => {
+                    First::NotNow(field(b'M').cloned().unwrap_or_default())
+                }
+                _ => First::Relay,
+            }
+        }
+        _ => First::Relay,
     }
 }
 
@@ -287,6 +366,17 @@ fn no_member(scope: &str, port: Port, why: &str, held: Option<Duration>) -> PgEr
         format!("pgrouter: cluster \"{scope}\": {role}{waited}: {why}"),
     )
     .with_hint("Patroni is electing or promoting a leader; retry shortly.")
+}
+
+fn not_now(scope: &str, route: &Route, why: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::CANNOT_CONNECT_NOW,
+        format!(
+            "pgrouter: cluster \"{scope}\": member \"{}\" is not accepting connections: {why}",
+            route.member.name
+        ),
+    )
+    .with_hint("The member is starting up or shutting down; retry shortly.")
 }
 
 fn connection_failure(scope: &str, route: &Route, cause: &str) -> PgError {
@@ -386,10 +476,26 @@ async fn finish(
         End::ServerProtocol(e) => {
             tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol")
         }
-        End::ClientClosed | End::ServerClosed => {
-            tracing::debug!(%peer, %port, %member, "session ended")
+        End::ServerGone { error, tell } => {
+            let why = error.map_or_else(
+                || "the server closed the connection".to_owned(),
+                |e| e.to_string(),
+            );
+            tracing::info!(%peer, %port, %member, %why, "lost the server connection");
+            if tell {
+                let message = format!(
+                    "pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\": {why}"
+                );
+                send_error(
+                    shared,
+                    client,
+                    &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
+                )
+                .await;
+            }
         }
-        End::ClientError(e) | End::ServerError(e) => {
+        End::ClientClosed => tracing::debug!(%peer, %port, %member, "session ended"),
+        End::ClientError(e) => {
             tracing::debug!(%peer, %port, %member, error = %e, "session failed")
         }
     }
@@ -439,5 +545,38 @@ async fn forward_cancel(shared: &Shared, key: &CancelKey) {
         if let Err(e) = result {
             tracing::warn!(member_addr = %addr, error = %e, "could not forward cancel request");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_not_accepting_connections_is_told_from_one_to_relay() {
+        let shutting_down = PgError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the database system is shutting down",
+        )
+        .encode();
+        for cut in 0..shutting_down.len() {
+            assert_eq!(
+                classify(&shutting_down[..cut]),
+                First::Partial,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            classify(&shutting_down),
+            First::NotNow("the database system is shutting down".into())
+        );
+        let no_database = PgError::fatal("3D000", "database \"nope\" does not exist").encode();
+        assert_eq!(classify(&no_database), First::Relay);
+        // AuthenticationSASL, read in part: relayed as it comes.
+        assert_eq!(classify(b"R\0\0\0\x17\0\0\0\x0aSCRAM"), First::Relay);
+        // An ErrorResponse longer than what is read before relaying is relayed too.
+        let mut long = vec![b'E'];
+        long.extend_from_slice(&(FIRST_ANSWER as u32 + 10).to_be_bytes());
+        assert_eq!(classify(&long), First::Relay);
     }
 }

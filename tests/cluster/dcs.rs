@@ -8,7 +8,8 @@ use pgrouter_lab::{IptablesRule, Lab};
 use serde_json::json;
 
 use crate::support::{
-    connect, eventually, ports_of_new_connections, server_port, Router, RouterOptions,
+    connect, eventually, ports_of_new_connections, server_port, Arrivals, Refusals, Router,
+    RouterOptions,
 };
 
 pub async fn etcd_restart(lab: &Lab) -> Result<()> {
@@ -161,10 +162,27 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
     ensure!(
         matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&leader))
     );
+    // Clients keep arriving while Patroni demotes the leader: none may land on the member
+    // once it runs as a replica, nor be handed its own "shutting down" or "starting up".
+    let arrivals = Arrivals::start(router.primary);
     lab.stop_etcd()?;
     let refused = until_refused(router.primary, Duration::from_secs(60)).await;
+    // Until the demoted leader runs again, read-only.
+    let demoted = eventually(
+        "the old leader running as a replica",
+        Duration::from_secs(60),
+        || async { Ok(lab.psql(lab.pg_port(&leader), "select pg_is_in_recovery()")? == "t") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let arrived = arrivals.finish().await;
     lab.start_etcd()?;
     let message = refused?;
+    demoted?;
+    arrived.check(
+        "clients arriving through the outage",
+        Refusals::FromPgrouter,
+    )?;
     println!("  without etcd, once unconfirmed: {message}");
     ensure!(
         message.contains("etcd is unreachable and the last leader"),

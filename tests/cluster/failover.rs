@@ -7,7 +7,8 @@ use anyhow::{ensure, Result};
 use pgrouter_lab::Lab;
 
 use crate::support::{
-    connect, eventually, missing_rows, Probe, ProbeReport, Router, RouterOptions,
+    connect, eventually, missing_rows, Arrivals, Probe, ProbeReport, Refusals, Router,
+    RouterOptions,
 };
 
 fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
@@ -63,12 +64,19 @@ pub async fn switchover(lab: &Lab) -> Result<()> {
     let (idle, idle_conn) = connect(router.primary, "pgrouter-idle").await?;
     let probe = Probe::start(router.primary, "probe_switchover");
     probe.wait_for_acks(50, Duration::from_secs(30)).await?;
+    // The old leader refuses connections while it shuts down, before it gives up the key:
+    // clients arriving then are held for the new leader, not handed the refusal.
+    let arrivals = Arrivals::start(router.primary);
 
     lab.switchover(None)?;
     let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
     probe.wait_for_acks(100, Duration::from_secs(60)).await?;
     let report = probe.finish().await;
     summary("switchover", &report);
+    arrivals
+        .finish()
+        .await
+        .check("clients arriving through the switchover", Refusals::None)?;
 
     nothing_lost_one_error_per_connection(lab, &new, "probe_switchover", &report)?;
     ensure!(

@@ -494,6 +494,67 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         "  a client vanished with results queued for it: cut by user_timeout (5s) after {:.1}s",
         took.as_secs_f64()
     );
+
+    // 4. The server connection under a passthrough session reset (what pgrouter sends the member
+    // is answered by a TCP reset): the client is told, by pgrouter, naming the member.
+    let (client, _conn) = connect(timed.primary, "hostile-server-reset").await?;
+    let row = client
+        .query_one("select inet_server_port(), inet_client_port()", &[])
+        .await?;
+    let (member_port, router_side) = (row.get::<_, i32>(0), row.get::<_, i32>(1));
+    let rule = IptablesRule::insert(&[
+        "INPUT",
+        "-p",
+        "tcp",
+        "-s",
+        "127.0.0.1",
+        "-d",
+        "127.0.0.1",
+        "--sport",
+        &router_side.to_string(),
+        "--dport",
+        &member_port.to_string(),
+        "-m",
+        "comment",
+        "--comment",
+        RULE_COMMENT,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])?;
+    let answer = tokio::time::timeout(PATIENCE, client.simple_query("select 4")).await;
+    drop(rule);
+    let member = lab
+        .member_names()
+        .into_iter()
+        .find(|m| i32::from(lab.pg_port(m)) == member_port)
+        .context("the session's member")?;
+    lab.psql(
+        lab.pg_port(&member),
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hostile-server-reset'",
+    )?;
+    let e = match answer {
+        Ok(Err(e)) => e,
+        other => bail!("a reset server connection: {other:?}"),
+    };
+    let db = e
+        .as_db_error()
+        .with_context(|| format!("closed without an ErrorResponse: {e}"))?;
+    ensure!(
+        db.code().code() == "08006"
+            && db.message().starts_with(&format!(
+                "pgrouter: cluster \"{SCOPE}\": lost the server connection to member \"{member}\""
+            )),
+        "a reset server connection: {} {}",
+        db.code().code(),
+        db.message()
+    );
+    println!(
+        "  a server connection reset under a session: {} {}",
+        db.code().code(),
+        db.message()
+    );
     Ok(())
 }
 

@@ -10,8 +10,8 @@ use pgrouter_lab::Lab;
 use tokio_postgres::NoTls;
 
 use crate::support::{
-    connect, missing_rows, pgbench_command, pgbench_init, scram_userlist, Probe, Router,
-    RouterOptions,
+    connect, missing_rows, pgbench_command, pgbench_init, scram_userlist, Arrivals, Probe,
+    Refusals, Router, RouterOptions,
 };
 
 /// A router whose two ports pool; `postgres` logs in with the SCRAM secret from pg_authid
@@ -232,11 +232,16 @@ pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
     let probe = Probe::start(router.primary, "probe_pooled");
     probe.wait_for_acks(50, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let arrivals = Arrivals::start(router.primary);
 
     lab.switchover(None)?;
     let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
     probe.wait_for_acks(200, Duration::from_secs(60)).await?;
     let report = probe.finish().await;
+    arrivals.finish().await.check(
+        "pooled clients arriving through the switchover",
+        Refusals::None,
+    )?;
     println!(
         "  pooled writer probe: longest write gap {:.2}s, {} query errors, {} connect errors, {} connections, {} rows",
         report.longest_gap.as_secs_f64(),

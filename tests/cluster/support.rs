@@ -439,3 +439,113 @@ pub fn scram_userlist(lab: &Lab, port: u16, more: &str) -> Result<PathBuf> {
     std::fs::write(&userlist, format!("\"postgres\" \"{secret}\"\n{more}"))?;
     Ok(userlist)
 }
+
+/// New clients arriving all the time on a primary port (four at once, each leaving and coming
+/// back every 5 ms), asking whether they landed on a primary.
+pub struct Arrivals {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<ArrivalsReport>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ArrivalsReport {
+    pub served: u32,
+    /// Landed on a member in recovery.
+    pub on_replica: u32,
+    /// Refused at connect.
+    pub refused: Vec<String>,
+    /// Connected, then the session ended before its answer.
+    pub cut: Vec<String>,
+}
+
+impl Arrivals {
+    pub fn start(port: u16) -> Arrivals {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = (0..4)
+            .map(|_| tokio::spawn(arrive(port, stopped.clone())))
+            .collect();
+        Arrivals { stop, tasks }
+    }
+
+    pub async fn finish(self) -> ArrivalsReport {
+        let _ = self.stop.send(true);
+        let mut all = ArrivalsReport::default();
+        for task in self.tasks {
+            let report = task.await.unwrap_or_default();
+            all.served += report.served;
+            all.on_replica += report.on_replica;
+            all.refused.extend(report.refused);
+            all.cut.extend(report.cut);
+        }
+        all
+    }
+}
+
+async fn arrive(port: u16, mut stopped: tokio::sync::watch::Receiver<bool>) -> ArrivalsReport {
+    let mut report = ArrivalsReport::default();
+    while !*stopped.borrow_and_update() {
+        match connect(port, "pgrouter-test-arrival").await {
+            Err(e) => report.refused.push(format!("{e:#}")),
+            Ok((client, _conn)) => {
+                match client.query_one("select pg_is_in_recovery()", &[]).await {
+                    Ok(row) if row.get::<_, bool>(0) => report.on_replica += 1,
+                    Ok(_) => report.served += 1,
+                    Err(e) => report.cut.push(format!("{e:#}")),
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(5), stopped.changed()).await;
+    }
+    report
+}
+
+fn kinds(errors: &[String]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = errors.iter().map(String::as_str).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+}
+
+impl ArrivalsReport {
+    /// Prints the counts and fails on a landing on a replica, on a refusal that is not
+    /// pgrouter's own (when `refusals` allows them at all) and on a session cut without an
+    /// ErrorResponse saying why.
+    pub fn check(&self, what: &str, refusals: Refusals) -> Result<()> {
+        println!(
+            "  {what}: {} new clients served by the primary, {} on a replica, {} refused {:?}, {} cut {:?}",
+            self.served,
+            self.on_replica,
+            self.refused.len(),
+            kinds(&self.refused),
+            self.cut.len(),
+            kinds(&self.cut)
+        );
+        anyhow::ensure!(
+            self.on_replica == 0,
+            "{what}: {} on a replica",
+            self.on_replica
+        );
+        let bad_refusals: Vec<&str> = match refusals {
+            Refusals::None => kinds(&self.refused),
+            Refusals::FromPgrouter => kinds(&self.refused)
+                .into_iter()
+                .filter(|e| !e.contains("pgrouter: cluster"))
+                .collect(),
+        };
+        anyhow::ensure!(
+            bad_refusals.is_empty(),
+            "{what}: refused by {bad_refusals:?}"
+        );
+        let silent: Vec<&str> = kinds(&self.cut)
+            .into_iter()
+            .filter(|e| !e.starts_with("db error"))
+            .collect();
+        anyhow::ensure!(silent.is_empty(), "{what}: cut without a word: {silent:?}");
+        Ok(())
+    }
+}
+
+pub enum Refusals {
+    None,
+    FromPgrouter,
+}
