@@ -83,7 +83,7 @@ async fn relay_to(server: String) -> String {
                     route: &route,
                     port: Port::Primary,
                 }
-                .run(&mut client, &mut server, &[], &mut state)
+                .run(&mut client, &mut server, Vec::new(), &mut state)
                 .await;
             });
         }

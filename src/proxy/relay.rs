@@ -276,7 +276,7 @@ impl Relay<'_> {
         &self,
         client: &mut Stream,
         server: &mut Stream,
-        first: &[u8],
+        first: Vec<u8>,
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
@@ -290,10 +290,11 @@ impl Relay<'_> {
         let (mut cr, mut cw) = client.halves();
         let (mut sr, mut sw) = server.halves();
         let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
-        down.preload(first);
-        if let Err(e) = follow.server_bytes(first) {
+        down.preload(&first);
+        if let Err(e) = follow.server_bytes(&first) {
             return End::ServerProtocol(e);
         }
+        drop(first);
         let mut drain: Option<(Instant, Cause)> = None;
         // A change that arrived between routing and now must not be missed.
         topology.mark_changed();

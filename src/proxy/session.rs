@@ -143,7 +143,7 @@ async fn passthrough(
         route: &route,
         port,
     }
-    .run(&mut client, &mut server, &first, &mut state)
+    .run(&mut client, &mut server, first, &mut state)
     .await;
     finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
     server_gauge.dec();
