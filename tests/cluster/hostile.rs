@@ -502,27 +502,11 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         .query_one("select inet_server_port(), inet_client_port()", &[])
         .await?;
     let (member_port, router_side) = (row.get::<_, i32>(0), row.get::<_, i32>(1));
-    let rule = IptablesRule::insert(&[
-        "INPUT",
-        "-p",
-        "tcp",
-        "-s",
-        "127.0.0.1",
-        "-d",
-        "127.0.0.1",
-        "--sport",
-        &router_side.to_string(),
-        "--dport",
-        &member_port.to_string(),
-        "-m",
-        "comment",
-        "--comment",
-        RULE_COMMENT,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ])?;
+    let rule = loopback_rule(
+        router_side as u16,
+        member_port as u16,
+        &["REJECT", "--reject-with", "tcp-reset"],
+    )?;
     let answer = tokio::time::timeout(PATIENCE, client.simple_query("select 4")).await;
     drop(rule);
     let member = lab
@@ -979,8 +963,13 @@ const RULE_COMMENT: &str = "pgrouter-hostile-test";
 
 /// An iptables rule dropping what a client sends to pgrouter on loopback; removed when dropped.
 fn drop_client_packets(client_port: u16, router_port: u16) -> Result<IptablesRule> {
-    let (client, router) = (client_port.to_string(), router_port.to_string());
-    IptablesRule::insert(&[
+    loopback_rule(client_port, router_port, &["DROP"])
+}
+
+/// An iptables rule sending TCP packets from `from_port` to `to_port` on loopback to `target`.
+fn loopback_rule(from_port: u16, to_port: u16, target: &[&str]) -> Result<IptablesRule> {
+    let (from, to) = (from_port.to_string(), to_port.to_string());
+    let mut rule = vec![
         "INPUT",
         "-p",
         "tcp",
@@ -989,16 +978,17 @@ fn drop_client_packets(client_port: u16, router_port: u16) -> Result<IptablesRul
         "-d",
         "127.0.0.1",
         "--sport",
-        &client,
+        &from,
         "--dport",
-        &router,
+        &to,
         "-m",
         "comment",
         "--comment",
         RULE_COMMENT,
         "-j",
-        "DROP",
-    ])
+    ];
+    rule.extend_from_slice(target);
+    IptablesRule::insert(&rule)
 }
 
 /// Removes rules an earlier, killed run of this test left behind.
