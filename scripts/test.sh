@@ -8,6 +8,8 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Advisories need the RustSec database from GitHub, out of reach here (see deny.toml).
+# cargo-deny reads the metadata of every platform's dependencies, which a build does not fetch.
+cargo fetch --quiet
 cargo deny --offline --log-level error check licenses bans sources
 PGROUTER_LAB_TESTS=1 cargo test --workspace
 cargo bench --bench relay -- --test
