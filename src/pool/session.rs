@@ -1291,6 +1291,19 @@ impl PooledSession {
     /// The held connection is gone or may no longer be used: nothing more from it reaches
     /// the client; the client's unanswered work fails, its connection stays.
     async fn abort(&mut self, lost: Lost) -> Result<Done, End> {
+        // Whole answers a dying server completed (queued, not yet written) are the client's,
+        // as they would be on a direct connection; not once its member has lost its role.
+        let mid_message = self.server_stream_left > 0 && !self.server_stream_drop;
+        let answers_whole = matches!(lost, Lost::Server(_))
+            && !mid_message
+            && self
+                .check_route(&mut self.shared.topology.clone())
+                .is_none();
+        let answers = if answers_whole {
+            std::mem::take(&mut self.to_client)
+        } else {
+            BytesMut::new()
+        };
         let mut held = self.held.take().expect("abort with a server");
         let scope = &self.shared.scope;
         let member = &held.route.member.name;
@@ -1310,11 +1323,10 @@ impl PooledSession {
             .client_errors
             .with_label_values(&[e.code])
             .inc();
-        // What the lost server said and was not yet written is dropped. If some of it was
-        // owed to the client (maybe half written, maybe whole answers up to ReadyForQuery that
-        // `pending` no longer counts), the client cannot be answered in step: close it.
-        let partial =
-            (self.server_stream_left > 0 && !self.server_stream_drop) || !self.to_client.is_empty();
+        // Anything else the lost server said and was not yet written is dropped. If some of it
+        // was owed to the client (half a message, or whole answers from a member that lost its
+        // role), the client cannot be answered in step: close it.
+        let partial = mid_message || !self.to_client.is_empty();
         self.server_stream_left = 0;
         self.give_back_buffers(&mut held);
         held.lease.discard();
@@ -1332,7 +1344,7 @@ impl PooledSession {
             }));
         }
         let pending = self.expect.iter().filter(|e| **e == Expect::Sync).count();
-        let mut out = BytesMut::new();
+        let mut out = answers;
         for _ in 0..pending {
             out.extend_from_slice(&e.encode());
             wire::ready_for_query(&mut out, b'I');

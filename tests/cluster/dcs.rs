@@ -77,6 +77,16 @@ enum Landing {
     Broken,
 }
 
+/// A session that landed and was ended under it, as Patroni demotes the leader or pgrouter
+/// drops it: the server's own 57P01, or pgrouter's 57P01 or 08006.
+fn cut_short(db: &tokio_postgres::error::DbError) -> bool {
+    match db.code().code() {
+        "57P01" => true,
+        "08006" => db.message().starts_with("pgrouter: "),
+        _ => false,
+    }
+}
+
 /// Connects through `port`. A connection must land on a member that is not in recovery (a
 /// write reaching a demoted member is the failure this file guards against); a refusal must
 /// be 57P03 naming pgrouter and the cluster.
@@ -88,7 +98,7 @@ async fn land(port: u16) -> Result<Landing> {
                 .await
             {
                 Ok(row) => row,
-                Err(e) if e.as_db_error().is_none() => return Ok(Landing::Broken),
+                Err(e) if e.as_db_error().is_none_or(cut_short) => return Ok(Landing::Broken),
                 Err(e) => return Err(e.into()),
             };
             let (server, in_recovery): (i32, bool) = (row.get(0), row.get(1));
@@ -106,6 +116,9 @@ async fn land(port: u16) -> Result<Landing> {
     else {
         return Ok(Landing::Broken);
     };
+    if cut_short(db) {
+        return Ok(Landing::Broken);
+    }
     let message = db.message().to_owned();
     ensure!(
         db.code().code() == "57P03",
@@ -122,12 +135,28 @@ async fn land(port: u16) -> Result<Landing> {
 /// Connects until the router refuses with 57P03; every connection before that lands on a
 /// primary.
 async fn until_refused(port: u16, timeout: Duration) -> Result<String> {
+    until_refused_with(port, "", timeout).await
+}
+
+/// Connects until pgrouter refuses with a message containing `needle`; other refusals on the
+/// way are printed.
+async fn until_refused_with(port: u16, needle: &str, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
     loop {
         if let Landing::Refused(message) = land(port).await? {
-            return Ok(message);
+            if message.contains(needle) {
+                return Ok(message);
+            }
+            if !seen.contains(&message) {
+                println!("  refused on the way: {message}");
+                seen.push(message);
+            }
         }
-        ensure!(Instant::now() < deadline, "still routed after {timeout:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "no refusal with {needle:?} after {timeout:?}; others: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -158,15 +187,25 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
         ..RouterOptions::default()
     };
     let router = Router::start(lab, 17570, opts)?;
+    let pooled = crate::restarts::pooled_router_routing(lab, 17588, "", "hold_timeout = \"2s\"\n")?;
     let leader = lab.leader()?;
     ensure!(
         matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&leader))
     );
-    // Clients keep arriving while Patroni demotes the leader: none may land on the member
-    // once it runs as a replica, nor be handed its own "shutting down" or "starting up".
+    // Clients keep arriving, through both routers, while Patroni demotes the leader: none may
+    // land on the member once it runs as a replica, nor be handed its own "shutting down" or
+    // "starting up", nor be refused for it: they are held, then refused for want of a leader.
     let arrivals = Arrivals::start(router.primary);
+    let pooled_arrivals = Arrivals::start(pooled.primary);
     lab.stop_etcd()?;
-    let refused = until_refused(router.primary, Duration::from_secs(60)).await;
+    // A refusal for the leader not confirmed yet after a re-read (etcd members stop one by
+    // one) may come first; the one awaited says etcd is unreachable.
+    let refused = until_refused_with(
+        router.primary,
+        "etcd is unreachable and the last leader",
+        Duration::from_secs(60),
+    )
+    .await;
     // Until the demoted leader runs again, read-only.
     let demoted = eventually(
         "the old leader running as a replica",
@@ -176,6 +215,7 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let arrived = arrivals.finish().await;
+    let pooled_arrived = pooled_arrivals.finish().await;
     lab.start_etcd()?;
     let message = refused?;
     demoted?;
@@ -183,6 +223,19 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
         "clients arriving through the outage",
         Refusals::FromPgrouter,
     )?;
+    pooled_arrived.check(
+        "pooled clients arriving through the outage",
+        Refusals::FromPgrouter,
+    )?;
+    let not_held: Vec<&String> = (arrived.refused.iter().chain(&pooled_arrived.refused))
+        .filter(|e| {
+            e.contains("not accepting connections") || e.contains("refused a server connection")
+        })
+        .collect();
+    ensure!(
+        not_held.is_empty(),
+        "refused for a member shutting down, not held: {not_held:?}"
+    );
     println!("  without etcd, once unconfirmed: {message}");
     ensure!(
         message.contains("etcd is unreachable and the last leader"),

@@ -297,6 +297,33 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
     let one: i32 = sleeper.query_one("select 1", &[]).await?.get(0);
     ensure!(one == 1, "the cancelled client is still usable");
 
+    // A server that ends itself inside a query string, with the first statement's answer
+    // queued before its FATAL: the client gets that answer and pgrouter's error, not a closed
+    // connection, and goes on.
+    let e = sleeper
+        .simple_query("select 1; select pg_terminate_backend(pg_backend_pid())")
+        .await
+        .err()
+        .context("a server terminating itself went unnoticed")?;
+    let db = e
+        .as_db_error()
+        .with_context(|| format!("not an ErrorResponse: {e}"))?;
+    ensure!(
+        db.code().code() == "08006"
+            && db.message().contains("pgrouter: cluster")
+            && db.message().contains("lost the server connection"),
+        "a server terminating itself: {} {}",
+        db.code().code(),
+        db.message()
+    );
+    println!(
+        "  a server terminating itself mid-query: {} {}",
+        db.code().code(),
+        db.message()
+    );
+    let two: i32 = sleeper.query_one("select 2", &[]).await?.get(0);
+    ensure!(two == 2, "the client is usable after its server died");
+
     // LISTEN pins the client to its server connection, so notifications reach it even
     // while other clients' transactions use the pool.
     let (listener, mut connection) = tokio_postgres::connect(

@@ -26,6 +26,11 @@ pub const CONSOLE_PASSWORD: &str = "console-secret";
 /// from the client's proof); `admin` may open the admin console. `pool` is the body of the
 /// `[pool]` section.
 pub fn pooled_router(lab: &Lab, port: u16, pool: &str) -> Result<Router> {
+    pooled_router_routing(lab, port, pool, RouterOptions::default().routing)
+}
+
+/// A [`pooled_router`] with `routing` as the body of its `[routing]` section.
+pub fn pooled_router_routing(lab: &Lab, port: u16, pool: &str, routing: &str) -> Result<Router> {
     let userlist = scram_userlist(lab, port, &format!("\"admin\" \"{CONSOLE_PASSWORD}\"\n"))?;
     let sections = format!(
         "[pool]\n{pool}\n[auth]\nauth_file = \"{}\"\nadmin_users = [\"admin\"]\n",
@@ -38,6 +43,7 @@ pub fn pooled_router(lab: &Lab, port: u16, pool: &str) -> Result<Router> {
             listen_extra:
                 "primary_pool_mode = \"transaction\"\nreplicas_pool_mode = \"transaction\"\n",
             sections: &sections,
+            routing,
             ..RouterOptions::default()
         },
     )

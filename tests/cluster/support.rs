@@ -485,12 +485,30 @@ async fn arrive(port: u16, mut stopped: tokio::sync::watch::Receiver<bool>) -> A
     let mut report = ArrivalsReport::default();
     while !*stopped.borrow_and_update() {
         match connect(port, "pgrouter-test-arrival").await {
+            // The server ending a session it had let in (57P01) is a cut, not a refusal.
+            Err(e)
+                if e.downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.as_db_error())
+                    .is_some_and(|db| db.code().code() == "57P01") =>
+            {
+                report.cut.push(format!("{e:#}"))
+            }
             Err(e) => report.refused.push(format!("{e:#}")),
-            Ok((client, _conn)) => {
+            Ok((client, conn)) => {
                 match client.query_one("select pg_is_in_recovery()", &[]).await {
                     Ok(row) if row.get::<_, bool>(0) => report.on_replica += 1,
                     Ok(_) => report.served += 1,
-                    Err(e) => report.cut.push(format!("{e:#}")),
+                    Err(e) if e.as_db_error().is_some() => {
+                        report.cut.push(format!("{:#}", anyhow::Error::from(e)))
+                    }
+                    // An ErrorResponse that came before the query was sent went to the
+                    // connection's task, not to the query.
+                    Err(e) => report.cut.push(
+                        match tokio::time::timeout(Duration::from_secs(5), conn).await {
+                            Ok(Ok(Err(told))) => format!("{:#}", anyhow::Error::from(told)),
+                            _ => format!("{e}"),
+                        },
+                    ),
                 }
             }
         }
