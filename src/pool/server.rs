@@ -51,6 +51,17 @@ pub enum ServerError {
     Protocol(String),
 }
 
+impl ServerError {
+    /// The server's ErrorResponse, by its SQLSTATE and message.
+    fn refused(fields: &[(u8, String)]) -> ServerError {
+        let field = |code| wire::field(fields, code).unwrap_or_default().to_owned();
+        ServerError::Refused {
+            code: field(b'C'),
+            message: field(b'M'),
+        }
+    }
+}
+
 pub struct ServerConn {
     pub stream: Stream,
     pub id: u64,
@@ -238,18 +249,7 @@ impl ServerConn {
                     });
                 }
                 b'E' => {
-                    let fields = wire::error_fields(body);
-                    let field = |c: u8| {
-                        fields
-                            .iter()
-                            .find(|(k, _)| *k == c)
-                            .map(|(_, v)| v.clone())
-                            .unwrap_or_default()
-                    };
-                    return Err(ServerError::Refused {
-                        code: field(b'C'),
-                        message: field(b'M'),
-                    });
+                    return Err(ServerError::refused(&wire::error_fields(body)));
                 }
                 b'Z' => break,
                 _ => {} // NoticeResponse, NegotiateProtocolVersion
@@ -298,8 +298,10 @@ impl ServerConn {
                 b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),
                 b'Z' => {
                     let message = failed
-                        .and_then(|f| f.into_iter().find(|(c, _)| *c == b'M'))
-                        .map_or("left a transaction open".to_owned(), |(_, m)| m);
+                        .as_deref()
+                        .and_then(|f| wire::field(f, b'M'))
+                        .unwrap_or("left a transaction open")
+                        .to_owned();
                     return Err(ServerError::Refused {
                         code: String::new(),
                         message,
@@ -352,19 +354,7 @@ impl ServerConn {
         }
         match failed {
             None => Ok(row),
-            Some(fields) => {
-                let field = |c: u8| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| *k == c)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                Err(ServerError::Refused {
-                    code: field(b'C'),
-                    message: field(b'M'),
-                })
-            }
+            Some(fields) => Err(ServerError::refused(&fields)),
         }
     }
 

@@ -1216,16 +1216,12 @@ impl PooledSession {
                         .iter()
                         .find(|(c, _)| *c == b'V' || *c == b'S')
                         .map(|(_, v)| v.as_str());
+                    let message = wire::field(&fields, b'M');
                     if matches!(severity, Some("FATAL") | Some("PANIC")) {
-                        let message = fields
-                            .iter()
-                            .find(|(c, _)| *c == b'M')
-                            .map(|(_, m)| m.clone())
-                            .unwrap_or_default();
-                        return Err(Lost::Server(message));
+                        return Err(Lost::Server(message.unwrap_or_default().to_owned()));
                     }
                     if swallowing {
-                        tracing::warn!(peer = %self.registration.entry.peer, error = ?fields.iter().find(|(c, _)| *c == b'M'), "setting the client's parameters failed");
+                        tracing::warn!(peer = %self.registration.entry.peer, error = ?message, "setting the client's parameters failed");
                         continue;
                     }
                     self.on_error();

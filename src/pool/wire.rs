@@ -153,6 +153,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The value of field `code` ('C' SQLSTATE, 'M' message, 'V' severity, ...) among
+/// [`error_fields`].
+pub fn field(fields: &[(u8, String)], code: u8) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The fields of an ErrorResponse or NoticeResponse body: (field code, value).
 pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut r = Reader::new(body);

@@ -322,10 +322,9 @@ fn classify(answer: &[u8]) -> First {
                 return First::Partial;
             };
             let fields = wire::error_fields(body);
-            let field = |code| fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v);
-            match field(b'C') {
-                Some(c) if c == sqlstate::CANNOT_CONNECT_NOW => {
-                    First::NotNow(field(b'M').cloned().unwrap_or_default())
+            match wire::field(&fields, b'C') {
+                Some(sqlstate::CANNOT_CONNECT_NOW) => {
+                    First::NotNow(wire::field(&fields, b'M').unwrap_or_default().to_owned())
                 }
                 _ => First::Relay,
             }
