@@ -569,15 +569,11 @@ impl PooledSession {
                             if code == sqlstate::CANNOT_CONNECT_NOW =>
                         {
                             // Starting up or shutting down, as the old leader in a switchover.
+                            let e = crate::proxy::session::not_now(scope, &route, &message);
                             (
-                                PgError::error(
-                                    sqlstate::CANNOT_CONNECT_NOW,
-                                    format!(
-                                        "pgrouter: cluster \"{scope}\": member \"{}\" is not accepting connections: {message}",
-                                        route.member.name
-                                    ),
-                                )
-                                .with_hint("The member is starting up or shutting down; retry the transaction."),
+                                PgError { fatal: false, ..e }.with_hint(
+                                    "The member is starting up or shutting down; retry the transaction.",
+                                ),
                                 true,
                             )
                         }

@@ -367,7 +367,8 @@ fn no_member(scope: &str, port: Port, why: &str, held: Option<Duration>) -> PgEr
     .with_hint("Patroni is electing or promoting a leader; retry shortly.")
 }
 
-fn not_now(scope: &str, route: &Route, why: &str) -> PgError {
+/// `route`'s member answered a connection with its own 57P03 until the hold ran out.
+pub fn not_now(scope: &str, route: &Route, why: &str) -> PgError {
     PgError::fatal(
         sqlstate::CANNOT_CONNECT_NOW,
         format!(
