@@ -18,9 +18,11 @@ use pgrouter_lab::{IptablesRule, Lab};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{connect, eventually, scram_userlist, startup_packet, Router, RouterOptions};
+use crate::support::{
+    connect, eventually, pgrouter_error, scram_userlist, startup_packet, Router, RouterOptions,
+    SCOPE,
+};
 
-const SCOPE: &str = "demo";
 /// Generous: the machine is small and shared.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -522,23 +524,13 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         Ok(Err(e)) => e,
         other => bail!("a reset server connection: {other:?}"),
     };
-    let db = e
-        .as_db_error()
-        .with_context(|| format!("closed without an ErrorResponse: {e}"))?;
-    ensure!(
-        db.code().code() == "08006"
-            && db.message().starts_with(&format!(
-                "pgrouter: cluster \"{SCOPE}\": lost the server connection to member \"{member}\""
-            )),
-        "a reset server connection: {} {}",
-        db.code().code(),
-        db.message()
-    );
-    println!(
-        "  a server connection reset under a session: {} {}",
-        db.code().code(),
-        db.message()
-    );
+    let message = pgrouter_error(
+        "a reset server connection",
+        &e,
+        "08006",
+        &format!("lost the server connection to member \"{member}\""),
+    )?;
+    println!("  a server connection reset under a session: 08006 {message}");
     Ok(())
 }
 

@@ -33,10 +33,13 @@ pub struct RouterOptions<'a> {
     pub run_as: Option<u32>,
 }
 
+/// The lab's Patroni scope, which pgrouter's messages name.
+pub const SCOPE: &str = "demo";
+
 impl Default for RouterOptions<'_> {
     fn default() -> Self {
         RouterOptions {
-            scope: "demo",
+            scope: SCOPE,
             routing: "hold_timeout = \"30s\"\ndrain_timeout = \"5s\"\n",
             listen_extra: "",
             sections: "",
@@ -438,6 +441,27 @@ pub fn scram_userlist(lab: &Lab, port: u16, more: &str) -> Result<PathBuf> {
     let userlist = dir.join("userlist.txt");
     std::fs::write(&userlist, format!("\"postgres\" \"{secret}\"\n{more}"))?;
     Ok(userlist)
+}
+
+/// `e` must be pgrouter's ErrorResponse with SQLSTATE `code` whose message goes on, after
+/// `pgrouter: cluster "demo": `, with `begins`; returns the message.
+pub fn pgrouter_error(
+    what: &str,
+    e: &tokio_postgres::Error,
+    code: &str,
+    begins: &str,
+) -> Result<String> {
+    let db = e
+        .as_db_error()
+        .with_context(|| format!("{what}: not an ErrorResponse: {e}"))?;
+    let message = db.message();
+    anyhow::ensure!(
+        db.code().code() == code
+            && message.starts_with(&format!("pgrouter: cluster \"{SCOPE}\": {begins}")),
+        "{what}: {} {message}",
+        db.code().code()
+    );
+    Ok(message.to_owned())
 }
 
 /// New clients arriving all the time on a primary port (four at once, each leaving and coming
