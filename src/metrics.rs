@@ -28,6 +28,9 @@ pub struct Metrics {
     pub sessions_drained: IntCounterVec,
     /// Seconds new clients were held before being routed or refused, by port.
     pub hold_seconds: HistogramVec,
+    /// Clients that closed their connection while held or in line for a server connection, by
+    /// port; what they had sent was not run.
+    pub clients_left_waiting: IntCounterVec,
     pub leader_changes: IntCounter,
     /// From receiving the etcd event to publishing the topology sessions route by.
     pub route_switch_seconds: Histogram,
@@ -116,6 +119,11 @@ impl Metrics {
             hold_seconds: register(
                 r,
                 HistogramVec::new(hold_opts.buckets(hold_buckets), &["port"]),
+            ),
+            clients_left_waiting: counters(
+                "clients_left_waiting_total",
+                "Clients that closed their connection while held or in line for a server connection (what they sent was not run), by port.",
+                &["port"],
             ),
             leader_changes: register(
                 r,

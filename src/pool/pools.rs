@@ -439,8 +439,9 @@ impl Pools {
         let now = Instant::now();
         let mut closed = 0;
         for pool in self.all() {
-            // query_wait_timeout, to the second.
+            // query_wait_timeout, to the second; the rest of the line looks at its clients.
             pool.slots.expire(now);
+            pool.slots.nudge_waiting();
             if pool.size.load(Ordering::Relaxed) != config.pool_size {
                 pool.resize(config.pool_size);
             }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::stream::Stream;
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,7 @@ use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{CancelKey, Startup};
 use crate::proxy::cancel::Registration;
 use crate::proxy::route::{Port, Route, Verdict};
+use crate::proxy::session::unless_left;
 use crate::proxy::shared::Shared;
 use crate::proxy::signal::Subscription;
 
@@ -68,6 +70,14 @@ enum End {
     Fatal(PgError),
     /// The client wrote bytes that cannot frame a message.
     ClientProtocol(String),
+}
+
+/// Why a unit of work got no server connection.
+enum Unserved {
+    /// Tell the client this; the connection stays.
+    Refused(PgError),
+    /// The client closed its connection while held or in line, after waiting this long.
+    ClientLeft(Duration),
 }
 
 /// How a transaction ended for the server connection.
@@ -293,10 +303,13 @@ impl PooledSession {
             Some(d) if fits => (d.params.clone(), d),
             _ => {
                 self.state.set(ClientState::Held);
-                let held = self
-                    .acquire()
-                    .await
-                    .map_err(|e| End::Fatal(PgError { fatal: true, ..e }))?;
+                let held = match self.acquire().await {
+                    Ok(held) => held,
+                    Err(Unserved::Refused(e)) => {
+                        return Err(End::Fatal(PgError { fatal: true, ..e }))
+                    }
+                    Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
+                };
                 self.hold(held);
                 self.sync_vars();
                 self.flush_to_server().await?;
@@ -372,7 +385,8 @@ impl PooledSession {
                 self.hold(held);
                 self.read_sent_client();
             }
-            Err(e) => return self.fail_unit(e).await,
+            Err(Unserved::Refused(e)) => return self.fail_unit(e).await,
+            Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
         }
         self.state.set(ClientState::Active);
         self.sync_vars();
@@ -480,15 +494,24 @@ impl PooledSession {
         }
     }
 
+    fn left_waiting(&self, waited: Duration) -> End {
+        let peer = &self.registration.entry.peer;
+        crate::proxy::session::left_waiting(&self.shared, self.port, peer, waited);
+        End::ClientGone
+    }
+
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
-    async fn acquire(&mut self) -> Result<Held, PgError> {
+    async fn acquire(&mut self) -> Result<Held, Unserved> {
         let shared = self.shared.clone();
         if shared.is_paused(self.port) {
+            let arrived = Instant::now();
             let mut paused = shared.pause_switch(self.port);
             while *paused.borrow_and_update() {
-                if paused.changed().await.is_err() {
-                    break;
+                match unless_left(&self.client, paused.changed()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => return Err(Unserved::ClientLeft(arrived.elapsed())),
                 }
             }
         }
@@ -541,10 +564,18 @@ impl PooledSession {
                             shared.tls(),
                         )
                     };
-                    match pool
-                        .checkout(&shared.pools, open_with, &config.pool, routing.connect_timeout.0)
-                        .await
-                    {
+                    let checkout = pool.checkout(
+                        &shared.pools,
+                        open_with,
+                        &config.pool,
+                        routing.connect_timeout.0,
+                    );
+                    // Pinned here: the checkout is large, and moving it costs a copy.
+                    tokio::pin!(checkout);
+                    let Some(checked_out) = unless_found_left(&self.client, checkout).await else {
+                        return Err(Unserved::ClientLeft(started.elapsed()));
+                    };
+                    match checked_out {
                         Ok((lease, derived)) => {
                             if let Some(keys) = derived {
                                 shared.credentials.remember_keys(&self.registration.entry.user, keys);
@@ -557,13 +588,13 @@ impl PooledSession {
                             });
                         }
                         Err(CheckoutError::Busy { pool, waited, size }) => {
-                            return Err(PgError::error(
+                            return Err(Unserved::Refused(PgError::error(
                                 sqlstate::CANNOT_CONNECT_NOW,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": no server connection free for \"{}\" on member \"{}\" after {:.1}s (pool {pool}, pool_size {size})",
                                     self.registration.entry.user, route.member.name, waited.as_secs_f64()
                                 ),
-                            ))
+                            )))
                         }
                         Err(CheckoutError::Server(ServerError::Refused { code, message }))
                             if code == sqlstate::CANNOT_CONNECT_NOW =>
@@ -581,23 +612,23 @@ impl PooledSession {
                             if code == sqlstate::INVALID_PASSWORD {
                                 shared.credentials.forget_keys(&self.registration.entry.user);
                             }
-                            return Err(PgError::error(
+                            return Err(Unserved::Refused(PgError::error(
                                 sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": member \"{}\" refused a server connection for \"{}\": {code} {message}",
                                     route.member.name, self.registration.entry.user
                                 ),
-                            ));
+                            )));
                         }
                         Err(CheckoutError::Server(e @ ServerError::Auth(_))) => {
                             shared.credentials.forget_keys(&self.registration.entry.user);
-                            return Err(PgError::error(
+                            return Err(Unserved::Refused(PgError::error(
                                 sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "pgrouter: cluster \"{scope}\": cannot log in to member \"{}\" as \"{}\": {e}",
                                     route.member.name, self.registration.entry.user
                                 ),
-                            ));
+                            )));
                         }
                         Err(CheckoutError::Server(e)) => (
                             PgError::error(
@@ -625,13 +656,16 @@ impl PooledSession {
                     )
                     .with_hint("Patroni is electing or promoting a leader; retry the transaction.");
                     if !shared.router.holds(routing, &current, self.port) {
-                        return Err(e);
+                        return Err(Unserved::Refused(e));
                     }
                     (e, false)
                 }
             };
-            if !crate::proxy::session::wait_to_retry(&mut topology, deadline, retry_soon).await {
-                return Err(failure);
+            let retry = crate::proxy::session::wait_to_retry(&mut topology, deadline, retry_soon);
+            match unless_left(&self.client, retry).await {
+                Some(true) => {}
+                Some(false) => return Err(Unserved::Refused(failure)),
+                None => return Err(Unserved::ClientLeft(started.elapsed())),
             }
         }
     }
@@ -1448,6 +1482,27 @@ impl std::fmt::Display for Lost {
             Lost::Role(r) | Lost::Server(r) => f.write_str(r),
         }
     }
+}
+
+/// `checkout`, unless the client is found gone when the checkout is woken without its
+/// connection (the pool upkeep nudges waiters once a second): no watch is set up on the path
+/// where the connection comes, which is most transactions under load.
+async fn unless_found_left<F: std::future::Future>(
+    client: &Stream,
+    mut checkout: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut woken = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = checkout.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if std::mem::replace(&mut woken, true) && client.has_closed() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn server_gone(scope: &str, route: &Route, why: &str) -> PgError {

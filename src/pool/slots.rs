@@ -117,6 +117,14 @@ impl<T> Slots<T> {
         before - st.waiting.len()
     }
 
+    /// Wakes every waiter to look at its client (the pool upkeep does, once a second): a wait
+    /// that is not watched costs nothing when the slot comes first.
+    pub fn nudge_waiting(&self) {
+        for w in &self.lock().waiting {
+            w.waker.wake();
+        }
+    }
+
     /// Runs `f` on the idle items.
     pub fn with_idle<R>(&self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         f(&mut self.lock().idle)
@@ -279,6 +287,28 @@ mod tests {
         assert!(poll(&mut long).is_pending());
         slots.resize(1);
         assert_eq!(poll(&mut long), Poll::Ready(Ok(None)));
+    }
+
+    #[test]
+    fn nudged_waiters_are_woken_and_stay_in_line() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let slots = Slots::<u8>::new(0);
+        let mut waiter = queued(slots.take(LONG));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        assert!(Pin::new(&mut waiter)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        slots.nudge_waiting();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(poll(&mut waiter).is_pending());
+        assert_eq!(slots.waiting(), 1);
     }
 
     #[test]

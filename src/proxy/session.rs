@@ -118,7 +118,9 @@ async fn passthrough(
 ) {
     state.set(ClientState::Held);
     let held = Instant::now();
-    let connected = connect(&shared, port, &startup.raw).await;
+    let Some(connected) = unless_left(&client, connect(&shared, port, &startup.raw)).await else {
+        return left_waiting(&shared, port, &peer, held.elapsed());
+    };
     shared
         .metrics
         .hold_seconds
@@ -147,6 +149,30 @@ async fn passthrough(
     .await;
     finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
     server_gauge.dec();
+}
+
+/// `work`, unless the client closes its connection first.
+pub async fn unless_left<T>(
+    client: &Stream,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = client.closed() => None,
+    }
+}
+
+/// Counts and logs a client that closed its connection while held or in line for a server
+/// connection: nothing it sent reaches a member.
+pub fn left_waiting(shared: &Shared, port: Port, peer: &str, waited: Duration) {
+    shared
+        .metrics
+        .clients_left_waiting
+        .with_label_values(&[port.label()])
+        .inc();
+    let waited = waited.as_secs_f64();
+    tracing::info!(%peer, %port, waited, "client left while waiting for a server");
 }
 
 enum Opening {

@@ -71,6 +71,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("pause_holds_pgbench_and_resume_lets_it_finish", |lab| {
         Box::pin(operations::pause_and_resume(lab))
     }),
+    ("held_client_that_leaves_is_dropped_not_routed", |lab| {
+        Box::pin(operations::held_client_that_leaves_is_dropped(lab))
+    }),
     ("reload_bad_file_changes_nothing_good_file_applies", |lab| {
         Box::pin(operations::reload(lab))
     }),
@@ -97,6 +100,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("pooled_query_wait_timeout_refuses_then_serves", |lab| {
         Box::pin(pooling::wait_timeout(lab))
     }),
+    (
+        "pooled_waiter_that_leaves_is_dropped_its_query_not_run",
+        |lab| Box::pin(pooling::waiter_that_leaves(lab)),
+    ),
     (
         "tls_verify_full_require_mutual_channel_binding_cancel_reload",
         |lab| Box::pin(tls::clients(lab)),

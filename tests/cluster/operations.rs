@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use pgrouter_lab::Lab;
 
-use crate::support::{connect, eventually, http, metric, server_port, Router, RouterOptions};
+use crate::support::{
+    connect, eventually, http, metric, metric_sum, server_port, startup_packet, Router,
+    RouterOptions,
+};
 
 fn promtool_check(text: &str) -> Result<()> {
     let mut child = Command::new("promtool")
@@ -315,6 +318,57 @@ pub async fn admin_token(lab: &Lab) -> Result<()> {
     ensure!(
         !router.log_text().contains(token),
         "the token leaked into the log"
+    );
+    Ok(())
+}
+
+/// A client held while the port is paused that closes its connection is dropped at once: counted,
+/// never routed when the port resumes.
+pub async fn held_client_that_leaves_is_dropped(lab: &Lab) -> Result<()> {
+    let router = Router::start(lab, 17600, RouterOptions::default())?;
+    let admin = router.admin;
+    let (status, body) = http("POST", admin, "/pause?port=primary", None)?;
+    ensure!(status == 200, "pause: {status} {body}");
+    let mut leaver = std::net::TcpStream::connect(("127.0.0.1", router.primary))?;
+    std::io::Write::write_all(
+        &mut leaver,
+        &startup_packet(
+            196608,
+            b"user\0postgres\0database\0postgres\0application_name\0pgrouter-test-left\0\0",
+        ),
+    )?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let page = http("GET", admin, "/metrics", None)?.1;
+    ensure!(
+        metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""]) == 1.0,
+        "the client is not held while paused"
+    );
+    drop(leaver);
+    let left = "pgrouter_clients_left_waiting_total{port=\"primary\"}";
+    eventually(
+        "the held client to be counted as gone",
+        Duration::from_secs(10),
+        || async {
+            let page = http("GET", admin, "/metrics", None)?.1;
+            Ok(metric(&page, left) == 1.0
+                && metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""]) == 0.0)
+        },
+    )
+    .await?;
+    let (status, _) = http("POST", admin, "/resume?port=primary", None)?;
+    ensure!(status == 200);
+    let (client, _conn) = connect(router.primary, "pgrouter-test-after-leaver").await?;
+    ensure!(client.query_one("select 1", &[]).await?.get::<_, i32>(0) == 1);
+    let page = http("GET", admin, "/metrics", None)?.1;
+    let routed = metric(&page, "pgrouter_hold_seconds_count{port=\"primary\"}");
+    ensure!(
+        routed == 1.0,
+        "{routed} clients routed or refused on the primary port; only the one after resume should be"
+    );
+    ensure!(
+        router.log_text().matches(": routed ").count() == 1,
+        "the client that left was routed after resume:\n{}",
+        router.log_tail(20)
     );
     Ok(())
 }

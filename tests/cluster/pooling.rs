@@ -10,8 +10,8 @@ use pgrouter_lab::Lab;
 use tokio_postgres::NoTls;
 
 use crate::support::{
-    connect, missing_rows, pgbench_command, pgbench_init, pgrouter_error, scram_userlist, Arrivals,
-    Probe, Refusals, Router, RouterOptions,
+    connect, http, metric, missing_rows, pgbench_command, pgbench_init, pgrouter_error,
+    scram_userlist, Arrivals, Probe, Refusals, Router, RouterOptions,
 };
 
 /// A router whose two ports pool; `postgres` logs in with the SCRAM secret from pg_authid
@@ -603,4 +603,68 @@ fn waiting_in_console(port: u16) -> Result<String> {
         .and_then(|l| l.split('|').nth(5))
         .map(str::to_owned)
         .with_context(|| format!("no leader pool for postgres in SHOW POOLS:\n{t}"))
+}
+
+/// A client in line for the only server connection that closes its connection leaves the line
+/// at once, and the query it sent never runs.
+pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
+    let router = crate::restarts::pooled_router(lab, 17602, "pool_size = 1\n")?;
+    let port = router.primary;
+    lab.psql(
+        lab.pg_port(&lab.leader()?),
+        "drop table if exists left_behind; create table left_behind(id int)",
+    )?;
+    let (holder, _h) = connect(port, "pgrouter-test-holder").await?;
+    let (leaver, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres application_name=pgrouter-test-leaver"),
+        NoTls,
+    )
+    .await?;
+    let connection = tokio::spawn(connection);
+    // Both log in first (a login may borrow a server connection); then an open transaction
+    // keeps the only one.
+    holder.batch_execute("begin; select 1").await?;
+    let insert = tokio::spawn(async move {
+        let r = leaver
+            .simple_query("insert into left_behind values (1)")
+            .await;
+        (r, leaver)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_line = waiting_in_console(port)?;
+    ensure!(
+        in_line == "1",
+        "cl_waiting with the insert in line: {in_line}"
+    );
+    // The leaver's socket closes.
+    connection.abort();
+    let _ = connection.await;
+    crate::support::eventually(
+        "the leaver to leave the line",
+        Duration::from_secs(10),
+        || async { Ok(waiting_in_console(port)? == "0") },
+    )
+    .await?;
+    let page = http("GET", router.admin, "/metrics", None)?.1;
+    let left = metric(
+        &page,
+        "pgrouter_clients_left_waiting_total{port=\"primary\"}",
+    );
+    ensure!(left == 1.0, "clients counted as left: {left}");
+    holder.batch_execute("commit").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows: i64 = holder
+        .query_one("select count(*) from left_behind", &[])
+        .await?
+        .get(0);
+    ensure!(
+        rows == 0,
+        "the query of a client that left ran: {rows} rows"
+    );
+    let _ = insert.await;
+    ensure!(
+        holder.query_one("select 2", &[]).await?.get::<_, i32>(0) == 2,
+        "the holder is usable after"
+    );
+    Ok(())
 }
