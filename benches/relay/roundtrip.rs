@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use pgrouter::config::Config;
 use pgrouter::metrics::{Metrics, StateGauge};
-use pgrouter::proxy::relay::Relay;
+use pgrouter::proxy::relay::{Follow, Relay};
 use pgrouter::proxy::route::{Port, Route, Target};
 use pgrouter::proxy::shared::Shared;
 use pgrouter::stream::Stream;
@@ -78,12 +78,13 @@ async fn relay_to(server: String) -> String {
                 let _ = server.set_nodelay(true);
                 let (mut client, mut server) = (Stream::Plain(client), Stream::Plain(server));
                 let mut state = StateGauge::new(&shared.metrics, "primary");
+                let follow = Follow::new(&shared, Port::Primary, &route.member.addr);
                 Relay {
                     shared: &shared,
                     route: &route,
                     port: Port::Primary,
                 }
-                .run(&mut client, &mut server, Vec::new(), &mut state)
+                .run(&mut client, &mut server, follow, &mut state)
                 .await;
             });
         }

@@ -2,6 +2,7 @@
 
 pub mod cancel;
 pub mod listener;
+pub mod login;
 pub mod relay;
 pub mod route;
 pub mod session;

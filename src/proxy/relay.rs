@@ -97,12 +97,6 @@ impl Pump {
         }
     }
 
-    /// Starts with `data`, at most a batch, to write before anything is read.
-    pub fn preload(&mut self, data: &[u8]) {
-        self.buf[..data.len()].copy_from_slice(data);
-        (self.start, self.end) = (0, data.len());
-    }
-
     pub fn pending(&self) -> bool {
         self.start < self.end || self.unflushed
     }
@@ -270,17 +264,16 @@ const SHUTDOWN: &str = "shutdown";
 
 impl Relay<'_> {
     /// Relays until either side closes or pgrouter ends the session. The caller has already
-    /// forwarded the startup packet and read `first` (at most a batch) of the server's answer;
-    /// `state` counts the client under active or idle.
+    /// relayed the login up to the first ReadyForQuery, feeding `follow`; `state` counts the
+    /// client under active or idle.
     pub async fn run(
         &self,
         client: &mut Stream,
         server: &mut Stream,
-        first: Vec<u8>,
+        mut follow: Follow<'_>,
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
-        let mut follow = Follow::new(shared, self.port, &self.route.member.addr);
         // Only `has_changed` is asked of these (an atomic load); wake-ups come from `signal`,
         // which costs nothing to poll, unlike a `changed()` future shared by every session.
         let mut topology = shared.topology.clone();
@@ -290,11 +283,6 @@ impl Relay<'_> {
         let (mut cr, mut cw) = client.halves();
         let (mut sr, mut sw) = server.halves();
         let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
-        down.preload(&first);
-        if let Err(e) = follow.server_bytes(&first) {
-            return End::ServerProtocol(e);
-        }
-        drop(first);
         let mut drain: Option<(Instant, Cause)> = None;
         // A change that arrived between routing and now must not be missed.
         topology.mark_changed();

@@ -13,7 +13,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use super::cancel::send_cancel;
-use super::relay::{terminate, End, Relay};
+use super::login;
+use super::relay::{terminate, End, Follow, Relay};
 use super::route::{Port, Route};
 use super::shared::Shared;
 use crate::metrics::{ClientState, StateGauge};
@@ -140,14 +141,29 @@ async fn passthrough(
         .with_label_values(&[&member]);
     server_gauge.inc();
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
-    let end = Relay {
-        shared: &shared,
-        route: &route,
-        port,
-    }
-    .run(&mut client, &mut server, first, &mut state)
+    let mut follow = Follow::new(&shared, port, &route.member.addr);
+    let login = login::run(
+        &shared.scope,
+        &route,
+        &mut follow,
+        &mut client,
+        &mut server,
+        first,
+    )
     .await;
-    finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+    match login {
+        Ok(()) => {
+            let end = Relay {
+                shared: &shared,
+                route: &route,
+                port,
+            }
+            .run(&mut client, &mut server, follow, &mut state)
+            .await;
+            finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+        }
+        Err(refused) => login_refused(&shared, &route, &peer, refused, &mut client).await,
+    }
     server_gauge.dec();
 }
 
@@ -303,7 +319,6 @@ enum Answer {
 /// Most of a member's first answer read before relaying starts; an ErrorResponse is read
 /// whole when it fits.
 const FIRST_ANSWER: usize = 8 * 1024;
-const _: () = assert!(FIRST_ANSWER <= super::relay::BATCH, "the relay preloads it");
 
 /// Connects to `addr`, sends `startup` and reads the member's first bytes.
 async fn open(tls: &Tls, addr: &str, startup: &[u8]) -> std::io::Result<Answer> {
@@ -524,6 +539,43 @@ async fn finish(
         End::ClientError(e) => {
             tracing::debug!(%peer, %port, %member, error = %e, "session failed")
         }
+    }
+}
+
+/// Tells the client why its login ended (the member's own error, named), if it can be told.
+async fn login_refused(
+    shared: &Shared,
+    route: &Route,
+    peer: &str,
+    refused: login::Refused,
+    client: &mut Stream,
+) {
+    let member = &route.member.name;
+    match refused {
+        login::Refused::Member { code, response } => {
+            tracing::info!(%peer, %member, sqlstate = %code, "the member refused the login");
+            shared
+                .metrics
+                .client_errors
+                .with_label_values(&[&code])
+                .inc();
+            let _ = client.send(&response).await;
+            let _ = client.shutdown().await;
+        }
+        login::Refused::ServerGone(why) => {
+            tracing::info!(%peer, %member, %why, "lost the server connection during login");
+            let message = format!(
+                "pgrouter: cluster \"{}\": lost the server connection to member \"{member}\" during login: {why}",
+                shared.scope
+            );
+            send_error(
+                shared,
+                client,
+                &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
+            )
+            .await;
+        }
+        login::Refused::ClientGone => tracing::debug!(%peer, %member, "client left during login"),
     }
 }
 

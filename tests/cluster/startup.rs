@@ -1,5 +1,6 @@
 //! Tests 4, 5 and 6 of the router issue: hold then 57P03 with no leader, cancel routing on the
-//! replica port, and hostile startups that must not disturb other clients.
+//! replica port, and hostile startups that must not disturb other clients; a member's own
+//! refusal of a login reaches the client named.
 
 use std::io::Write;
 use std::net::TcpStream as StdTcpStream;
@@ -70,6 +71,48 @@ pub async fn bad_startups(lab: &Lab) -> Result<()> {
             message.starts_with("pgrouter: ") && message.contains(expect),
             "{what}: message {message:?}"
         );
+    }
+
+    // A member refusing the login: its SQLSTATE and words, named, on both ports.
+    let leader = lab.leader()?;
+    let refusals = [
+        (
+            "wrong password",
+            "password=wrong dbname=postgres",
+            "28P01",
+            "password authentication failed for user \"postgres\"",
+        ),
+        (
+            "no such database",
+            "password=postgres dbname=pgrouter_nosuch",
+            "3D000",
+            "database \"pgrouter_nosuch\" does not exist",
+        ),
+    ];
+    for (port, member) in [
+        (router.primary, Some(leader.as_str())),
+        (router.replicas, None),
+    ] {
+        for (what, dsn, code, says) in refusals {
+            let dsn = format!("host=127.0.0.1 port={port} user=postgres {dsn}");
+            let e = tokio_postgres::connect(&dsn, NoTls)
+                .await
+                .err()
+                .with_context(|| format!("{what} on {port}: logged in"))?;
+            let db = e
+                .as_db_error()
+                .with_context(|| format!("{what} on {port}: not an ErrorResponse: {e}"))?;
+            let (got, message) = (db.code().code(), db.message());
+            let named = match member {
+                Some(m) => message == format!("pgrouter: cluster \"demo\": member \"{m}\": {says}"),
+                None => {
+                    message.starts_with("pgrouter: cluster \"demo\": member \"")
+                        && message.ends_with(&format!("\": {says}"))
+                        && !message.contains(&format!("\"{leader}\""))
+                }
+            };
+            ensure!(got == code && named, "{what} on {port}: {got} {message:?}");
+        }
     }
 
     // An unfinished startup is closed after startup_timeout.

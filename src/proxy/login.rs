@@ -1,0 +1,183 @@
+//! The pass-through login: the member's answer to the startup and the authentication exchange,
+//! relayed whole message by whole message up to the first ReadyForQuery, so that a member
+//! refusing the login (wrong password, no such database, no pg_hba.conf entry, too many
+//! clients, shutting down) is reported naming pgrouter, the cluster and the member.
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::Message;
+use tokio::io::AsyncReadExt;
+
+use super::relay::Follow;
+use super::route::Route;
+use crate::pool::wire;
+use crate::stream::Stream;
+
+/// Longest message taken whole from a client during login: PostgreSQL takes no authentication
+/// message longer than 65,535 bytes (PG_MAX_AUTH_TOKEN_LENGTH).
+const CLIENT_MAX: usize = 5 + 65_535;
+
+/// Longest message taken whole from a member during login (parameter values are short).
+const SERVER_MAX: usize = 1024 * 1024;
+
+/// How a login ended without a ReadyForQuery.
+#[derive(Debug)]
+pub enum Refused {
+    /// The member's ErrorResponse, named: for the client, then close.
+    Member { code: String, response: BytesMut },
+    /// The member closed, failed or sent what cannot be framed (the reason).
+    ServerGone(String),
+    /// The client closed, failed or sent what cannot be framed; nothing to tell it.
+    ClientGone,
+}
+
+/// Relays from the member's `first` bytes up to and including its first ReadyForQuery, feeding
+/// `follow` as the relay would.
+pub async fn run(
+    scope: &str,
+    route: &Route,
+    follow: &mut Follow<'_>,
+    client: &mut Stream,
+    server: &mut Stream,
+    first: Vec<u8>,
+) -> Result<(), Refused> {
+    let mut from_server = BytesMut::from(&first[..]);
+    let mut from_client = BytesMut::new();
+    let mut out = BytesMut::new();
+    loop {
+        while let Some(msg) = whole(&mut from_server, SERVER_MAX).map_err(Refused::ServerGone)? {
+            if msg[0] == b'E' {
+                return Err(named(scope, &route.member.name, &msg[5..]));
+            }
+            follow
+                .server_bytes(&msg)
+                .map_err(|e| Refused::ServerGone(e.to_string()))?;
+            out.extend_from_slice(&msg);
+            if msg[0] == b'Z' {
+                return client.send(&out).await.map_err(|_| Refused::ClientGone);
+            }
+        }
+        if !out.is_empty() {
+            client.send(&out).await.map_err(|_| Refused::ClientGone)?;
+            out.clear();
+        }
+        tokio::select! {
+            r = server.read_buf(&mut from_server) => match r {
+                Ok(0) => return Err(Refused::ServerGone("the member closed the connection during login".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Refused::ServerGone(e.to_string())),
+            },
+            r = client.read_buf(&mut from_client) => match r {
+                Ok(0) | Err(_) => return Err(Refused::ClientGone),
+                Ok(_) => {
+                    while let Some(msg) = whole(&mut from_client, CLIENT_MAX).map_err(|_| Refused::ClientGone)? {
+                        follow.client_bytes(&msg).map_err(|_| Refused::ClientGone)?;
+                        out.extend_from_slice(&msg);
+                    }
+                    if !out.is_empty() {
+                        let sent = server.send(&out).await;
+                        sent.map_err(|e| Refused::ServerGone(e.to_string()))?;
+                        out.clear();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The next whole message in `buf`, if all there; an error past `max` bytes.
+fn whole(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, String> {
+    match wire::header(buf) {
+        Ok(Some((tag, len))) if len > max => Err(format!(
+            "a message of {len} bytes (tag {:?}) during login",
+            tag as char
+        )),
+        Ok(_) => wire::take_message(buf).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The member's ErrorResponse with its message prefixed by pgrouter, the cluster and the
+/// member; every other field (severity, SQLSTATE, detail, hint) as the member sent it.
+fn named(scope: &str, member: &str, body: &[u8]) -> Refused {
+    let prefix = format!("pgrouter: cluster \"{scope}\": member \"{member}\": ");
+    let mut fields = wire::error_fields(body);
+    let code = wire::field(&fields, b'C').unwrap_or("XX000").to_owned();
+    match fields.iter_mut().find(|(c, _)| *c == b'M') {
+        Some((_, m)) => m.insert_str(0, &prefix),
+        None => fields.push((b'M', prefix.trim_end_matches([':', ' ']).to_owned())),
+    }
+    let mut response = BytesMut::new();
+    ErrorResponse::new(fields)
+        .encode(&mut response)
+        .expect("an ErrorResponse always fits in a message");
+    Refused::Member { code, response }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (code, value) in fields {
+            body.push(*code);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn a_member_error_keeps_its_fields_and_gets_named() {
+        let body = error_body(&[
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "28P01"),
+            (b'M', "password authentication failed for user \"app\""),
+            (b'H', "check it"),
+        ]);
+        let Refused::Member { code, response } = named("demo", "pg1", &body) else {
+            panic!("not a member refusal");
+        };
+        assert_eq!(code, "28P01");
+        assert_eq!(response[0], b'E');
+        let fields = wire::error_fields(&response[5..]);
+        assert_eq!(wire::field(&fields, b'V'), Some("FATAL"));
+        assert_eq!(wire::field(&fields, b'H'), Some("check it"));
+        assert_eq!(
+            wire::field(&fields, b'M'),
+            Some("pgrouter: cluster \"demo\": member \"pg1\": password authentication failed for user \"app\"")
+        );
+    }
+
+    #[test]
+    fn an_error_without_code_or_message_is_still_named() {
+        let Refused::Member { code, response } =
+            named("demo", "pg0", &error_body(&[(b'S', "FATAL")]))
+        else {
+            panic!("not a member refusal");
+        };
+        assert_eq!(code, "XX000");
+        let fields = wire::error_fields(&response[5..]);
+        assert_eq!(
+            wire::field(&fields, b'M'),
+            Some("pgrouter: cluster \"demo\": member \"pg0\"")
+        );
+    }
+
+    #[test]
+    fn messages_come_whole_and_bounded() {
+        let mut buf = BytesMut::from(&b"R\0\0\0\x08\0\0\0\0Z\0\0"[..]);
+        assert_eq!(
+            &whole(&mut buf, 64).unwrap().unwrap()[..],
+            b"R\0\0\0\x08\0\0\0\0"
+        );
+        assert_eq!(whole(&mut buf, 64).unwrap(), None);
+        let mut long = BytesMut::from(&b"p\0\x02\0\0"[..]);
+        assert!(whole(&mut long, CLIENT_MAX).is_err());
+        let mut bad = BytesMut::from(&b"p\0\0\0\x02"[..]);
+        assert!(whole(&mut bad, CLIENT_MAX).is_err());
+    }
+}
