@@ -27,8 +27,10 @@ pub enum Refused {
     Member { code: String, response: BytesMut },
     /// The member closed, failed or sent what cannot be framed (the reason).
     ServerGone(String),
-    /// The client closed, failed or sent what cannot be framed; nothing to tell it.
+    /// The client closed or failed; nothing to tell it.
     ClientGone,
+    /// The client sent what cannot be framed, or a message too long for a login (the reason).
+    ClientProtocol(String),
 }
 
 /// Relays from the member's `first` bytes up to and including its first ReadyForQuery, feeding
@@ -70,8 +72,8 @@ pub async fn run(
             r = client.read_buf(&mut from_client) => match r {
                 Ok(0) | Err(_) => return Err(Refused::ClientGone),
                 Ok(_) => {
-                    while let Some(msg) = whole(&mut from_client, CLIENT_MAX).map_err(|_| Refused::ClientGone)? {
-                        follow.client_bytes(&msg).map_err(|_| Refused::ClientGone)?;
+                    while let Some(msg) = whole(&mut from_client, CLIENT_MAX).map_err(Refused::ClientProtocol)? {
+                        follow.client_bytes(&msg).map_err(|e| Refused::ClientProtocol(e.to_string()))?;
                         out.extend_from_slice(&msg);
                     }
                     if !out.is_empty() {

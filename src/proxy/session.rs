@@ -576,6 +576,19 @@ async fn login_refused(
             .await;
         }
         login::Refused::ClientGone => tracing::debug!(%peer, %member, "client left during login"),
+        login::Refused::ClientProtocol(why) => {
+            tracing::info!(%peer, %member, %why, "client broke the protocol during login");
+            let message = format!(
+                "pgrouter: cluster \"{}\": session on \"{member}\": {why}",
+                shared.scope
+            );
+            send_error(
+                shared,
+                client,
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+            )
+            .await;
+        }
     }
 }
 

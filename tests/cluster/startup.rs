@@ -115,6 +115,26 @@ pub async fn bad_startups(lab: &Lab) -> Result<()> {
         }
     }
 
+    // An authentication message longer than PostgreSQL takes, cut off by pgrouter.
+    let mut bytes = startup_packet(3 << 16, b"user\0postgres\0database\0postgres\0\0");
+    bytes.extend_from_slice(&[b'p', 0, 0x10, 0, 0]);
+    let answer = raw_exchange(router.primary, &bytes)?;
+    let mut rest = &answer[..];
+    while rest.len() > 5 && rest[0] != b'E' {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        rest = &rest[(1 + len).min(rest.len())..];
+    }
+    let (code, message) =
+        error_fields(rest).with_context(|| format!("oversized login message: {answer:?}"))?;
+    ensure!(
+        code == "08P01"
+            && message.starts_with(&format!(
+                "pgrouter: cluster \"demo\": session on \"{leader}\": "
+            ))
+            && message.contains("during login"),
+        "oversized login message: {code} {message:?}"
+    );
+
     // An unfinished startup is closed after startup_timeout.
     let started = Instant::now();
     let answer = raw_exchange(router.primary, &[0, 0, 0])?;
