@@ -1,11 +1,13 @@
 //! Message boundaries in one direction of a PostgreSQL stream, found from 5-byte headers alone.
 //!
 //! The relay forwards bytes as they come; the scanner only follows along so the session knows
-//! where messages end and can look inside the few it cares about (ReadyForQuery, BackendKeyData).
+//! where messages end and can look inside the few it cares about (ReadyForQuery, BackendKeyData,
+//! ErrorResponse).
 //! It never allocates: a captured body lives in a small fixed array.
 
-/// Longest body the scanner captures: BackendKeyData with a protocol 3.2 secret of 256 bytes.
-pub const CAPTURE_MAX: usize = 4 + 256;
+/// Longest body the scanner captures: a server's FATAL ErrorResponse with its detail and hint
+/// (BackendKeyData, with a protocol 3.2 secret of 256 bytes, needs 260).
+pub const CAPTURE_MAX: usize = 1024;
 
 /// A length field below 4 cannot frame a message (the stream is corrupt), and one above the
 /// scanner's limit is refused before any of its body passes.

@@ -4,8 +4,6 @@
 //! clients, shutting down) is reported naming pgrouter, the cluster and the member.
 
 use bytes::BytesMut;
-use pgwire::messages::response::ErrorResponse;
-use pgwire::messages::Message;
 use tokio::io::AsyncReadExt;
 
 use super::relay::Follow;
@@ -99,20 +97,8 @@ fn whole(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, String>
     }
 }
 
-/// The member's ErrorResponse with its message prefixed by pgrouter, the cluster and the
-/// member; every other field (severity, SQLSTATE, detail, hint) as the member sent it.
 fn named(scope: &str, member: &str, body: &[u8]) -> Refused {
-    let prefix = format!("pgrouter: cluster \"{scope}\": member \"{member}\": ");
-    let mut fields = wire::error_fields(body);
-    let code = wire::field(&fields, b'C').unwrap_or("XX000").to_owned();
-    match fields.iter_mut().find(|(c, _)| *c == b'M') {
-        Some((_, m)) => m.insert_str(0, &prefix),
-        None => fields.push((b'M', prefix.trim_end_matches([':', ' ']).to_owned())),
-    }
-    let mut response = BytesMut::new();
-    ErrorResponse::new(fields)
-        .encode(&mut response)
-        .expect("an ErrorResponse always fits in a message");
+    let (code, response) = super::relay::named(scope, member, body);
     Refused::Member { code, response }
 }
 

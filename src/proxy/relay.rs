@@ -97,6 +97,18 @@ impl Pump {
         }
     }
 
+    /// Replaces the read batch's bytes from `from` on with `bytes`, if they fit; before any of
+    /// it is written.
+    pub fn replace_tail(&mut self, from: usize, bytes: &[u8]) -> bool {
+        let end = from + bytes.len();
+        if self.start != 0 || from > self.end || end > self.buf.len() {
+            return false;
+        }
+        self.buf[from..end].copy_from_slice(bytes);
+        self.end = end;
+        true
+    }
+
     pub fn pending(&self) -> bool {
         self.start < self.end || self.unflushed
     }
@@ -164,6 +176,9 @@ pub struct Follow<'a> {
     pub last_from_server: u8,
     /// The client sent Terminate: the server closing is the end it asked for.
     pub terminated: bool,
+    /// The last batch from the server ended with a whole FATAL or PANIC ErrorResponse: where it
+    /// starts in the batch, and its body, for the relay to name the member in it.
+    pub server_fatal: Option<(usize, Vec<u8>)>,
     registration: Option<Registration>,
     up_bytes: IntCounter,
     down_bytes: IntCounter,
@@ -182,13 +197,14 @@ impl<'a> Follow<'a> {
             shared,
             member_addr,
             up_scan: Scanner::new(b"").with_max_len(MAX_CLIENT_MESSAGE),
-            down_scan: Scanner::new(b"ZK"),
+            down_scan: Scanner::new(b"ZKE"),
             tx: TxState {
                 awaiting: 1,
                 status: 0,
             },
             last_from_server: 0,
             terminated: false,
+            server_fatal: None,
             registration: None,
             up_bytes: bytes("client_to_server"),
             down_bytes: bytes("server_to_client"),
@@ -210,7 +226,8 @@ impl<'a> Follow<'a> {
         })
     }
 
-    /// Bytes from the server: ReadyForQuery ends a wait, BackendKeyData is registered for cancels.
+    /// Bytes from the server: ReadyForQuery ends a wait, BackendKeyData is registered for
+    /// cancels, a FATAL ErrorResponse ending the batch is noted in `server_fatal`.
     pub fn server_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
         self.down_bytes.inc_by(data.len() as u64);
         let Follow {
@@ -222,9 +239,13 @@ impl<'a> Follow<'a> {
             member_addr,
             ..
         } = self;
+        // The body of a FATAL ErrorResponse that is, so far, the batch's last message.
+        let mut fatal: Option<Vec<u8>> = None;
         self.down_scan.feed(data, |tag, body| {
             *last_from_server = tag;
+            fatal = None;
             match tag {
+                b'E' if is_fatal(body) => fatal = Some(body.to_vec()),
                 b'Z' => {
                     tx.awaiting = tx.awaiting.saturating_sub(1);
                     if body.first() == Some(&b'I') && tx.status != 0 {
@@ -244,7 +265,12 @@ impl<'a> Follow<'a> {
                 }
                 _ => {}
             }
-        })
+        })?;
+        // Whole in this batch: it ends where the batch ends, and began in it.
+        self.server_fatal = fatal
+            .filter(|_| self.down_scan.at_boundary())
+            .and_then(|body| Some((data.len().checked_sub(5 + body.len())?, body)));
+        Ok(())
     }
 
     /// Whether a client whose server went away can be told so: the stream to it stands at a
@@ -252,6 +278,31 @@ impl<'a> Follow<'a> {
     fn can_tell(&self, down: &Pump) -> bool {
         !down.pending() && self.down_scan.at_boundary() && self.last_from_server != b'E'
     }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes after it).
+fn is_fatal(body: &[u8]) -> bool {
+    body.split(|b| *b == 0)
+        .any(|field| matches!(field, b"VFATAL" | b"VPANIC" | b"SFATAL" | b"SPANIC"))
+}
+
+/// A member's ErrorResponse (`body`) with its message prefixed by pgrouter, the cluster and the
+/// member, every other field as the member sent it; and its SQLSTATE.
+pub fn named(scope: &str, member: &str, body: &[u8]) -> (String, bytes::BytesMut) {
+    use crate::pool::wire;
+    use pgwire::messages::Message;
+    let prefix = format!("pgrouter: cluster \"{scope}\": member \"{member}\": ");
+    let mut fields = wire::error_fields(body);
+    let code = wire::field(&fields, b'C').unwrap_or("XX000").to_owned();
+    match fields.iter_mut().find(|(c, _)| *c == b'M') {
+        Some((_, m)) => m.insert_str(0, &prefix),
+        None => fields.push((b'M', prefix.trim_end_matches([':', ' ']).to_owned())),
+    }
+    let mut response = bytes::BytesMut::new();
+    pgwire::messages::response::ErrorResponse::new(fields)
+        .encode(&mut response)
+        .expect("an ErrorResponse always fits in a message");
+    (code, response)
 }
 
 pub struct Relay<'a> {
@@ -343,6 +394,9 @@ impl Relay<'_> {
                         if let Err(e) = follow.server_bytes(&down.buf[..n]) {
                             return End::ServerProtocol(e);
                         }
+                        if let Some((start, body)) = follow.server_fatal.take() {
+                            self.name_fatal(&mut down, start, &body);
+                        }
                     }
                     Ok(Step::Wrote) => {}
                     Ok(Step::Eof) if follow.terminated => return End::ClientClosed,
@@ -370,6 +424,19 @@ impl Relay<'_> {
                     }
                 },
             }
+        }
+    }
+
+    /// Puts the member's FATAL ErrorResponse at `start` of the batch in `down` in the words of
+    /// [`named`] (as sent when it would not fit the batch).
+    fn name_fatal(&self, down: &mut Pump, start: usize, body: &[u8]) {
+        let (code, response) = named(&self.shared.scope, &self.route.member.name, body);
+        if down.replace_tail(start, &response) {
+            self.shared
+                .metrics
+                .client_errors
+                .with_label_values(&[&code])
+                .inc();
         }
     }
 
@@ -427,6 +494,77 @@ mod tests {
             status: b'I',
         };
         assert!(!tx.idle(), "a query is in flight");
+    }
+
+    fn shared() -> Shared {
+        let config = crate::config::Config::from_toml(
+            "[cluster]\nscope = \"demo\"\netcd = [\"127.0.0.1:1\"]\n",
+        )
+        .expect("config");
+        let (_tx, rx) = watch::channel(Arc::new(Topology::empty("demo")));
+        Shared::new(config, rx, Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    const FATAL: &[u8] =
+        b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+
+    #[test]
+    fn a_fatal_error_ending_a_batch_is_found_only_when_whole_in_it() {
+        let shared = shared();
+        let rows = [
+            tagged(b'D', b"\0\x01\0\0\0\x01x"),
+            tagged(b'C', b"SELECT 1\0"),
+        ]
+        .concat();
+        let fatal = tagged(b'E', FATAL);
+        let stream = [rows.clone(), fatal.clone()].concat();
+        for cut in 0..stream.len() {
+            let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+            follow.server_bytes(&stream[..cut]).unwrap();
+            assert_eq!(follow.server_fatal, None, "cut {cut}: not whole yet");
+            follow.server_bytes(&stream[cut..]).unwrap();
+            let found = follow.server_fatal.take();
+            if cut <= rows.len() {
+                let start = rows.len() - cut;
+                assert_eq!(found, Some((start, FATAL.to_vec())), "cut {cut}");
+            } else {
+                assert_eq!(found, None, "cut {cut}: began in the batch before");
+            }
+        }
+        // An ERROR, or a FATAL followed by more, is left alone.
+        let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+        let error = tagged(b'E', b"SERROR\0VERROR\0C42P01\0Mno such table\0\0");
+        follow.server_bytes(&error).unwrap();
+        assert_eq!(follow.server_fatal, None);
+        follow
+            .server_bytes(&[fatal, tagged(b'Z', b"I")].concat())
+            .unwrap();
+        assert_eq!(follow.server_fatal, None);
+    }
+
+    #[test]
+    fn a_named_fatal_replaces_the_batch_tail_when_it_fits() {
+        let mut pump = Pump::new(false);
+        pump.buf[..10].copy_from_slice(b"DDDDDEEEEE");
+        (pump.start, pump.end) = (0, 10);
+        let (code, named) = named("demo", "pg0", FATAL);
+        assert_eq!(code, "57P01");
+        assert!(pump.replace_tail(5, &named));
+        assert_eq!(&pump.buf[..5], b"DDDDD");
+        assert_eq!(&pump.buf[5..pump.end], &named[..]);
+        let fields = crate::pool::wire::error_fields(&named[5..]);
+        assert_eq!(
+            crate::pool::wire::field(&fields, b'M'),
+            Some("pgrouter: cluster \"demo\": member \"pg0\": terminating connection due to administrator command")
+        );
+        assert!(!pump.replace_tail(BATCH - 3, &named), "past the batch");
     }
 
     fn msg(tag: u8, len: u32, body: usize) -> Vec<u8> {

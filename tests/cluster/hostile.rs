@@ -531,6 +531,42 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         &format!("lost the server connection to member \"{member}\""),
     )?;
     println!("  a server connection reset under a session: 08006 {message}");
+
+    // 5. The member ends a passthrough session with its own FATAL (pg_terminate_backend): the
+    // client gets the member's SQLSTATE and words, naming the member.
+    let (client, conn) = connect(timed.primary, "hostile-terminated").await?;
+    let port: i32 = client
+        .query_one("select inet_server_port()", &[])
+        .await?
+        .get(0);
+    let member = lab
+        .member_names()
+        .into_iter()
+        .find(|m| i32::from(lab.pg_port(m)) == port)
+        .context("the session's member")?;
+    lab.psql(
+        lab.pg_port(&member),
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hostile-terminated'",
+    )?;
+    let ended = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .context("the connection did not end")?
+        .context("the connection task")?;
+    let e = ended.err().context("the session ended without an error")?;
+    let db = e
+        .as_db_error()
+        .with_context(|| format!("a terminated session: not an ErrorResponse: {e}"))?;
+    let want = format!(
+        "pgrouter: cluster \"{SCOPE}\": member \"{member}\": terminating connection due to administrator command"
+    );
+    ensure!(
+        db.code().code() == "57P01" && db.message() == want && db.severity() == "FATAL",
+        "a terminated session: {} {} {:?}",
+        db.severity(),
+        db.code().code(),
+        db.message()
+    );
+    println!("  a member's FATAL under a session: 57P01 {}", db.message());
     Ok(())
 }
 
