@@ -98,6 +98,16 @@ impl Scanner {
         }
     }
 
+    /// The body of the last whole message, if its tag is captured; empty otherwise. Read at a
+    /// boundary, it belongs to the message `feed` visited last.
+    pub fn last_captured(&self) -> &[u8] {
+        if self.capture && self.left == 0 {
+            &self.body[..self.body_len]
+        } else {
+            &[]
+        }
+    }
+
     fn start_body(&mut self) -> Result<(), BadLength> {
         let tag = self.header[0];
         let len = u32::from_be_bytes([
@@ -191,5 +201,20 @@ mod tests {
         let mut bodies = Vec::new();
         s.feed(&big, |_, body| bodies.push(body.len())).unwrap();
         assert_eq!(bodies, [0]);
+        assert!(s.last_captured().is_empty());
+    }
+
+    #[test]
+    fn the_last_whole_captured_body_stays_readable() {
+        let mut s = Scanner::new(b"E");
+        s.feed(&msg(b'E', b"SFATAL\0\0"), |_, _| {}).unwrap();
+        assert_eq!(s.last_captured(), b"SFATAL\0\0");
+        s.feed(&msg(b'Z', b"I"), |_, _| {}).unwrap();
+        assert!(s.last_captured().is_empty(), "Z is not captured");
+        let e = msg(b'E', b"SERROR\0\0");
+        s.feed(&e[..7], |_, _| {}).unwrap();
+        assert!(s.last_captured().is_empty(), "not whole yet");
+        s.feed(&e[7..], |_, _| {}).unwrap();
+        assert_eq!(s.last_captured(), b"SERROR\0\0");
     }
 }

@@ -239,13 +239,9 @@ impl<'a> Follow<'a> {
             member_addr,
             ..
         } = self;
-        // The body of a FATAL ErrorResponse that is, so far, the batch's last message.
-        let mut fatal: Option<Vec<u8>> = None;
         self.down_scan.feed(data, |tag, body| {
             *last_from_server = tag;
-            fatal = None;
             match tag {
-                b'E' if is_fatal(body) => fatal = Some(body.to_vec()),
                 b'Z' => {
                     tx.awaiting = tx.awaiting.saturating_sub(1);
                     if body.first() == Some(&b'I') && tx.status != 0 {
@@ -266,10 +262,15 @@ impl<'a> Follow<'a> {
                 _ => {}
             }
         })?;
-        // Whole in this batch: it ends where the batch ends, and began in it.
-        self.server_fatal = fatal
-            .filter(|_| self.down_scan.at_boundary())
-            .and_then(|body| Some((data.len().checked_sub(5 + body.len())?, body)));
+        if self.last_from_server == b'E' && self.down_scan.at_boundary() {
+            // The batch ends with an ErrorResponse: if FATAL and begun in this batch, note it.
+            let body = self.down_scan.last_captured();
+            if is_fatal(body) {
+                if let Some(start) = data.len().checked_sub(5 + body.len()) {
+                    self.server_fatal = Some((start, body.to_vec()));
+                }
+            }
+        }
         Ok(())
     }
 

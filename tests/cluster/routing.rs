@@ -9,7 +9,7 @@ use pgrouter_lab::Lab;
 use serde_json::json;
 
 use crate::support::{
-    connect, eventually, ports_of_new_connections, server_port, Router, RouterOptions,
+    connect, eventually, http, metric, ports_of_new_connections, server_port, Router, RouterOptions,
 };
 
 fn replica_ports(lab: &Lab, leader: &str) -> Vec<(String, u16)> {
@@ -57,6 +57,27 @@ pub async fn writes_and_reads(lab: &Lab) -> Result<()> {
         "psql through the primary port: {via_psql}"
     );
 
+    // Running first on a fresh lab, a replica's lag may still read as a WAL segment or more
+    // (Patroni updates each member's key every loop_wait, and the lab's start switched
+    // segments): wait until both have caught up and count for reads.
+    let names: Vec<String> = replica_ports(lab, &leader)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    let caught_up = || async {
+        let page = http("GET", router.admin, "/metrics", None)?.1;
+        let series =
+            |name: &str, m: &str| metric(&page, &format!("pgrouter_{name}{{member=\"{m}\"}}"));
+        Ok(names
+            .iter()
+            .all(|m| series("member_eligible", m) == 1.0 && series("member_lag_bytes", m) == 0.0))
+    };
+    eventually(
+        "both replicas caught up and eligible",
+        Duration::from_secs(60),
+        caught_up,
+    )
+    .await?;
     let replicas: BTreeSet<u16> = replica_ports(lab, &leader)
         .into_iter()
         .map(|(_, p)| p)
