@@ -550,55 +550,45 @@ async fn login_refused(
     refused: login::Refused,
     client: &mut Stream,
 ) {
-    let member = &route.member.name;
-    match refused {
+    let (scope, member) = (&shared.scope, &route.member.name);
+    let e = match refused {
         login::Refused::Member { code, response } => {
             tracing::info!(%peer, %member, sqlstate = %code, "the member refused the login");
-            shared
-                .metrics
-                .client_errors
-                .with_label_values(&[&code])
-                .inc();
-            let _ = client.send(&response).await;
-            let _ = client.shutdown().await;
+            return send_response(shared, client, &code, &response).await;
+        }
+        login::Refused::ClientGone => {
+            return tracing::debug!(%peer, %member, "client left during login")
         }
         login::Refused::ServerGone(why) => {
             tracing::info!(%peer, %member, %why, "lost the server connection during login");
-            let message = format!(
-                "pgrouter: cluster \"{}\": lost the server connection to member \"{member}\" during login: {why}",
-                shared.scope
-            );
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
+            PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\" during login: {why}"),
             )
-            .await;
         }
-        login::Refused::ClientGone => tracing::debug!(%peer, %member, "client left during login"),
         login::Refused::ClientProtocol(why) => {
             tracing::info!(%peer, %member, %why, "client broke the protocol during login");
-            let message = format!(
-                "pgrouter: cluster \"{}\": session on \"{member}\": {why}",
-                shared.scope
-            );
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+            PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {why}"),
             )
-            .await;
         }
-    }
+    };
+    send_error(shared, client, &e).await
 }
 
 async fn send_error(shared: &Shared, client: &mut Stream, e: &PgError) {
+    send_response(shared, client, e.code, &e.encode()).await
+}
+
+/// Sends an ErrorResponse with SQLSTATE `code`, counted, and closes.
+async fn send_response(shared: &Shared, client: &mut Stream, code: &str, response: &[u8]) {
     shared
         .metrics
         .client_errors
-        .with_label_values(&[e.code])
+        .with_label_values(&[code])
         .inc();
-    let _ = client.send(&e.encode()).await;
+    let _ = client.send(response).await;
     let _ = client.shutdown().await;
 }
 

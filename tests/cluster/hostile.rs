@@ -511,15 +511,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     )?;
     let answer = tokio::time::timeout(PATIENCE, client.simple_query("select 4")).await;
     drop(rule);
-    let member = lab
-        .member_names()
-        .into_iter()
-        .find(|m| i32::from(lab.pg_port(m)) == member_port)
-        .context("the session's member")?;
-    lab.psql(
-        lab.pg_port(&member),
-        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hostile-server-reset'",
-    )?;
+    let member = terminate_on_member(lab, member_port, "hostile-server-reset")?;
     let e = match answer {
         Ok(Err(e)) => e,
         other => bail!("a reset server connection: {other:?}"),
@@ -539,15 +531,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         .query_one("select inet_server_port()", &[])
         .await?
         .get(0);
-    let member = lab
-        .member_names()
-        .into_iter()
-        .find(|m| i32::from(lab.pg_port(m)) == port)
-        .context("the session's member")?;
-    lab.psql(
-        lab.pg_port(&member),
-        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hostile-terminated'",
-    )?;
+    let member = terminate_on_member(lab, port, "hostile-terminated")?;
     let ended = tokio::time::timeout(PATIENCE, conn)
         .await
         .context("the connection did not end")?
@@ -568,6 +552,20 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     );
     println!("  a member's FATAL under a session: 57P01 {}", db.message());
     Ok(())
+}
+
+/// Ends the backends of application `app` on the member listening on `port`; its name.
+fn terminate_on_member(lab: &Lab, port: i32, app: &str) -> Result<String> {
+    let member = lab
+        .member_names()
+        .into_iter()
+        .find(|m| i32::from(lab.pg_port(m)) == port)
+        .context("the session's member")?;
+    lab.psql(
+        lab.pg_port(&member),
+        &format!("select pg_terminate_backend(pid) from pg_stat_activity where application_name = '{app}'"),
+    )?;
+    Ok(member)
 }
 
 /// A pooled client inside a streamed CopyData whose server connection dies: the rest of that
