@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::relay::Follow;
-use super::route::Route;
+use super::route::{Route, Verdict};
+use super::shared::Shared;
 use crate::pool::wire;
 use crate::stream::Stream;
 
@@ -29,35 +30,57 @@ pub enum Refused {
     ClientGone,
     /// The client sent what cannot be framed, or a message too long for a login (the reason).
     ClientProtocol(String),
+    /// The member lost its role (the reason): nothing more from it may reach the client.
+    Lost(String),
 }
 
 /// Relays from the member's `first` bytes up to and including its first ReadyForQuery, feeding
-/// `follow` as the relay would.
+/// `follow` as the relay would; the member's role is checked before every write to the client.
 pub async fn run(
-    scope: &str,
+    shared: &Shared,
     route: &Route,
     follow: &mut Follow<'_>,
     client: &mut Stream,
     server: &mut Stream,
     first: Vec<u8>,
 ) -> Result<(), Refused> {
+    let mut topology = shared.topology.clone();
+    // A change between routing and now must not be missed.
+    topology.mark_changed();
+    let mut keeps_role = || {
+        if !topology.has_changed().unwrap_or(true) {
+            return Ok(());
+        }
+        let current = topology.borrow_and_update().clone();
+        match shared
+            .router
+            .check(&shared.config().routing, &current, route)
+        {
+            Verdict::CloseNow(reason) => Err(Refused::Lost(reason)),
+            // Drained by the relay at the session's first idle point.
+            Verdict::Keep | Verdict::Drain(_) => Ok(()),
+        }
+    };
     let mut from_server = BytesMut::from(&first[..]);
     let mut from_client = BytesMut::new();
     let mut out = BytesMut::new();
     loop {
         while let Some(msg) = whole(&mut from_server, SERVER_MAX).map_err(Refused::ServerGone)? {
             if msg[0] == b'E' {
-                return Err(named(scope, &route.member.name, &msg[5..]));
+                keeps_role()?;
+                return Err(named(&shared.scope, &route.member.name, &msg[5..]));
             }
             follow
                 .server_bytes(&msg)
                 .map_err(|e| Refused::ServerGone(e.to_string()))?;
             out.extend_from_slice(&msg);
             if msg[0] == b'Z' {
+                keeps_role()?;
                 return client.send(&out).await.map_err(|_| Refused::ClientGone);
             }
         }
         if !out.is_empty() {
+            keeps_role()?;
             client.send(&out).await.map_err(|_| Refused::ClientGone)?;
             out.clear();
         }

@@ -143,7 +143,7 @@ async fn passthrough(
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
     let mut follow = Follow::new(&shared, port, &route.member.addr);
     let login = login::run(
-        &shared.scope,
+        &shared,
         &route,
         &mut follow,
         &mut client,
@@ -153,16 +153,20 @@ async fn passthrough(
     .await;
     match login {
         Ok(()) => {
-            let end = Relay {
+            let relay = Relay {
                 shared: &shared,
                 route: &route,
                 port,
-            }
-            .run(&mut client, &mut server, follow, &mut state)
-            .await;
+            };
+            let end = relay
+                .run(&mut client, &mut server, follow, &mut state)
+                .await;
             finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
         }
-        Err(refused) => login_refused(&shared, &route, &peer, refused, &mut client).await,
+        Err(refused) => {
+            let ends = (&mut client, &mut server);
+            login_refused(&shared, &route, port, &peer, refused, ends).await
+        }
     }
     server_gauge.dec();
 }
@@ -546,9 +550,10 @@ async fn finish(
 async fn login_refused(
     shared: &Shared,
     route: &Route,
+    port: Port,
     peer: &str,
     refused: login::Refused,
-    client: &mut Stream,
+    (client, server): (&mut Stream, &mut Stream),
 ) {
     let (scope, member) = (&shared.scope, &route.member.name);
     let e = match refused {
@@ -558,6 +563,13 @@ async fn login_refused(
         }
         login::Refused::ClientGone => {
             return tracing::debug!(%peer, %member, "client left during login")
+        }
+        login::Refused::Lost(reason) => {
+            let end = End::Lost {
+                reason,
+                at_boundary: true,
+            };
+            return finish(shared, route, port, peer, end, client, server).await;
         }
         login::Refused::ServerGone(why) => {
             tracing::info!(%peer, %member, %why, "lost the server connection during login");
