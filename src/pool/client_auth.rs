@@ -48,7 +48,7 @@ pub async fn authenticate(
         Secret::Md5(m) => {
             let salt: [u8; 4] = rand::random();
             send(client, &auth_md5(salt)).await?;
-            let msg = read_password_message(client).await?;
+            let msg = read_password_message(client, scope).await?;
             if !verify_md5(m, salt, &msg[5..]) {
                 return Err(AuthError::Refused(wrong_password(scope, user)));
             }
@@ -67,7 +67,7 @@ async fn scram(
     user: &str,
 ) -> Result<[u8; 32], AuthError> {
     send(client, &auth_sasl(&[MECHANISM])).await?;
-    let first = read_password_message(client).await?;
+    let first = read_password_message(client, scope).await?;
     let (mechanism, data) =
         decode_sasl_initial(&first[5..]).map_err(|e| protocol(scope, &e.to_string()))?;
     if mechanism != MECHANISM {
@@ -79,7 +79,7 @@ async fn scram(
     let (exchange, server_first) =
         ServerExchange::start(secret, &data).map_err(|e| scram_failure(scope, user, e))?;
     send(client, &auth_sasl_continue(&server_first)).await?;
-    let last = read_password_message(client).await?;
+    let last = read_password_message(client, scope).await?;
     let (server_final, client_key) = exchange
         .finish(&last[5..])
         .map_err(|e| scram_failure(scope, user, e))?;
@@ -115,29 +115,41 @@ async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
     client.send(bytes).await.map_err(|_| AuthError::Gone)
 }
 
-/// Reads the client's next message, which must be a PasswordMessage/SASL response ('p').
-async fn read_password_message(client: &mut Stream) -> Result<bytes::Bytes, AuthError> {
+/// Reads the client's next message, which must be a PasswordMessage/SASL response ('p') of at
+/// most 64 KiB (PostgreSQL takes no longer authentication message).
+async fn read_password_message(
+    client: &mut Stream,
+    scope: &str,
+) -> Result<bytes::Bytes, AuthError> {
+    const MAX: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(512);
     loop {
-        match wire::take_message(&mut buf) {
-            Ok(Some(m)) if m[0] == b'p' && m.len() <= 64 * 1024 => return Ok(m),
-            Ok(Some(m)) => {
-                return Err(AuthError::Refused(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!(
-                        "pgrouter: expected a password message during authentication, got '{}'",
-                        char::from(m[0])
+        match wire::header(&buf) {
+            Ok(Some((b'p', len))) if len > MAX => {
+                return Err(protocol(
+                    scope,
+                    &format!(
+                        "a password message of {len} bytes (at most {MAX} during authentication)"
                     ),
-                )))
+                ))
             }
-            Ok(None) if buf.len() > 64 * 1024 => return Err(AuthError::Gone),
+            Ok(Some((b'p', _))) => {}
+            Ok(Some((tag, _))) => {
+                return Err(protocol(
+                    scope,
+                    &format!(
+                        "expected a password message during authentication, got '{}'",
+                        char::from(tag)
+                    ),
+                ))
+            }
             Ok(None) => {}
-            Err(e) => {
-                return Err(AuthError::Refused(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!("pgrouter: {e}"),
-                )))
-            }
+            Err(e) => return Err(protocol(scope, &e.to_string())),
+        }
+        match wire::take_message(&mut buf) {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) => return Err(protocol(scope, &e.to_string())),
         }
         match client.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return Err(AuthError::Gone),

@@ -176,7 +176,20 @@ pub async fn start(
             send_fatal(&shared, &mut client, &e).await;
             return None;
         }
-        Ok(Err(AuthError::Gone)) | Err(_) => return None,
+        Ok(Err(AuthError::Gone)) => return None,
+        Err(_) => {
+            tracing::info!(%peer, %port, %user, "pooled client did not finish authenticating in time");
+            let e = PgError::fatal(
+                sqlstate::QUERY_CANCELED,
+                format!(
+                    "pgrouter: cluster \"{}\": canceling authentication: not finished within listen.startup_timeout ({}s)",
+                    shared.scope,
+                    limit.as_secs_f64()
+                ),
+            );
+            send_fatal(&shared, &mut client, &e).await;
+            return None;
+        }
     };
     let registration = shared
         .pools

@@ -20,6 +20,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// TLS required and not used.
     pub const INVALID_AUTHORIZATION: &str = "28000";
+    /// Authentication not finished in time (PostgreSQL's own code for its authentication_timeout).
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 /// An error for a client; `message` should name pgrouter, the cluster and the member.

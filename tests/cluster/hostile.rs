@@ -963,26 +963,45 @@ async fn trickle(port: u16, packet: Vec<u8>) -> Result<(usize, Vec<u8>)> {
     }
 }
 
-/// Starts a pooled login and stops answering at the SCRAM challenge: pgrouter must close the
-/// connection (startup_timeout), telling the client at most a pgrouter ErrorResponse.
+/// Starts a pooled login and stops answering at the SCRAM challenge: pgrouter closes the
+/// connection after startup_timeout with its 57014, as PostgreSQL's authentication_timeout does.
+/// Then a login answering the challenge with a password message longer than PostgreSQL takes.
 async fn stall_in_scram(port: u16) -> Result<()> {
-    let mut raw = Raw::connect(port).await?;
-    raw.s
-        .write_all(&startup_packet(
-            3 << 16,
-            &params(&[("application_name", "hostile-stall")]),
-        ))
-        .await?;
-    let (tag, _) = raw.read_msg().await?.context("no authentication request")?;
-    ensure!(tag == b'R', "first message {:?}", char::from(tag));
+    let challenged = || async {
+        let mut raw = Raw::connect(port).await?;
+        raw.s
+            .write_all(&startup_packet(
+                3 << 16,
+                &params(&[("application_name", "hostile-stall")]),
+            ))
+            .await?;
+        let (tag, _) = raw.read_msg().await?.context("no authentication request")?;
+        ensure!(tag == b'R', "first message {:?}", char::from(tag));
+        anyhow::Ok(raw)
+    };
+    let mut raw = challenged().await?;
     let answer = raw
         .until_closed()
         .await
         .context("a client stalled in SCRAM")?;
-    if !answer.is_empty() {
-        expect_error("stalled in SCRAM", &answer, "08P01", &[])?;
-    }
-    Ok(())
+    expect_error(
+        "stalled in SCRAM",
+        &answer,
+        "57014",
+        &["canceling authentication", "startup_timeout"],
+    )?;
+    let mut raw = challenged().await?;
+    raw.s.write_all(&[b'p', 0, 0x10, 0, 0]).await?;
+    let answer = raw
+        .until_closed()
+        .await
+        .context("an oversized password message")?;
+    expect_error(
+        "a password message of 1 MiB",
+        &answer,
+        "08P01",
+        &["password message of 1048577 bytes"],
+    )
 }
 
 const RULE_COMMENT: &str = "pgrouter-hostile-test";
