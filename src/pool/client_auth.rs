@@ -124,8 +124,19 @@ async fn read_password_message(
     const MAX: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(512);
     loop {
-        match wire::header(&buf) {
-            Ok(Some((b'p', len))) if len > MAX => {
+        match wire::take_message_within(&mut buf, MAX) {
+            Ok(Some(m)) if m[0] == b'p' => return Ok(m),
+            Ok(Some(m)) => {
+                return Err(protocol(
+                    scope,
+                    &format!(
+                        "expected a password message during authentication, got '{}'",
+                        char::from(m[0])
+                    ),
+                ))
+            }
+            Ok(None) => {}
+            Err(wire::BadMessage { tag: b'p', len }) if len > MAX => {
                 return Err(protocol(
                     scope,
                     &format!(
@@ -133,22 +144,6 @@ async fn read_password_message(
                     ),
                 ))
             }
-            Ok(Some((b'p', _))) => {}
-            Ok(Some((tag, _))) => {
-                return Err(protocol(
-                    scope,
-                    &format!(
-                        "expected a password message during authentication, got '{}'",
-                        char::from(tag)
-                    ),
-                ))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(protocol(scope, &e.to_string())),
-        }
-        match wire::take_message(&mut buf) {
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => {}
             Err(e) => return Err(protocol(scope, &e.to_string())),
         }
         match client.read_buf(&mut buf).await {

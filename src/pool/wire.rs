@@ -6,7 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// the messages read whole here are statements, binds and small server replies).
 pub const MAX_WHOLE_MESSAGE: usize = 256 * 1024 * 1024;
 
-/// A length field below 4, or a message pgrouter must read whole beyond `MAX_WHOLE_MESSAGE`.
+/// A length field below 4, or a message pgrouter must read whole beyond its limit
+/// (`MAX_WHOLE_MESSAGE`, or the one given to [`take_message_within`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("message '{}' has unacceptable length {len}", char::from(*tag))]
 pub struct BadMessage {
@@ -29,8 +30,14 @@ pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, BadMessage> {
 
 /// Splits one whole message (header included) off the front of `buf`, if it is all there.
 pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadMessage> {
+    take_message_within(buf, MAX_WHOLE_MESSAGE)
+}
+
+/// [`take_message`] for messages of at most `max` bytes, header included (login and
+/// authentication messages are short); a longer one is refused from its header.
+pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadMessage> {
     match header(buf)? {
-        Some((tag, len)) if len > MAX_WHOLE_MESSAGE => Err(BadMessage { tag, len }),
+        Some((tag, len)) if len > max => Err(BadMessage { tag, len }),
         Some((_, len)) if buf.len() >= len => Ok(Some(buf.split_to(len).freeze())),
         _ => Ok(None),
     }
@@ -192,6 +199,26 @@ mod tests {
         assert_eq!(&p[..], b"P\0\0\0\x15pgr_1\0select 1\0\0\0");
         assert!(buf.is_empty());
         assert_eq!(take_message(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn messages_within_a_limit_come_whole_and_longer_ones_are_refused() {
+        let mut buf = BytesMut::from(&b"R\0\0\0\x08\0\0\0\0Z\0\0"[..]);
+        assert_eq!(
+            &take_message_within(&mut buf, 64).unwrap().unwrap()[..],
+            b"R\0\0\0\x08\0\0\0\0"
+        );
+        assert_eq!(take_message_within(&mut buf, 64).unwrap(), None);
+        let mut long = BytesMut::from(&b"p\0\x02\0\0"[..]);
+        assert_eq!(
+            take_message_within(&mut long, 5 + 65_535).unwrap_err(),
+            BadMessage {
+                tag: b'p',
+                len: 0x2_0001
+            }
+        );
+        let mut bad = BytesMut::from(&b"p\0\0\0\x02"[..]);
+        assert!(take_message_within(&mut bad, 5 + 65_535).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::relay::Follow;
+use super::relay::{End, Follow};
 use super::route::{Route, Verdict};
 use super::shared::Shared;
 use crate::pool::wire;
@@ -24,14 +24,9 @@ const SERVER_MAX: usize = 1024 * 1024;
 pub enum Refused {
     /// The member's ErrorResponse, named: for the client, then close.
     Member { code: String, response: BytesMut },
-    /// The member closed, failed or sent what cannot be framed (the reason).
-    ServerGone(String),
-    /// The client closed or failed; nothing to tell it.
-    ClientGone,
-    /// The client sent what cannot be framed, or a message too long for a login (the reason).
-    ClientProtocol(String),
-    /// The member lost its role (the reason): nothing more from it may reach the client.
-    Lost(String),
+    /// Ended as a relayed session ends: a side gone or breaking the protocol, or the member's
+    /// role lost.
+    Ended(End),
 }
 
 /// Relays from the member's `first` bytes up to and including its first ReadyForQuery, feeding
@@ -56,50 +51,56 @@ pub async fn run(
             .router
             .check(&shared.config().routing, &current, route)
         {
-            Verdict::CloseNow(reason) => Err(Refused::Lost(reason)),
+            Verdict::CloseNow(reason) => Err(Refused::Ended(End::Lost {
+                reason,
+                at_boundary: true,
+            })),
             // Drained by the relay at the session's first idle point.
             Verdict::Keep | Verdict::Drain(_) => Ok(()),
         }
     };
+    let to_client = |e| Refused::Ended(End::ClientError(e));
     let mut from_server = BytesMut::from(&first[..]);
     let mut from_client = BytesMut::new();
     let mut out = BytesMut::new();
     loop {
-        while let Some(msg) = whole(&mut from_server, SERVER_MAX).map_err(Refused::ServerGone)? {
+        while let Some(msg) =
+            wire::take_message_within(&mut from_server, SERVER_MAX).map_err(server_gone)?
+        {
             if msg[0] == b'E' {
                 keeps_role()?;
                 return Err(named(&shared.scope, &route.member.name, &msg[5..]));
             }
-            follow
-                .server_bytes(&msg)
-                .map_err(|e| Refused::ServerGone(e.to_string()))?;
+            follow.server_bytes(&msg).map_err(server_gone)?;
             out.extend_from_slice(&msg);
             if msg[0] == b'Z' {
                 keeps_role()?;
-                return client.send(&out).await.map_err(|_| Refused::ClientGone);
+                return client.send(&out).await.map_err(to_client);
             }
         }
         if !out.is_empty() {
             keeps_role()?;
-            client.send(&out).await.map_err(|_| Refused::ClientGone)?;
+            client.send(&out).await.map_err(to_client)?;
             out.clear();
         }
         tokio::select! {
             r = server.read_buf(&mut from_server) => match r {
-                Ok(0) => return Err(Refused::ServerGone("the member closed the connection during login".into())),
+                Ok(0) => return Err(server_gone("the member closed the connection")),
                 Ok(_) => {}
-                Err(e) => return Err(Refused::ServerGone(e.to_string())),
+                Err(e) => return Err(server_gone(e)),
             },
             r = client.read_buf(&mut from_client) => match r {
-                Ok(0) | Err(_) => return Err(Refused::ClientGone),
+                Ok(0) => return Err(Refused::Ended(End::ClientClosed)),
+                Err(e) => return Err(to_client(e)),
                 Ok(_) => {
-                    while let Some(msg) = whole(&mut from_client, CLIENT_MAX).map_err(Refused::ClientProtocol)? {
-                        follow.client_bytes(&msg).map_err(|e| Refused::ClientProtocol(e.to_string()))?;
+                    while let Some(msg) =
+                        wire::take_message_within(&mut from_client, CLIENT_MAX).map_err(client_broke)?
+                    {
+                        follow.client_bytes(&msg).map_err(client_broke)?;
                         out.extend_from_slice(&msg);
                     }
                     if !out.is_empty() {
-                        let sent = server.send(&out).await;
-                        sent.map_err(|e| Refused::ServerGone(e.to_string()))?;
+                        server.send(&out).await.map_err(server_gone)?;
                         out.clear();
                     }
                 }
@@ -108,16 +109,17 @@ pub async fn run(
     }
 }
 
-/// The next whole message in `buf`, if all there; an error past `max` bytes.
-fn whole(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, String> {
-    match wire::header(buf) {
-        Ok(Some((tag, len))) if len > max => Err(format!(
-            "a message of {len} bytes (tag {:?}) during login",
-            tag as char
-        )),
-        Ok(_) => wire::take_message(buf).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+/// The member failed, closed, or sent what cannot be framed, during login: the client is told.
+fn server_gone(why: impl std::fmt::Display) -> Refused {
+    Refused::Ended(End::ServerGone {
+        error: Some(std::io::Error::other(format!("{why} during login"))),
+        tell: true,
+    })
+}
+
+/// The client sent what cannot be framed, or a message too long for a login.
+fn client_broke(why: impl std::fmt::Display) -> Refused {
+    Refused::Ended(End::ClientProtocol(format!("{why} during login")))
 }
 
 fn named(scope: &str, member: &str, body: &[u8]) -> Refused {
@@ -176,19 +178,5 @@ mod tests {
             wire::field(&fields, b'M'),
             Some("pgrouter: cluster \"demo\": member \"pg0\"")
         );
-    }
-
-    #[test]
-    fn messages_come_whole_and_bounded() {
-        let mut buf = BytesMut::from(&b"R\0\0\0\x08\0\0\0\0Z\0\0"[..]);
-        assert_eq!(
-            &whole(&mut buf, 64).unwrap().unwrap()[..],
-            b"R\0\0\0\x08\0\0\0\0"
-        );
-        assert_eq!(whole(&mut buf, 64).unwrap(), None);
-        let mut long = BytesMut::from(&b"p\0\x02\0\0"[..]);
-        assert!(whole(&mut long, CLIENT_MAX).is_err());
-        let mut bad = BytesMut::from(&b"p\0\0\0\x02"[..]);
-        assert!(whole(&mut bad, CLIENT_MAX).is_err());
     }
 }

@@ -57,7 +57,8 @@ pub enum End {
         at_boundary: bool,
     },
     ClientError(std::io::Error),
-    ClientProtocol(BadLength),
+    /// The client sent what cannot be framed (why).
+    ClientProtocol(String),
     /// The client closed its side with a message half sent.
     ClientTruncated,
     ServerProtocol(BadLength),
@@ -413,7 +414,7 @@ impl Relay<'_> {
                 step = up.step(&mut cr, &mut sw), if !hold_client => match step {
                     Ok(Step::Read(n)) => {
                         if let Err(e) = follow.client_bytes(&up.buf[..n]) {
-                            return End::ClientProtocol(e);
+                            return End::ClientProtocol(e.to_string());
                         }
                     }
                     Ok(Step::Wrote) => {}

@@ -151,22 +151,29 @@ async fn passthrough(
         first,
     )
     .await;
-    match login {
+    // How the session ended, for `finish`; None when the member refused the login.
+    let end = match login {
         Ok(()) => {
             let relay = Relay {
                 shared: &shared,
                 route: &route,
                 port,
             };
-            let end = relay
-                .run(&mut client, &mut server, follow, &mut state)
-                .await;
-            finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+            Some(
+                relay
+                    .run(&mut client, &mut server, follow, &mut state)
+                    .await,
+            )
         }
-        Err(refused) => {
-            let ends = (&mut client, &mut server);
-            login_refused(&shared, &route, port, &peer, refused, ends).await
+        Err(login::Refused::Ended(end)) => Some(end),
+        Err(login::Refused::Member { code, response }) => {
+            tracing::info!(%peer, %port, %member, sqlstate = %code, "the member refused the login");
+            send_response(&shared, &mut client, &code, &response).await;
+            None
         }
+    };
+    if let Some(end) = end {
+        finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
     }
     server_gauge.dec();
 }
@@ -544,49 +551,6 @@ async fn finish(
             tracing::debug!(%peer, %port, %member, error = %e, "session failed")
         }
     }
-}
-
-/// Tells the client why its login ended (the member's own error, named), if it can be told.
-async fn login_refused(
-    shared: &Shared,
-    route: &Route,
-    port: Port,
-    peer: &str,
-    refused: login::Refused,
-    (client, server): (&mut Stream, &mut Stream),
-) {
-    let (scope, member) = (&shared.scope, &route.member.name);
-    let e = match refused {
-        login::Refused::Member { code, response } => {
-            tracing::info!(%peer, %member, sqlstate = %code, "the member refused the login");
-            return send_response(shared, client, &code, &response).await;
-        }
-        login::Refused::ClientGone => {
-            return tracing::debug!(%peer, %member, "client left during login")
-        }
-        login::Refused::Lost(reason) => {
-            let end = End::Lost {
-                reason,
-                at_boundary: true,
-            };
-            return finish(shared, route, port, peer, end, client, server).await;
-        }
-        login::Refused::ServerGone(why) => {
-            tracing::info!(%peer, %member, %why, "lost the server connection during login");
-            PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\" during login: {why}"),
-            )
-        }
-        login::Refused::ClientProtocol(why) => {
-            tracing::info!(%peer, %member, %why, "client broke the protocol during login");
-            PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {why}"),
-            )
-        }
-    };
-    send_error(shared, client, &e).await
 }
 
 async fn send_error(shared: &Shared, client: &mut Stream, e: &PgError) {
