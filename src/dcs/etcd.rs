@@ -1,6 +1,6 @@
 //! Keeps a `Topology` fresh from etcd v3: read the cluster's prefix, publish, watch from the
 //! next revision; on any error back off with jitter and read the whole prefix again. While etcd
-//! is lost, the last leader stays only while its own Patroni confirms it is the primary.
+//! is lost, the members' own Patroni keep the view ([`outage`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -12,17 +12,12 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::patroni::topology_from_keys;
-use super::rest;
+use super::{outage, rest};
 use crate::metrics::Metrics;
 use crate::topology::{Member, Topology};
 
 /// How often a promoting leader's REST API is asked whether it is done.
 const PROMOTION_POLL: Duration = Duration::from_millis(100);
-
-/// While etcd is lost, how often the last leader's Patroni is asked whether it is still the
-/// primary, and how long it has to answer.
-const FAILSAFE_CHECK: Duration = Duration::from_millis(500);
-const FAILSAFE_ANSWER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -46,11 +41,11 @@ pub struct EtcdSource {
 /// Runs until the receiver side is gone.
 ///
 /// While etcd cannot be read, the leader of the last view keeps its writes only as long as its
-/// own Patroni confirms, every [`FAILSAFE_CHECK`], that it is still the primary (Patroni demotes
+/// own Patroni confirms, every [`outage::CHECK`], that it is still the primary (Patroni demotes
 /// it after `retry_timeout` without etcd, unless failsafe mode keeps it). The first failed
 /// confirmation takes the leader out of the view: new writes are held, then refused with 57P03,
-/// and sessions on it are closed. A full read of the keys, once etcd answers again, replaces
-/// the view.
+/// and sessions on it are closed. Replicas serve reads while their own Patroni reports them
+/// within `max_replica_lag`. A full read of the keys, once etcd answers again, replaces the view.
 pub async fn watch_cluster(
     source: EtcdSource,
     tx: watch::Sender<Arc<Topology>>,
@@ -60,11 +55,11 @@ pub async fn watch_cluster(
     let mut first = true;
     while !tx.is_closed() {
         let after_loss = !first;
-        let lost_leader = after_loss.then(|| leader_of(&tx.borrow())).flatten();
+        let lost_leader = after_loss.then(|| tx.borrow().leader.clone()).flatten();
         first = false;
         let synced = tokio::select! {
             synced = reconnect(&source, &mut backoff) => synced,
-            never = guard_lost_leader(&source.scope, &tx, lost_leader) => match never {},
+            never = outage::guard(&source.scope, &tx, lost_leader) => match never {},
         };
         let Err(err) = watch_from(&source, &tx, &metrics, &mut backoff, synced, after_loss).await;
         metrics.dcs_connected.set(0);
@@ -184,56 +179,6 @@ async fn watch_from(
             metrics
                 .route_switch_seconds
                 .observe(received.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// The member holding the leader key in `topology`, when it has a REST API to ask.
-fn leader_of(topology: &Topology) -> Option<Member> {
-    let leader = topology.members.get(topology.leader.as_deref()?)?;
-    Some(leader.clone())
-}
-
-/// While etcd is lost: asks `leader`'s Patroni every [`FAILSAFE_CHECK`] whether it is still
-/// the primary, and keeps it in the view only while it says so. Never resolves; dropped when
-/// etcd can be read again.
-async fn guard_lost_leader(
-    scope: &str,
-    tx: &watch::Sender<Arc<Topology>>,
-    leader: Option<Member>,
-) -> Infallible {
-    let Some(leader) = leader else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(FAILSAFE_CHECK).await;
-        let confirmed = match &leader.api_url {
-            Some(url) => rest::confirms_primary(url, FAILSAFE_ANSWER).await,
-            None => false,
-        };
-        let keep = confirmed.then(|| leader.name.clone());
-        let changed = tx.send_if_modified(|current| {
-            if current.leader == keep {
-                return false;
-            }
-            let mut next = Topology::clone(current);
-            next.leader = keep.clone();
-            next.unconfirmed_leader = (!confirmed).then(|| leader.name.clone());
-            *current = Arc::new(next);
-            true
-        });
-        match (changed, confirmed) {
-            (true, false) => tracing::warn!(
-                cluster = %scope,
-                member = %leader.name,
-                "etcd is lost and the last leader's Patroni does not confirm it is the primary; holding writes"
-            ),
-            (true, true) => tracing::info!(
-                cluster = %scope,
-                member = %leader.name,
-                "etcd is still lost; the last leader's Patroni confirms it is the primary again"
-            ),
-            (false, _) => {}
         }
     }
 }
@@ -385,56 +330,5 @@ mod tests {
             relative_key("/service/demo/", b"/service/demo2/leader"),
             None
         );
-    }
-
-    /// A fake Patroni REST socket answers `/primary` with each status in turn; the guard keeps,
-    /// drops and restores the leader accordingly, and leaves the other members alone.
-    #[tokio::test]
-    async fn guard_follows_the_lost_leaders_own_answer() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            for status in ["200 OK", "503 Service Unavailable", "200 OK"] {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut request = [0u8; 128];
-                let n = s.read(&mut request).await.unwrap();
-                assert!(request[..n].starts_with(b"GET /primary HTTP/1.0\r\n"));
-                let body = r#"{"state": "running", "role": "master"}"#;
-                let answer = format!("HTTP/1.0 {status}\r\n\r\n{body}");
-                s.write_all(answer.as_bytes()).await.unwrap();
-                drop(s);
-                answered_tx.send(status).unwrap();
-            }
-        });
-        let leader = Member {
-            name: "pg0".into(),
-            addr: "127.0.0.1:5432".into(),
-            role: crate::topology::Role::Primary,
-            state: "running".into(),
-            wal_position: None,
-            noloadbalance: false,
-            timeline: Some(1),
-            api_url: Some(format!("http://{addr}/patroni")),
-        };
-        let mut topology = Topology::empty("demo");
-        topology.leader = Some("pg0".into());
-        topology.members.insert("pg0".into(), leader.clone());
-        let (tx, mut rx) = watch::channel(Arc::new(topology));
-        let lost = leader_of(&tx.borrow());
-        let guard = tokio::spawn(async move { guard_lost_leader("demo", &tx, lost).await });
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            let status = answered.recv().await.unwrap();
-            if status.starts_with("503") || seen.last() == Some(&None) {
-                rx.changed().await.unwrap();
-            }
-            let t = rx.borrow_and_update().clone();
-            assert!(t.members.contains_key("pg0"));
-            seen.push(t.leader.clone());
-        }
-        guard.abort();
-        assert_eq!(seen, [Some("pg0".to_owned()), None, Some("pg0".to_owned())]);
     }
 }

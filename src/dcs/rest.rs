@@ -1,4 +1,4 @@
-//! Patroni's REST API, asked two questions.
+//! Patroni's REST API, asked what a member's PostgreSQL is doing right now.
 //!
 //! Has this member's PostgreSQL left recovery? Patroni's member key in etcd says `master` only
 //! on the HA cycle after promotion, which was seen here to lag the leader key by 0.5 s to over
@@ -9,6 +9,9 @@
 //! Is this member still the primary while etcd cannot be read? `GET /primary` answers 200 only
 //! while Patroni believes it holds the leader lock (or stays primary in failsafe mode) and runs
 //! as primary; the body must also say a running primary, so both the lock and PostgreSQL agree.
+//!
+//! How far has each member got while etcd cannot be read? Every answer's body carries the WAL
+//! position of the moment: the primary's `xlog.location`, a replica's `xlog.replayed_location`.
 
 use std::time::Duration;
 
@@ -16,31 +19,55 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::topology::Role;
+
 /// Responses larger than this are not Patroni's status and are not read further.
 const MAX_RESPONSE: u64 = 64 * 1024;
+
+/// What a member's Patroni said about its PostgreSQL at the moment of asking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The answer was 200: for `/primary`, Patroni holds the leader lock as far as it knows.
+    pub ok: bool,
+    pub role: Role,
+    /// PostgreSQL's state as Patroni reports it: running, streaming, starting, stopped, ...
+    pub state: String,
+    /// The primary's current WAL position, a replica's replay position.
+    pub wal_position: Option<u64>,
+}
+
+impl Report {
+    /// A 200 answer reporting a running primary.
+    pub fn is_running_primary(&self) -> bool {
+        self.ok && self.role == Role::Primary && self.state == "running"
+    }
+}
 
 #[derive(Deserialize)]
 struct Status {
     role: Option<String>,
     state: Option<String>,
+    xlog: Option<Xlog>,
+}
+
+#[derive(Deserialize)]
+struct Xlog {
+    location: Option<u64>,
+    replayed_location: Option<u64>,
 }
 
 /// True when the member's REST API reports a running, writable PostgreSQL within `timeout`.
 /// Any failure (no api_url, https, refused, slow, unreadable) is false: the member key decides.
 pub async fn is_writable(api_url: &str, timeout: Duration) -> bool {
-    reports_running_primary(api_url, "/patroni", timeout).await
+    ask(api_url, "/patroni", timeout)
+        .await
+        .is_some_and(|r| r.is_running_primary())
 }
 
-/// True when Patroni on `api_url` answers `GET /primary` with 200 and a running primary within
-/// `timeout`: it still holds the leader lock as far as it knows. Any failure is false.
-pub async fn confirms_primary(api_url: &str, timeout: Duration) -> bool {
-    reports_running_primary(api_url, "/primary", timeout).await
-}
-
-async fn reports_running_primary(api_url: &str, path: &str, timeout: Duration) -> bool {
-    let Some(authority) = http_authority(api_url) else {
-        return false;
-    };
+/// Asks `GET path` of the Patroni whose `api_url` is given; `None` when it does not answer
+/// with a status within `timeout` (no api_url, https, refused, slow, unreadable).
+pub async fn ask(api_url: &str, path: &str, timeout: Duration) -> Option<Report> {
+    let authority = http_authority(api_url)?;
     let ask = async {
         let mut stream = TcpStream::connect(authority).await?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
@@ -50,8 +77,8 @@ async fn reports_running_primary(api_url: &str, path: &str, timeout: Duration) -
         std::io::Result::Ok(response)
     };
     match tokio::time::timeout(timeout, ask).await {
-        Ok(Ok(response)) => reports_writable(&response),
-        _ => false,
+        Ok(Ok(response)) => parse(&response),
+        _ => None,
     }
 }
 
@@ -62,16 +89,23 @@ fn http_authority(url: &str) -> Option<&str> {
     authority.contains(':').then_some(authority)
 }
 
-fn reports_writable(response: &[u8]) -> bool {
-    let ok = response.starts_with(b"HTTP/1.") && response.get(8..12) == Some(b" 200");
-    let body = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| &response[at + 4..]);
-    let status = body.and_then(|b| serde_json::from_slice::<Status>(b).ok());
-    ok && status.is_some_and(|s| {
-        matches!(s.role.as_deref(), Some("master" | "primary"))
-            && s.state.as_deref() == Some("running")
+fn parse(response: &[u8]) -> Option<Report> {
+    if !response.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let ok = response.get(8..12) == Some(b" 200");
+    let at = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status: Status = serde_json::from_slice(&response[at + 4..]).ok()?;
+    let role = Role::from_patroni(status.role.as_deref()?);
+    let wal_position = status.xlog.and_then(|x| match role {
+        Role::Primary => x.location,
+        _ => x.replayed_location,
+    });
+    Some(Report {
+        ok,
+        role,
+        state: status.state?,
+        wal_position,
     })
 }
 
@@ -95,11 +129,42 @@ mod tests {
         );
         assert_eq!(http_authority("https://h:8008/patroni"), None);
         assert_eq!(http_authority("http://h/patroni"), None);
-        assert!(reports_writable(PROMOTED.as_bytes()));
-        assert!(!reports_writable(PROMOTING.as_bytes()));
-        assert!(!reports_writable(b"HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"stopped\", \"role\": \"master\"}"));
-        assert!(!reports_writable(b"HTTP/1.0 200 OK\r\n\r\nnot json"));
-        assert!(!reports_writable(b"HTTP/1.0 200"));
+        let running_primary = |r: &[u8]| parse(r).is_some_and(|r| r.is_running_primary());
+        assert!(running_primary(PROMOTED.as_bytes()));
+        assert!(!running_primary(PROMOTING.as_bytes()));
+        assert!(!running_primary(b"HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"master\"}"));
+        assert!(!running_primary(
+            b"HTTP/1.0 200 OK\r\n\r\n{\"state\": \"stopped\", \"role\": \"master\"}"
+        ));
+        assert_eq!(parse(b"HTTP/1.0 200 OK\r\n\r\nnot json"), None);
+        assert_eq!(parse(b"HTTP/1.0 200"), None);
+        assert_eq!(
+            parse(b"SSH-2.0\r\n\r\n{\"state\": \"running\", \"role\": \"master\"}"),
+            None
+        );
+    }
+
+    /// Patroni 3.0.2's own bodies (trimmed): the primary's position is `xlog.location`, a
+    /// replica's is where it has replayed to, not what it has received.
+    #[test]
+    fn positions_from_patronis_bodies() {
+        let primary = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"state\": \"running\", \"role\": \"master\", \"server_version\": 150018, \"xlog\": {\"location\": 67108960}, \"timeline\": 1, \"replication\": [{\"usename\": \"replicator\", \"state\": \"streaming\"}]}";
+        let replica = b"HTTP/1.0 200 OK\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \"xlog\": {\"received_location\": 67108960, \"replayed_location\": 50331648, \"replayed_timestamp\": null, \"paused\": true}, \"timeline\": 1}";
+        let no_primary = b"HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \"xlog\": {\"received_location\": 1, \"replayed_location\": 1}}";
+        assert_eq!(
+            parse(primary),
+            Some(Report {
+                ok: true,
+                role: Role::Primary,
+                state: "running".into(),
+                wal_position: Some(67108960),
+            })
+        );
+        assert_eq!(parse(replica).and_then(|r| r.wal_position), Some(50331648));
+        assert_eq!(parse(replica).map(|r| r.role), Some(Role::Replica));
+        let answered = parse(no_primary).unwrap();
+        assert!(!answered.ok && !answered.is_running_primary());
+        assert_eq!(answered.wal_position, Some(1));
     }
 
     #[tokio::test]
@@ -122,7 +187,8 @@ mod tests {
         });
         assert!(is_writable(&url, Duration::from_secs(5)).await);
         assert!(!is_writable(&url, Duration::from_secs(5)).await);
-        assert!(confirms_primary(&url, Duration::from_secs(5)).await);
+        let confirmed = ask(&url, "/primary", Duration::from_secs(5)).await;
+        assert!(confirmed.is_some_and(|r| r.is_running_primary()));
         server.await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The etcd view: losing etcd keeps the last leader only while its Patroni confirms it, one
 //! etcd member of three changes nothing, and pgrouter resyncs when etcd returns.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
@@ -421,4 +422,100 @@ pub async fn etcd_unreachable_for_the_router(lab: &Lab) -> Result<()> {
     result?;
     let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
     until_landing_on(router.primary, lab.pg_port(&new), Duration::from_secs(60)).await
+}
+
+/// etcd unreachable for pgrouter alone while a replica stops replaying: the member keys
+/// pgrouter last read cannot tell, but the replica's own Patroni reports its replay position,
+/// so reads leave it once it lags past max_replica_lag and return once it has caught up.
+pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> {
+    let opts = RouterOptions {
+        routing: "max_replica_lag = \"1MB\"\n",
+        run_as: Some(ROUTER_UID),
+        ..RouterOptions::default()
+    };
+    let router = Router::start(lab, 17604, opts)?;
+    let leader = lab.leader()?;
+    let leader_port = lab.pg_port(&leader);
+    let replicas: Vec<(String, u16)> = lab
+        .member_names()
+        .into_iter()
+        .filter(|m| *m != leader)
+        .map(|m| {
+            let port = lab.pg_port(&m);
+            (m, port)
+        })
+        .collect();
+    let [(_, a_port), (b, b_port)] = &replicas[..] else {
+        bail!("expected two replicas, found {replicas:?}");
+    };
+    let (a_port, b_port) = (*a_port, *b_port);
+    let reads = router.replicas;
+    let only_a = || async move {
+        let ports = ports_of_new_connections(reads, 4).await?;
+        Ok(ports.iter().all(|p| *p == a_port))
+    };
+    let balanced = || async move {
+        let ports: BTreeSet<u16> = ports_of_new_connections(reads, 4)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(ports == BTreeSet::from([a_port, b_port]))
+    };
+    eventually(
+        "reads over both replicas",
+        Duration::from_secs(60),
+        balanced,
+    )
+    .await?;
+    let blackhole = blackhole_etcd(lab)?;
+    let result = async {
+        eventually(
+            "pgrouter notices etcd is unreachable",
+            Duration::from_secs(60),
+            || async { Ok(router.log_text().contains("lost the etcd view")) },
+        )
+        .await?;
+        lab.psql(b_port, "select pg_wal_replay_pause()")?;
+        let lagged = async {
+            lab.psql(
+                leader_port,
+                "create table if not exists outage_filler(x text); insert into outage_filler select repeat('x', 1000) from generate_series(1, 8000)",
+            )?;
+            eventually(
+                &format!("reads skip {b}, replaying nothing, while etcd is unreachable"),
+                Duration::from_secs(30),
+                only_a,
+            )
+            .await
+        }
+        .await;
+        lab.psql(b_port, "select pg_wal_replay_resume()")?;
+        lagged?;
+        let log = router.log_text();
+        ensure!(
+            log.contains(&format!("replica {b} out (lagging")),
+            "no log line about {b} lagging:\n{}",
+            router.log_tail(20)
+        );
+        eventually(
+            "reads over both replicas once it caught up, etcd still unreachable",
+            Duration::from_secs(60),
+            balanced,
+        )
+        .await?;
+        // The view came from the members' Patroni: etcd was read once, before the blackhole.
+        let reads_of_etcd = router
+            .log_text()
+            .matches("read cluster state from etcd")
+            .count();
+        ensure!(
+            reads_of_etcd == 1,
+            "pgrouter read etcd {reads_of_etcd} times"
+        );
+        lab.psql(leader_port, "drop table outage_filler")?;
+        anyhow::Ok(())
+    }
+    .await;
+    drop(blackhole);
+    result
 }

@@ -64,6 +64,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("etcd_unreachable_for_the_router_alone", |lab| {
         Box::pin(dcs::etcd_unreachable_for_the_router(lab))
     }),
+    ("etcd_unreachable_reads_follow_replica_lag", |lab| {
+        Box::pin(dcs::etcd_unreachable_reads_follow_replica_lag(lab))
+    }),
     (
         "metrics_and_health_follow_a_switchover_and_an_etcd_stop",
         |lab| Box::pin(operations::metrics_and_health(lab)),
