@@ -51,6 +51,26 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub tcp: TcpConfig,
+    #[serde(default)]
+    pub peers: PeersConfig,
+}
+
+/// Routers that forward each other's cancel requests for pooled clients, so a cancel works
+/// whichever router it reaches (a load balancer or a moved VIP may send its connection to
+/// another one). Every router gets the same list and its own `id`; the id goes into the cancel
+/// keys it issues.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// This router's place in `routers`, from 1; 0 when it has no peers.
+    pub id: usize,
+    /// Every router's client address (`host:port`, either listener), this one's included.
+    pub routers: Vec<String>,
+}
+
+impl PeersConfig {
+    /// Most routers a cancel key can name (8 bits of its pid).
+    pub const MAX_ROUTERS: usize = 255;
 }
 
 /// TCP keepalive and user timeout on every client socket and on passthrough member sockets,
@@ -424,6 +444,7 @@ impl Config {
             _ => {}
         }
         self.validate_pooling()?;
+        self.validate_peers()?;
         self.validate_tls()?;
         self.validate_tcp()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -518,6 +539,42 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_peers(&self) -> Result<(), ConfigError> {
+        let p = &self.peers;
+        if p.routers.len() > PeersConfig::MAX_ROUTERS {
+            return Err(ConfigError::invalid(
+                "peers.routers",
+                format!("at most {} routers", PeersConfig::MAX_ROUTERS),
+            ));
+        }
+        if let Some(bad) = p
+            .routers
+            .iter()
+            .find(|r| r.contains("://") || !valid_endpoint(r))
+        {
+            return Err(ConfigError::invalid(
+                "peers.routers",
+                format!("{bad:?} is not host:port"),
+            ));
+        }
+        match (p.id, p.routers.len()) {
+            (0, 0) => Ok(()),
+            (0, _) => Err(ConfigError::invalid(
+                "peers.id",
+                "must name this router's place in peers.routers (from 1)",
+            )),
+            (_, 0) => Err(ConfigError::invalid(
+                "peers.routers",
+                "must list every router, this one included, when peers.id is set",
+            )),
+            (id, n) if id > n => Err(ConfigError::invalid(
+                "peers.id",
+                format!("{id} is past the {n} routers of peers.routers"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate_tcp(&self) -> Result<(), ConfigError> {
@@ -667,6 +724,51 @@ mod tests {
         assert!(e.starts_with("routing.hold_timeout: "), "{e}");
         let e = err(&format!("{MINIMAL}[routing]\nmax_replica_lag = \"16XB\"\n"));
         assert!(e.starts_with("routing.max_replica_lag: "), "{e}");
+    }
+
+    #[test]
+    fn peers_name_this_router_in_one_list() {
+        let peered = Config::from_toml(&format!(
+            "{MINIMAL}[peers]\nid = 2\nrouters = [\"10.0.0.1:5000\", \"router2.internal:5000\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(peered.peers.id, 2);
+        assert_eq!(
+            Config::from_toml(MINIMAL).unwrap().peers,
+            PeersConfig::default()
+        );
+        let cases = [
+            ("id = 1\n", "peers.routers: must list every router"),
+            (
+                "routers = [\"10.0.0.1:5000\"]\n",
+                "peers.id: must name this router",
+            ),
+            (
+                "id = 3\nrouters = [\"10.0.0.1:5000\", \"10.0.0.2:5000\"]\n",
+                "peers.id: 3 is past the 2 routers",
+            ),
+            (
+                "id = 1\nrouters = [\"10.0.0.1\"]\n",
+                "peers.routers: \"10.0.0.1\" is not host:port",
+            ),
+            (
+                "id = 1\nrouters = [\"http://10.0.0.1:5000\"]\n",
+                "peers.routers: \"http://10.0.0.1:5000\" is not host:port",
+            ),
+            ("id = -1\n", "peers.id: invalid value"),
+        ];
+        for (peers, want) in cases {
+            let e = err(&format!("{MINIMAL}[peers]\n{peers}"));
+            assert!(e.starts_with(want), "{peers:?}: {e}");
+        }
+        let many: Vec<String> = (0..256)
+            .map(|i| format!("\"10.0.{}.{}:5000\"", i / 250, i % 250))
+            .collect();
+        let e = err(&format!(
+            "{MINIMAL}[peers]\nid = 1\nrouters = [{}]\n",
+            many.join(",")
+        ));
+        assert!(e.starts_with("peers.routers: at most 255"), "{e}");
     }
 
     #[test]

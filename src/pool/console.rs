@@ -362,6 +362,8 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
                 ("routing.hold_timeout", d(&r.hold_timeout)),
                 ("routing.connect_timeout", d(&r.connect_timeout)),
                 ("routing.max_replica_lag", r.max_replica_lag.0.to_string()),
+                ("peers.id", config.peers.id.to_string()),
+                ("peers.routers", config.peers.routers.join(", ")),
             ];
             Table {
                 columns: &["key", "value"],

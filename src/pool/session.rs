@@ -266,10 +266,7 @@ pub async fn authenticate(
 impl PooledSession {
     /// Serves the client until it leaves.
     pub async fn serve(mut self: Box<Self>) {
-        let key = CancelKey {
-            pid: rand::random::<i32>() & i32::MAX,
-            secret: Bytes::copy_from_slice(&rand::random::<[u8; 4]>()),
-        };
+        let key = crate::proxy::cancel::pooled_key(self.shared.config().peers.id);
         let _cancel: Registration = self
             .shared
             .cancels

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use crate::config::PeersConfig;
 use crate::protocol::startup::CancelKey;
 
 /// Where a pooled client's query runs: (member address, the server connection's key), or
@@ -85,6 +86,77 @@ impl Drop for Registration {
     }
 }
 
+/// Bits 23 to 30 of a pooled key's pid carry the issuing router's `peers.id` (0 without
+/// peers). PostgreSQL's own pids stay below 2^22 (Linux's largest pid_max), so a member's key
+/// reads as issued by no router.
+const ISSUER_SHIFT: u32 = 23;
+/// Set on a cancel one router forwards to another: it goes no further.
+const FORWARDED: i32 = i32::MIN;
+
+/// A key for a pooled client of the router whose `peers.id` is `peer_id`; the rest of the pid
+/// and the secret are random.
+pub fn pooled_key(peer_id: usize) -> CancelKey {
+    let issuer = (peer_id & 0xff) as i32;
+    let random = rand::random::<i32>() & ((1 << ISSUER_SHIFT) - 1);
+    CancelKey {
+        pid: (issuer << ISSUER_SHIFT) | random,
+        secret: Bytes::copy_from_slice(&rand::random::<[u8; 4]>()),
+    }
+}
+
+/// Where a cancel for a key this router does not know goes.
+#[derive(Debug, PartialEq)]
+pub enum Elsewhere {
+    /// A member's own key (a passthrough session of another router, or one that ended): every
+    /// member, which ignore keys not theirs.
+    Members,
+    /// A pooled key of the peer router at this address, marked as forwarded.
+    Peer(String, CancelKey),
+    /// Nowhere: one of this router's own pooled keys whose session ended, or a cancel a peer
+    /// forwarded already.
+    Nowhere,
+}
+
+/// `key` without the forwarded mark, and whether it had it.
+pub fn unmark(key: &CancelKey) -> (CancelKey, bool) {
+    let unmarked = CancelKey {
+        pid: key.pid & i32::MAX,
+        secret: key.secret.clone(),
+    };
+    (unmarked, key.pid < 0)
+}
+
+/// Where a cancel for `key` (unmarked, not known here) goes, given this router's peers.
+pub fn elsewhere(key: &CancelKey, forwarded: bool, peers: &PeersConfig) -> Elsewhere {
+    let issuer = (key.pid >> ISSUER_SHIFT) as usize;
+    if forwarded || (issuer != 0 && issuer == peers.id) {
+        return Elsewhere::Nowhere;
+    }
+    match issuer.checked_sub(1).and_then(|i| peers.routers.get(i)) {
+        Some(addr) => Elsewhere::Peer(
+            addr.clone(),
+            CancelKey {
+                pid: key.pid | FORWARDED,
+                secret: key.secret.clone(),
+            },
+        ),
+        None => Elsewhere::Members,
+    }
+}
+
+/// Sends a forwarded cancel to a peer router's client listener (plain TCP: a router takes a
+/// CancelRequest before any TLS).
+pub async fn send_to_peer(addr: &str, key: &CancelKey, timeout: Duration) -> std::io::Result<()> {
+    let send = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(&cancel_packet(key)).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(timeout, send)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// The CancelRequest packet for `key`.
 pub fn cancel_packet(key: &CancelKey) -> BytesMut {
     let mut p = BytesMut::with_capacity(12 + key.secret.len());
@@ -116,7 +188,6 @@ pub async fn send_cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn key(pid: i32) -> CancelKey {
         CancelKey {
@@ -154,6 +225,46 @@ mod tests {
             registry.lookup(&key(7)),
             Some(Some(("127.0.0.1:5432".to_owned(), key(99))))
         );
+    }
+
+    #[test]
+    fn pooled_keys_name_their_router_and_peers_forward_once() {
+        let peers = PeersConfig {
+            id: 1,
+            routers: vec!["10.0.0.1:5000".into(), "10.0.0.2:5000".into()],
+        };
+        for _ in 0..100 {
+            let (mine, theirs) = (pooled_key(1), pooled_key(2));
+            assert!(mine.pid > 0 && theirs.pid > 0);
+            assert_eq!(elsewhere(&mine, false, &peers), Elsewhere::Nowhere);
+            let Elsewhere::Peer(addr, marked) = elsewhere(&theirs, false, &peers) else {
+                panic!("a key of router 2 goes to router 2");
+            };
+            assert_eq!(addr, "10.0.0.2:5000");
+            // At router 2: recognised as its own once unmarked, and never forwarded again.
+            let (unmarked, forwarded) = unmark(&marked);
+            assert_eq!((&unmarked, forwarded), (&theirs, true));
+            let at_2 = PeersConfig {
+                id: 2,
+                ..peers.clone()
+            };
+            assert_eq!(elsewhere(&unmarked, forwarded, &at_2), Elsewhere::Nowhere);
+            assert_eq!(elsewhere(&unmarked, forwarded, &peers), Elsewhere::Nowhere);
+            // Without peers, pooled keys and members' keys alike go to the members.
+            let unpeered = pooled_key(0);
+            assert!(unpeered.pid < 1 << ISSUER_SHIFT);
+            assert_eq!(elsewhere(&unpeered, false, &peers), Elsewhere::Members);
+            assert_eq!(
+                elsewhere(&theirs, false, &PeersConfig::default()),
+                Elsewhere::Members
+            );
+        }
+        // A member's pid (at most Linux's pid_max, 2^22) reads as no router's.
+        assert_eq!(
+            elsewhere(&key(4_194_304), false, &peers),
+            Elsewhere::Members
+        );
+        assert_eq!(unmark(&key(77)), (key(77), false));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::tls::Tls;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
-use super::cancel::send_cancel;
+use super::cancel::{self, send_cancel, Elsewhere};
 use super::login;
 use super::relay::{terminate, End, Follow, Relay};
 use super::route::{Port, Route};
@@ -568,21 +568,41 @@ async fn send_response(shared: &Shared, client: &mut Stream, code: &str, respons
     let _ = client.shutdown().await;
 }
 
-/// Sends a cancel to the member that issued the key; a key this router does not know (issued
-/// through another pgrouter, or already gone) goes to every member, which ignore keys not theirs.
+/// Sends a cancel to the member that issued the key. A key this router does not know goes to
+/// the peer router that issued it (`[peers]`), or, when it is a member's own (issued through
+/// another pgrouter, or already gone), to every member, which ignore keys not theirs.
 async fn forward_cancel(shared: &Shared, key: &CancelKey) {
-    let timeout = shared.config().routing.connect_timeout.0;
-    let targets: Vec<(String, CancelKey)> = match shared.cancels.lookup(key) {
+    let config = shared.config();
+    let timeout = config.routing.connect_timeout.0;
+    let (key, forwarded) = cancel::unmark(key);
+    let targets: Vec<(String, CancelKey)> = match shared.cancels.lookup(&key) {
         Some(Some(target)) => vec![target],
         // A pooled client between queries: nothing to cancel.
         Some(None) => return,
-        None => shared
-            .topology
-            .borrow()
-            .members
-            .values()
-            .map(|m| (m.addr.clone(), key.clone()))
-            .collect(),
+        None => match cancel::elsewhere(&key, forwarded, &config.peers) {
+            Elsewhere::Members => shared
+                .topology
+                .borrow()
+                .members
+                .values()
+                .map(|m| (m.addr.clone(), key.clone()))
+                .collect(),
+            Elsewhere::Peer(addr, marked) => {
+                tracing::debug!(pid = key.pid, peer = %addr, "forwarding cancel request to the peer router that issued the key");
+                if let Err(e) = cancel::send_to_peer(&addr, &marked, timeout).await {
+                    tracing::warn!(peer = %addr, error = %e, "could not forward cancel request to a peer router");
+                }
+                return;
+            }
+            Elsewhere::Nowhere => {
+                tracing::debug!(
+                    pid = key.pid,
+                    forwarded,
+                    "cancel request for a session no longer here"
+                );
+                return;
+            }
+        },
     };
     tracing::debug!(
         pid = key.pid,

@@ -405,9 +405,10 @@ fn count_forwarded(router: &Router) -> usize {
 /// replicas (replicas port), before a switchover and again after it; a `pg_sleep(60)` opened
 /// through router A is cancelled (57014) by a cancel sent to router B, on the primary and the
 /// replicas ports, and the other way round. Pooled (transaction mode): a cancel for a session of
-/// router C sent to router D reaches D (its log shows it forwarded it to the members) and
-/// cancels nothing: neither that session's query nor bystander queries on every member; the
-/// same cancel sent to C then does cancel it, so the first one could have.
+/// router C sent to router E, which has no peers, reaches E (its log shows it forwarded it to
+/// the members) and cancels nothing: neither that session's query nor bystander queries on every
+/// member. C and D are peers (`[peers]`): the same cancel sent to D is forwarded to C and cancels
+/// the query, and a cancel for a session of D sent to C cancels that one.
 pub async fn side_by_side(lab: &Lab) -> Result<()> {
     let a = Router::start(lab, 17594, RouterOptions::default())?;
     let b = Router::start(lab, 17596, RouterOptions::default())?;
@@ -464,8 +465,12 @@ pub async fn side_by_side(lab: &Lab) -> Result<()> {
 }
 
 async fn pooled_cancel_elsewhere(lab: &Lab) -> Result<()> {
-    let c = pooled_router(lab, 17590, "pool_size = 4\n")?;
-    let d = pooled_router(lab, 17592, "pool_size = 4\n")?;
+    let peers = |id: usize| {
+        format!("pool_size = 4\n\n[peers]\nid = {id}\nrouters = [\"127.0.0.1:17590\", \"127.0.0.1:17592\"]\n")
+    };
+    let c = pooled_router(lab, 17590, &peers(1))?;
+    let d = pooled_router(lab, 17592, &peers(2))?;
+    let e = pooled_router(lab, 17606, "pool_size = 4\n")?;
     let leader = lab.leader()?;
     let leader_port = lab.pg_port(&leader);
     let app = "pgrouter-test-pooled-xcancel";
@@ -487,25 +492,25 @@ async fn pooled_cancel_elsewhere(lab: &Lab) -> Result<()> {
         bystanders.push((m, token, task, _conn));
     }
 
-    let before = count_forwarded(&d);
-    send_cancel_to(&token, d.primary).await?;
-    send_cancel_to(&token, d.replicas).await?;
+    let before = count_forwarded(&e);
+    send_cancel_to(&token, e.primary).await?;
+    send_cancel_to(&token, e.replicas).await?;
     eventually(
-        "router D logging that it forwarded both cancels",
+        "router E logging that it forwarded both cancels",
         Duration::from_secs(30),
-        || async { Ok(count_forwarded(&d) >= before + 2) },
+        || async { Ok(count_forwarded(&e) >= before + 2) },
     )
     .await?;
-    // D sends to the members concurrently and logs a warning for any it could not reach.
+    // E sends to the members concurrently and logs a warning for any it could not reach.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
-        !d.log_text().contains("could not forward cancel request"),
-        "router D could not forward the cancel:\n{}",
-        d.log_tail(20)
+        !e.log_text().contains("could not forward cancel request"),
+        "router E could not forward the cancel:\n{}",
+        e.log_tail(20)
     );
     ensure!(
         !task.is_finished(),
-        "the pooled query ended after a cancel sent to the other router: {:?}",
+        "the pooled query ended after a cancel sent to a router without peers: {:?}",
         task.await?
     );
     let still = lab.psql(
@@ -522,7 +527,7 @@ async fn pooled_cancel_elsewhere(lab: &Lab) -> Result<()> {
             "a bystander query on {m} ended after the stray cancel"
         );
     }
-    println!("  pooled: a cancel for a session of router C sent to router D cancelled nothing (D forwarded it to every member, which ignored pgrouter's key)");
+    println!("  pooled: a cancel for a session of router C sent to router E, not its peer, cancelled nothing (E forwarded it to every member, which ignored pgrouter's key)");
     for m in lab.member_names() {
         let log = lab.log_tail(&m, 200);
         if let Some(line) = log
@@ -534,15 +539,30 @@ async fn pooled_cancel_elsewhere(lab: &Lab) -> Result<()> {
         }
     }
 
-    // The same key through the issuing router: it maps it to the server running the query.
+    // The same key sent to C's peer D: D forwards it to C, which maps it to the server
+    // running the query.
+    send_cancel_to(&token, d.replicas).await?;
+    canceled("the pooled session of C, cancel sent to its peer D", task).await?;
+    ensure!(
+        d.log_text()
+            .contains("forwarding cancel request to the peer router that issued the key"),
+        "router D did not say it forwarded the cancel to C:\n{}",
+        d.log_tail(20)
+    );
+    println!("  pooled: the same cancel sent to router D, C's peer, cancelled the query");
+    // And the other way round: a session of D, cancelled through C.
+    let app_d = "pgrouter-test-pooled-xcancel-d";
+    let (client, _conn_d) = connect(d.primary, app_d).await?;
+    let token = client.cancel_token();
+    let task = sleeping(lab, client, leader_port, app_d).await?;
     send_cancel_to(&token, c.primary).await?;
-    canceled("the pooled session, cancel sent to its own router", task).await?;
-    println!("  pooled: the same cancel sent to router C cancelled the query");
+    canceled("the pooled session of D, cancel sent to its peer C", task).await?;
+    println!("  pooled: a session of router D cancelled through router C");
     for (m, token, task, _conn) in bystanders {
         token.cancel_query(NoTls).await?;
         canceled(&format!("the bystander on {m}"), task).await?;
     }
-    drop((c, d));
+    drop((c, d, e));
     if lab.leader()? != leader {
         bail!("the leader changed during the test");
     }
