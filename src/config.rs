@@ -220,6 +220,9 @@ pub struct PoolConfig {
     pub server_lifetime: HumanDuration,
     /// A server connection idle longer than this is checked with an empty query before reuse.
     pub server_check_delay: HumanDuration,
+    /// Most memory pooled clients' large messages (64 KiB and over), kept whole until sent,
+    /// may hold together.
+    pub message_memory: ByteSize,
 }
 
 impl Default for PoolConfig {
@@ -231,6 +234,7 @@ impl Default for PoolConfig {
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),
             server_check_delay: HumanDuration(Duration::from_secs(30)),
+            message_memory: ByteSize(1 << 30),
         }
     }
 }
@@ -481,6 +485,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "pool.min_pool_size",
                 format!("must not exceed pool.pool_size ({})", p.pool_size),
+            ));
+        }
+        if p.message_memory.0 < 1 << 20 {
+            return Err(ConfigError::invalid(
+                "pool.message_memory",
+                "must be at least 1MB",
             ));
         }
         let positive = [
@@ -800,6 +810,8 @@ mod tests {
             "{MINIMAL}[pool]\npool_size = 2\nmin_pool_size = 3\n"
         ));
         assert!(e.starts_with("pool.min_pool_size: must not exceed"), "{e}");
+        let e = err(&format!("{MINIMAL}[pool]\nmessage_memory = \"64kB\"\n"));
+        assert_eq!(e, "pool.message_memory: must be at least 1MB");
         let e = err(&format!(
             "{MINIMAL}[auth]\nauth_file = \"/x\"\nauth_user = \"a\"\nauth_query = \"select 1\"\n"
         ));

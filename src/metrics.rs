@@ -35,6 +35,7 @@ pub struct Metrics {
     /// From receiving the etcd event to publishing the topology sessions route by.
     pub route_switch_seconds: Histogram,
     pub dcs_connected: IntGauge,
+    pub pooled_message_bytes: IntGauge,
     pub dcs_last_event_age_seconds: prometheus::Gauge,
     pub member_leader: IntGaugeVec,
     pub member_eligible: IntGaugeVec,
@@ -141,6 +142,13 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "dcs_connected",
                     "1 while the etcd watch is live, else 0.",
+                )),
+            ),
+            pooled_message_bytes: register(
+                r,
+                IntGauge::with_opts(opts(
+                    "pooled_message_bytes",
+                    "Bytes of pool.message_memory held by pooled clients' large messages (64 KiB and over), every second.",
                 )),
             ),
             dcs_last_event_age_seconds: register(

@@ -359,6 +359,7 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
                 ("pool.server_idle_timeout", d(&p.server_idle_timeout)),
                 ("pool.server_lifetime", d(&p.server_lifetime)),
                 ("pool.server_check_delay", d(&p.server_check_delay)),
+                ("pool.message_memory", p.message_memory.0.to_string()),
                 ("routing.hold_timeout", d(&r.hold_timeout)),
                 ("routing.connect_timeout", d(&r.connect_timeout)),
                 ("routing.max_replica_lag", r.max_replica_lag.0.to_string()),

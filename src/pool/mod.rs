@@ -4,6 +4,7 @@
 //! - `session`: one pooled client, from its authentication to its last message.
 //! - `statements`: protocol-level prepared statements renamed per server connection.
 //! - `pools`, `server`: the pools and the server connections in them.
+//! - `message_memory`: the budget pooled clients' large messages share.
 //! - `client_auth`, `credentials`, `auth_query`: who may connect, and logging in to servers.
 //! - `console`: the admin console (database "pgrouter").
 
@@ -11,6 +12,7 @@ pub mod auth_query;
 pub mod client_auth;
 pub mod console;
 pub mod credentials;
+pub mod message_memory;
 pub mod pools;
 pub mod server;
 pub mod session;

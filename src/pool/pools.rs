@@ -329,6 +329,8 @@ pub struct Pools {
     params: Mutex<HashMap<(String, String), Defaults>>,
     clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
     next_id: AtomicU64,
+    /// What pooled clients' large messages hold together.
+    pub message_memory: Arc<super::message_memory::MessageMemory>,
 }
 
 impl Pools {
@@ -377,6 +379,9 @@ impl Pools {
 
     /// Sets the per-pool gauges.
     pub fn export(&self, metrics: &crate::metrics::Metrics) {
+        metrics
+            .pooled_message_bytes
+            .set(self.message_memory.in_use() as i64);
         metrics.pool_servers.reset();
         metrics.pool_waiting.reset();
         for p in self.all() {

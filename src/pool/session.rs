@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 use super::client_auth::{self, AuthError};
+use super::message_memory::{Grant, COUNTED_FROM};
 use super::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
 use super::server::{Login, ServerError};
 use super::statements::{self, sql_effects, ClientStatements, Statement};
@@ -137,6 +138,9 @@ pub struct PooledSession {
     owed: Option<PgError>,
     /// After an error outside a server: drop the client's messages up to its Sync.
     skipping: bool,
+    /// `pool.message_memory` taken by the large message being received, held until the
+    /// transaction ends.
+    large: Option<Grant>,
     /// Inline, not boxed: a few words an idle client carries spare an allocation per
     /// transaction.
     held: Option<Held>,
@@ -232,6 +236,7 @@ pub async fn start(
         server_stream_drop: false,
         owed: None,
         skipping: false,
+        large: None,
         held: None,
         route_cache: None,
         hold_seconds: shared_metrics
@@ -489,7 +494,10 @@ impl PooledSession {
                 }
                 // Room for the rest of the message (up to a chunk: a length is only a claim
                 // until the bytes come): one read, not one per 64 bytes.
-                Ok(Some((_, len))) => self.cin.reserve((len - self.cin.len()).min(READ_CHUNK)),
+                Ok(Some((_, len))) => {
+                    self.count_large_message(len)?;
+                    self.cin.reserve((len - self.cin.len()).min(READ_CHUNK));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(End::ClientProtocol(e.to_string())),
             }
@@ -500,6 +508,33 @@ impl PooledSession {
                     Ok(0) | Err(_) => return Err(End::ClientGone),
                     Ok(_) => {}
                 },
+            }
+        }
+    }
+
+    /// Counts a message of `len` bytes being received against `pool.message_memory` when it
+    /// is large (the grant already held may cover it); FATAL 53200 when it does not fit.
+    fn count_large_message(&mut self, len: usize) -> Result<(), End> {
+        if len < COUNTED_FROM || self.large.as_ref().is_some_and(|g| g.bytes() >= len) {
+            return Ok(());
+        }
+        self.large = None;
+        let limit = self.shared.config().pool.message_memory.0;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        match self.shared.pools.message_memory.grant(len, limit) {
+            Ok(grant) => {
+                self.large = Some(grant);
+                Ok(())
+            }
+            Err(in_use) => {
+                let mb = |b: usize| b as f64 / f64::from(1 << 20);
+                Err(End::Fatal(PgError::fatal(
+                    sqlstate::OUT_OF_MEMORY,
+                    format!(
+                        "pgrouter: cluster \"{}\": out of memory for large client messages: a message of {:.1} MB would take pool.message_memory ({:.1} MB) past its limit, {:.1} MB being held by other clients' messages",
+                        self.shared.scope, mb(len), mb(limit), mb(in_use)
+                    ),
+                )))
             }
         }
     }
@@ -969,7 +1004,7 @@ impl PooledSession {
             }
             let msg = match wire::take_message(&mut self.cin) {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.count_large_message(len),
                 Err(e) => return Err(End::ClientProtocol(e.to_string())),
             };
             self.client_message(msg)?;
@@ -1435,8 +1470,12 @@ impl PooledSession {
                 *buf = BytesMut::new();
             }
         }
-        if self.cin.is_empty() && self.cin.capacity() > KEEP_CAPACITY {
-            self.cin = BytesMut::new();
+        if self.cin.is_empty() {
+            if self.cin.capacity() > KEEP_CAPACITY {
+                self.cin = BytesMut::new();
+            }
+            // The large message is gone: freed here, or with the buffers lent back.
+            self.large = None;
         }
     }
 }

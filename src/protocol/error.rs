@@ -11,6 +11,7 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const OUT_OF_MEMORY: &str = "53200";
     pub const CONNECTION_FAILURE: &str = "08006";
     /// Wrong password or unknown user (pooled modes authenticate clients themselves).
     pub const INVALID_PASSWORD: &str = "28P01";

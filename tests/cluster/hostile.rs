@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    connect, eventually, pgrouter_error, scram_userlist, startup_packet, Router, RouterOptions,
-    SCOPE,
+    connect, eventually, metric, pgrouter_error, scram_userlist, startup_packet, Router,
+    RouterOptions, SCOPE,
 };
 
 /// Generous: the machine is small and shared.
@@ -35,7 +35,7 @@ pub async fn bad_frames_floods_and_slowloris(lab: &Lab) -> Result<()> {
             ..RouterOptions::default()
         },
     )?;
-    let pooled = pooled_router(lab, 17582, "startup_timeout = \"2s\"\n", "")?;
+    let pooled = pooled_router(lab, 17582, "startup_timeout = \"2s\"\n", "", "")?;
     let leader = lab.leader()?;
     let (good, _c1) = connect(passthrough.primary, "hostile-good").await?;
     let (good_pooled, _c2) = connect(pooled.primary, "hostile-good-pooled").await?;
@@ -316,6 +316,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         lab,
         17584,
         "primary_pool_mode = \"transaction\"\n",
+        "",
         "[tcp]\nkeepalive_idle = \"2s\"\nkeepalive_interval = \"1s\"\nkeepalive_count = 3\n",
     )?;
     let ports = [("passthrough", router.replicas), ("pooled", router.primary)];
@@ -649,9 +650,86 @@ async fn copy_cut_mid_message(lab: &Lab, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Pooled clients' large messages share `pool.message_memory` (8 MB here): while one client's
+/// 6 MB query is being received, a second client's 6 MB query gets FATAL 53200 naming pgrouter,
+/// the cluster and the setting, and the connection closes; the first query then completes, and
+/// once its transaction is over the memory is free for the next client.
+pub async fn large_messages_share_message_memory(lab: &Lab) -> Result<()> {
+    let router = pooled_router(lab, 17608, "", "message_memory = \"8MB\"\n", "")?;
+    let held = || async {
+        let text = router.metrics()?;
+        anyhow::Ok(metric(&text, "pgrouter_pooled_message_bytes"))
+    };
+    let six_mb = format!("select length('{}')", "x".repeat(6 << 20));
+    let first = msg(b'Q', &cstr(&six_mb));
+    let (sent, rest) = first.split_at(first.len() - 100);
+    let mut a = Raw::login(
+        router.primary,
+        &params(&[("application_name", "hostile-mem-a")]),
+    )
+    .await?;
+    let mut b = Raw::login(
+        router.primary,
+        &params(&[("application_name", "hostile-mem-b")]),
+    )
+    .await?;
+    a.s.write_all(sent).await?;
+    eventually(
+        "the first 6 MB query counted in pgrouter_pooled_message_bytes",
+        Duration::from_secs(30),
+        || async { Ok(held().await? >= f64::from(6 << 20)) },
+    )
+    .await?;
+    // The second: its header and a first part, which is all pgrouter needs to refuse it.
+    b.s.write_all(&first[..64 * 1024]).await?;
+    let answer = b.until_closed().await.context("the second large query")?;
+    expect_error(
+        "a second 6 MB query past pool.message_memory",
+        &answer,
+        "53200",
+        &[
+            "pgrouter: ",
+            "cluster \"demo\"",
+            "pool.message_memory (8.0 MB)",
+        ],
+    )?;
+    a.s.write_all(rest).await?;
+    let rows = a.answer("the first 6 MB query").await?;
+    ensure!(
+        rows == [vec![Some((6 << 20).to_string())]],
+        "the first query answered {rows:?}"
+    );
+    eventually(
+        "pool.message_memory free once the transaction is over",
+        Duration::from_secs(30),
+        || async { Ok(held().await? == 0.0) },
+    )
+    .await?;
+    let mut c = Raw::login(
+        router.primary,
+        &params(&[("application_name", "hostile-mem-c")]),
+    )
+    .await?;
+    let rows = c
+        .simple(&six_mb)
+        .await
+        .context("a 6 MB query after the first")?;
+    ensure!(rows == [vec![Some((6 << 20).to_string())]], "{rows:?}");
+    println!(
+        "  pooled 6 MB queries with pool.message_memory = 8MB: the second at once refused (53200), the first answered, the budget free again afterwards"
+    );
+    Ok(())
+}
+
 /// A router with `listen_extra` (pool modes) whose pooled ports log `postgres` in with its SCRAM
 /// secret from pg_authid; pool_size 4.
-fn pooled_router(lab: &Lab, port: u16, listen_extra: &str, sections: &str) -> Result<Router> {
+fn pooled_router(
+    lab: &Lab,
+    port: u16,
+    listen_extra: &str,
+    pool_extra: &str,
+    sections: &str,
+) -> Result<Router> {
     let userlist = scram_userlist(lab, port, "")?;
     let listen = if listen_extra.contains("pool_mode") {
         listen_extra.to_owned()
@@ -659,7 +737,7 @@ fn pooled_router(lab: &Lab, port: u16, listen_extra: &str, sections: &str) -> Re
         format!("primary_pool_mode = \"transaction\"\n{listen_extra}")
     };
     let sections = format!(
-        "[pool]\npool_size = 4\n\n[auth]\nauth_file = \"{}\"\n\n{sections}",
+        "[pool]\npool_size = 4\n{pool_extra}\n[auth]\nauth_file = \"{}\"\n\n{sections}",
         userlist.display()
     );
     Router::start(
@@ -896,6 +974,11 @@ impl Raw {
     /// Runs a simple query; its rows as text.
     async fn simple(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         self.s.write_all(&msg(b'Q', &cstr(sql))).await?;
+        self.answer(sql).await
+    }
+
+    /// The rows of the query sent (`what` names it in errors), up to ReadyForQuery.
+    async fn answer(&mut self, what: &str) -> Result<Vec<Vec<Option<String>>>> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -911,7 +994,7 @@ impl Raw {
             }
         }
         match error {
-            Some((code, message)) => bail!("{sql}: {code} {message}"),
+            Some((code, message)) => bail!("{what}: {code} {message}"),
             None => Ok(rows),
         }
     }

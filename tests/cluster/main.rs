@@ -133,6 +133,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("hostile_clients_not_reading_and_half_open_tcp", |lab| {
         Box::pin(hostile::slow_readers_and_half_open(lab))
     }),
+    (
+        "hostile_large_pooled_messages_share_message_memory",
+        |lab| Box::pin(hostile::large_messages_share_message_memory(lab)),
+    ),
     ("planned_switchover_under_writes", |lab| {
         Box::pin(failover::switchover(lab))
     }),
