@@ -505,6 +505,12 @@ impl PooledSession {
             tokio::select! {
                 _ = self.signal.wait() => {}
                 r = self.client.read_buf(&mut self.cin) => match r {
+                    // A half-close after part of a message: told why, as in pass-through.
+                    Ok(0) if !self.cin.is_empty() => {
+                        return Err(End::ClientProtocol(
+                            "the client closed the connection inside a message".into(),
+                        ))
+                    }
                     Ok(0) | Err(_) => return Err(End::ClientGone),
                     Ok(_) => {}
                 },

@@ -113,8 +113,9 @@ fn decode_startup(packet: Bytes, code: u32) -> Result<FirstPacket, StartupError>
             break;
         }
         // PostgreSQL lets the last of two values win; pgrouter would read the first. No
-        // client sends a name twice: refuse rather than disagree with the server.
-        if !seen.insert(key) {
+        // client sends a name twice: refuse rather than disagree with the server. Setting
+        // names are case-insensitive to PostgreSQL (`DateStyle`, `datestyle`), so here too.
+        if !seen.insert(key.to_ascii_lowercase()) {
             return Err(StartupError::Malformed("parameter given twice"));
         }
         let (value, after) =
@@ -277,6 +278,14 @@ mod tests {
         );
         assert_eq!(
             decode(packet(196608, b"user\0a\0database\0x\0database\0y\0\0")),
+            Err(StartupError::Malformed("parameter given twice"))
+        );
+        // One setting in two spellings: pooled mode would track one, the server apply both.
+        assert_eq!(
+            decode(packet(
+                196608,
+                b"user\0a\0DateStyle\0ISO\0datestyle\0German\0\0"
+            )),
             Err(StartupError::Malformed("parameter given twice"))
         );
     }
