@@ -383,6 +383,18 @@ fn blackhole_etcd(lab: &Lab) -> Result<IptablesRule> {
     ])
 }
 
+/// [`blackhole_etcd`] once `router` (run as [`ROUTER_UID`]) has noticed it lost etcd.
+async fn cut_off_from_etcd(lab: &Lab, router: &Router) -> Result<IptablesRule> {
+    let blackhole = blackhole_etcd(lab)?;
+    eventually(
+        "pgrouter notices etcd is unreachable",
+        Duration::from_secs(60),
+        || async { Ok(router.log_text().contains("lost the etcd view")) },
+    )
+    .await?;
+    Ok(blackhole)
+}
+
 /// etcd unreachable for pgrouter alone (packets dropped, no reset): the leader keeps
 /// confirming, so pgrouter keeps routing to it. A switchover that pgrouter cannot see makes
 /// the old leader stop confirming: writes are refused with 57P03 and never reach the demoted
@@ -400,14 +412,8 @@ pub async fn etcd_unreachable_for_the_router(lab: &Lab) -> Result<()> {
         .into_iter()
         .find(|m| *m != old)
         .expect("a replica");
-    let blackhole = blackhole_etcd(lab)?;
+    let blackhole = cut_off_from_etcd(lab, &router).await?;
     let result = async {
-        eventually(
-            "pgrouter notices etcd is unreachable",
-            Duration::from_secs(60),
-            || async { Ok(router.log_text().contains("lost the etcd view")) },
-        )
-        .await?;
         ensure!(
             matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&old)),
             "not routed to the confirmed leader"
@@ -436,15 +442,7 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
     let router = Router::start(lab, 17604, opts)?;
     let leader = lab.leader()?;
     let leader_port = lab.pg_port(&leader);
-    let replicas: Vec<(String, u16)> = lab
-        .member_names()
-        .into_iter()
-        .filter(|m| *m != leader)
-        .map(|m| {
-            let port = lab.pg_port(&m);
-            (m, port)
-        })
-        .collect();
+    let replicas = crate::routing::replica_ports(lab, &leader);
     let [(_, a_port), (b, b_port)] = &replicas[..] else {
         bail!("expected two replicas, found {replicas:?}");
     };
@@ -467,14 +465,8 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
         balanced,
     )
     .await?;
-    let blackhole = blackhole_etcd(lab)?;
+    let blackhole = cut_off_from_etcd(lab, &router).await?;
     let result = async {
-        eventually(
-            "pgrouter notices etcd is unreachable",
-            Duration::from_secs(60),
-            || async { Ok(router.log_text().contains("lost the etcd view")) },
-        )
-        .await?;
         lab.psql(b_port, "select pg_wal_replay_pause()")?;
         let lagged = async {
             lab.psql(

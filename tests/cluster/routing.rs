@@ -12,7 +12,7 @@ use crate::support::{
     connect, eventually, http, metric, ports_of_new_connections, server_port, Router, RouterOptions,
 };
 
-fn replica_ports(lab: &Lab, leader: &str) -> Vec<(String, u16)> {
+pub fn replica_ports(lab: &Lab, leader: &str) -> Vec<(String, u16)> {
     lab.member_names()
         .into_iter()
         .filter(|m| m != leader)
