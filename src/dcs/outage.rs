@@ -7,7 +7,9 @@
 //! confirms. Every member's role, state and WAL position become what it reported, so replica
 //! lag keeps being measured: against the furthest position a running primary reported, which
 //! is kept when the leader is taken out. A member that does not answer has no known position,
-//! so it serves no reads until it answers again, as it would once its member key expired.
+//! so it serves no reads until it answers again, as it would once its member key expired. A
+//! member whose REST API pgrouter cannot ask (none, or HTTPS) keeps what its member key said;
+//! a leader without one is not confirmed, so it is taken out at the first check.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -72,26 +74,24 @@ pub async fn guard(
     }
 }
 
-/// Asks every member at once: `leader` for `/primary`, the others for `/patroni`. `None` for
-/// a member that did not answer in time (or has no REST API to ask).
+/// Asks every member with a REST API pgrouter can ask (plain HTTP) at once: `leader` for
+/// `/primary`, the others for `/patroni`; `None` for one that did not answer in time. Members
+/// without one are left out: their member keys stay the view.
 async fn ask_all(
     members: Vec<(String, Option<String>)>,
     leader: Option<&str>,
 ) -> BTreeMap<String, Option<Report>> {
     let mut asks = tokio::task::JoinSet::new();
     for (name, api_url) in members {
+        let Some(url) = api_url.filter(|u| rest::can_ask(u)) else {
+            continue;
+        };
         let path = if leader == Some(name.as_str()) {
             "/primary"
         } else {
             "/patroni"
         };
-        asks.spawn(async move {
-            let report = match api_url {
-                Some(url) => rest::ask(&url, path, ANSWER).await,
-                None => None,
-            };
-            (name, report)
-        });
+        asks.spawn(async move { (name, rest::ask(&url, path, ANSWER).await) });
     }
     let mut reports = BTreeMap::new();
     while let Some(joined) = asks.join_next().await {
@@ -248,6 +248,26 @@ mod tests {
         assert_eq!(next.leader, None);
         assert_eq!(next.leader_optime, Some(9000));
         assert_eq!(readers(&next, 500), ["pg2"]);
+    }
+
+    /// Members whose REST API cannot be asked are left out (their keys stay the view); the
+    /// leader among them goes unconfirmed.
+    #[tokio::test]
+    async fn members_without_a_rest_api_to_ask_keep_their_keys() {
+        let members = vec![
+            (
+                "pg0".to_owned(),
+                Some("https://10.0.0.1:8008/patroni".to_owned()),
+            ),
+            ("pg1".to_owned(), None),
+        ];
+        let reports = ask_all(members, Some("pg0")).await;
+        assert!(reports.is_empty());
+        let view = view_at_loss();
+        let next = refreshed(&view, Some("pg0"), false, &reports);
+        assert_eq!(next.leader, None);
+        assert_eq!(next.members, view.members);
+        assert_eq!(readers(&next, 500), ["pg1", "pg2"]);
     }
 
     /// A fake Patroni REST socket answers the leader's `/primary` with each status in turn;

@@ -82,6 +82,11 @@ pub async fn ask(api_url: &str, path: &str, timeout: Duration) -> Option<Report>
     }
 }
 
+/// Whether `api_url` is one pgrouter can ask (plain HTTP with a port).
+pub fn can_ask(api_url: &str) -> bool {
+    http_authority(api_url).is_some()
+}
+
 /// "http://127.0.0.1:8008/patroni" -> "127.0.0.1:8008".
 fn http_authority(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("http://")?;
