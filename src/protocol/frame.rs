@@ -98,6 +98,18 @@ impl Scanner {
         }
     }
 
+    /// Bytes seen so far of the message in progress when its tag is `tag` and it can be
+    /// captured whole (or its header is not complete yet); `None` at a boundary or otherwise.
+    pub fn partial(&self, tag: u8) -> Option<usize> {
+        if self.header_len == 0 || self.header[0] != tag {
+            return None;
+        }
+        if self.header_len < 5 {
+            return Some(self.header_len);
+        }
+        self.capture.then_some(5 + self.body_len)
+    }
+
     /// The body of the last whole message, if its tag is captured; empty otherwise. Read at a
     /// boundary, it belongs to the message `feed` visited last.
     pub fn last_captured(&self) -> &[u8] {
@@ -108,6 +120,7 @@ impl Scanner {
         }
     }
 
+    #[inline]
     fn start_body(&mut self) -> Result<(), BadLength> {
         let tag = self.header[0];
         let len = u32::from_be_bytes([

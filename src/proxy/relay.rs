@@ -74,6 +74,11 @@ pub struct Pump {
     /// The writer is TLS: what it accepted goes out only on flush.
     flushes: bool,
     unflushed: bool,
+    /// Bytes of the batch kept back for the next one, at `buf[end..end + kept]` (moved to the
+    /// front once the rest is written; the next read lands after them).
+    kept: usize,
+    /// Where the last read's bytes begin in the batch.
+    fresh: usize,
 }
 
 pub enum Step {
@@ -95,7 +100,31 @@ impl Pump {
             end: 0,
             flushes,
             unflushed: false,
+            kept: 0,
+            fresh: 0,
         }
+    }
+
+    /// The batch being relayed, and where the bytes of the last read begin in it.
+    #[inline]
+    pub fn batch(&self) -> (&[u8], usize) {
+        (&self.buf[..self.end], self.fresh)
+    }
+
+    /// Bytes kept back for the next batch.
+    pub fn kept(&self) -> usize {
+        self.kept
+    }
+
+    /// Keeps the last `len` bytes of the batch back, before any of it is written: they go out
+    /// at the front of the next batch.
+    pub fn keep_back(&mut self, len: usize) -> bool {
+        if self.start != 0 || len > self.end {
+            return false;
+        }
+        self.end -= len;
+        self.kept = len;
+        true
     }
 
     /// Replaces the read batch's bytes from `from` on with `bytes`, if they fit; before any of
@@ -134,15 +163,20 @@ impl Pump {
             }
             self.start += n;
             if self.start == self.end {
+                if self.kept > 0 {
+                    self.buf.copy_within(self.end..self.end + self.kept, 0);
+                }
                 (self.start, self.end) = (0, 0);
                 self.unflushed = self.flushes;
             }
             return Ok(Step::Wrote);
         }
-        match r.read(&mut self.buf).await.map_err(Side::Read)? {
+        // Here everything is written: bytes kept back wait at the front.
+        let kept = self.kept;
+        match r.read(&mut self.buf[kept..]).await.map_err(Side::Read)? {
             0 => Ok(Step::Eof),
             n => {
-                self.end = n;
+                (self.fresh, self.end, self.kept) = (kept, kept + n, 0);
                 Ok(Step::Read(n))
             }
         }
@@ -230,6 +264,14 @@ impl<'a> Follow<'a> {
     /// Bytes from the server: ReadyForQuery ends a wait, BackendKeyData is registered for
     /// cancels, a FATAL ErrorResponse ending the batch is noted in `server_fatal`.
     pub fn server_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
+        self.server_batch(data, 0)
+    }
+
+    /// [`Follow::server_bytes`] for a batch whose bytes from `fresh` on were just read (those
+    /// before were kept back from the last one); a FATAL is noted by its start in the batch.
+    #[inline]
+    pub fn server_batch(&mut self, batch: &[u8], fresh: usize) -> Result<(), BadLength> {
+        let data = &batch[fresh..];
         self.down_bytes.inc_by(data.len() as u64);
         let Follow {
             tx,
@@ -267,7 +309,7 @@ impl<'a> Follow<'a> {
             // The batch ends with an ErrorResponse: if FATAL and begun in this batch, note it.
             let body = self.down_scan.last_captured();
             if is_fatal(body) {
-                if let Some(start) = data.len().checked_sub(5 + body.len()) {
+                if let Some(start) = batch.len().checked_sub(5 + body.len()) {
                     self.server_fatal = Some((start, body.to_vec()));
                 }
             }
@@ -280,6 +322,28 @@ impl<'a> Follow<'a> {
     fn can_tell(&self, down: &Pump) -> bool {
         !down.pending() && self.down_scan.at_boundary() && self.last_from_server != b'E'
     }
+}
+
+/// Follows the batch just read from the server into `down` and readies it for the client: a
+/// member's FATAL ending it is put in the words of [`named`] (its SQLSTATE returned); a short
+/// ErrorResponse it ends inside is kept back for the next batch, so it is whole when looked at.
+#[inline]
+fn server_batch(
+    follow: &mut Follow<'_>,
+    down: &mut Pump,
+    scope: &str,
+    member: &str,
+) -> Result<Option<String>, BadLength> {
+    let (batch, fresh) = down.batch();
+    follow.server_batch(batch, fresh)?;
+    if let Some((start, body)) = follow.server_fatal.take() {
+        let (code, response) = named(scope, member, &body);
+        return Ok(down.replace_tail(start, &response).then_some(code));
+    }
+    if let Some(seen) = follow.down_scan.partial(b'E') {
+        down.keep_back(seen);
+    }
+    Ok(None)
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes after it).
@@ -392,12 +456,11 @@ impl Relay<'_> {
                     return End::DrainTimeout { cause, at_boundary };
                 }
                 step = down.step(&mut sr, &mut cw) => match step {
-                    Ok(Step::Read(n)) => {
-                        if let Err(e) = follow.server_bytes(&down.buf[..n]) {
-                            return End::ServerProtocol(e);
-                        }
-                        if let Some((start, body)) = follow.server_fatal.take() {
-                            self.name_fatal(&mut down, start, &body);
+                    Ok(Step::Read(_)) => {
+                        match server_batch(&mut follow, &mut down, &shared.scope, &self.route.member.name) {
+                            Err(e) => return End::ServerProtocol(e),
+                            Ok(Some(code)) => shared.metrics.client_errors.with_label_values(&[&code]).inc(),
+                            Ok(None) => {}
                         }
                     }
                     Ok(Step::Wrote) => {}
@@ -426,19 +489,6 @@ impl Relay<'_> {
                     }
                 },
             }
-        }
-    }
-
-    /// Puts the member's FATAL ErrorResponse at `start` of the batch in `down` in the words of
-    /// [`named`] (as sent when it would not fit the batch).
-    fn name_fatal(&self, down: &mut Pump, start: usize, body: &[u8]) {
-        let (code, response) = named(&self.shared.scope, &self.route.member.name, body);
-        if down.replace_tail(start, &response) {
-            self.shared
-                .metrics
-                .client_errors
-                .with_label_values(&[&code])
-                .inc();
         }
     }
 
@@ -549,6 +599,55 @@ mod tests {
             .server_bytes(&[fatal, tagged(b'Z', b"I")].concat())
             .unwrap();
         assert_eq!(follow.server_fatal, None);
+    }
+
+    /// The server's rows and FATAL arrive in two reads, cut at every byte: the client gets the
+    /// rows as sent and the FATAL named, also when the cut falls inside the FATAL (its start is
+    /// kept back until the rest comes). An ERROR cut the same way goes out as sent.
+    #[tokio::test]
+    async fn a_fatal_split_across_reads_is_named_whole() {
+        let shared = shared();
+        let rows = [
+            tagged(b'D', b"\0\x01\0\0\0\x01x"),
+            tagged(b'C', b"SELECT 1\0"),
+        ]
+        .concat();
+        let (_, named_fatal) = named("demo", "pg0", FATAL);
+        let error = tagged(b'E', b"SERROR\0VERROR\0C42P01\0Mno such table\0\0");
+        let cases = [
+            (
+                [rows.clone(), tagged(b'E', FATAL)].concat(),
+                [rows.clone(), named_fatal.to_vec()].concat(),
+            ),
+            (
+                [rows.clone(), error.clone()].concat(),
+                [rows.clone(), error].concat(),
+            ),
+        ];
+        for (stream, want) in cases {
+            for cut in 1..stream.len() {
+                let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+                let mut down = Pump::new(false);
+                let mut client = Vec::new();
+                for part in [&stream[..cut], &stream[cut..]] {
+                    let mut from_server = part;
+                    assert!(matches!(
+                        down.step(&mut from_server, &mut client).await,
+                        Ok(Step::Read(_))
+                    ));
+                    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+                    while down.pending() {
+                        let mut nothing: &[u8] = &[];
+                        assert!(matches!(
+                            down.step(&mut nothing, &mut client).await,
+                            Ok(Step::Wrote)
+                        ));
+                    }
+                }
+                assert_eq!(client, want, "cut {cut}");
+                assert!(follow.down_scan.at_boundary());
+            }
+        }
     }
 
     #[test]
