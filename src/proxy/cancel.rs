@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::PeersConfig;
 use crate::protocol::startup::CancelKey;
@@ -147,14 +147,7 @@ pub fn elsewhere(key: &CancelKey, forwarded: bool, peers: &PeersConfig) -> Elsew
 /// Sends a forwarded cancel to a peer router's client listener (plain TCP: a router takes a
 /// CancelRequest before any TLS).
 pub async fn send_to_peer(addr: &str, key: &CancelKey, timeout: Duration) -> std::io::Result<()> {
-    let send = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(&cancel_packet(key)).await?;
-        stream.shutdown().await
-    };
-    tokio::time::timeout(timeout, send)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    send_packet(tokio::net::TcpStream::connect(addr), key, timeout).await
 }
 
 /// The CancelRequest packet for `key`.
@@ -174,10 +167,21 @@ pub async fn send_cancel(
     key: &CancelKey,
     timeout: Duration,
 ) -> std::io::Result<()> {
+    // Over TLS where upstream_tls says so: a member may require it.
+    send_packet(tls.connect(addr), key, timeout).await
+}
+
+/// Connects, writes the CancelRequest for `key` and closes, all within `timeout`; the other
+/// side answers nothing.
+async fn send_packet<S: AsyncWrite + Unpin>(
+    connect: impl std::future::Future<Output = std::io::Result<S>>,
+    key: &CancelKey,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let send = async {
-        // Over TLS where upstream_tls says so: a member may require it.
-        let mut stream = tls.connect(addr).await?;
-        stream.send(&cancel_packet(key)).await?;
+        let mut stream = connect.await?;
+        stream.write_all(&cancel_packet(key)).await?;
+        stream.flush().await?;
         stream.shutdown().await
     };
     tokio::time::timeout(timeout, send)
