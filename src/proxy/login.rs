@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::relay::{End, Follow};
+use super::relay::{End, Follow, RoleCheck};
 use super::route::{Route, Verdict};
 use super::shared::Shared;
 use crate::pool::wire;
@@ -39,25 +39,14 @@ pub async fn run(
     server: &mut Stream,
     first: Vec<u8>,
 ) -> Result<(), Refused> {
-    let mut topology = shared.topology.clone();
-    // A change between routing and now must not be missed.
-    topology.mark_changed();
-    let mut keeps_role = || {
-        if !topology.has_changed().unwrap_or(true) {
-            return Ok(());
-        }
-        let current = topology.borrow_and_update().clone();
-        match shared
-            .router
-            .check(&shared.config().routing, &current, route)
-        {
-            Verdict::CloseNow(reason) => Err(Refused::Ended(End::Lost {
-                reason,
-                at_boundary: true,
-            })),
-            // Drained by the relay at the session's first idle point.
-            Verdict::Keep | Verdict::Drain(_) => Ok(()),
-        }
+    let mut roles = RoleCheck::new(shared);
+    let mut keeps_role = || match roles.changed(shared, route) {
+        Some(Verdict::CloseNow(reason)) => Err(Refused::Ended(End::Lost {
+            reason,
+            at_boundary: true,
+        })),
+        // Drained by the relay at the session's first idle point.
+        Some(Verdict::Keep | Verdict::Drain(_)) | None => Ok(()),
     };
     let to_client = |e| Refused::Ended(End::ClientError(e));
     let mut from_server = BytesMut::from(&first[..]);

@@ -324,6 +324,38 @@ impl<'a> Follow<'a> {
     }
 }
 
+/// Whether a session's member may still serve, asked again only when the topology or the
+/// settings changed since the last time (a change before the first time counts). Only
+/// `has_changed` is asked of the receivers (an atomic load); wake-ups come from the session's
+/// signal, which costs nothing to poll, unlike a `changed()` future shared by every session.
+pub struct RoleCheck {
+    topology: watch::Receiver<Arc<Topology>>,
+    config: watch::Receiver<Arc<Config>>,
+}
+
+impl RoleCheck {
+    pub fn new(shared: &Shared) -> RoleCheck {
+        let mut topology = shared.topology.clone();
+        // A change that arrived between routing and now must not be missed.
+        topology.mark_changed();
+        RoleCheck {
+            topology,
+            config: shared.config_changes(),
+        }
+    }
+
+    /// The verdict on `route` if anything changed since the last call; None otherwise.
+    pub fn changed(&mut self, shared: &Shared, route: &Route) -> Option<Verdict> {
+        let changed =
+            self.topology.has_changed().unwrap_or(true) | self.config.has_changed().unwrap_or(true);
+        changed.then(|| {
+            let current = self.topology.borrow_and_update().clone();
+            let routing = self.config.borrow_and_update().routing.clone();
+            shared.router.check(&routing, &current, route)
+        })
+    }
+}
+
 /// Follows the batch just read from the server into `down` and readies it for the client: a
 /// member's FATAL ending it is put in the words of [`named`] (its SQLSTATE returned); a short
 /// ErrorResponse it ends inside is kept back for the next batch, so it is whole when looked at.
@@ -391,27 +423,20 @@ impl Relay<'_> {
         state: &mut StateGauge,
     ) -> End {
         let shared = self.shared;
-        // Only `has_changed` is asked of these (an atomic load); wake-ups come from `signal`,
-        // which costs nothing to poll, unlike a `changed()` future shared by every session.
-        let mut topology = shared.topology.clone();
-        let mut config = shared.config_changes();
+        let mut roles = RoleCheck::new(shared);
         let signal = shared.signals.subscribe();
         let (up_flushes, down_flushes) = (server.is_tls(), client.is_tls());
         let (mut cr, mut cw) = client.halves();
         let (mut sr, mut sw) = server.halves();
         let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
         let mut drain: Option<(Instant, Cause)> = None;
-        // A change that arrived between routing and now must not be missed.
-        topology.mark_changed();
 
         loop {
             let at_boundary = !down.pending() && follow.down_scan.at_boundary();
             // Checked before every step, so no byte from a member that lost its role is relayed
             // after the topology saying so was published.
-            let changed =
-                topology.has_changed().unwrap_or(true) | config.has_changed().unwrap_or(true);
-            if changed {
-                match self.verdict(&mut topology, &mut config) {
+            if let Some(verdict) = roles.changed(shared, self.route) {
+                match verdict {
                     Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == SHUTDOWN),
                     Verdict::CloseNow(reason) => {
                         return End::Lost {
@@ -490,16 +515,6 @@ impl Relay<'_> {
                 },
             }
         }
-    }
-
-    fn verdict(
-        &self,
-        topology: &mut watch::Receiver<Arc<Topology>>,
-        config: &mut watch::Receiver<Arc<Config>>,
-    ) -> Verdict {
-        let current = topology.borrow_and_update().clone();
-        let routing = config.borrow_and_update().routing.clone();
-        self.shared.router.check(&routing, &current, self.route)
     }
 
     fn drain_from_now(&self, cause: Cause) -> (Instant, Cause) {
