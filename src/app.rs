@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::listener;
 use crate::proxy::route::Port;
 use crate::proxy::shared::Shared;
+use crate::shards::Shards;
 use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot start the worker threads (runtime.worker_threads): {0}")]
+    Workers(std::io::Error),
     #[error("no config file to reload: pgrouter was started without --config")]
     NoConfigFile,
 }
@@ -46,6 +49,7 @@ pub struct App {
     pub shared: Arc<Shared>,
     limits: Arc<Semaphore>,
     sessions: TaskTracker,
+    shards: Arc<Shards>,
     /// primary, replicas, admin; replaced when a reload moves them.
     listeners: Mutex<[Option<Bound>; 3]>,
     /// Serializes reloads (SIGHUP and POST /reload may race).
@@ -67,6 +71,7 @@ pub async fn run(
     };
     let users = load_users(&config)?;
     let tls = crate::tls::Tls::load(&config)?;
+    let shards = Shards::start(config.workers()).map_err(AppError::Workers)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
     shared.credentials.set_users(users);
     shared.set_tls(tls);
@@ -75,6 +80,7 @@ pub async fn run(
         limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
         shared,
         sessions: TaskTracker::new(),
+        shards: Arc::new(shards),
         listeners: Mutex::new([None, None, None]),
         reloading: tokio::sync::Mutex::new(()),
     });
@@ -93,6 +99,7 @@ pub async fn run(
         admin = %config.listen.admin,
         cluster = %config.cluster.scope,
         etcd = ?config.cluster.etcd,
+        workers = app.shards.count(),
         "pgrouter listening"
     );
     shutdown.await;
@@ -176,6 +183,7 @@ impl App {
                         shared,
                         self.limits.clone(),
                         self.sessions.clone(),
+                        self.shards.clone(),
                     ))
                 }
                 _ => tokio::spawn(crate::http::serve(listener, self.clone())),

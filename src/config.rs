@@ -114,14 +114,18 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// The worker count to run with. pgrouter usually shares its host with PostgreSQL or the
-    /// application, and its work is mostly the kernel's socket calls: on 2 shared cores one
-    /// worker gave 14% more pgbench -S tps than two (BENCHMARKS.md). A dedicated router host
-    /// sets `worker_threads` to its core count. One worker runs tokio's current-thread
-    /// scheduler (see `main`).
-    pub fn workers(&self) -> usize {
+    /// The worker threads to run (`crate::shards`), given whether a listener pools. 0 picks
+    /// one per core for a pooling router: with one thread, that thread is the line every
+    /// client of a pool waits in, and a core idles whenever it is preempted (pooled pgbench
+    /// -S -c 150 on 2 shared cores: 9-15% more tps on two). Half the cores (at least one)
+    /// otherwise: pgrouter usually shares its host with PostgreSQL or the application, and a
+    /// pass-through relay gained nothing from a second thread there (-c 16: 5-10% less).
+    /// A dedicated router host sets `worker_threads` to its core count. BENCHMARKS.md.
+    pub fn workers(&self, pooled: bool) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            0 if pooled => cores,
+            0 => (cores / 2).max(1),
             n => n,
         }
     }
@@ -620,6 +624,13 @@ impl Config {
     }
 
     /// The pool mode of a listener.
+    /// The worker threads to start with (`RuntimeConfig::workers`).
+    pub fn workers(&self) -> usize {
+        let pooled =
+            self.listen.primary_pool_mode.pooled() || self.listen.replicas_pool_mode.pooled();
+        self.runtime.workers(pooled)
+    }
+
     pub fn pool_mode(&self, primary: bool) -> PoolMode {
         if primary {
             self.listen.primary_pool_mode
@@ -714,10 +725,20 @@ mod tests {
     #[test]
     fn worker_count() {
         let explicit = RuntimeConfig { worker_threads: 3 };
-        assert_eq!(explicit.workers(), 3);
+        assert_eq!(explicit.workers(false), 3);
+        assert_eq!(explicit.workers(true), 3);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let auto = RuntimeConfig::default().workers();
-        assert_eq!(auto, (cores / 2).max(1));
+        assert_eq!(RuntimeConfig::default().workers(false), (cores / 2).max(1));
+        assert_eq!(RuntimeConfig::default().workers(true), cores);
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}[listen]\nreplicas_pool_mode = \"transaction\"\n[auth]\nauth_file = \"users.txt\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.workers(), cores);
+        assert_eq!(
+            Config::from_toml(MINIMAL).unwrap().workers(),
+            (cores / 2).max(1)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! pgrouter: a PostgreSQL-aware router for Patroni clusters.
 //!
 //! Data flow of one client:
-//! 1. `proxy::listener` accepts on :5000 (primary) or :5001 (replicas) and spawns a session.
+//! 1. `proxy::listener` accepts on :5000 (primary) or :5001 (replicas) and spawns a session
+//!    on the next worker thread (`shards`).
 //! 2. `proxy::session` reads the first packet (`protocol::startup`): SSL/GSS requests get 'N',
 //!    a CancelRequest is forwarded (`proxy::cancel`), garbage gets FATAL 08P01.
 //! 3. `proxy::route` picks the member from the latest `topology::Topology`, which
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod shards;
 pub mod status_cli;
 pub mod stream;
 pub mod tls;

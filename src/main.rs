@@ -90,16 +90,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    // One worker: the current-thread scheduler. Pooled pgbench -S -c 150 ran 9-16% faster on it
-    // than on a one-worker multi-thread runtime (BENCHMARKS.md, second pooled pass).
-    let mut builder = match config.runtime.workers() {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
+    // This thread's runtime runs the router and the first worker's share of the clients;
+    // `app::run` starts the other workers (`pgrouter::shards`).
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -69,11 +69,18 @@ pub async fn maintain(shared: Arc<Shared>) {
             };
             let shared = shared.clone();
             let timeout = config.routing.connect_timeout.0;
+            // On this, the router's own thread: connections opened here have it as home.
             tokio::spawn(async move {
                 let config = shared.config();
                 let open_with = || (login, shared.tls());
                 match pool
-                    .checkout(&shared.pools, open_with, &config.pool, timeout)
+                    .checkout(
+                        &shared.pools,
+                        open_with,
+                        &config.pool,
+                        timeout,
+                        crate::shards::MAIN,
+                    )
                     .await
                 {
                     Ok((lease, _)) => lease.release(),

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::server::{Endpoint, Login, ServerConn, ServerError};
-use super::slots::{Expired, Slots, Take};
+use super::slots::{Expired, Homed, Slots, Take};
 use super::tracked::Tracked;
 use crate::config::PoolConfig;
 use crate::proxy::route::Target;
@@ -65,6 +65,12 @@ pub struct Pool {
     slots: Slots<Box<ServerConn>>,
     size: AtomicUsize,
     pub stats: PoolStats,
+}
+
+impl Homed for Box<ServerConn> {
+    fn home(&self) -> usize {
+        self.home
+    }
 }
 
 /// A server connection checked out of its pool; `release` returns it, dropping it closes it.
@@ -155,15 +161,17 @@ impl Pool {
     }
 
     /// Takes an idle connection or opens one (logging in as `open_with` says), waiting up to
-    /// `query_wait_timeout` for a slot.
+    /// `query_wait_timeout` for a slot, for a session running on worker thread `home`: an
+    /// idle connection of that thread first, one from another moved to it.
     pub async fn checkout(
         self: &Arc<Pool>,
         pools: &Pools,
         open_with: impl FnOnce() -> (Login, crate::tls::Tls),
         config: &PoolConfig,
         connect_timeout: Duration,
+        home: usize,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
-        let mut idle = match self.slots.take(config.query_wait_timeout.0) {
+        let mut idle = match self.slots.take(config.query_wait_timeout.0, home) {
             Take::Now(idle) => idle,
             Take::Queued(queued) => {
                 let started = Instant::now();
@@ -190,11 +198,13 @@ impl Pool {
                 && !conn.healthy(connect_timeout).await
             {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
+            } else if conn.home != home && conn.move_home(home).is_err() {
+                tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
             } else {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
                 return Ok((Lease { conn, slot }, None));
             }
-            idle = self.slots.pop_idle();
+            idle = self.slots.pop_idle(home);
         }
         let to = Endpoint {
             id: pools.next_server_id(),
@@ -204,7 +214,8 @@ impl Pool {
             database: &self.key.database,
         };
         let (login, tls) = open_with();
-        let opened = ServerConn::open(&to, &login, connect_timeout, &tls).await?;
+        let mut opened = ServerConn::open(&to, &login, connect_timeout, &tls).await?;
+        opened.conn.home = home;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");

@@ -80,6 +80,8 @@ pub struct ServerConn {
     pub prepared: HashSet<u64>,
     pub created: Instant,
     pub last_used: Instant,
+    /// The worker thread whose event loop the socket is registered with (`crate::shards`).
+    pub home: usize,
     /// Lent to the client holding the connection.
     pub buffers: Buffers,
 }
@@ -272,6 +274,7 @@ impl ServerConn {
                 prepared: HashSet::new(),
                 created: now,
                 last_used: now,
+                home: 0,
                 buffers: Buffers::default(),
             },
             derived,
@@ -362,6 +365,22 @@ impl ServerConn {
     /// ended the backend (FATAL, EOF) while it idled is caught here without a round trip.
     pub fn quiet(&self) -> bool {
         self.stream.quiet()
+    }
+
+    /// Moves a plain connection's socket to the calling worker thread's event loop, `home`,
+    /// so its readiness wakes the session there without passing through another thread. A
+    /// TLS connection stays where it is (it still works, its readiness relayed by its home).
+    /// On an error the connection is unusable.
+    pub fn move_home(&mut self, home: usize) -> std::io::Result<()> {
+        match std::mem::replace(&mut self.stream, Stream::Closed) {
+            Stream::Plain(tcp) => {
+                let tcp = tokio::net::TcpStream::from_std(tcp.into_std()?)?;
+                self.stream = Stream::Plain(tcp);
+                self.home = home;
+            }
+            other => self.stream = other,
+        }
+        Ok(())
     }
 
     /// True if the connection answers an empty query at once (after idling).

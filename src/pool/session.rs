@@ -145,6 +145,8 @@ pub struct PooledSession {
     /// transaction.
     held: Option<Held>,
     route_cache: Option<Box<RouteCache>>,
+    /// The worker thread the session runs on: server connections are taken from it first.
+    home: usize,
     /// This port's series, looked up once.
     hold_seconds: prometheus::Histogram,
     transactions: prometheus::IntCounter,
@@ -239,6 +241,7 @@ pub async fn start(
         large: None,
         held: None,
         route_cache: None,
+        home: crate::shards::MAIN,
         hold_seconds: shared_metrics
             .hold_seconds
             .with_label_values(&[port.label()]),
@@ -269,8 +272,9 @@ pub async fn authenticate(
 }
 
 impl PooledSession {
-    /// Serves the client until it leaves.
-    pub async fn serve(mut self: Box<Self>) {
+    /// Serves the client until it leaves, on worker thread `home` (`crate::shards`).
+    pub async fn serve(mut self: Box<Self>, home: usize) {
+        self.home = home;
         let key = crate::proxy::cancel::pooled_key(self.shared.config().peers.id);
         let _cancel: Registration = self
             .shared
@@ -620,6 +624,7 @@ impl PooledSession {
                         open_with,
                         &config.pool,
                         routing.connect_timeout.0,
+                        self.home,
                     );
                     // Pinned here: the checkout is large, and moving it costs a copy.
                     tokio::pin!(checkout);
@@ -1624,7 +1629,8 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let outer = crate::proxy::session::run(shared2, Port::Primary, tcp, None);
+        let outer =
+            crate::proxy::session::run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
         let outer = std::mem::size_of_val(&outer);
         println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
         assert!(task < 2048, "task future {task} bytes");

@@ -1,7 +1,12 @@
 //! A pool's slots: at most `size` items out at once, idle items kept for reuse (the most
 //! recently returned first), and checkouts that find no free slot served first come, first
-//! served. A returned item goes straight to the oldest waiter under the one lock. Waiters
-//! carry a deadline that `expire` enforces from the pool's upkeep, so waiting costs no timer.
+//! served. A returned item goes straight to a waiter under the one lock. Waiters carry a
+//! deadline that `expire` enforces from the pool's upkeep, so waiting costs no timer.
+//!
+//! Items and waiters have a home, the worker thread whose event loop runs them
+//! (`crate::shards`). A returned item goes to the oldest waiter of its own home, so the
+//! connection's readiness and the client's land on one thread; the oldest waiter of all is
+//! passed over at most `MAX_PASSED` times that way, then takes the item whatever its home.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,6 +17,17 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use tokio::time::Instant;
+
+/// Times the oldest waiter lets a returned item go to a younger waiter of the item's home.
+const MAX_PASSED: u32 = 4;
+/// Waiters looked at for one of the item's home.
+const SCAN: usize = 64;
+
+/// The worker thread an item belongs to (its sockets are registered with that thread's
+/// event loop).
+pub trait Homed {
+    fn home(&self) -> usize;
+}
 
 pub struct Slots<T> {
     state: Mutex<State<T>>,
@@ -26,6 +42,9 @@ struct State<T> {
 }
 
 struct Waiter<T> {
+    home: usize,
+    /// Items given to younger waiters while this one was the oldest (read under the lock).
+    passed: std::sync::atomic::AtomicU32,
     deadline: Instant,
     grant: Mutex<Option<Granted<T>>>,
     waker: AtomicWaker,
@@ -39,14 +58,14 @@ pub type Granted<T> = Result<Option<T>, Expired>;
 pub struct Expired;
 
 /// What `take` found.
-pub enum Take<'a, T> {
+pub enum Take<'a, T: Homed> {
     /// A free slot, with the idle item on top if any.
     Now(Option<T>),
     /// In line for a slot.
     Queued(Queued<'a, T>),
 }
 
-impl<T> Slots<T> {
+impl<T: Homed> Slots<T> {
     pub fn new(size: usize) -> Slots<T> {
         Slots {
             state: Mutex::new(State {
@@ -58,14 +77,17 @@ impl<T> Slots<T> {
         }
     }
 
-    /// Takes a free slot, or joins the line to wait up to `limit` for one.
-    pub fn take(&self, limit: Duration) -> Take<'_, T> {
+    /// Takes a free slot (with an idle item of `home` if there is one, else any), or joins
+    /// the line to wait up to `limit` for one.
+    pub fn take(&self, limit: Duration, home: usize) -> Take<'_, T> {
         let mut st = self.lock();
         if st.out < st.size && st.waiting.is_empty() {
             st.out += 1;
-            return Take::Now(st.idle.pop());
+            return Take::Now(st.pop_idle(home));
         }
         let waiter = Arc::new(Waiter {
+            home,
+            passed: std::sync::atomic::AtomicU32::new(0),
             deadline: Instant::now() + limit,
             grant: Mutex::new(None),
             waker: AtomicWaker::new(),
@@ -78,8 +100,8 @@ impl<T> Slots<T> {
     }
 
     /// The next idle item for a slot already taken (the one given was not fit for use).
-    pub fn pop_idle(&self) -> Option<T> {
-        self.lock().idle.pop()
+    pub fn pop_idle(&self, home: usize) -> Option<T> {
+        self.lock().pop_idle(home)
     }
 
     /// Returns an item and its slot; the oldest waiter gets both.
@@ -140,10 +162,38 @@ impl<T> Slots<T> {
     }
 }
 
-/// Gives free slots to the waiters, oldest first.
-fn serve<T>(st: &mut State<T>) {
+impl<T: Homed> State<T> {
+    /// The most recent idle item of `home`, else the most recent of any.
+    fn pop_idle(&mut self, home: usize) -> Option<T> {
+        let i = self.idle.iter().rposition(|t| t.home() == home);
+        match i {
+            Some(i) => Some(self.idle.remove(i)),
+            None => self.idle.pop(),
+        }
+    }
+}
+
+/// Gives free slots to the waiters: the most recent idle item to the oldest waiter of its
+/// home, unless the oldest waiter of all has been passed over enough; a slot without an item
+/// to the oldest waiter.
+fn serve<T: Homed>(st: &mut State<T>) {
+    use std::sync::atomic::Ordering::Relaxed;
     while st.out < st.size {
-        let Some(w) = st.waiting.pop_front() else {
+        let Some(head) = st.waiting.front() else {
+            return;
+        };
+        let at = match st.idle.last() {
+            Some(item) if head.home != item.home() && head.passed.load(Relaxed) < MAX_PASSED => {
+                let home = item.home();
+                let found = st.waiting.iter().take(SCAN).position(|w| w.home == home);
+                if found.is_some() {
+                    head.passed.fetch_add(1, Relaxed);
+                }
+                found.unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let Some(w) = st.waiting.remove(at) else {
             return;
         };
         st.out += 1;
@@ -165,12 +215,12 @@ impl<T> Waiter<T> {
 
 /// A checkout in line; dropped before it resolves, it leaves the line, or passes on what it
 /// was given.
-pub struct Queued<'a, T> {
+pub struct Queued<'a, T: Homed> {
     slots: &'a Slots<T>,
     waiter: Option<Arc<Waiter<T>>>,
 }
 
-impl<T> Future for Queued<'_, T> {
+impl<T: Homed> Future for Queued<'_, T> {
     type Output = Granted<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Granted<T>> {
@@ -189,7 +239,7 @@ impl<T> Future for Queued<'_, T> {
     }
 }
 
-impl<T> Drop for Queued<'_, T> {
+impl<T: Homed> Drop for Queued<'_, T> {
     fn drop(&mut self) {
         let Some(waiter) = self.waiter.take() else {
             return;
@@ -217,11 +267,18 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(3600);
 
-    fn poll<T>(q: &mut Queued<'_, T>) -> Poll<Granted<T>> {
+    /// Test items: 0-99 live on thread 0, 100-199 on thread 1.
+    impl Homed for u8 {
+        fn home(&self) -> usize {
+            usize::from(*self / 100)
+        }
+    }
+
+    fn poll<T: Homed>(q: &mut Queued<'_, T>) -> Poll<Granted<T>> {
         Pin::new(q).poll(&mut Context::from_waker(Waker::noop()))
     }
 
-    fn queued<T>(t: Take<'_, T>) -> Queued<'_, T> {
+    fn queued<T: Homed>(t: Take<'_, T>) -> Queued<'_, T> {
         match t {
             Take::Queued(q) => q,
             Take::Now(_) => panic!("expected to wait"),
@@ -231,10 +288,10 @@ mod tests {
     #[test]
     fn a_returned_item_goes_to_the_oldest_waiter() {
         let slots = Slots::new(2);
-        assert!(matches!(slots.take(LONG), Take::Now(None)));
-        assert!(matches!(slots.take(LONG), Take::Now(None)));
-        let mut first = queued(slots.take(LONG));
-        let mut second = queued(slots.take(LONG));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
+        let mut first = queued(slots.take(LONG, 0));
+        let mut second = queued(slots.take(LONG, 0));
         assert!(poll(&mut first).is_pending());
         slots.put(7);
         assert_eq!(poll(&mut second), Poll::Pending);
@@ -242,29 +299,29 @@ mod tests {
         slots.free();
         assert_eq!(poll(&mut second), Poll::Ready(Ok(None)));
         // Both slots are out again: a newcomer waits.
-        assert!(matches!(slots.take(LONG), Take::Queued(_)));
+        assert!(matches!(slots.take(LONG, 0), Take::Queued(_)));
     }
 
     #[test]
     fn idle_items_are_reused_most_recent_first() {
         let slots = Slots::new(3);
         for _ in 0..3 {
-            assert!(matches!(slots.take(LONG), Take::Now(None)));
+            assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
         }
         slots.put(1);
         slots.put(2);
-        assert!(matches!(slots.take(LONG), Take::Now(Some(2))));
-        assert_eq!(slots.pop_idle(), Some(1));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(Some(2))));
+        assert_eq!(slots.pop_idle(0), Some(1));
         assert_eq!(slots.with_idle(|v| v.len()), 0);
     }
 
     #[test]
     fn a_waiter_that_leaves_passes_on_what_it_was_given() {
         let slots = Slots::new(1);
-        assert!(matches!(slots.take(LONG), Take::Now(None)));
-        let gone = queued(slots.take(LONG));
-        let mut next = queued(slots.take(LONG));
-        let mut left_early = queued(slots.take(LONG));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
+        let gone = queued(slots.take(LONG, 0));
+        let mut next = queued(slots.take(LONG, 0));
+        let mut left_early = queued(slots.take(LONG, 0));
         slots.put(5); // to `gone`, which leaves without looking
         drop(gone);
         assert_eq!(poll(&mut next), Poll::Ready(Ok(Some(5))));
@@ -273,14 +330,14 @@ mod tests {
         drop(left_early);
         assert_eq!(slots.waiting(), 0);
         slots.put(5);
-        assert!(matches!(slots.take(LONG), Take::Now(Some(5))));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(Some(5))));
     }
 
     #[test]
     fn expire_answers_only_waiters_past_their_deadline() {
         let slots = Slots::<u8>::new(0);
-        let mut short = queued(slots.take(Duration::from_millis(10)));
-        let mut long = queued(slots.take(LONG));
+        let mut short = queued(slots.take(Duration::from_millis(10), 0));
+        let mut long = queued(slots.take(LONG, 0));
         assert_eq!(slots.expire(Instant::now()), 0);
         assert_eq!(slots.expire(Instant::now() + Duration::from_secs(1)), 1);
         assert_eq!(poll(&mut short), Poll::Ready(Err(Expired)));
@@ -299,7 +356,7 @@ mod tests {
             }
         }
         let slots = Slots::<u8>::new(0);
-        let mut waiter = queued(slots.take(LONG));
+        let mut waiter = queued(slots.take(LONG, 0));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         assert!(Pin::new(&mut waiter)
@@ -314,13 +371,51 @@ mod tests {
     #[test]
     fn a_smaller_size_holds_back_returned_slots() {
         let slots = Slots::new(2);
-        assert!(matches!(slots.take(LONG), Take::Now(None)));
-        assert!(matches!(slots.take(LONG), Take::Now(None)));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
         slots.resize(1);
-        let mut waiter = queued(slots.take(LONG));
+        let mut waiter = queued(slots.take(LONG, 0));
         slots.put(1); // 2 out of 1 -> 1: still full
         assert!(poll(&mut waiter).is_pending());
         slots.put(2);
         assert_eq!(poll(&mut waiter), Poll::Ready(Ok(Some(2))));
+    }
+
+    #[test]
+    fn a_returned_item_goes_to_the_oldest_waiter_of_its_home() {
+        let slots = Slots::new(2);
+        assert!(matches!(slots.take(LONG, 0), Take::Now(None)));
+        assert!(matches!(slots.take(LONG, 1), Take::Now(None)));
+        let mut first = queued(slots.take(LONG, 0));
+        let mut second = queued(slots.take(LONG, 1));
+        slots.put(105); // home 1: past the oldest waiter, to the second
+        assert!(poll(&mut first).is_pending());
+        assert_eq!(poll(&mut second), Poll::Ready(Ok(Some(105))));
+        slots.put(5);
+        assert_eq!(poll(&mut first), Poll::Ready(Ok(Some(5))));
+        // A free slot of its own: an idle item of the taker's home first, else any.
+        slots.put(106);
+        slots.put(6);
+        assert!(matches!(slots.take(LONG, 1), Take::Now(Some(106))));
+        assert!(matches!(slots.take(LONG, 1), Take::Now(Some(6))));
+    }
+
+    #[test]
+    fn the_oldest_waiter_is_passed_over_a_bounded_number_of_times() {
+        let slots = Slots::new(1);
+        assert!(matches!(slots.take(LONG, 1), Take::Now(None)));
+        let mut oldest = queued(slots.take(LONG, 0));
+        let mut younger: Vec<_> = (0..MAX_PASSED + 1)
+            .map(|_| queued(slots.take(LONG, 1)))
+            .collect();
+        for w in younger.iter_mut().take(MAX_PASSED as usize) {
+            slots.put(150);
+            assert!(poll(&mut oldest).is_pending());
+            assert_eq!(poll(w), Poll::Ready(Ok(Some(150))));
+        }
+        // Passed over enough: the oldest takes the next item, though not of its home.
+        slots.put(150);
+        assert_eq!(poll(&mut oldest), Poll::Ready(Ok(Some(150))));
+        assert!(poll(&mut younger[MAX_PASSED as usize]).is_pending());
     }
 }

@@ -1,4 +1,5 @@
-//! Accept loop for one port: a connection limit, then one tracked task per client.
+//! Accept loop for one port: a connection limit, then one tracked task per client, on the
+//! worker threads in turn.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::route::Port;
 use super::session;
 use super::shared::Shared;
+use crate::shards::Shards;
 
 /// Accepts until the task is aborted (on reload to another address) or shutdown begins.
 /// Clients past `limits` still get their startup read, so they receive 53300 instead of a
@@ -19,6 +21,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     limits: Arc<Semaphore>,
     sessions: TaskTracker,
+    shards: Arc<Shards>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -35,7 +38,10 @@ pub async fn serve(
             }
         };
         let permit = limits.clone().try_acquire_owned().ok();
-        sessions.spawn(session::run(shared.clone(), port, stream, permit));
+        let shared = shared.clone();
+        shards.spawn(&sessions, stream, move |stream, home| {
+            session::run(shared, port, stream, permit, home)
+        });
     }
 }
 

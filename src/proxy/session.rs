@@ -30,6 +30,7 @@ pub async fn run(
     port: Port,
     tcp: TcpStream,
     permit: Option<OwnedSemaphorePermit>,
+    home: usize,
 ) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     super::listener::tune(&tcp, &shared.config().tcp);
@@ -101,7 +102,7 @@ pub async fn run(
     if mode.pooled() {
         let start = crate::pool::session::start(shared, port, mode, client, startup, peer, state);
         if let Some(session) = Box::pin(start).await {
-            Box::pin(session.serve()).await;
+            Box::pin(session.serve(home)).await;
         }
         return;
     }
