@@ -320,6 +320,7 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
                 "total_query_count",
                 "total_wait_time_us",
                 "total_server_opened",
+                "total_server_moved",
             ],
             rows: pools
                 .iter()
@@ -333,6 +334,7 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
                         s.queries.load(Ordering::Relaxed).to_string(),
                         s.wait_micros.load(Ordering::Relaxed).to_string(),
                         s.opened.load(Ordering::Relaxed).to_string(),
+                        s.moved.load(Ordering::Relaxed).to_string(),
                     ]
                 })
                 .collect(),

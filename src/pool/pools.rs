@@ -55,6 +55,8 @@ pub struct PoolStats {
     pub queries: AtomicU64,
     pub wait_micros: AtomicU64,
     pub opened: AtomicU64,
+    /// Idle connections moved to another worker thread's event loop for a client there.
+    pub moved: AtomicU64,
 }
 
 pub struct Pool {
@@ -198,7 +200,7 @@ impl Pool {
                 && !conn.healthy(connect_timeout).await
             {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
-            } else if conn.home != home && conn.move_home(home).is_err() {
+            } else if conn.home != home && !self.move_home(&mut conn, home) {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
             } else {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +228,17 @@ impl Pool {
             },
             opened.derived,
         ))
+    }
+
+    /// Moves `conn` to worker thread `home`'s event loop; false when it broke on the way.
+    fn move_home(&self, conn: &mut ServerConn, home: usize) -> bool {
+        if conn.move_home(home).is_err() {
+            return false;
+        }
+        if conn.home == home {
+            self.stats.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Closes idle connections matching `close`.

@@ -107,6 +107,9 @@ const TESTS: &[(&str, TestFn)] = &[
         "pooled_waiter_that_leaves_is_dropped_its_query_not_run",
         |lab| Box::pin(pooling::waiter_that_leaves(lab)),
     ),
+    ("pooled_worker_threads_share_one_pool", |lab| {
+        Box::pin(pooling::worker_threads_share_one_pool(lab))
+    }),
     (
         "tls_verify_full_require_mutual_channel_binding_cancel_reload",
         |lab| Box::pin(tls::clients(lab)),

@@ -668,3 +668,64 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
     );
     Ok(())
 }
+
+/// Two worker threads share one pool: clients dealt to both, all running at once through
+/// `pool_size = 1`, reach the same single backend, and the connection moves between the
+/// threads' event loops to serve them.
+pub async fn worker_threads_share_one_pool(lab: &Lab) -> Result<()> {
+    let router = crate::restarts::pooled_router(
+        lab,
+        17610,
+        "pool_size = 1\n\n[runtime]\nworker_threads = 2\n",
+    )?;
+    let port = router.primary;
+    let mut clients = Vec::new();
+    // Dealt in turn: two consecutive clients land on different threads.
+    for i in 0..4 {
+        clients.push(connect(port, &format!("pgrouter-test-worker-{i}")).await?);
+    }
+    let mut runs = Vec::new();
+    for (client, _) in clients {
+        runs.push(tokio::spawn(async move {
+            let mut pids = std::collections::BTreeSet::new();
+            for _ in 0..25 {
+                let pid: i32 = client
+                    .query_one("select pg_backend_pid()", &[])
+                    .await?
+                    .get(0);
+                pids.insert(pid);
+            }
+            anyhow::Ok(pids)
+        }));
+    }
+    let mut backends = std::collections::BTreeSet::new();
+    for run in runs {
+        let pids = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .context("a client's transactions did not finish")???;
+        backends.extend(pids);
+    }
+    ensure!(
+        backends.len() == 1,
+        "pool_size = 1 on two worker threads reached {} backends: {backends:?}",
+        backends.len()
+    );
+    let stats = text(&psql(
+        port,
+        "admin",
+        crate::restarts::CONSOLE_PASSWORD,
+        "pgrouter",
+        "SHOW STATS",
+    )?);
+    let moved: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("postgres|postgres|"))
+        .and_then(|l| l.split('|').nth(7)?.trim().parse().ok())
+        .with_context(|| format!("no total_server_moved for postgres in SHOW STATS:\n{stats}"))?;
+    ensure!(
+        moved > 0,
+        "the one server connection never moved between the worker threads:\n{stats}"
+    );
+    println!("  100 transactions from 4 clients on 2 threads, 1 backend, moved {moved} times");
+    Ok(())
+}
