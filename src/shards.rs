@@ -2,9 +2,10 @@
 //! current-thread runtime, the first being the thread that runs the rest of the router.
 //! Accepted clients are dealt to them in turn and stay where they were dealt: no task is
 //! stolen or woken across threads on the way through a transaction, which tokio's
-//! multi-thread scheduler does (and on two shared cores lost to one thread). Server
-//! connections are shared by all threads; one opened on another thread still works, its
-//! readiness arriving through that thread.
+//! multi-thread scheduler does (and on two shared cores lost to one thread). Pools are
+//! shared by all threads: a returned server connection goes to a client of its own thread
+//! first (`pool::slots`), and an idle one taken by a client of another thread is moved to
+//! that thread's event loop (`ServerConn::move_home`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -274,7 +274,7 @@ impl ServerConn {
                 prepared: HashSet::new(),
                 created: now,
                 last_used: now,
-                home: 0,
+                home: crate::shards::MAIN,
                 buffers: Buffers::default(),
             },
             derived,

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 /// and still be served first, and how many times the oldest lets that happen. Handing a
 /// connection to another thread costs that thread a wake-up from this one and the connection
 /// a move (`ServerConn::move_home`): with tighter bounds (5 ms, or 4 times) one transaction in
-/// 16 crossed at pgbench -c 150, and two threads lost what they gained; with these, one in 400
-/// (BENCHMARKS.md).
+/// 16 crossed at pgbench -c 150, and two threads lost what they gained; with these, one in
+/// 300-400 (BENCHMARKS.md).
 const FIFO_WITHIN: Duration = Duration::from_millis(50);
 const MAX_PASSED: u32 = 64;
 /// Waiters looked at for one of the item's home.
@@ -122,7 +122,8 @@ impl<T: Homed> Slots<T> {
         self.lock().pop_idle(home)
     }
 
-    /// Returns an item and its slot; the oldest waiter gets both.
+    /// Returns an item and its slot; a waiter gets both (the oldest, or the oldest of the
+    /// item's home: see the module).
     pub fn put(&self, item: T) {
         let mut st = self.lock();
         st.out -= 1;
@@ -130,7 +131,7 @@ impl<T: Homed> Slots<T> {
         serve(&mut st, self.fifo_within);
     }
 
-    /// Frees a slot whose item is gone; the oldest waiter gets it.
+    /// Frees a slot whose item is gone; a waiter gets it.
     pub fn free(&self) {
         let mut st = self.lock();
         st.out -= 1;
