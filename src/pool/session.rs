@@ -1634,5 +1634,8 @@ mod tests {
         let outer = std::mem::size_of_val(&outer);
         println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
         assert!(task < 2048, "task future {task} bytes");
+        // Every idle client carries its whole task: a branch `run` awaits inline (the cancel
+        // forward did, 1,608 bytes in all, +780 bytes per idle client in W4) costs them all.
+        assert!(outer < 1024, "client task {outer} bytes");
     }
 }

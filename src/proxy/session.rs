@@ -68,7 +68,8 @@ pub async fn run(
             tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
             return send_error(&shared, &mut client, &e).await;
         }
-        Ok(Ok(Opening::Cancel(key))) => return forward_cancel(&shared, &key).await,
+        // Boxed, as the two ways below: every client's task is as large as its largest state.
+        Ok(Ok(Opening::Cancel(key))) => return Box::pin(forward_cancel(&shared, &key)).await,
         Ok(Ok(Opening::Startup(s))) => s,
     };
     if tls.mode == TlsMode::Require && !client.is_tls() {
