@@ -117,9 +117,10 @@ impl RuntimeConfig {
     /// The worker threads to run (`crate::shards`), given whether a listener pools. 0 picks
     /// one per core for a pooling router: with one thread, that thread is the line every
     /// client of a pool waits in, and a core idles whenever it is preempted (pooled pgbench
-    /// -S -c 150 on 2 shared cores: 9-15% more tps on two). Half the cores (at least one)
-    /// otherwise: pgrouter usually shares its host with PostgreSQL or the application, and a
-    /// pass-through relay gained nothing from a second thread there (-c 16: 5-10% less).
+    /// -S -c 150 on 2 shared cores: 7-18% more tps on two, medians of A/B runs). Half the
+    /// cores (at least one) otherwise: pgrouter usually shares its host with PostgreSQL or the
+    /// application, and a pass-through relay gained nothing from a second thread there (-c 16:
+    /// 5-10% less).
     /// A dedicated router host sets `worker_threads` to its core count. BENCHMARKS.md.
     pub fn workers(&self, pooled: bool) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -623,7 +624,6 @@ impl Config {
         Ok(())
     }
 
-    /// The pool mode of a listener.
     /// The worker threads to start with (`RuntimeConfig::workers`).
     pub fn workers(&self) -> usize {
         let pooled =
@@ -631,6 +631,7 @@ impl Config {
         self.runtime.workers(pooled)
     }
 
+    /// The pool mode of a listener.
     pub fn pool_mode(&self, primary: bool) -> PoolMode {
         if primary {
             self.listen.primary_pool_mode

@@ -92,8 +92,10 @@ fn main() -> ExitCode {
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     // This thread's runtime runs the router and the first worker's share of the clients;
     // `app::run` starts the other workers (`pgrouter::shards`).
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgrouter: cannot start the runtime: {e}");
