@@ -353,6 +353,7 @@ fn run_all(bench: &Bench, opts: &Opts, command: &str, notes: &[String]) -> Resul
         let w5 = bench.w5()?;
         report::w5(&mut md, &bench.targets, &w5);
     }
+    report::passthrough(&mut md, &bench.targets, w1.as_ref());
     report::pooled(&mut md, &bench.targets, w1.as_ref(), w3.as_ref());
     if let Some(w1) = &w1 {
         if bench.clients.len() > 1 {

@@ -1,5 +1,6 @@
 //! Markdown tables for the e2e bench: one per workload, medians over rounds, ratios to direct;
-//! the pooled comparison (pgrouter-txn against pgbouncer) and W4.
+//! the comparisons the targets are set on (pgrouter against HAProxy, pgrouter-txn against
+//! pgbouncer) and W4.
 
 use std::fmt::Write as _;
 
@@ -8,6 +9,8 @@ use crate::pgbench::command_line;
 use crate::workloads::{w1_args, w3_args, Cell, Table, Target};
 
 const DIRECT: &str = "direct";
+const HAPROXY: &str = "HAProxy";
+const PASSTHROUGH: &str = "pgrouter";
 const PGBOUNCER: &str = "pgbouncer";
 const POOLED: &str = "pgrouter-txn";
 
@@ -157,6 +160,33 @@ fn fmt_cpu(cell: &Cell) -> String {
     }
 }
 
+/// pgrouter pass-through against HAProxy for every W1 setting both ran, with TARGETS.md's
+/// target: >= 1.1x at -c 16, simple and prepared, with proxy CPU per transaction at or below
+/// HAProxy's.
+pub fn passthrough(out: &mut String, targets: &[Target], w1: Option<&Table<(&str, u32)>>) {
+    let (Some(b), Some(p), Some(w1)) = (index(targets, HAPROXY), index(targets, PASSTHROUGH), w1)
+    else {
+        return;
+    };
+    out.push_str(
+        "\n### Pass-through: pgrouter vs HAProxy\n\nBoth relay TCP to the leader, HAProxy with Patroni REST checks at its default threads, pgrouter at its \
+         default worker_threads. Same runs as the tables above; the target also asks for proxy CPU per transaction at or below HAProxy's.\n\n",
+    );
+    versus_header(out, "HAProxy", "pgrouter");
+    for ((mode, clients), cells) in w1 {
+        let goal = (*clients == 16 && *mode != "extended").then_some(1.1);
+        versus_row(
+            out,
+            "W1",
+            &format!("{mode} -c {clients}"),
+            &cells[b],
+            &cells[p],
+            goal,
+            true,
+        );
+    }
+}
+
 /// pgrouter in transaction mode against pgbouncer (transaction mode, in front of HAProxy) for
 /// every W1 and W3 setting both ran, with TARGETS.md's targets: >= 1.3x at -c 150, churn >= 1x.
 pub fn pooled(
@@ -173,40 +203,87 @@ pub fn pooled(
     }
     out.push_str(
         "\n### Pooled: pgrouter-txn vs pgbouncer\n\nBoth in transaction mode with 20 server connections per pool, the same SCRAM secret in their userlist; \
-         pgbouncer reaches the leader through HAProxy, so its CPU column is pgbouncer + HAProxy. Same runs as the tables above.\n\n\
-         | workload | setting | pgbouncer tps | pgrouter-txn tps | pgrouter-txn / pgbouncer | target | CPU us/txn pgbouncer | CPU us/txn pgrouter-txn |\n|---|---|---|---|---|---|---|---|\n",
+         pgbouncer reaches the leader through HAProxy, so its CPU column is pgbouncer + HAProxy. Same runs as the tables above.\n\n",
     );
-    let mut row = |workload: &str, setting: String, cells: &[Cell], goal: Option<f64>| {
-        let (cb, cp) = (&cells[b], &cells[p]);
-        let verdict = match (goal, cp.value(), cb.value()) {
-            (None, ..) => "-".to_string(),
-            (Some(g), Ok(v), Ok(base)) if base > 0.0 => {
-                let met = if v / base >= g { "met" } else { "not met" };
-                format!(">= {g:.1}x: {met}")
-            }
-            (Some(g), ..) => format!(">= {g:.1}x: -"),
-        };
-        let _ = writeln!(
-            out,
-            "| {workload} | {setting} | {} | {} | {} | {verdict} | {} | {} |",
-            fmt_value(cb, 0),
-            fmt_value(cp, 0),
-            // Three decimals: the verdict compares the unrounded ratio.
-            match (cp.value(), cb.value()) {
-                (Ok(v), Ok(base)) if base > 0.0 => format!("{:.3}x", v / base),
-                _ => "-".into(),
-            },
-            fmt_cpu(cb),
-            fmt_cpu(cp),
-        );
-    };
+    versus_header(out, "pgbouncer", "pgrouter-txn");
     for ((mode, clients), cells) in w1.into_iter().flatten() {
         let goal = (*clients == 150).then_some(1.3);
-        row("W1", format!("{mode} -c {clients}"), cells, goal);
+        let setting = format!("{mode} -c {clients}");
+        versus_row(out, "W1", &setting, &cells[b], &cells[p], goal, false);
     }
     for (clients, cells) in w3.into_iter().flatten() {
-        row("W3 churn", format!("-C -c {clients}"), cells, Some(1.0));
+        let setting = format!("-C -c {clients}");
+        versus_row(
+            out,
+            "W3 churn",
+            &setting,
+            &cells[b],
+            &cells[p],
+            Some(1.0),
+            false,
+        );
     }
+}
+
+fn versus_header(out: &mut String, base: &str, ours: &str) {
+    let _ = writeln!(
+        out,
+        "| workload | setting | {base} tps | {ours} tps | {ours} / {base} | per round | target | CPU us/txn {base} | CPU us/txn {ours} |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+}
+
+/// One setting of a comparison: medians, the ratio of the medians (three decimals: the verdict
+/// compares it unrounded), each round's own ratio (the targets alternate within a round, so a
+/// round's ratio is a side-by-side one), and the verdict against `goal`; with `cpu_goal` the
+/// verdict also asks for our median CPU per transaction at or below the base's.
+fn versus_row(
+    out: &mut String,
+    workload: &str,
+    setting: &str,
+    base: &Cell,
+    ours: &Cell,
+    goal: Option<f64>,
+    cpu_goal: bool,
+) {
+    let ratio = match (ours.value(), base.value()) {
+        (Ok(v), Ok(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    };
+    let total = |c: &Cell| -> Option<f64> {
+        let cpu = c.cpu_us();
+        (!cpu.is_empty()).then(|| cpu.iter().map(|p| p.1).sum())
+    };
+    let verdict = match (goal, ratio) {
+        (None, _) => "-".to_string(),
+        (Some(g), None) => format!(">= {g:.1}x: -"),
+        (Some(g), Some(r)) => {
+            let cpu_ok =
+                !cpu_goal || matches!((total(ours), total(base)), (Some(o), Some(b)) if o <= b);
+            let met = if r >= g && cpu_ok { "met" } else { "not met" };
+            let cpu = if cpu_goal { ", CPU <=" } else { "" };
+            format!(">= {g:.1}x{cpu}: {met}")
+        }
+    };
+    let rounds: Vec<String> = base
+        .0
+        .iter()
+        .zip(&ours.0)
+        .map(|(b, o)| match (b, o) {
+            (Ok(b), Ok(o)) if b.value > 0.0 => format!("{:.2}", o.value / b.value),
+            _ => "-".into(),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| {workload} | {setting} | {} | {} | {} | {} | {verdict} | {} | {} |",
+        fmt_value(base, 0),
+        fmt_value(ours, 0),
+        ratio.map_or("-".into(), |r| format!("{r:.3}x")),
+        rounds.join(", "),
+        fmt_cpu(base),
+        fmt_cpu(ours),
+    );
 }
 
 /// W4: idle clients per target, then W1 -c 16 simple beside them.
