@@ -25,25 +25,34 @@ pub enum AuthError {
     Gone,
 }
 
-/// Runs the exchange for `user` with `secret` and sends AuthenticationOk.
+/// A client that passed: how pgrouter logs in for it, and the messages that end the exchange
+/// (SCRAM's final message, AuthenticationOk), not sent yet: the caller sends them in one write
+/// with what follows them (ParameterStatus, BackendKeyData, ReadyForQuery), as PostgreSQL does.
+pub struct Passed {
+    pub login: Login,
+    pub unsent: BytesMut,
+}
+
+/// Runs the exchange for `user` with `secret`, up to the messages that end it.
 pub async fn authenticate(
     client: &mut Stream,
     credentials: &Credentials,
     scope: &str,
     user: &str,
     secret: &Secret,
-) -> Result<Login, AuthError> {
-    let login = match secret {
+) -> Result<Passed, AuthError> {
+    let (login, mut unsent) = match secret {
         Secret::Scram(s) => {
-            let client_key = scram(client, s, scope, user).await?;
+            let (client_key, last) = scram(client, s, scope, user).await?;
             let keys = ScramKeys::recovered(s, client_key);
             credentials.remember_keys(user, keys.clone());
-            Login::Scram(keys)
+            (Login::Scram(keys), last)
         }
         Secret::Plain(password) => {
             let s = credentials.scram_for_password(user, password).await;
-            scram(client, &s, scope, user).await?;
-            credentials.login(user, &Login::Password(password.clone()))
+            let (_, last) = scram(client, &s, scope, user).await?;
+            let login = credentials.login(user, &Login::Password(password.clone()));
+            (login, last)
         }
         Secret::Md5(m) => {
             let salt: [u8; 4] = rand::random();
@@ -52,20 +61,21 @@ pub async fn authenticate(
             if !verify_md5(m, salt, &msg[5..]) {
                 return Err(AuthError::Refused(wrong_password(scope, user)));
             }
-            Login::Md5(*m)
+            (Login::Md5(*m), BytesMut::new())
         }
     };
-    send(client, &auth_ok()).await?;
-    Ok(login)
+    unsent.extend_from_slice(&auth_ok());
+    Ok(Passed { login, unsent })
 }
 
-/// The SCRAM exchange; returns the ClientKey recovered from the client's proof.
+/// The SCRAM exchange; returns the ClientKey recovered from the client's proof and the
+/// server's final message, not sent yet.
 async fn scram(
     client: &mut Stream,
     secret: &ScramSecret,
     scope: &str,
     user: &str,
-) -> Result<[u8; 32], AuthError> {
+) -> Result<([u8; 32], BytesMut), AuthError> {
     send(client, &auth_sasl(&[MECHANISM])).await?;
     let first = read_password_message(client, scope).await?;
     let (mechanism, data) =
@@ -83,8 +93,7 @@ async fn scram(
     let (server_final, client_key) = exchange
         .finish(&last[5..])
         .map_err(|e| scram_failure(scope, user, e))?;
-    send(client, &auth_sasl_final(&server_final)).await?;
-    Ok(client_key)
+    Ok((client_key, auth_sasl_final(&server_final)))
 }
 
 fn scram_failure(scope: &str, user: &str, e: ScramError) -> AuthError {

@@ -100,16 +100,15 @@ pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str
     }
     let limit = config.listen.startup_timeout.0;
     let auth = super::session::authenticate(&shared, &mut client, user, DATABASE);
-    match tokio::time::timeout(limit, auth).await {
-        Ok(Ok(_)) => {}
+    let mut out = match tokio::time::timeout(limit, auth).await {
+        Ok(Ok(passed)) => passed.unsent,
         Ok(Err(AuthError::Refused(e))) => {
             let _ = client.send(&e.encode()).await;
             return;
         }
         _ => return,
-    }
+    };
     tracing::info!(%peer, %user, "admin console opened");
-    let mut out = BytesMut::new();
     for (k, v) in [
         ("server_version", "15.0 (pgrouter)"),
         ("server_encoding", "UTF8"),

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
-use super::client_auth::{self, AuthError};
+use super::client_auth::{self, AuthError, Passed};
 use super::message_memory::{Grant, COUNTED_FROM};
 use super::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
 use super::server::{Login, ServerError};
@@ -175,8 +175,8 @@ pub async fn start(
         limit,
         authenticate(&shared, &mut client, &user, &database),
     ));
-    let login = match auth.await {
-        Ok(Ok(login)) => login,
+    let Passed { login, unsent } = match auth.await {
+        Ok(Ok(passed)) => passed,
         Ok(Err(AuthError::Refused(e))) => {
             tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
             send_fatal(&shared, &mut client, &e).await;
@@ -228,7 +228,8 @@ pub async fn start(
         cin: BytesMut::new(),
         sin: BytesMut::new(),
         to_server: BytesMut::new(),
-        to_client: BytesMut::new(),
+        // The end of the authentication, sent with the welcome.
+        to_client: unsent,
         expect: VecDeque::new(),
         unsynced: false,
         status: b'I',
@@ -258,7 +259,7 @@ pub async fn authenticate(
     client: &mut Stream,
     user: &str,
     database: &str,
-) -> Result<Login, AuthError> {
+) -> Result<Passed, AuthError> {
     let scope = &shared.scope;
     let secret = match shared.credentials.secret(user) {
         Some(s) => s,
@@ -308,19 +309,35 @@ impl PooledSession {
 
     /// Tells the client the server's parameters, its cancel key and ReadyForQuery. A client
     /// asking for nothing but the defaults (remembered from a fresh server connection for
-    /// its database and user) needs no server; otherwise one is borrowed to apply its
-    /// settings, and the server's own spelling of them is reported.
+    /// its database and user), or an application_name the server reports as sent, needs no
+    /// server; otherwise one is borrowed to apply its settings, and the server's own spelling
+    /// of them is reported. The end of the authentication goes out in the same write.
     async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
+        // AuthenticationOk and what came before it, from `start`.
+        let mut out = std::mem::take(&mut self.to_client);
         let defaults = self.shared.pools.params(
             &self.registration.entry.database,
             &self.registration.entry.user,
         );
-        let fits = defaults
-            .as_ref()
-            .is_some_and(|d| self.vars.iter().all(|(k, v)| d.params.get(*k) == Some(v)));
+        let fits = defaults.as_ref().is_some_and(|d| {
+            self.vars
+                .iter()
+                .all(|(k, v)| d.params.get(*k) == Some(v) || tracked::reported_as_sent(k, v))
+        });
         let (params, defaults) = match defaults {
-            Some(d) if fits => (d.params.clone(), d),
+            Some(d) if fits => {
+                let mut params = d.params.clone();
+                for (k, v) in &self.vars {
+                    if d.params.get(*k) != Some(v) {
+                        Arc::make_mut(&mut params).insert(k.to_string(), v.clone());
+                    }
+                }
+                (params, d)
+            }
             _ => {
+                // The client hears it is in before it waits for a server.
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                out.clear();
                 self.state.set(ClientState::Held);
                 let held = match self.acquire().await {
                     Ok(held) => held,
@@ -352,7 +369,6 @@ impl PooledSession {
                 (Arc::new(params), defaults)
             }
         };
-        let mut out = BytesMut::new();
         let mut sorted: Vec<_> = params.iter().collect();
         sorted.sort();
         for (k, v) in sorted {

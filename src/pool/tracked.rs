@@ -22,6 +22,15 @@ pub fn position(name: &str) -> Option<usize> {
     TRACKED.iter().position(|t| *t == name)
 }
 
+/// Whether PostgreSQL reports `value` for `name` exactly as a client sent it, so a client can be
+/// told it without asking a server: an application_name of printable ASCII shorter than
+/// NAMEDATALEN (PostgreSQL turns other bytes into '?' and truncates longer names). Every other
+/// parameter has a spelling of the server's own (`utf8` is reported as `UTF8`, `iso` as
+/// `ISO, MDY`).
+pub fn reported_as_sent(name: &str, value: &str) -> bool {
+    name == "application_name" && value.len() < 64 && value.bytes().all(|b| (32..=126).contains(&b))
+}
+
 /// A value for each tracked parameter, where known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tracked([Option<String>; TRACKED.len()]);
@@ -51,6 +60,18 @@ impl Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_short_application_name_is_reported_as_sent() {
+        assert!(reported_as_sent("application_name", "pgbench"));
+        assert!(reported_as_sent("application_name", ""));
+        assert!(reported_as_sent("application_name", &"a".repeat(63)));
+        assert!(!reported_as_sent("application_name", &"a".repeat(64)));
+        assert!(!reported_as_sent("application_name", "caf\u{e9}"));
+        assert!(!reported_as_sent("application_name", "tab\there"));
+        assert!(!reported_as_sent("client_encoding", "UTF8"));
+        assert!(!reported_as_sent("DateStyle", "ISO, MDY"));
+    }
 
     #[test]
     fn holds_only_the_tracked_parameters_by_position() {

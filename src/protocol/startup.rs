@@ -47,19 +47,24 @@ pub enum StartupError {
 pub async fn read_packet<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> std::io::Result<Option<Result<Bytes, StartupError>>> {
-    let mut len_buf = [0u8; 4];
-    let first = r.read(&mut len_buf).await?;
-    if first == 0 {
+    // Every packet has at least 8 bytes (length and code), so asking for 8 at once never takes
+    // a byte of what follows, and an SSLRequest comes in one read.
+    let mut head = [0u8; 8];
+    let mut got = r.read(&mut head).await?;
+    if got == 0 {
         return Ok(None);
     }
-    r.read_exact(&mut len_buf[first..]).await?;
-    let len = u32::from_be_bytes(len_buf);
+    if got < 4 {
+        r.read_exact(&mut head[got..4]).await?;
+        got = 4;
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     if !(8..=MAX_STARTUP_LEN as u32).contains(&len) {
         return Ok(Some(Err(StartupError::BadLength(len))));
     }
     let mut packet = vec![0u8; len as usize];
-    packet[..4].copy_from_slice(&len_buf);
-    r.read_exact(&mut packet[4..]).await?;
+    packet[..got].copy_from_slice(&head[..got]);
+    r.read_exact(&mut packet[got..]).await?;
     Ok(Some(Ok(Bytes::from(packet))))
 }
 
@@ -309,5 +314,24 @@ mod tests {
             read_packet(&mut input).await.unwrap(),
             Some(Ok(packet(SSL_REQUEST, b"")))
         );
+    }
+
+    #[tokio::test]
+    async fn read_packet_takes_one_packet_however_the_bytes_come() {
+        let ssl = packet(SSL_REQUEST, b"");
+        let startup = packet(196608, b"user\0a\0\0");
+        let both = [ssl.clone(), startup.clone()].concat();
+        // All at once, then in pieces of 1, 3 and 5 bytes (each read returns one piece).
+        for piece in [both.len(), 1, 3, 5] {
+            let mut input: Box<dyn AsyncRead + Unpin> = Box::new(&[][..]);
+            for chunk in both.chunks(piece) {
+                input = Box::new(input.chain(chunk));
+            }
+            let first = read_packet(&mut input).await.unwrap();
+            assert_eq!(first, Some(Ok(ssl.clone())), "pieces of {piece}");
+            let second = read_packet(&mut input).await.unwrap();
+            assert_eq!(second, Some(Ok(startup.clone())), "pieces of {piece}");
+            assert_eq!(read_packet(&mut input).await.unwrap(), None);
+        }
     }
 }
