@@ -35,7 +35,7 @@ run() {
     printf "%.0f %.1f %.1f %.2f\n", tps, c * 1e6 / hz / tx, i * 1e6 / hz / tx, p / tx }'
 }
 
-echo "pgbench -n -S -M $mode -c $clients -j 2 -T $secs: A on :$port_a, B on :$port_b, $pairs pairs"
+echo "pgbench -n -S ${AB_PGBENCH_FLAGS:+$AB_PGBENCH_FLAGS }-M $mode -c $clients -j 2 -T $secs: A on :$port_a, B on :$port_b, $pairs pairs"
 ratios=()
 for n in $(seq 1 "$pairs"); do
   read -r ta ca ia pa < <(run "$port_a")

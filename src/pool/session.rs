@@ -311,7 +311,8 @@ impl PooledSession {
     /// asking for nothing but the defaults (remembered from a fresh server connection for
     /// its database and user), or an application_name the server reports as sent, needs no
     /// server; otherwise one is borrowed to apply its settings, and the server's own spelling
-    /// of them is reported. The end of the authentication goes out in the same write.
+    /// of them is reported. The end of the authentication goes out in the same write, or on
+    /// its own before the wait for a server.
     async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
         // AuthenticationOk and what came before it, from `start`.
         let mut out = std::mem::take(&mut self.to_client);
