@@ -298,8 +298,8 @@ fn run_all(bench: &Bench, opts: &Opts, command: &str, notes: &[String]) -> Resul
     let mut md = format!(
         "# pgrouter e2e bench, {}\n\n`{command}`\n\n{} round(s), {} s per run, targets alternated within each round; medians over rounds. \
          Lab: PostgreSQL 15, 3 Patroni members, pgbench scale 10, {} cores shared by pgbench, PostgreSQL and the proxies. \
-         pgbouncer: transaction mode, default_pool_size {pool}, in front of HAProxy. pgrouter: pass-through (default runtime.worker_threads: half the cores). \
-         pgrouter-txn: pgrouter with primary_pool_mode = \"transaction\", pool_size {pool}, pgbouncer's userlist (SCRAM secret), default runtime.worker_threads (one per core when pooling). \
+         pgbouncer: transaction mode, default_pool_size {pool}, in front of HAProxy. pgrouter: pass-through (default runtime.worker_threads: one per core). \
+         pgrouter-txn: pgrouter with primary_pool_mode = \"transaction\", pool_size {pool}, pgbouncer's userlist (SCRAM secret), default runtime.worker_threads (one per core). \
          Proxy CPU: utime+stime from /proc/<pid>/stat over the run / transactions.\n",
         utc("+%Y-%m-%d %H:%M UTC")?,
         opts.rounds,

@@ -71,7 +71,7 @@ pub async fn run(
     };
     let users = load_users(&config)?;
     let tls = crate::tls::Tls::load(&config)?;
-    let shards = Shards::start(config.workers()).map_err(AppError::Workers)?;
+    let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
     shared.credentials.set_users(users);
     shared.set_tls(tls);

@@ -109,24 +109,20 @@ impl Default for TcpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Tokio worker threads; 0 picks half the cores (at least one). Read at start only.
+    /// Threads serving clients, each its own event loop; 0 picks one per core. Read at start only.
     pub worker_threads: usize,
 }
 
 impl RuntimeConfig {
-    /// The worker threads to run (`crate::shards`), given whether a listener pools. 0 picks
-    /// one per core for a pooling router: with one thread, that thread is the line every
-    /// client of a pool waits in, and a core idles whenever it is preempted (pooled pgbench
-    /// -S -c 150 on 2 shared cores: 7-18% more tps on two, medians of A/B runs). Half the
-    /// cores (at least one) otherwise: pgrouter usually shares its host with PostgreSQL or the
-    /// application, and a pass-through relay gained nothing from a second thread there (-c 16:
-    /// 5-10% less).
-    /// A dedicated router host sets `worker_threads` to its core count. BENCHMARKS.md.
-    pub fn workers(&self, pooled: bool) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// The worker threads to run (`crate::shards`); 0 picks one per core. With one thread,
+    /// that thread is the line every client waits in, and a core idles whenever the thread is
+    /// preempted by a backend or client it woke. On 2 cores shared with PostgreSQL and pgbench
+    /// (pgbench -S, A/B medians, BENCHMARKS.md): pooled -c 150 7-18% more tps on two; pass-through
+    /// -c 150 13-18% more, -c 16 level (simple 0.985x, prepared 1.085x). A host where the router
+    /// must leave cores to the application sets a smaller count.
+    pub fn workers(&self) -> usize {
         match self.worker_threads {
-            0 if pooled => cores,
-            0 => (cores / 2).max(1),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
     }
@@ -624,13 +620,6 @@ impl Config {
         Ok(())
     }
 
-    /// The worker threads to start with (`RuntimeConfig::workers`).
-    pub fn workers(&self) -> usize {
-        let pooled =
-            self.listen.primary_pool_mode.pooled() || self.listen.replicas_pool_mode.pooled();
-        self.runtime.workers(pooled)
-    }
-
     /// The pool mode of a listener.
     pub fn pool_mode(&self, primary: bool) -> PoolMode {
         if primary {
@@ -726,20 +715,10 @@ mod tests {
     #[test]
     fn worker_count() {
         let explicit = RuntimeConfig { worker_threads: 3 };
-        assert_eq!(explicit.workers(false), 3);
-        assert_eq!(explicit.workers(true), 3);
+        assert_eq!(explicit.workers(), 3);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(RuntimeConfig::default().workers(false), (cores / 2).max(1));
-        assert_eq!(RuntimeConfig::default().workers(true), cores);
-        let config = Config::from_toml(&format!(
-            "{MINIMAL}[listen]\nreplicas_pool_mode = \"transaction\"\n[auth]\nauth_file = \"users.txt\"\n"
-        ))
-        .unwrap();
-        assert_eq!(config.workers(), cores);
-        assert_eq!(
-            Config::from_toml(MINIMAL).unwrap().workers(),
-            (cores / 2).max(1)
-        );
+        assert_eq!(RuntimeConfig::default().workers(), cores);
+        assert_eq!(Config::from_toml(MINIMAL).unwrap().runtime.workers(), cores);
     }
 
     #[test]

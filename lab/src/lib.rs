@@ -23,6 +23,7 @@ mod poll;
 pub mod probe;
 mod procs;
 mod spec;
+pub mod stats;
 mod status;
 
 pub use client::run_psql;
