@@ -29,7 +29,8 @@ pub fn command_line(args: &[String], port: &str) -> String {
 }
 
 /// Run pgbench with `args` against 127.0.0.1:`port`, output in `dir`. `Ok(Err(reason))` when
-/// pgbench itself failed (non-zero exit), e.g. prepared statements through a transaction pooler.
+/// pgbench failed (non-zero exit, or a server error it logged and went on from), e.g. prepared
+/// statements through a transaction pooler.
 pub fn run(
     port: u16,
     args: &[String],
@@ -63,6 +64,16 @@ pub fn run(
     let stderr = std::fs::read_to_string(&err_path)?;
     if !status.success() {
         return Ok(Err(first_error(&stderr, &status.to_string())));
+    }
+    // pgbench 15 logs a failed PREPARE and goes on: through a transaction pooler whose every
+    // server connection already holds another client's P_0, each client's own Parse fails
+    // ("already exists") while its Binds find the P_0 of whoever prepared it, and pgbench
+    // exits 0. A server error is a failed run whatever the exit status.
+    if let Some(line) = stderr.lines().find(|l| l.contains("ERROR:")) {
+        return Ok(Err(format!(
+            "pgbench logged a server error: {}",
+            line.trim()
+        )));
     }
     let find = |prefix: &str| {
         stdout
