@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pgrouter_lab::stats::median;
 
 use crate::pgbench;
 use crate::procs::cpu_ticks;
@@ -102,16 +103,6 @@ impl Cell {
             median(l.iter().map(|x| x.0).collect())?,
             median(l.iter().map(|x| x.1).collect())?,
         ))
-    }
-}
-
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 

@@ -1,5 +1,5 @@
-//! What the benches can say about a handful of noisy runs: the median with a confidence
-//! interval that assumes nothing about how the runs are spread.
+//! What the benches can say about a handful of noisy runs: their median, and a confidence
+//! interval for it that assumes nothing about how the runs are spread.
 
 /// A median and the interval of order statistics around it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,21 +15,29 @@ pub struct Interval {
 /// The coverage the interval aims for.
 pub const AIM: f64 = 0.9;
 
+/// The median of `values`; None without values.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    median_of_sorted(&values)
+}
+
+fn median_of_sorted(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 /// The median of `values` and, for n values sorted x(1) <= ... <= x(n), the interval
 /// [x(k), x(n+1-k)] for the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at least
 /// [`AIM`]; with fewer than 5 values no k reaches it, and the interval is [min, max] with the
 /// coverage it has (75% for 3). None without values.
 pub fn median_interval(mut values: Vec<f64>) -> Option<Interval> {
     values.sort_by(f64::total_cmp);
+    let median = median_of_sorted(&values)?;
     let n = values.len();
-    if n == 0 {
-        return None;
-    }
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
     let coverage = |k: usize| 1.0 - 2.0 * binomial_half_below(n, k);
     let k = (1..=n.div_ceil(2))
         .take_while(|&k| coverage(k) >= AIM)
@@ -94,5 +102,12 @@ mod tests {
     #[test]
     fn no_values_no_interval() {
         assert_eq!(median_interval(Vec::new()), None);
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }
