@@ -1,6 +1,7 @@
 //! The hot loop: bytes both ways in batches, headers scanned on the fly, the topology checked
 //! before every write to the client.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::stream::Stream;
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::Sleep;
 
 use super::cancel::Registration;
 use super::route::{Port, Route, Verdict};
@@ -411,6 +412,23 @@ pub struct Relay<'a> {
 
 const SHUTDOWN: &str = "shutdown";
 
+/// A session to close at its next idle point, and the timer that cuts it if none comes. The
+/// timer is made once, when draining begins: not on every turn of the relay loop.
+struct Draining {
+    cause: Cause,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Draining {
+    /// Resolves when the drain deadline passes; never without a drain.
+    async fn deadline(drain: &mut Option<Draining>) {
+        match drain {
+            Some(d) => d.deadline.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Relay<'_> {
     /// Relays until either side closes or pgrouter ends the session. The caller has already
     /// relayed the login up to the first ReadyForQuery, feeding `follow`; `state` counts the
@@ -429,7 +447,7 @@ impl Relay<'_> {
         let (mut cr, mut cw) = client.halves();
         let (mut sr, mut sw) = server.halves();
         let (mut up, mut down) = (Pump::new(up_flushes), Pump::new(down_flushes));
-        let mut drain: Option<(Instant, Cause)> = None;
+        let mut drain: Option<Draining> = None;
 
         loop {
             let at_boundary = !down.pending() && follow.down_scan.at_boundary();
@@ -437,7 +455,7 @@ impl Relay<'_> {
             // after the topology saying so was published.
             if let Some(verdict) = roles.changed(shared, self.route) {
                 match verdict {
-                    Verdict::Keep => drain = drain.filter(|(_, c)| c.kind == SHUTDOWN),
+                    Verdict::Keep => drain = drain.filter(|d| d.cause.kind == SHUTDOWN),
                     Verdict::CloseNow(reason) => {
                         return End::Lost {
                             reason,
@@ -454,7 +472,7 @@ impl Relay<'_> {
                     }
                 }
             }
-            if shared.shutting_down() && drain.as_ref().is_none_or(|(_, c)| c.kind != SHUTDOWN) {
+            if shared.shutting_down() && drain.as_ref().is_none_or(|d| d.cause.kind != SHUTDOWN) {
                 drain = Some(self.drain_from_now(shutdown_cause()));
             }
             let flushed = !up.pending()
@@ -467,17 +485,16 @@ impl Relay<'_> {
             } else {
                 ClientState::Active
             });
-            if let (Some((_, cause)), true) = (&drain, idle) {
-                return End::Drained(cause.clone());
+            if let (Some(d), true) = (&drain, idle) {
+                return End::Drained(d.cause.clone());
             }
             // Paused: an idle client's next transaction waits, unread, until resume.
             let hold_client = idle && shared.is_paused(self.port);
-            let drain_deadline = drain.as_ref().map(|(d, _)| *d);
             tokio::select! {
                 biased;
                 _ = signal.wait() => {}
-                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
-                    let cause = drain.take().map(|(_, c)| c).expect("a drain deadline has a cause");
+                () = Draining::deadline(&mut drain), if drain.is_some() => {
+                    let cause = drain.take().expect("a deadline comes with a drain").cause;
                     return End::DrainTimeout { cause, at_boundary };
                 }
                 step = down.step(&mut sr, &mut cw) => match step {
@@ -517,11 +534,12 @@ impl Relay<'_> {
         }
     }
 
-    fn drain_from_now(&self, cause: Cause) -> (Instant, Cause) {
-        (
-            Instant::now() + self.shared.config().routing.drain_timeout.0,
+    fn drain_from_now(&self, cause: Cause) -> Draining {
+        let timeout = self.shared.config().routing.drain_timeout.0;
+        Draining {
             cause,
-        )
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
     }
 }
 
