@@ -1,5 +1,5 @@
 //! Accept loop for one port: a connection limit, then one tracked task per client, on the
-//! worker threads in turn.
+//! least loaded worker thread.
 
 use std::sync::Arc;
 
