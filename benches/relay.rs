@@ -1,64 +1,85 @@
-//! Criterion benchmarks of the hot path: following message headers over realistic traffic, and
-//! round trips through the relay loop over loopback against a direct connection.
+//! Criterion benchmarks of the hot path: the relay following both directions of realistic
+//! traffic (message boundaries, transaction state, counters), in messages/s and bytes/s, and
+//! query round trips and a bulk result through the relay loop over loopback against a direct
+//! connection.
 //! Run: `cargo bench --bench relay` (CI runs it in quick smoke mode: `-- --test`).
 
 #[path = "relay/roundtrip.rs"]
 mod roundtrip;
+#[path = "relay/traffic.rs"]
+mod traffic;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgrouter::protocol::frame::Scanner;
+use pgrouter::config::Config;
+use pgrouter::metrics::Metrics;
+use pgrouter::proxy::relay::Follow;
+use pgrouter::proxy::route::Port;
+use pgrouter::proxy::shared::Shared;
+use pgrouter::topology::Topology;
+use tokio::sync::watch;
 
-pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
+/// What the relay reads at most per system call.
+const BATCH: usize = 16 * 1024;
+
+pub fn bench_config() -> Config {
+    Config::from_toml("[cluster]\nscope = \"bench\"\netcd = [\"127.0.0.1:1\"]\n").unwrap()
 }
 
-/// What the server sends for one pgbench -S transaction in simple-query mode.
-pub fn pgbench_select_reply() -> Vec<u8> {
-    [
-        msg(b'T', &[0u8; 27]),
-        msg(b'D', &[0, 1, 0, 0, 0, 4, 0, 0, 0x12, 0x34]),
-        msg(b'C', b"SELECT 1\0"),
-        msg(b'Z', b"I"),
-    ]
-    .concat()
-}
-
-/// A large result: 1,000 DataRows of 200 bytes, as a bulk read returns.
-fn data_rows() -> Vec<u8> {
-    let mut out: Vec<u8> = (0..1000).flat_map(|_| msg(b'D', &[b'x'; 200])).collect();
-    out.extend(msg(b'C', b"SELECT 1000\0"));
-    out.extend(msg(b'Z', b"I"));
-    out
-}
-
-fn scan(c: &mut Criterion) {
-    let mut group = c.benchmark_group("scanner");
-    for (name, stream) in [
-        (
-            "pgbench_select_reply_x64",
-            pgbench_select_reply().repeat(64),
-        ),
-        ("data_rows_200b_x1000", data_rows()),
-    ] {
-        group.throughput(Throughput::Bytes(stream.len() as u64));
-        group.bench_function(name, |b| {
-            let mut scanner = Scanner::new(b"ZK");
-            b.iter(|| {
-                let mut ready = 0u32;
-                for chunk in stream.chunks(16 * 1024) {
-                    scanner
-                        .feed(chunk, |tag, _| ready += u32::from(tag == b'Z'))
-                        .unwrap();
-                }
-                ready
-            })
-        });
+/// Feeds every traffic mix through a `Follow`, in the relay's batches: the client's side
+/// as `client_bytes`, the server's as `server_bytes`. Each direction is measured twice, once
+/// counted in messages and once in bytes (criterion reports one rate per benchmark).
+fn follow(c: &mut Criterion) {
+    let (_topology, receiver) = watch::channel(Arc::new(Topology::empty("bench")));
+    let shared = Shared::new(bench_config(), receiver, Arc::new(Metrics::new()));
+    for (group_name, per_message) in [("follow_messages", true), ("follow_bytes", false)] {
+        let mut group = c.benchmark_group(group_name);
+        group
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        for mix in traffic::mixes(64) {
+            check(&shared, &mix);
+            for (direction, stream) in [("client", &mix.client), ("server", &mix.server)] {
+                group.throughput(if per_message {
+                    Throughput::Elements(traffic::messages(stream))
+                } else {
+                    Throughput::Bytes(stream.len() as u64)
+                });
+                group.bench_function(format!("{}/{direction}", mix.name), |b| {
+                    let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:1");
+                    b.iter(|| {
+                        for batch in stream.chunks(BATCH) {
+                            match direction {
+                                "client" => follow.client_bytes(batch).unwrap(),
+                                _ => follow.server_bytes(batch).unwrap(),
+                            }
+                        }
+                        follow.tx.awaiting
+                    })
+                });
+            }
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-criterion_group!(benches, scan, roundtrip::bench);
+/// A mix is whole messages, and the server's answer ends every wait the client's side starts:
+/// the relay would find its session idle after it.
+fn check(shared: &Shared, mix: &traffic::Traffic) {
+    let mut follow = Follow::new(shared, Port::Primary, "127.0.0.1:1");
+    follow.client_bytes(&mix.client).unwrap();
+    follow.server_bytes(&mix.server).unwrap();
+    let whole = follow.up_scan.at_boundary() && follow.down_scan.at_boundary();
+    // One wait is the startup's, which the mix does not answer.
+    follow.tx.awaiting -= 1;
+    assert!(
+        whole && follow.tx.idle(),
+        "{} is not a whole exchange",
+        mix.name
+    );
+}
+
+criterion_group!(benches, follow, roundtrip::bench);
 criterion_main!(benches);

@@ -1,11 +1,11 @@
 //! Query/response round trips over loopback: straight to a fake server, and through
-//! pgrouter's relay loop. The difference is what the relay costs per transaction.
+//! pgrouter's relay loop. The difference is what the relay costs per transaction (pgbench's
+//! reply, five messages a round trip) and per byte (a 1,024-row result of 200-byte rows).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use pgrouter::config::Config;
 use pgrouter::metrics::{Metrics, StateGauge};
 use pgrouter::proxy::relay::{Follow, Relay};
 use pgrouter::proxy::route::{Port, Route, Target};
@@ -14,21 +14,23 @@ use pgrouter::stream::Stream;
 use pgrouter::topology::{Member, Role, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
+use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::watch;
+
+use crate::traffic;
 
 /// What pgbench -S sends in simple-query mode.
 const QUERY: &[u8] = b"Q\0\0\0\x2aSELECT abalance FROM t WHERE aid = 1;\0";
 
-/// A server that answers every Query with a pgbench-like reply ending in ReadyForQuery.
-async fn fake_server() -> String {
+/// A server that answers every Query with `reply`.
+async fn fake_server(reply: Vec<u8>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
+            let reply = reply.clone();
             tokio::spawn(async move {
-                let reply = super::pgbench_select_reply();
                 let mut buf = vec![0u8; QUERY.len()];
                 while s.read_exact(&mut buf).await.is_ok() {
                     if s.write_all(&reply).await.is_err() {
@@ -43,8 +45,7 @@ async fn fake_server() -> String {
 
 /// A router-side listener relaying every client to `server` with pgrouter's relay loop.
 async fn relay_to(server: String) -> String {
-    let mut config =
-        Config::from_toml("[cluster]\nscope = \"bench\"\netcd = [\"127.0.0.1:1\"]\n").unwrap();
+    let mut config = crate::bench_config();
     config.routing.drain_timeout.0 = Duration::from_secs(60);
     let member = Member {
         name: "pg0".into(),
@@ -92,10 +93,11 @@ async fn relay_to(server: String) -> String {
     addr
 }
 
-async fn round_trips(addr: &str, n: u64) -> Duration {
+/// `n` queries, each answered by `reply_len` bytes, one after the other.
+async fn round_trips(addr: &str, reply_len: usize, n: u64) -> Duration {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
-    let mut reply = vec![0u8; super::pgbench_select_reply().len()];
+    let mut reply = vec![0u8; reply_len];
     let start = Instant::now();
     for _ in 0..n {
         s.write_all(QUERY).await.unwrap();
@@ -104,16 +106,44 @@ async fn round_trips(addr: &str, n: u64) -> Duration {
     start.elapsed()
 }
 
+/// A current-thread runtime on a thread of its own, as the server, the router and the client
+/// each have their own process in a deployment: every message crosses threads, as it would.
+fn runtime() -> Runtime {
+    Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn runtime_thread() -> Handle {
+    let rt = runtime();
+    let handle = rt.handle().clone();
+    std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+    handle
+}
+
 pub fn bench(c: &mut Criterion) {
-    let rt = Runtime::new().unwrap();
-    let server = rt.block_on(fake_server());
-    let relayed = rt.block_on(relay_to(server.clone()));
-    let mut group = c.benchmark_group("round_trip");
-    group.throughput(Throughput::Elements(1));
-    for (name, addr) in [("direct", &server), ("through_relay", &relayed)] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| rt.block_on(round_trips(addr, iters)))
-        });
+    let (server_rt, router_rt, client_rt) = (runtime_thread(), runtime_thread(), runtime());
+    let pgbench = traffic::pgbench_select_reply();
+    let bulk = traffic::mixes(64)
+        .into_iter()
+        .find(|mix| mix.name == "data_rows_200b")
+        .unwrap()
+        .server;
+    for (group_name, reply, throughput) in [
+        (
+            "round_trip",
+            &pgbench,
+            Throughput::Elements(1 + traffic::messages(&pgbench)),
+        ),
+        ("bulk", &bulk, Throughput::Bytes(bulk.len() as u64)),
+    ] {
+        let server = server_rt.block_on(fake_server(reply.clone()));
+        let relayed = router_rt.block_on(relay_to(server.clone()));
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(throughput);
+        for (name, addr) in [("direct", &server), ("through_relay", &relayed)] {
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| client_rt.block_on(round_trips(addr, reply.len(), iters)))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
