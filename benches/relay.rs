@@ -15,11 +15,15 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgrouter::config::Config;
 use pgrouter::metrics::Metrics;
+use pgrouter::protocol::frame::BadLength;
 use pgrouter::proxy::relay::Follow;
 use pgrouter::proxy::route::Port;
 use pgrouter::proxy::shared::Shared;
 use pgrouter::topology::Topology;
 use tokio::sync::watch;
+
+/// How the relay follows one side's bytes.
+type Feed<'a> = fn(&mut Follow<'a>, &[u8]) -> Result<(), BadLength>;
 
 /// What the relay reads at most per system call.
 const BATCH: usize = 16 * 1024;
@@ -34,14 +38,21 @@ pub fn bench_config() -> Config {
 fn follow(c: &mut Criterion) {
     let (_topology, receiver) = watch::channel(Arc::new(Topology::empty("bench")));
     let shared = Shared::new(bench_config(), receiver, Arc::new(Metrics::new()));
+    let mixes = traffic::mixes(64);
+    for mix in &mixes {
+        check(&shared, mix);
+    }
     for (group_name, per_message) in [("follow_messages", true), ("follow_bytes", false)] {
         let mut group = c.benchmark_group(group_name);
         group
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3));
-        for mix in traffic::mixes(64) {
-            check(&shared, &mix);
-            for (direction, stream) in [("client", &mix.client), ("server", &mix.server)] {
+        for mix in &mixes {
+            let sides = [
+                ("client", &mix.client, Follow::client_bytes as Feed),
+                ("server", &mix.server, Follow::server_bytes),
+            ];
+            for (direction, stream, feed) in sides {
                 group.throughput(if per_message {
                     Throughput::Elements(traffic::messages(stream))
                 } else {
@@ -51,10 +62,7 @@ fn follow(c: &mut Criterion) {
                     let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:1");
                     b.iter(|| {
                         for batch in stream.chunks(BATCH) {
-                            match direction {
-                                "client" => follow.client_bytes(batch).unwrap(),
-                                _ => follow.server_bytes(batch).unwrap(),
-                            }
+                            feed(&mut follow, batch).unwrap();
                         }
                         follow.tx.awaiting
                     })

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use pgrouter::metrics::{Metrics, StateGauge};
 use pgrouter::proxy::relay::{Follow, Relay};
@@ -23,7 +24,7 @@ use crate::traffic;
 const QUERY: &[u8] = b"Q\0\0\0\x2aSELECT abalance FROM t WHERE aid = 1;\0";
 
 /// A server that answers every Query with `reply`.
-async fn fake_server(reply: Vec<u8>) -> String {
+async fn fake_server(reply: Bytes) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -106,12 +107,12 @@ async fn round_trips(addr: &str, reply_len: usize, n: u64) -> Duration {
     start.elapsed()
 }
 
-/// A current-thread runtime on a thread of its own, as the server, the router and the client
-/// each have their own process in a deployment: every message crosses threads, as it would.
 fn runtime() -> Runtime {
     Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// A current-thread runtime on a thread of its own, as the server, the router and the client
+/// each have their own process in a deployment: every message crosses threads, as it would.
 fn runtime_thread() -> Handle {
     let rt = runtime();
     let handle = rt.handle().clone();
@@ -122,11 +123,7 @@ fn runtime_thread() -> Handle {
 pub fn bench(c: &mut Criterion) {
     let (server_rt, router_rt, client_rt) = (runtime_thread(), runtime_thread(), runtime());
     let pgbench = traffic::pgbench_select_reply();
-    let bulk = traffic::mixes(64)
-        .into_iter()
-        .find(|mix| mix.name == "data_rows_200b")
-        .unwrap()
-        .server;
+    let bulk = traffic::data_rows(1024);
     for (group_name, reply, throughput) in [
         (
             "round_trip",

@@ -1,142 +1,189 @@
 //! Realistic PostgreSQL traffic, both directions, for the benches: what pgbench -S sends and gets
-//! back in its three query modes, a large result, and COPY out and in.
+//! back in its three query modes, a large result, and COPY out and in. Written with the pooler's
+//! own message encoders (`pgrouter::pool::wire`).
 
-/// One message: tag, length, body.
-pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-/// Strings as the protocol writes them: each followed by a zero byte.
-fn cstrs(parts: &[&str]) -> Vec<u8> {
-    parts.iter().flat_map(|s| s.bytes().chain([0])).collect()
-}
+use bytes::{BufMut, Bytes, BytesMut};
+use pgrouter::pool::wire::{self, message};
 
 const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
 
+/// A stream: the messages `write` puts in one buffer.
+fn stream(write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::new();
+    write(&mut out);
+    out.freeze()
+}
+
+/// A stream of `n` times what `write` writes.
+fn repeat(n: usize, write: impl Fn(&mut BytesMut)) -> Bytes {
+    stream(|out| (0..n).for_each(|_| write(out)))
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    b.put_slice(s.as_bytes());
+    b.put_u8(0);
+}
+
+/// One int4 column, `abalance`.
+fn row_description(out: &mut BytesMut) {
+    message(out, b'T', |b| {
+        b.put_u16(1);
+        put_cstr(b, "abalance");
+        b.put_u32(0x4001); // table
+        b.put_u16(3); // column
+        b.put_u32(23); // int4
+        b.put_i16(4);
+        b.put_i32(-1);
+        b.put_u16(0); // text
+    });
+}
+
+fn data_row(out: &mut BytesMut, value: &[u8]) {
+    message(out, b'D', |b| {
+        b.put_u16(1);
+        b.put_u32(value.len() as u32);
+        b.put_slice(value);
+    });
+}
+
+fn complete(out: &mut BytesMut, tag: &str) {
+    message(out, b'C', |b| put_cstr(b, tag));
+}
+
+fn empty(out: &mut BytesMut, tag: u8) {
+    message(out, tag, |_| {});
+}
+
+fn select_reply(out: &mut BytesMut) {
+    row_description(out);
+    data_row(out, b"-127");
+    complete(out, "SELECT 1");
+    wire::ready_for_query(out, b'I');
+}
+
 /// What the server sends for one pgbench -S transaction in simple-query mode.
-pub fn pgbench_select_reply() -> Vec<u8> {
-    [row_description(), data_row(), complete("SELECT 1"), ready()].concat()
-}
-
-fn row_description() -> Vec<u8> {
-    let mut body = 1u16.to_be_bytes().to_vec();
-    body.extend(cstrs(&["abalance"]));
-    body.extend([
-        0, 0, 0x40, 0x01, 0, 3, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0,
-    ]);
-    msg(b'T', &body)
-}
-
-fn data_row() -> Vec<u8> {
-    msg(b'D', &[0, 1, 0, 0, 0, 4, b'-', b'1', b'2', b'7'])
-}
-
-fn complete(tag: &str) -> Vec<u8> {
-    msg(b'C', &cstrs(&[tag]))
-}
-
-fn ready() -> Vec<u8> {
-    msg(b'Z', b"I")
+pub fn pgbench_select_reply() -> Bytes {
+    stream(select_reply)
 }
 
 /// Bind of one text parameter, Describe of the portal, Execute, Sync: what libpq sends to run
 /// a statement, named (`-M prepared`) or unnamed (`-M extended`, after a Parse).
-fn bind_execute(statement: &str) -> Vec<u8> {
-    let mut bind = cstrs(&["", statement]);
-    bind.extend([0, 0, 0, 1, 0, 0, 0, 5]);
-    bind.extend(b"12345");
-    bind.extend([0, 0]);
-    [
-        msg(b'B', &bind),
-        msg(b'D', b"P\0"),
-        msg(b'E', &[0, 0, 0, 0, 0]),
-        msg(b'S', &[]),
-    ]
-    .concat()
+fn bind_execute(out: &mut BytesMut, statement: &str) {
+    // No parameter formats, one parameter of 5 bytes, no result formats.
+    wire::bind(out, b"", statement, b"\0\0\0\x01\0\0\0\x0512345\0\0");
+    wire::describe_or_close(out, b'D', b'P', b"");
+    message(out, b'E', |b| {
+        b.put_u8(0);
+        b.put_u32(0);
+    });
+    empty(out, b'S');
 }
 
-/// A stream of traffic in both directions, and how many messages each holds.
+/// A result of `rows` DataRows of 200 bytes, as a bulk read returns.
+pub fn data_rows(rows: usize) -> Bytes {
+    stream(|out| {
+        row_description(out);
+        (0..rows).for_each(|_| message(out, b'D', |b| b.put_bytes(b'x', 200)));
+        complete(out, "SELECT");
+        wire::ready_for_query(out, b'I');
+    })
+}
+
+/// CopyOutResponse ('H') or CopyInResponse ('G') of pgbench_accounts' four text columns.
+fn copy_start(out: &mut BytesMut, tag: u8) {
+    message(out, tag, |b| {
+        b.put_u8(0);
+        b.put_u16(4);
+        b.put_bytes(0, 8);
+    });
+}
+
+/// `n` CopyData lines of about 100 bytes, then CopyDone.
+fn copy_lines(out: &mut BytesMut, n: usize) {
+    for i in 0..n {
+        message(out, b'd', |b| {
+            b.put_slice(format!("{i}\t1\t0\t{:84}\n", "").as_bytes())
+        });
+    }
+    empty(out, b'c');
+}
+
+/// A stream of traffic in both directions.
 pub struct Traffic {
     pub name: &'static str,
-    pub client: Vec<u8>,
-    pub server: Vec<u8>,
+    pub client: Bytes,
+    pub server: Bytes,
 }
 
 /// Counts the messages in a stream of whole messages.
 pub fn messages(mut stream: &[u8]) -> u64 {
     let mut n = 0;
-    while stream.len() >= 5 {
-        let len = u32::from_be_bytes([stream[1], stream[2], stream[3], stream[4]]) as usize;
-        stream = &stream[1 + len..];
+    while let Ok(Some((_, len))) = wire::header(stream) {
+        stream = &stream[len..];
         n += 1;
     }
     n
 }
 
-/// The traffic mixes the benches scan, each `transactions` transactions (or results) long.
+/// The traffic mixes the benches follow, each `transactions` transactions long (or 16 rows or
+/// lines per transaction).
 pub fn mixes(transactions: usize) -> Vec<Traffic> {
-    let simple_query = msg(b'Q', &cstrs(&[&SELECT.replace("$1", "12345")]));
-    let mut parse = cstrs(&["", SELECT]);
-    parse.extend([0, 1, 0, 0, 0, 23]);
-    let rows = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| msg(b'D', &[b'x'; 200])).collect() };
-    let copy_lines = |n: usize| -> Vec<u8> {
-        (0..n)
-            .flat_map(|i| msg(b'd', format!("{i}\t1\t0\t{:84}\n", "").as_bytes()))
-            .collect()
-    };
-    let copy_start = |tag| msg(tag, &[0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
-    let repeat = |one: Vec<u8>| one.repeat(transactions);
+    let lines = 16 * transactions;
     vec![
         Traffic {
             name: "pgbench_simple",
-            client: repeat(simple_query),
-            server: repeat(pgbench_select_reply()),
+            client: repeat(transactions, |out| {
+                wire::query(out, &SELECT.replace("$1", "12345"))
+            }),
+            server: repeat(transactions, select_reply),
         },
         Traffic {
             name: "pgbench_extended",
-            client: repeat([msg(b'P', &parse), bind_execute("")].concat()),
-            server: repeat([msg(b'1', &[]), msg(b'2', &[]), pgbench_select_reply()].concat()),
+            client: repeat(transactions, |out| {
+                // The unnamed statement, one int4 parameter.
+                wire::parse(out, "", format!("{SELECT}\0\0\x01\0\0\0\x17").as_bytes());
+                bind_execute(out, "");
+            }),
+            server: repeat(transactions, |out| {
+                empty(out, b'1');
+                empty(out, b'2');
+                select_reply(out);
+            }),
         },
         Traffic {
             name: "pgbench_prepared",
-            client: repeat(bind_execute("P_0")),
-            server: repeat([msg(b'2', &[]), pgbench_select_reply()].concat()),
+            client: repeat(transactions, |out| bind_execute(out, "P_0")),
+            server: repeat(transactions, |out| {
+                empty(out, b'2');
+                select_reply(out);
+            }),
         },
         Traffic {
             name: "data_rows_200b",
-            client: msg(b'Q', &cstrs(&["SELECT repeat('x', 200) FROM t"])),
-            server: [
-                row_description(),
-                rows(16 * transactions),
-                complete("SELECT"),
-                ready(),
-            ]
-            .concat(),
+            client: stream(|out| wire::query(out, "SELECT repeat('x', 200) FROM t")),
+            server: data_rows(lines),
         },
         Traffic {
             name: "copy_out",
-            client: msg(b'Q', &cstrs(&["COPY pgbench_accounts TO STDOUT"])),
-            server: [
-                copy_start(b'H'),
-                copy_lines(16 * transactions),
-                msg(b'c', &[]),
-                complete("COPY"),
-                ready(),
-            ]
-            .concat(),
+            client: stream(|out| wire::query(out, "COPY pgbench_accounts TO STDOUT")),
+            server: stream(|out| {
+                copy_start(out, b'H');
+                copy_lines(out, lines);
+                complete(out, "COPY");
+                wire::ready_for_query(out, b'I');
+            }),
         },
         Traffic {
             name: "copy_in",
-            client: [
-                msg(b'Q', &cstrs(&["COPY pgbench_accounts FROM STDIN"])),
-                copy_lines(16 * transactions),
-                msg(b'c', &[]),
-            ]
-            .concat(),
-            server: [copy_start(b'G'), complete("COPY"), ready()].concat(),
+            client: stream(|out| {
+                wire::query(out, "COPY pgbench_accounts FROM STDIN");
+                copy_lines(out, lines);
+            }),
+            server: stream(|out| {
+                copy_start(out, b'G');
+                complete(out, "COPY");
+                wire::ready_for_query(out, b'I');
+            }),
         },
     ]
 }
