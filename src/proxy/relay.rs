@@ -701,6 +701,57 @@ mod tests {
         assert!(!pump.replace_tail(BATCH - 3, &named), "past the batch");
     }
 
+    fn backend_key(pid: i32, secret: &'static [u8]) -> (CancelKey, Vec<u8>) {
+        let key = CancelKey {
+            pid,
+            secret: Bytes::from_static(secret),
+        };
+        let message = tagged(b'K', &[&pid.to_be_bytes()[..], secret].concat());
+        (key, message)
+    }
+
+    /// Follows `stream` from the server cut in two at every byte; after it, `latest` is
+    /// registered for the member and no other key is (`replaced` included); after the Follow
+    /// is dropped, nothing is.
+    fn check_backend_keys(stream: &[u8], latest: &CancelKey, replaced: Option<&CancelKey>) {
+        const MEMBER: &str = "127.0.0.1:5432";
+        let shared = shared();
+        for cut in 0..=stream.len() {
+            let mut follow = Follow::new(&shared, Port::Primary, MEMBER);
+            follow.server_bytes(&stream[..cut]).unwrap();
+            follow.server_bytes(&stream[cut..]).unwrap();
+            assert_eq!(
+                shared.cancels.lookup(latest),
+                Some(Some((MEMBER.to_owned(), latest.clone()))),
+                "cut {cut}: the latest key is not registered"
+            );
+            if let Some(old) = replaced {
+                assert_eq!(shared.cancels.lookup(old), None, "cut {cut}: old key kept");
+            }
+            assert_eq!(shared.cancels.len(), 1, "cut {cut}: keys registered");
+            drop(follow);
+            assert!(shared.cancels.is_empty(), "cut {cut}: key left registered");
+        }
+    }
+
+    /// Found while writing fuzz/fuzz_targets/frames.rs: a server sending the same
+    /// BackendKeyData twice lost its key, the old registration being dropped after the new one
+    /// was made.
+    #[test]
+    fn a_backend_key_sent_twice_stays_registered() {
+        let (key, message) = backend_key(4242, b"\x01\x02\x03\x04");
+        let stream = [message.clone(), message, tagged(b'Z', b"I")].concat();
+        check_backend_keys(&stream, &key, None);
+    }
+
+    #[test]
+    fn a_second_backend_key_replaces_the_first() {
+        let (first, first_message) = backend_key(4242, b"\x01\x02\x03\x04");
+        let (second, second_message) = backend_key(4243, b"\x05\x06\x07\x08");
+        let stream = [first_message, second_message, tagged(b'Z', b"I")].concat();
+        check_backend_keys(&stream, &second, Some(&first));
+    }
+
     fn msg(tag: u8, len: u32, body: usize) -> Vec<u8> {
         let mut m = vec![tag];
         m.extend_from_slice(&len.to_be_bytes());
