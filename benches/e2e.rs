@@ -421,7 +421,7 @@ fn results_dir() -> PathBuf {
 }
 
 fn init_pgbench(port: u16) -> Result<()> {
-    let out = Command::new("pgbench")
+    let out = pgrouter_lab::client_command("pgbench")
         .args([
             "-i",
             "-s",

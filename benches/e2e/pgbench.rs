@@ -2,7 +2,7 @@
 //! COPY throughput.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -38,7 +38,7 @@ pub fn run(
     timeout: Duration,
 ) -> Result<Result<Summary, String>> {
     let (out_path, err_path) = (dir.join("pgbench.out"), dir.join("pgbench.err"));
-    let child = Command::new("pgbench")
+    let child = pgrouter_lab::client_command("pgbench")
         .args(args)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .arg("postgres")
@@ -138,7 +138,7 @@ pub fn latency_percentiles(dir: &Path, prefix: &str, pcts: &[f64]) -> Result<Vec
 
 /// `COPY <table> TO STDOUT` through 127.0.0.1:`port` with psql; returns bytes received.
 pub fn copy_out(port: u16, table: &str) -> Result<u64> {
-    let child = Command::new("psql")
+    let child = pgrouter_lab::client_command("psql")
         .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
         .args(["-c", &format!("COPY {table} TO STDOUT")])

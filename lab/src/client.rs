@@ -11,6 +11,15 @@ pub fn run_psql(host: &str, port: u16, sql: &str) -> Result<String> {
     psql_with_timeout(host, port, sql, 10)
 }
 
+/// A command for a libpq client (`psql`, `pgbench`) without the caller's `PG*` variables, so
+/// that only what the caller sets on it reaches libpq (a `PGSSLMODE` or `PGHOST` from the
+/// shell would otherwise change what a test or bench connects to, and how).
+pub fn client_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    crate::procs::without_libpq_env(&mut command);
+    command
+}
+
 /// [`run_psql`] with a connect timeout of `connect_timeout` seconds.
 pub(crate) fn psql_with_timeout(
     host: &str,
@@ -18,7 +27,7 @@ pub(crate) fn psql_with_timeout(
     sql: &str,
     connect_timeout: u32,
 ) -> Result<String> {
-    let out = Command::new("psql")
+    let out = client_command("psql")
         .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host])
         .args(["-p", &port.to_string(), "-U", SUPERUSER.0, "-d", "postgres"])
         .args(["-c", sql])

@@ -45,6 +45,12 @@ impl Lab {
         Ok(())
     }
 
+    /// Why [`Lab::cut_off_member`] cannot work for `member` on this machine (no cgroup v2), if
+    /// it cannot.
+    pub fn cannot_cut_off(&self, member: &str) -> Result<Option<String>> {
+        Ok(partition::cannot_cut(self.spec(), self.index(member)?))
+    }
+
     /// Removes the rules of [`Lab::cut_off_member`].
     pub fn reconnect_member(&self, member: &str) -> Result<()> {
         let i = self.index(member)?;
@@ -155,7 +161,8 @@ impl Lab {
             self.index(c)?;
         }
         let mut cmd = Command::new("patronictl");
-        cmd.arg("-c")
+        procs::without_libpq_env(&mut cmd)
+            .arg("-c")
             .arg(self.spec().yml_path(0))
             .args(["switchover", "--force"])
             .env("LC_ALL", "C.UTF-8")

@@ -54,6 +54,13 @@ impl Lab {
         );
         procs::clean_stale(&spec.dir)?;
         procs::check_ports_free(&spec.ports())?;
+        let libpq = procs::libpq_variables();
+        if !libpq.is_empty() {
+            eprintln!(
+                "pgrouter-lab: {} not passed to Patroni, PostgreSQL, psql or patronictl: the lab uses its own credentials and addresses",
+                libpq.join(", ")
+            );
+        }
         let owner = procs::postgres_owner()?;
         lay_out(&spec, owner)?;
         let lab = Lab {
@@ -173,7 +180,8 @@ impl Lab {
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         let mut cmd = Command::new("patroni");
-        cmd.arg(self.spec.yml_path(index))
+        procs::without_libpq_env(&mut cmd)
+            .arg(self.spec.yml_path(index))
             .current_dir(&dir)
             .env("HOME", &dir)
             .env("LC_ALL", "C.UTF-8")
@@ -255,6 +263,18 @@ impl Lab {
         procs::kill_all_under(&self.spec.dir, Duration::from_secs(5));
         (0..MEMBERS).for_each(|i| partition::remove_group(&self.spec, i));
         let _ = procs::wait_ports_free(&self.spec.ports(), Duration::from_secs(5));
+    }
+}
+
+impl Lab {
+    /// Ends the lab from another thread while a scenario may still hold it: SIGKILLs every child
+    /// of this process (routers, clients, Patroni) and every lab process under the directory,
+    /// and drops the iptables rules of cut-off members. For a run that must stop at once (a
+    /// scenario stuck past its time limit); the lab is unusable afterwards.
+    pub fn abort(&self) {
+        procs::kill_own_children();
+        procs::kill_all_under(&self.spec.dir, Duration::from_secs(5));
+        self.state().cut_off.iter_mut().for_each(Vec::clear);
     }
 }
 

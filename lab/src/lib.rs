@@ -26,7 +26,7 @@ mod spec;
 pub mod stats;
 mod status;
 
-pub use client::run_psql;
+pub use client::{client_command, run_psql};
 pub use etcd::get as etcd_get;
 pub use lab::Lab;
 pub use partition::IptablesRule;

@@ -40,17 +40,26 @@ pub(crate) fn remove_group(spec: &LabSpec, index: usize) {
     }
 }
 
-/// Installs the rules cutting member `index` off; dropping them reconnects it.
-pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<IptablesRule>> {
+/// Why member `index` cannot be cut off on this machine, if it cannot.
+pub(crate) fn cannot_cut(spec: &LabSpec, index: usize) -> Option<String> {
     let Some(root) = cgroup_root() else {
-        bail!("cannot cut a member off: no cgroup v2 hierarchy under /sys/fs/cgroup");
+        return Some("cannot cut a member off: no cgroup v2 hierarchy under /sys/fs/cgroup".into());
     };
     let name = group(spec, index);
-    ensure!(
-        root.join(&name).join("cgroup.procs").exists(),
-        "cannot cut {} off: its Patroni did not start in cgroup {name}",
-        member_name(index)
-    );
+    (!root.join(&name).join("cgroup.procs").exists()).then(|| {
+        format!(
+            "cannot cut {} off: its Patroni did not start in cgroup {name}",
+            member_name(index)
+        )
+    })
+}
+
+/// Installs the rules cutting member `index` off; dropping them reconnects it.
+pub(crate) fn cut(spec: &LabSpec, index: usize) -> Result<Vec<IptablesRule>> {
+    if let Some(why) = cannot_cut(spec, index) {
+        bail!(why);
+    }
+    let name = group(spec, index);
     let ports = format!("{},{}", spec.pg_port(index), spec.api_port(index));
     Ok(vec![
         IptablesRule::insert(&["OUTPUT", "-m", "cgroup", "--path", &name, "-j", "DROP"])?,

@@ -1,5 +1,9 @@
 //! A writer probe: one client inserting a row every 10 ms through a port, reconnecting on
 //! error, recording what was acknowledged, the errors seen and the longest gap between writes.
+//!
+//! Because it reconnects after every error, its error count never exceeds its connection count:
+//! a check of "at most one error per connection" cannot fail. Checks bound the errors of an
+//! event instead (the open session's one), and read what each error said.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,8 +48,10 @@ pub struct Probe {
 pub struct ProbeReport {
     /// Row ids whose INSERT returned success, with the time of the acknowledgement.
     pub acked: Vec<(i64, Instant)>,
-    /// Errors seen: on queries of an open connection, and on connection attempts.
+    /// Errors seen on queries of an open connection, as `SQLSTATE message` when the server (or
+    /// pgrouter) said why, read from the connection's end when the query only saw it close.
     pub query_errors: Vec<String>,
+    /// Errors of connection attempts.
     pub connect_errors: Vec<String>,
     pub connections: u32,
     pub longest_gap: Duration,
@@ -93,8 +99,8 @@ async fn probe_loop(
     let mut last_ack = Instant::now();
     let sql = format!("insert into {table}(id) values ($1)");
     while !stop.load(Ordering::Relaxed) {
-        let client = match connect(port, "pgrouter-probe").await {
-            Ok((c, _)) => c,
+        let (client, mut ended) = match connect(port, "pgrouter-probe").await {
+            Ok(connected) => connected,
             Err(e) => {
                 report.connect_errors.push(format!("{e:#}"));
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -114,7 +120,9 @@ async fn probe_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => {
-                    report.query_errors.push(db_error_text(&e));
+                    report
+                        .query_errors
+                        .push(error_text_with_cause(&e, &mut ended).await);
                     // The id may or may not have committed; never reuse it.
                     next_id += 1;
                     break;
@@ -123,6 +131,22 @@ async fn probe_loop(
         }
     }
     report
+}
+
+/// [`db_error_text`] of a query's error; when the query only saw the connection close, what the
+/// connection's end said (an ErrorResponse that arrived between queries goes to the connection
+/// task, not to a query), if it says so within a second.
+pub async fn error_text_with_cause(
+    e: &tokio_postgres::Error,
+    ended: &mut tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+) -> String {
+    if e.as_db_error().is_some() {
+        return db_error_text(e);
+    }
+    match tokio::time::timeout(Duration::from_secs(1), ended).await {
+        Ok(Ok(Err(told))) if told.as_db_error().is_some() => db_error_text(&told),
+        _ => db_error_text(e),
+    }
 }
 
 pub fn db_error_text(e: &tokio_postgres::Error) -> String {

@@ -220,3 +220,48 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }
+
+/// Names of the caller's libpq variables (`PGPASSWORD`, `PGHOST`, `PGSSLMODE`, ...), which the
+/// lab keeps from Patroni, PostgreSQL, psql and patronictl: libpq prefers them to what the lab
+/// sets (a `PGPASSWORD` from a DBA's shell wins over the passfile Patroni writes for
+/// `pg_basebackup`, and the replicas never start). pgrouter's own `PGROUTER_*` are not libpq's.
+pub(crate) fn libpq_variables() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("PG") && !name.starts_with("PGROUTER"))
+        .collect()
+}
+
+/// Removes the caller's libpq variables (see [`libpq_variables`]) from `command`'s environment.
+pub(crate) fn without_libpq_env(command: &mut Command) -> &mut Command {
+    for name in libpq_variables() {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// SIGKILL every live child process of this process (pgrouter routers, pgbench, Patroni): for
+/// a run that must end while a scenario still owns them.
+pub(crate) fn kill_own_children() {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Fields after the command name: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(me) {
+            let _ = signal(pid, Signal::Kill);
+        }
+    }
+}
