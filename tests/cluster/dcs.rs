@@ -20,9 +20,15 @@ pub async fn etcd_restart(lab: &Lab) -> Result<()> {
 
     lab.stop_etcd()?;
     // Patroni keeps its leader for retry_timeout (5 s) without etcd; so does pgrouter, from
-    // its last view: existing sessions and new clients are still served.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // its last view: existing sessions and new clients are still served, once pgrouter knows
+    // etcd is gone (before that it would serve them from its live view).
     let served = async {
+        eventually(
+            "pgrouter to notice etcd is gone",
+            Duration::from_secs(5),
+            || async { Ok(router.log_text().contains("lost the etcd view")) },
+        )
+        .await?;
         let (during, _conn) = connect(router.primary, "pgrouter-test").await?;
         ensure!(
             server_port(&during).await? == lab.pg_port(&leader),
@@ -57,10 +63,6 @@ pub async fn etcd_restart(lab: &Lab) -> Result<()> {
     lab.set_tags(&replica, &json!({}))?;
     skipped?;
     let log = router.log_text();
-    ensure!(
-        log.contains("lost the etcd view"),
-        "no log line about losing etcd"
-    );
     ensure!(
         log.matches("read cluster state from etcd").count() >= 2,
         "pgrouter did not read the keys again"
@@ -220,6 +222,7 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
     lab.start_etcd()?;
     let message = refused?;
     demoted?;
+    let (arrived, pooled_arrived) = (arrived?, pooled_arrived?);
     arrived.check(
         "clients arriving through the outage",
         Refusals::FromPgrouter,

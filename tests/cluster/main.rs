@@ -3,7 +3,15 @@
 //! the cluster healthy (one leader, two streaming replicas) for the next.
 //!
 //! Run: `cargo test --test cluster` (as root; PostgreSQL runs as the `postgres` user).
-//! A name filter runs only matching tests: `cargo test --test cluster -- cancel`.
+//! A name filter runs only matching tests: `cargo test --test cluster -- cancel`; `--skip NAME`
+//! leaves some out; a selection that matches nothing fails.
+//!
+//! The runner prints each scenario's name before it runs it, counts a panic, an error or a
+//! scenario past its time limit (`PGROUTER_SCENARIO_TIMEOUT_SECS`, default 900 s; the soak
+//! gets its own duration on top) as that scenario's failure and goes on with the rest, and
+//! always ends with `N passed, M failed` (`, K skipped` when a scenario could not run here).
+//! A scenario stuck in a blocking call past its limit and a grace period ends the whole run
+//! (the others cannot share the lab with it), still with that closing line.
 
 mod dcs;
 mod failover;
@@ -17,10 +25,11 @@ mod startup;
 mod support;
 mod tls;
 
+mod runner;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use pgrouter_lab::{Lab, LabSpec};
 
@@ -155,11 +164,8 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 fn main() -> ExitCode {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    if std::env::args().any(|a| a == "--list") {
+    let args = runner::Args::parse(std::env::args().skip(1));
+    if args.list {
         for (name, _) in TESTS {
             println!("{name}: test");
         }
@@ -167,61 +173,36 @@ fn main() -> ExitCode {
     }
     let selected: Vec<_> = TESTS
         .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| args.selects(name))
         .collect();
+    if selected.is_empty() {
+        println!(
+            "no scenario matches {:?} (skipping {:?}); `--list` names them all",
+            args.filters, args.skips
+        );
+        println!("0 passed, 1 failed");
+        return ExitCode::FAILURE;
+    }
     let base_port = match std::env::var("PGROUTER_LAB_BASE_PORT") {
         Ok(port) => port.parse().expect("PGROUTER_LAB_BASE_PORT: a port number"),
         Err(_) => LAB_BASE_PORT,
     };
     let dir = std::env::temp_dir().join(format!("pgrouter-test-lab-{base_port}"));
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let lab = match Lab::start(LabSpec::new(&dir, base_port)) {
         Ok(lab) => lab,
         Err(e) => {
-            eprintln!("could not start the lab: {e:#}");
+            println!("could not start the lab: {e:#}");
+            println!("0 passed, {} failed", selected.len());
             return ExitCode::FAILURE;
         }
     };
     println!(
-        "lab up in {:.1}s; running {} tests",
+        "lab up in {:.1}s; running {} scenarios",
         started.elapsed().as_secs_f64(),
         selected.len()
     );
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in selected {
-        let t0 = Instant::now();
-        let result = runtime.block_on(test(&lab));
-        let healthy = lab.wait_healthy(Duration::from_secs(180));
-        match (result, healthy) {
-            (Ok(()), Ok(())) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1}s)", t0.elapsed().as_secs_f64());
-            }
-            (result, healthy) => {
-                failed += 1;
-                println!(
-                    "test {name} ... FAILED ({:.1}s)",
-                    t0.elapsed().as_secs_f64()
-                );
-                if let Err(e) = result {
-                    println!("  {e:#}");
-                }
-                if let Err(e) = healthy {
-                    println!("  cluster not healthy afterwards: {e:#}");
-                }
-            }
-        }
-    }
+    let tally = runner::run(&lab, &selected);
     drop(lab);
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    tally.exit_code()
 }

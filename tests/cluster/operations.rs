@@ -13,6 +13,9 @@ use crate::support::{
     RouterOptions,
 };
 
+/// How long to wait for an event the scenario is about (a log line, a metric).
+const PATIENCE: Duration = Duration::from_secs(30);
+
 fn promtool_check(text: &str) -> Result<()> {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -46,28 +49,28 @@ pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
     let text = http("GET", admin, "/metrics", None)?.1;
     promtool_check(&text)?;
     ensure!(
-        metric(&text, "pgrouter_transactions_total{port=\"primary\"}") >= 20.0,
+        metric(&text, "pgrouter_transactions_total{port=\"primary\"}")? >= 20.0,
         "transactions not counted:\n{text}"
     );
     ensure!(
         metric(
             &text,
             "pgrouter_bytes_total{direction=\"server_to_client\",port=\"primary\"}"
-        ) > 0.0
+        )? > 0.0
     );
     ensure!(
         metric(
             &text,
             "pgrouter_client_connections{port=\"primary\",state=\"idle\"}"
-        ) >= 1.0
+        )? >= 1.0
     );
-    ensure!(metric(&text, "pgrouter_dcs_connected") == 1.0);
+    ensure!(metric(&text, "pgrouter_dcs_connected")? == 1.0);
     let old = lab.leader()?;
     ensure!(
         metric(
             &text,
             &format!("pgrouter_member_leader{{member=\"{old}\"}}")
-        ) == 1.0
+        )? == 1.0
     );
     for (path, want) in [("/primary", 200), ("/replica", 200)] {
         ensure!(
@@ -90,18 +93,18 @@ pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
     let text = http("GET", admin, "/metrics", None)?.1;
     promtool_check(&text)?;
     ensure!(
-        metric(&text, "pgrouter_leader_changes_total") >= 1.0,
+        metric(&text, "pgrouter_leader_changes_total")? >= 1.0,
         "leader change not counted"
     );
     ensure!(
-        metric(&text, "pgrouter_route_switch_seconds_count") >= 1.0,
+        metric(&text, "pgrouter_route_switch_seconds_count")? >= 1.0,
         "route switch not observed"
     );
     ensure!(
         metric(
             &text,
             &format!("pgrouter_member_leader{{member=\"{new}\"}}")
-        ) == 1.0
+        )? == 1.0
     );
     let status = http("GET", admin, "/status", None)?.1;
     ensure!(
@@ -159,19 +162,23 @@ pub async fn pause_and_resume(lab: &Lab) -> Result<()> {
     let admin = router.admin;
     crate::support::pgbench_init(lab)?;
     let bench = pgbench(router.primary, 8, 10)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let txns = || -> Result<f64> {
+        metric(
+            &http("GET", admin, "/metrics", None)?.1,
+            "pgrouter_transactions_total{port=\"primary\"}",
+        )
+    };
+    // Paused under load, not before pgbench got going.
+    eventually("pgbench running through pgrouter", PATIENCE, || async {
+        Ok(txns()? >= 100.0)
+    })
+    .await?;
 
     let (status, body) = http("POST", admin, "/pause?port=primary", None)?;
     ensure!(
         status == 200 && body.contains("\"active\":0"),
         "pause: {status} {body}"
     );
-    let txns = || -> Result<f64> {
-        Ok(metric(
-            &http("GET", admin, "/metrics", None)?.1,
-            "pgrouter_transactions_total{port=\"primary\"}",
-        ))
-    };
     let at_pause = txns()?;
     // A new client arriving while paused is held, not refused.
     let primary = router.primary;
@@ -210,10 +217,12 @@ pub async fn reload(lab: &Lab) -> Result<()> {
     let good = std::fs::read_to_string(&path)?;
     let (kept, _conn) = connect(router.replicas, "pgrouter-test-kept").await?;
 
-    // A bad file, through POST /reload and through SIGHUP: refused with key and reason, nothing changes.
+    // A bad file, through POST /reload and through SIGHUP: refused with key and reason, nothing
+    // changes, not even what its valid lines say (the replica port moved to 17549).
     std::fs::write(
         &path,
-        good.replace("[routing]", "[routing]\nconnect_timeout = \"soon\""),
+        good.replace(&format!("127.0.0.1:{}", router.replicas), "127.0.0.1:17549")
+            .replace("[routing]", "[routing]\nconnect_timeout = \"soon\""),
     )?;
     let (status, body) = http("POST", admin, "/reload", None)?;
     ensure!(
@@ -228,9 +237,20 @@ pub async fn reload(lab: &Lab) -> Result<()> {
     )
     .await?;
     ensure!(
-        server_port(&connect(router.replicas, "pgrouter-test").await?.0).await? > 0,
-        "routing changed after a bad file"
+        std::net::TcpStream::connect(("127.0.0.1", 17549)).is_err(),
+        "a refused file moved the replica port to 17549"
     );
+    let (reader, _conn) = connect(router.replicas, "pgrouter-test").await?;
+    let on_replica: bool = reader
+        .query_one("select pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    ensure!(
+        on_replica,
+        "after a refused file the replica port reached a primary"
+    );
+    let one: i32 = kept.query_one("select 1", &[]).await?.get(0);
+    ensure!(one == 1, "the session kept across a refused file");
 
     // A good file: the replica port moves, and a lower client limit applies at once.
     let moved = good
@@ -240,7 +260,11 @@ pub async fn reload(lab: &Lab) -> Result<()> {
     let (status, body) = http("POST", admin, "/reload", None)?;
     ensure!(status == 200, "good reload answered {status} {body}");
     let (client, _conn) = connect(17549, "pgrouter-test-moved").await?;
-    ensure!(server_port(&client).await? > 0);
+    let on_replica: bool = client
+        .query_one("select pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    ensure!(on_replica, "the moved replica port reached a primary");
     ensure!(
         std::net::TcpStream::connect(("127.0.0.1", router.replicas)).is_err(),
         "the old replica port still listens"
@@ -265,19 +289,50 @@ pub async fn reload(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM under pgbench load: pgrouter stops accepting, lets an open transaction commit (it
+/// closes sessions at their idle points), and exits 0.
 pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
     let mut router = Router::start(lab, 17550, RouterOptions::default())?;
+    let admin = router.admin;
     let bench = pgbench(router.primary, 4, 30)?;
-    let (in_tx, _conn) = connect(router.primary, "pgrouter-test-drain").await?;
+    let (in_tx, in_tx_end) = connect(router.primary, "pgrouter-test-drain").await?;
     in_tx.batch_execute("begin; select 1").await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("pgbench running through pgrouter", PATIENCE, || async {
+        let page = http("GET", admin, "/metrics", None)?.1;
+        Ok(metric(&page, "pgrouter_transactions_total{port=\"primary\"}")? >= 100.0)
+    })
+    .await?;
     router.signal("-TERM")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // The open transaction still commits: pgrouter waits for its idle point.
+    // Drain has begun (not merely the signal sent): the transaction is open across it.
+    eventually("pgrouter to say it is draining", PATIENCE, || async {
+        Ok(router
+            .log_text()
+            .contains("shutting down: draining sessions"))
+    })
+    .await?;
+    eventually("the primary port to stop accepting", PATIENCE, || async {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", router.primary)).is_err())
+    })
+    .await?;
+    // The open transaction still commits: pgrouter waits for its idle point, then closes it.
     in_tx
         .batch_execute("commit")
         .await
         .context("commit during shutdown")?;
+    let ended = tokio::time::timeout(PATIENCE, in_tx_end)
+        .await
+        .context("the session stayed open after its commit")?
+        .context("the session's connection task vanished")?;
+    let told = ended
+        .err()
+        .context("the drained session was closed without a word")?;
+    let told = crate::support::pgrouter_error(
+        "the drained session",
+        &told,
+        "57P01",
+        "closing session on",
+    )?;
+    println!("  the session that committed during the drain then got: {told}");
     let exited =
         tokio::task::spawn_blocking(move || router.wait_exit(Duration::from_secs(20))).await??;
     ensure!(exited == Some(0), "pgrouter exit status {exited:?}");
@@ -340,7 +395,7 @@ pub async fn held_client_that_leaves_is_dropped(lab: &Lab) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let page = http("GET", admin, "/metrics", None)?.1;
     ensure!(
-        metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""]) == 1.0,
+        metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""])? == 1.0,
         "the client is not held while paused"
     );
     drop(leaver);
@@ -350,8 +405,8 @@ pub async fn held_client_that_leaves_is_dropped(lab: &Lab) -> Result<()> {
         Duration::from_secs(10),
         || async {
             let page = http("GET", admin, "/metrics", None)?.1;
-            Ok(metric(&page, left) == 1.0
-                && metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""]) == 0.0)
+            Ok(metric(&page, left)? == 1.0
+                && metric_sum(&page, "pgrouter_client_connections", &["state=\"held\""])? == 0.0)
         },
     )
     .await?;
@@ -360,7 +415,7 @@ pub async fn held_client_that_leaves_is_dropped(lab: &Lab) -> Result<()> {
     let (client, _conn) = connect(router.primary, "pgrouter-test-after-leaver").await?;
     ensure!(client.query_one("select 1", &[]).await?.get::<_, i32>(0) == 1);
     let page = http("GET", admin, "/metrics", None)?.1;
-    let routed = metric(&page, "pgrouter_hold_seconds_count{port=\"primary\"}");
+    let routed = metric(&page, "pgrouter_hold_seconds_count{port=\"primary\"}")?;
     ensure!(
         routed == 1.0,
         "{routed} clients routed or refused on the primary port; only the one after resume should be"

@@ -101,7 +101,7 @@ fn pgbench_clean(what: &str, out: &Output) -> Result<u64> {
 }
 
 fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<Output> {
-    run(Command::new("psql")
+    run(pgrouter_lab::client_command("psql")
         .args([
             "-h",
             "127.0.0.1",
@@ -238,7 +238,7 @@ pub async fn switchover_unseen(lab: &Lab) -> Result<()> {
     let new = lab.wait_leader_other_than(&old, Duration::from_secs(60))?;
     probe.wait_for_acks(200, Duration::from_secs(60)).await?;
     let report = probe.finish().await;
-    arrivals.finish().await.check(
+    arrivals.finish().await?.check(
         "pooled clients arriving through the switchover",
         Refusals::None,
     )?;
@@ -590,6 +590,12 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
 
 /// cl_waiting of the leader's pool for `postgres`, from the admin console's SHOW POOLS.
 fn waiting_in_console(port: u16) -> Result<String> {
+    Ok(leader_pool_in_console(port)?.swap_remove(5))
+}
+
+/// The leader's pool for `postgres` in the admin console's SHOW POOLS: database, user, member,
+/// role, cl_active, cl_waiting, sv_active, sv_idle, pool_size, maxwait_us.
+fn leader_pool_in_console(port: u16) -> Result<Vec<String>> {
     let out = psql(
         port,
         "admin",
@@ -600,8 +606,8 @@ fn waiting_in_console(port: u16) -> Result<String> {
     let t = text(&out);
     t.lines()
         .find(|l| l.starts_with("postgres|postgres|") && l.contains("|leader|"))
-        .and_then(|l| l.split('|').nth(5))
-        .map(str::to_owned)
+        .map(|l| l.split('|').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|fields| fields.len() == 10)
         .with_context(|| format!("no leader pool for postgres in SHOW POOLS:\n{t}"))
 }
 
@@ -630,12 +636,12 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
             .await;
         (r, leaver)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let in_line = waiting_in_console(port)?;
-    ensure!(
-        in_line == "1",
-        "cl_waiting with the insert in line: {in_line}"
-    );
+    crate::support::eventually(
+        "the insert in line (cl_waiting 1)",
+        Duration::from_secs(10),
+        || async { Ok(waiting_in_console(port)? == "1") },
+    )
+    .await?;
     // The leaver's socket closes.
     connection.abort();
     let _ = connection.await;
@@ -649,10 +655,20 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
     let left = metric(
         &page,
         "pgrouter_clients_left_waiting_total{port=\"primary\"}",
-    );
+    )?;
     ensure!(left == 1.0, "clients counted as left: {left}");
     holder.batch_execute("commit").await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The only server connection back in the pool, idle, nobody in line: had the leaver's
+    // INSERT been kept, it would have been handed the connection on the commit.
+    crate::support::eventually(
+        "the server connection idle in the pool after the commit",
+        Duration::from_secs(10),
+        || async {
+            let pool = leader_pool_in_console(port)?;
+            Ok(pool[5] == "0" && pool[6] == "0" && pool[7] == "1")
+        },
+    )
+    .await?;
     let rows: i64 = holder
         .query_one("select count(*) from left_behind", &[])
         .await?

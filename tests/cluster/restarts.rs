@@ -276,9 +276,11 @@ pub async fn kill_9_under_load(lab: &Lab) -> Result<()> {
             missing.is_empty(),
             "{table}: acknowledged rows missing on the leader {now}: {missing:?}"
         );
+        // The probe reconnects after each error, so only a bound per event says anything: one
+        // session was open when its router died, so exactly one error.
         ensure!(
-            report.query_errors.len() <= report.connections as usize,
-            "{table}: more than one error per connection: {:?}",
+            report.query_errors.len() == 1,
+            "{table}: expected one error (the session open at the crash), saw {:?}",
             report.query_errors
         );
     }

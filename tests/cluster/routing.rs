@@ -68,9 +68,11 @@ pub async fn writes_and_reads(lab: &Lab) -> Result<()> {
         let page = http("GET", router.admin, "/metrics", None)?.1;
         let series =
             |name: &str, m: &str| metric(&page, &format!("pgrouter_{name}{{member=\"{m}\"}}"));
-        Ok(names
-            .iter()
-            .all(|m| series("member_eligible", m) == 1.0 && series("member_lag_bytes", m) == 0.0))
+        let mut all = true;
+        for m in &names {
+            all &= series("member_eligible", m)? == 1.0 && series("member_lag_bytes", m)? == 0.0;
+        }
+        Ok(all)
     };
     eventually(
         "both replicas caught up and eligible",

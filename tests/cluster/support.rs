@@ -151,7 +151,7 @@ pub fn pgbench_init(lab: &Lab) -> Result<()> {
         port,
         "drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
     )?;
-    let init = Command::new("pgbench")
+    let init = pgrouter_lab::client_command("pgbench")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .args(["-i", "-s", "1", "-q", "postgres"])
         .env("PGPASSWORD", "postgres")
@@ -226,12 +226,13 @@ pub fn http(method: &str, port: u16, path: &str, token: Option<&str>) -> Result<
 }
 
 /// The value of one series (name with labels, exactly as exposed) in a Prometheus text page;
-/// 0 when absent.
-pub fn metric(text: &str, series: &str) -> f64 {
+/// an error when the page has no such series (a renamed metric or label must fail a check,
+/// not read as 0).
+pub fn metric(text: &str, series: &str) -> Result<f64> {
     text.lines()
         .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .find_map(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .with_context(|| format!("no series {series} on the metrics page"))
 }
 
 /// Sends raw bytes as a client and returns what the router answers before closing (up to 5 s).
@@ -340,9 +341,16 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// The sum of every series of metric `name` whose labels contain all of `labels` (each
-/// `key="value"`).
-pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
+/// `key="value"`); 0 when none has them, an error when the page does not declare the metric
+/// at all (a renamed metric must fail a check, not read as 0).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Result<f64> {
+    anyhow::ensure!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+        "no metric {name} on the metrics page"
+    );
+    Ok(text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -351,7 +359,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
                 && labels.iter().all(|want| rest.contains(want));
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .sum())
 }
 
 /// What one pgbench run reported.
@@ -370,7 +378,7 @@ pub struct PgbenchRun {
 
 /// pgbench (`-n`, as postgres, database postgres) through `port` with `args`.
 pub fn pgbench_command(port: u16, args: &[&str]) -> Command {
-    let mut c = Command::new("pgbench");
+    let mut c = pgrouter_lab::client_command("pgbench");
     c.args([
         "-h",
         "127.0.0.1",
@@ -491,17 +499,19 @@ impl Arrivals {
         Arrivals { stop, tasks }
     }
 
-    pub async fn finish(self) -> ArrivalsReport {
+    /// Stops the arrivals and adds up their reports; a crashed arrival task is an error, not
+    /// an empty report.
+    pub async fn finish(self) -> Result<ArrivalsReport> {
         let _ = self.stop.send(true);
         let mut all = ArrivalsReport::default();
         for task in self.tasks {
-            let report = task.await.unwrap_or_default();
+            let report = task.await.context("an arrivals task crashed")?;
             all.served += report.served;
             all.on_replica += report.on_replica;
             all.refused.extend(report.refused);
             all.cut.extend(report.cut);
         }
-        all
+        Ok(all)
     }
 }
 
@@ -549,9 +559,9 @@ fn kinds(errors: &[String]) -> Vec<&str> {
 }
 
 impl ArrivalsReport {
-    /// Prints the counts and fails on a landing on a replica, on a refusal that is not
-    /// pgrouter's own (when `refusals` allows them at all) and on a session cut without an
-    /// ErrorResponse saying why.
+    /// Prints the counts and fails when no client was served by the primary at all, on a
+    /// landing on a replica, on a refusal that is not pgrouter's own (when `refusals` allows
+    /// them at all) and on a session cut without an ErrorResponse saying why.
     pub fn check(&self, what: &str, refusals: Refusals) -> Result<()> {
         println!(
             "  {what}: {} new clients served by the primary, {} on a replica, {} refused {:?}, {} cut {:?}",
@@ -561,6 +571,10 @@ impl ArrivalsReport {
             kinds(&self.refused),
             self.cut.len(),
             kinds(&self.cut)
+        );
+        anyhow::ensure!(
+            self.served > 0,
+            "{what}: no client was served by the primary (nothing was checked)"
         );
         anyhow::ensure!(
             self.on_replica == 0,
@@ -590,4 +604,50 @@ impl ArrivalsReport {
 pub enum Refusals {
     None,
     FromPgrouter,
+}
+
+fn members_with_role(lab: &Lab, role: &str) -> Result<Vec<String>> {
+    Ok(lab
+        .cluster()?
+        .into_iter()
+        .filter(|m| m.role == role)
+        .map(|m| m.name)
+        .collect())
+}
+
+/// Waits until the cluster is healthy with a synchronous standby, so a kill -9 of the leader
+/// cannot lose an acknowledged commit and a switchover has a candidate.
+pub async fn healthy_and_synchronous(lab: &Lab) -> Result<()> {
+    lab.wait_healthy(Duration::from_secs(180))?;
+    eventually(
+        "a synchronous standby",
+        Duration::from_secs(120),
+        || async { Ok(!members_with_role(lab, "sync_standby")?.is_empty()) },
+    )
+    .await
+}
+
+/// Runs `body` with Patroni's `synchronous_mode` on and a synchronous standby in place, so a
+/// kill -9 of the leader cannot lose an acknowledged commit (with asynchronous replication
+/// PostgreSQL itself may, whatever the router does); turns it off again afterwards.
+pub async fn in_synchronous_mode(
+    lab: &Lab,
+    body: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    lab.patch_dcs_config(&serde_json::json!({"synchronous_mode": true}))?;
+    let result = match healthy_and_synchronous(lab).await {
+        Ok(()) => body.await,
+        Err(e) => Err(e),
+    };
+    let restored = async {
+        lab.patch_dcs_config(&serde_json::json!({"synchronous_mode": false}))?;
+        eventually(
+            "no synchronous standby left",
+            Duration::from_secs(120),
+            || async { Ok(members_with_role(lab, "sync_standby")?.is_empty()) },
+        )
+        .await
+    }
+    .await;
+    result.and(restored)
 }

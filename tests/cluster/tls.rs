@@ -83,7 +83,7 @@ fn make_certs(dir: &Path) -> Result<Certs> {
 }
 
 fn psql(conninfo: &str, sql: &str) -> Result<Output> {
-    Ok(Command::new("psql")
+    Ok(pgrouter_lab::client_command("psql")
         .args(["-X", "-A", "-t", "-c", sql, conninfo])
         .env("PGPASSWORD", "postgres")
         .env("PGCONNECT_TIMEOUT", "30")
@@ -181,14 +181,29 @@ pub async fn clients(lab: &Lab) -> Result<()> {
     // Reload: a new certificate for new connections, a running session untouched; a bad
     // file is refused and the certificate in use stays.
     ensure!(served_subject(router.primary)?.contains("pgrouter-first"));
-    let long = Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "select pg_sleep(3), 'survived'"])
-        .arg(dsn(router.primary, &verify))
+    let mut long = pgrouter_lab::client_command("psql")
+        .args(["-X", "-A", "-t", "-c", "select pg_sleep(15), 'survived'"])
+        .arg(dsn(
+            router.primary,
+            &format!("{verify} application_name=pgrouter-test-tls-long"),
+        ))
         .env("PGPASSWORD", "postgres")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The session is running its query on the leader before the certificate changes.
+    let leader_port = lab.pg_port(&lab.leader()?);
+    crate::support::eventually(
+        "the long TLS session running on the leader",
+        Duration::from_secs(30),
+        || async {
+            Ok(lab.psql(
+                leader_port,
+                "select count(*) from pg_stat_activity where application_name = 'pgrouter-test-tls-long' and state = 'active'",
+            )? == "1")
+        },
+    )
+    .await?;
     std::fs::copy(&c.renewed.cert, &c.server.cert)?;
     std::fs::copy(&c.renewed.key, &c.server.key)?;
     router.signal("-HUP")?;
@@ -198,6 +213,10 @@ pub async fn clients(lab: &Lab) -> Result<()> {
         || async { Ok(served_subject(router.primary)?.contains("pgrouter-renewed")) },
     )
     .await?;
+    ensure!(
+        long.try_wait()?.is_none(),
+        "the long session ended before the reload was seen: it did not span it"
+    );
     let out = long.wait_with_output()?;
     ensure!(
         out.status.success() && text(&out).contains("survived"),
