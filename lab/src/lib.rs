@@ -30,5 +30,6 @@ pub use client::{client_command, run_psql};
 pub use etcd::get as etcd_get;
 pub use lab::Lab;
 pub use partition::IptablesRule;
+pub use procs::libpq_variables;
 pub use spec::LabSpec;
 pub use status::MemberStatus;

@@ -149,9 +149,10 @@ pub async fn error_text_with_cause(
     }
 }
 
+/// `SEVERITY SQLSTATE message` of a server's (or pgrouter's) ErrorResponse, else the error.
 pub fn db_error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        Some(db) => format!("{} {} {}", db.severity(), db.code().code(), db.message()),
         None => format!("{e}"),
     }
 }

@@ -225,7 +225,7 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
 /// lab keeps from Patroni, PostgreSQL, psql and patronictl: libpq prefers them to what the lab
 /// sets (a `PGPASSWORD` from a DBA's shell wins over the passfile Patroni writes for
 /// `pg_basebackup`, and the replicas never start). pgrouter's own `PGROUTER_*` are not libpq's.
-pub(crate) fn libpq_variables() -> Vec<String> {
+pub fn libpq_variables() -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| name.starts_with("PG") && !name.starts_with("PGROUTER"))

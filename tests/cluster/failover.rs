@@ -24,14 +24,15 @@ fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
 }
 
 /// Every acknowledged row is on the new leader; no new connection was refused (they are held);
-/// the one session open on the old leader ended with exactly one error, an ErrorResponse from
-/// pgrouter naming the cluster with one of the SQLSTATEs in `codes`.
+/// the one session open on the old leader ended with exactly one error, a FATAL from pgrouter
+/// naming the cluster, with one of the SQLSTATEs in `codes`, whose message contains `says`.
 fn nothing_lost_one_named_error(
     lab: &Lab,
     new: &str,
     table: &str,
     report: &ProbeReport,
     codes: &[&str],
+    says: &str,
 ) -> Result<()> {
     let missing = missing_rows(lab, lab.pg_port(new), table, &report.acked)?;
     ensure!(
@@ -51,10 +52,10 @@ fn nothing_lost_one_named_error(
     );
     let error = &report.query_errors[0];
     ensure!(
-        codes
-            .iter()
-            .any(|code| error.starts_with(&format!("{code} pgrouter: cluster \"{SCOPE}\": "))),
-        "expected pgrouter's {codes:?} naming cluster {SCOPE:?}, saw: {error}"
+        codes.iter().any(|code| error
+            .starts_with(&format!("FATAL {code} pgrouter: cluster \"{SCOPE}\": ")))
+            && error.contains(says),
+        "expected pgrouter's FATAL {codes:?} naming cluster {SCOPE:?} and saying {says:?}, saw: {error}"
     );
     Ok(())
 }
@@ -97,7 +98,14 @@ pub async fn switchover(lab: &Lab) -> Result<()> {
         .await?
         .check("clients arriving through the switchover", Refusals::None)?;
 
-    nothing_lost_one_named_error(lab, &new, "probe_switchover", &report, &["57P01"])?;
+    nothing_lost_one_named_error(
+        lab,
+        &new,
+        "probe_switchover",
+        &report,
+        &["57P01"],
+        &format!("\"{old}\""),
+    )?;
     // Patroni stops PostgreSQL before it releases the key: the idle session gets the member's
     // own 57P01, relayed naming pgrouter, the cluster and the member; were the key to move
     // first, pgrouter's own 57P01 naming the new leader.
@@ -108,8 +116,13 @@ pub async fn switchover(lab: &Lab) -> Result<()> {
     let told = session_end
         .err()
         .context("the idle session on the old leader ended without an error")?;
-    let told =
-        crate::support::pgrouter_error("the idle session on the old leader", &told, "57P01", "")?;
+    let told = crate::support::pgrouter_error(
+        "the idle session on the old leader",
+        &told,
+        "FATAL",
+        "57P01",
+        "",
+    )?;
     ensure!(
         told.contains(&format!("member \"{old}\": terminating connection"))
             || told.contains(&format!("lost the leader key to \"{new}\"")),
@@ -181,15 +194,34 @@ async fn kill_leader_synchronous(lab: &Lab) -> Result<()> {
     let report = probe.finish().await;
     let restarted = lab.start_member(&old);
     let new = new?;
-    for served_after in served {
+    for (served_after, delay) in served.into_iter().zip([500, 3000, 8000]) {
+        let served_after = served_after.with_context(|| {
+            format!("a client arriving {delay} ms after the kill was not held and served")
+        })?;
         println!(
             "  a client arriving in the gap was held and served {:.1}s after the kill",
-            served_after?.as_secs_f64()
+            served_after.as_secs_f64()
         );
     }
     summary("kill -9 of the leader", &report);
+    // What the held clients inserted is on the new leader.
+    let held: Vec<(i64, Instant)> = [500, 3000, 8000]
+        .map(|delay| (-delay, Instant::now()))
+        .to_vec();
+    let lost = missing_rows(lab, lab.pg_port(&new), "probe_kill", &held)?;
+    ensure!(
+        lost.is_empty(),
+        "rows inserted by clients held through the gap missing on the new leader {new}: {lost:?}"
+    );
     // The member's connection dies with it: pgrouter tells the open session 08006.
-    nothing_lost_one_named_error(lab, &new, "probe_kill", &report, &["08006", "57P01"])?;
+    nothing_lost_one_named_error(
+        lab,
+        &new,
+        "probe_kill",
+        &report,
+        &["08006"],
+        &format!("lost the server connection to member \"{old}\""),
+    )?;
     restarted
 }
 
@@ -214,7 +246,14 @@ pub async fn frozen_leader(lab: &Lab) -> Result<()> {
     // The old leader's backends kept running; pgrouter must have cut its sessions when the
     // lease expired (57P01, naming the new leader), so every acknowledged row is on the new
     // leader.
-    nothing_lost_one_named_error(lab, &new, "probe_frozen", &report, &["57P01"])?;
+    nothing_lost_one_named_error(
+        lab,
+        &new,
+        "probe_frozen",
+        &report,
+        &["57P01"],
+        &format!("member \"{old}\" lost the leader key"),
+    )?;
     Ok(())
 }
 
@@ -247,6 +286,13 @@ pub async fn partitioned_leader(lab: &Lab) -> Result<()> {
     lab.reconnect_member(&old)?;
     let new = result?;
     summary("partitioned leader", &report);
-    nothing_lost_one_named_error(lab, &new, "probe_partition", &report, &["57P01"])?;
+    nothing_lost_one_named_error(
+        lab,
+        &new,
+        "probe_partition",
+        &report,
+        &["57P01"],
+        &format!("member \"{old}\" lost the leader key"),
+    )?;
     Ok(())
 }

@@ -532,6 +532,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     let message = pgrouter_error(
         "a reset server connection",
         &e,
+        "FATAL",
         "08006",
         &format!("lost the server connection to member \"{member}\""),
     )?;
@@ -809,8 +810,8 @@ async fn exchange(port: u16, bytes: &[u8], half_close: bool) -> Result<Vec<(u8, 
     raw.until_closed().await
 }
 
-/// Checks that the last message is an ErrorResponse with `code` whose message starts with
-/// "pgrouter: cluster \"demo\"" and contains each of `needles`.
+/// Checks that the last message before the close is a FATAL ErrorResponse with `code` whose
+/// message starts with "pgrouter: cluster \"demo\"" and contains each of `needles`.
 fn expect_error(what: &str, answer: &[(u8, Vec<u8>)], code: &str, needles: &[&str]) -> Result<()> {
     let (tag, body) = answer
         .last()
@@ -825,6 +826,11 @@ fn expect_error(what: &str, answer: &[(u8, Vec<u8>)], code: &str, needles: &[&st
         got == code,
         "{what}: SQLSTATE {got}, want {code}: {message}"
     );
+    let severity = field(body, b'V');
+    ensure!(
+        severity == "FATAL",
+        "{what}: severity {severity}, want FATAL (the connection closes): {message}"
+    );
     ensure!(
         message.starts_with(&format!("pgrouter: cluster \"{SCOPE}\"")),
         "{what}: message does not name pgrouter and the cluster: {message}"
@@ -837,6 +843,14 @@ fn expect_error(what: &str, answer: &[(u8, Vec<u8>)], code: &str, needles: &[&st
     }
     println!("    {what}: {got} {message}");
     Ok(())
+}
+
+/// Field `tag` of an ErrorResponse body ('V' severity, 'C' SQLSTATE, 'M' message), or "".
+fn field(body: &[u8], tag: u8) -> String {
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(&[tag]))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
 
 /// The SQLSTATE and message of an ErrorResponse body.
@@ -1078,16 +1092,23 @@ async fn stall_in_scram(port: u16) -> Result<()> {
         anyhow::Ok(raw)
     };
     let mut raw = challenged().await?;
+    let challenged_at = Instant::now();
     let answer = raw
         .until_closed()
         .await
         .context("a client stalled in SCRAM")?;
+    let waited = challenged_at.elapsed();
     expect_error(
         "stalled in SCRAM",
         &answer,
         "57014",
         &["canceling authentication", "startup_timeout"],
     )?;
+    // startup_timeout (2 s) runs from the connection: most of it is left at the challenge.
+    ensure!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_secs(6),
+        "a client stalled in SCRAM was closed {waited:?} after the challenge, not at startup_timeout (2s)"
+    );
     let mut raw = challenged().await?;
     raw.s.write_all(&[b'p', 0, 0x10, 0, 0]).await?;
     let answer = raw

@@ -183,6 +183,15 @@ fn main() -> ExitCode {
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }
+    // The drivers the scenarios run (psql, pgbench, psycopg, asyncpg, PDO) read libpq's
+    // variables: a PGSSLMODE or PGPASSWORD from the caller's shell would change what they do.
+    let libpq = pgrouter_lab::libpq_variables();
+    if !libpq.is_empty() {
+        println!("leaving out the caller's {}", libpq.join(", "));
+        for name in libpq {
+            std::env::remove_var(name);
+        }
+    }
     let base_port = match std::env::var("PGROUTER_LAB_BASE_PORT") {
         Ok(port) => port.parse().expect("PGROUTER_LAB_BASE_PORT: a port number"),
         Err(_) => LAB_BASE_PORT,

@@ -217,31 +217,54 @@ pub async fn reload(lab: &Lab) -> Result<()> {
     let good = std::fs::read_to_string(&path)?;
     let (kept, _conn) = connect(router.replicas, "pgrouter-test-kept").await?;
 
-    // A bad file, through POST /reload and through SIGHUP: refused with key and reason, nothing
-    // changes, not even what its valid lines say (the replica port moved to 17549).
-    std::fs::write(
-        &path,
-        good.replace(&format!("127.0.0.1:{}", router.replicas), "127.0.0.1:17549")
-            .replace("[routing]", "[routing]\nconnect_timeout = \"soon\""),
-    )?;
-    let (status, body) = http("POST", admin, "/reload", None)?;
-    ensure!(
-        status == 400 && body.contains("routing.connect_timeout: invalid duration"),
-        "bad reload answered {status} {body}"
-    );
-    router.signal("-HUP")?;
-    eventually(
-        "the SIGHUP refusal logged",
-        Duration::from_secs(10),
-        || async { Ok(router.log_text().contains("reload refused")) },
-    )
-    .await?;
+    // Two bad files, each through POST /reload and through SIGHUP, refused with the key and
+    // the reason: one that does not parse, and one that parses but names a certificate that
+    // cannot be read (found only once the file's parts are loaded). Neither changes anything,
+    // not even what its valid lines say: the replica port moved to 17549.
+    let moved_replicas = good.replace(&format!("127.0.0.1:{}", router.replicas), "127.0.0.1:17549");
+    let missing = "/nonexistent/pgrouter-test.crt";
+    let bad_files = [
+        (
+            moved_replicas.replace("[routing]", "[routing]\nconnect_timeout = \"soon\""),
+            "routing.connect_timeout: invalid duration",
+        ),
+        (
+            format!("{moved_replicas}\n[tls]\nmode = \"allow\"\ncert = \"{missing}\"\nkey = \"{missing}\"\n"),
+            "tls.cert",
+        ),
+    ];
+    for (n, (file, says)) in bad_files.iter().enumerate() {
+        std::fs::write(&path, file)?;
+        let (status, body) = http("POST", admin, "/reload", None)?;
+        ensure!(
+            status == 400 && body.contains(says),
+            "bad reload answered {status} {body}, expected 400 saying {says:?}"
+        );
+        router.signal("-HUP")?;
+        // Each refusal is logged: the POST's, then the SIGHUP's.
+        eventually(
+            "the SIGHUP refusal logged",
+            Duration::from_secs(10),
+            || async {
+                let log = router.log_text();
+                let refusals: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("reload refused"))
+                    .collect();
+                Ok(refusals.len() == 2 * (n + 1)
+                    && refusals.last().is_some_and(|l| l.contains(says)))
+            },
+        )
+        .await?;
+    }
     ensure!(
         std::net::TcpStream::connect(("127.0.0.1", 17549)).is_err(),
         "a refused file moved the replica port to 17549"
     );
-    let (reader, _conn) = connect(router.replicas, "pgrouter-test").await?;
-    let on_replica: bool = reader
+    // (Closed again: the good file below leaves room for three clients.)
+    let on_replica: bool = connect(router.replicas, "pgrouter-test")
+        .await?
+        .0
         .query_one("select pg_is_in_recovery()", &[])
         .await?
         .get(0);
@@ -329,6 +352,7 @@ pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
     let told = crate::support::pgrouter_error(
         "the drained session",
         &told,
+        "FATAL",
         "57P01",
         "closing session on",
     )?;

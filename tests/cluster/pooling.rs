@@ -208,8 +208,13 @@ pub async fn drivers_and_pgbench(lab: &Lab) -> Result<()> {
         ensure!(!t.contains(wrong) || wrong.len() < 3, "secret echoed: {t}");
     }
     let log = router.log_text();
+    let metrics = router.metrics()?;
     for secret in ["plain-secret", "auth-secret", "looked-up", "SCRAM-SHA-256$"] {
         ensure!(!log.contains(secret), "the log shows a secret ({secret})");
+        ensure!(
+            !metrics.contains(secret),
+            "/metrics shows a secret ({secret})"
+        );
     }
     Ok(())
 }
@@ -308,6 +313,7 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
     let message = pgrouter_error(
         "a server terminating itself",
         &e,
+        "ERROR",
         "08006",
         "lost the server connection",
     )?;
@@ -382,17 +388,23 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
         let out = psql(port, "admin", "console-secret", "pgrouter", command)?;
         ensure!(out.status.success(), "{command}: {}", text(&out));
     }
+    let config = text(&psql(
+        port,
+        "admin",
+        "console-secret",
+        "pgrouter",
+        "SHOW CONFIG",
+    )?);
     ensure!(
-        text(&psql(
-            port,
-            "admin",
-            "console-secret",
-            "pgrouter",
-            "SHOW CONFIG"
-        )?)
-        .contains("listen.primary_pool_mode|transaction"),
-        "SHOW CONFIG lacks the pool mode"
+        config.contains("listen.primary_pool_mode|transaction"),
+        "SHOW CONFIG lacks the pool mode:\n{config}"
     );
+    for secret in ["console-secret", "SCRAM-SHA-256$"] {
+        ensure!(
+            !config.contains(secret),
+            "SHOW CONFIG shows a secret ({secret}):\n{config}"
+        );
+    }
     let out = psql(port, "postgres", "postgres", "pgrouter", "SHOW POOLS")?;
     ensure!(
         text(&out).contains("not in auth.admin_users"),
@@ -560,7 +572,13 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
     let refused = r
         .err()
         .context("a transaction ran while the only server connection was held")?;
-    let message = pgrouter_error("refusal", &refused, "57P03", "no server connection free")?;
+    let message = pgrouter_error(
+        "refusal",
+        &refused,
+        "ERROR",
+        "57P03",
+        "no server connection free",
+    )?;
     let waited = started.elapsed();
     ensure!(
         waited >= Duration::from_secs(2),

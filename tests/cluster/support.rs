@@ -412,10 +412,17 @@ pub fn pgbench_run(port: u16, args: &[&str]) -> Result<PgbenchRun> {
             .find_map(|l| l.strip_prefix(prefix))
             .and_then(|v| v.trim().split([' ', '/']).next()?.parse().ok())
     };
+    let processed = number("number of transactions actually processed: ");
+    // pgbench (15) prints its failed count beside the processed one: a summary without it
+    // must not read as 0 failed.
+    let failed = match (processed, number("number of failed transactions: ")) {
+        (Some(_), None) => bail!("pgbench printed no count of failed transactions:\n{output}"),
+        (_, failed) => failed.unwrap_or(0.0) as u64,
+    };
     Ok(PgbenchRun {
         exit: out.status.code(),
-        processed: number("number of transactions actually processed: ").unwrap_or(0.0) as u64,
-        failed: number("number of failed transactions: ").unwrap_or(0.0) as u64,
+        processed: processed.unwrap_or(0.0) as u64,
+        failed,
         aborted_clients: output
             .lines()
             .filter(|l| l.contains("client ") && l.contains(" aborted "))
@@ -451,11 +458,12 @@ pub fn scram_userlist(lab: &Lab, port: u16, more: &str) -> Result<PathBuf> {
     Ok(userlist)
 }
 
-/// `e` must be pgrouter's ErrorResponse with SQLSTATE `code` whose message goes on, after
-/// `pgrouter: cluster "demo": `, with `begins`; returns the message.
+/// `e` must be pgrouter's ErrorResponse of `severity` (`ERROR`, `FATAL`) with SQLSTATE `code`
+/// whose message goes on, after `pgrouter: cluster "demo": `, with `begins`; returns the message.
 pub fn pgrouter_error(
     what: &str,
     e: &tokio_postgres::Error,
+    severity: &str,
     code: &str,
     begins: &str,
 ) -> Result<String> {
@@ -463,10 +471,11 @@ pub fn pgrouter_error(
         .as_db_error()
         .with_context(|| format!("{what}: not an ErrorResponse: {e}"))?;
     let message = db.message();
+    let prefix = format!("pgrouter: cluster \"{SCOPE}\": {begins}");
     anyhow::ensure!(
-        db.code().code() == code
-            && message.starts_with(&format!("pgrouter: cluster \"{SCOPE}\": {begins}")),
-        "{what}: {} {message}",
+        db.severity() == severity && db.code().code() == code && message.starts_with(&prefix),
+        "{what}: expected {severity} {code} \"{prefix}...\", saw {} {} {message:?}",
+        db.severity(),
         db.code().code()
     );
     Ok(message.to_owned())
