@@ -282,4 +282,41 @@ impl Lab {
         };
         Ok((patroni, procs::postmaster_pid(&self.spec().data_dir(i))))
     }
+
+    /// Undoes what a scenario that failed midway may have left: members cut off are
+    /// reconnected, frozen ones thawed, killed ones started, stopped etcd members started.
+    /// Returns what it did (empty when there was nothing to undo).
+    pub fn undo_faults(&self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for member in self.member_names() {
+            let i = self.index(&member)?;
+            if !self.state().cut_off[i].is_empty() {
+                self.reconnect_member(&member)?;
+                done.push(format!("reconnected {member}"));
+            }
+            match self.pids(&member) {
+                Ok((patroni, postmaster)) => {
+                    let frozen = std::iter::once(patroni)
+                        .chain(postmaster)
+                        .any(procs::is_stopped);
+                    if frozen {
+                        self.thaw_member(&member)?;
+                        done.push(format!("thawed {member}"));
+                    }
+                }
+                Err(_) => {
+                    self.start_member(&member)?;
+                    done.push(format!("started {member}"));
+                }
+            }
+        }
+        let stopped = (0..ETCD_MEMBERS)
+            .filter(|&i| self.state().etcd[i].is_none())
+            .count();
+        if stopped > 0 {
+            self.start_etcd()?;
+            done.push(format!("started {stopped} etcd members"));
+        }
+        Ok(done)
+    }
 }

@@ -6,11 +6,12 @@
 //! event instead (the open session's one), and read what each error said.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::Lab;
@@ -39,7 +40,7 @@ pub async fn connect(
 /// A client inserting one row every 10 ms through a port, reconnecting on error, as the
 /// failover tests of the router issue describe.
 pub struct Probe {
-    stop: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<ProbeReport>,
     acked: Arc<AtomicU64>,
 }
@@ -59,14 +60,9 @@ pub struct ProbeReport {
 
 impl Probe {
     pub fn start(port: u16, table: &str) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = watch::channel(false);
         let acked = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(probe_loop(
-            port,
-            table.to_owned(),
-            stop.clone(),
-            acked.clone(),
-        ));
+        let task = tokio::spawn(probe_loop(port, table.to_owned(), stopped, acked.clone()));
         Probe { stop, task, acked }
     }
 
@@ -82,23 +78,37 @@ impl Probe {
         Ok(())
     }
 
+    /// Stops the probe; a write still unanswered [`STOP_GRACE`] later is ended and counted as
+    /// an error (a hang is a failure too, not a wait without end).
     pub async fn finish(self) -> ProbeReport {
-        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
         self.task.await.expect("probe task")
+    }
+}
+
+/// How long a write may stay unanswered once the probe is asked to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Resolves [`STOP_GRACE`] after `stopped` turns true.
+async fn stop_grace_over(mut stopped: watch::Receiver<bool>) {
+    if stopped.wait_for(|stop| *stop).await.is_ok() {
+        tokio::time::sleep(STOP_GRACE).await;
+    } else {
+        std::future::pending::<()>().await;
     }
 }
 
 async fn probe_loop(
     port: u16,
     table: String,
-    stop: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
     acked: Arc<AtomicU64>,
 ) -> ProbeReport {
     let mut report = ProbeReport::default();
     let mut next_id: i64 = 1;
     let mut last_ack = Instant::now();
     let sql = format!("insert into {table}(id) values ($1)");
-    while !stop.load(Ordering::Relaxed) {
+    while !*stop.borrow() {
         let (client, mut ended) = match connect(port, "pgrouter-probe").await {
             Ok(connected) => connected,
             Err(e) => {
@@ -108,8 +118,19 @@ async fn probe_loop(
             }
         };
         report.connections += 1;
-        while !stop.load(Ordering::Relaxed) {
-            match client.execute(sql.as_str(), &[&next_id]).await {
+        while !*stop.borrow() {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&next_id];
+            let written = tokio::select! {
+                written = client.execute(sql.as_str(), &params) => written,
+                () = stop_grace_over(stop.clone()) => {
+                    report.query_errors.push(format!(
+                        "no answer to a write {}s after the probe was stopped (it hangs)",
+                        STOP_GRACE.as_secs()
+                    ));
+                    return report;
+                }
+            };
+            match written {
                 Ok(_) => {
                     let now = Instant::now();
                     report.longest_gap = report.longest_gap.max(now - last_ack);

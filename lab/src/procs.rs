@@ -61,6 +61,22 @@ pub(crate) fn live_comm(pid: u32) -> Option<String> {
     Some(comm.trim().to_string())
 }
 
+/// Whether `pid` is stopped (SIGSTOP: state `T`).
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state == "T")
+        })
+        .unwrap_or(false)
+}
+
 /// The postmaster pid from `<data_dir>/postmaster.pid`, if that process is still a live postgres.
 pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;

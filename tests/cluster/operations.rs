@@ -315,6 +315,8 @@ pub async fn reload(lab: &Lab) -> Result<()> {
 /// SIGTERM under pgbench load: pgrouter stops accepting, lets an open transaction commit (it
 /// closes sessions at their idle points), and exits 0.
 pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
+    // Its own pgbench tables: a scenario must not lean on one that ran before it.
+    crate::support::pgbench_init(lab)?;
     let mut router = Router::start(lab, 17550, RouterOptions::default())?;
     let admin = router.admin;
     let bench = pgbench(router.primary, 4, 30)?;

@@ -19,6 +19,8 @@ const DEFAULT_LIMIT: Duration = Duration::from_secs(900);
 const GRACE: Duration = Duration::from_secs(120);
 /// How long the lab may take to be healthy again after a scenario.
 const HEALTHY_AFTER: Duration = Duration::from_secs(180);
+/// At most how long undoing a failed scenario's faults takes (starting etcd, members).
+const UNDO: Duration = Duration::from_secs(120);
 
 /// A scenario that cannot run on this machine returns this error (say why): it is counted and
 /// shown as skipped, never as passed.
@@ -159,6 +161,19 @@ pub fn run(lab: &Lab, scenarios: &[&(&'static str, TestFn)]) -> Tally {
             println!("--- {name} (limit {}s)", limit.as_secs());
             let t0 = Instant::now();
             let outcome = run_one(lab, *test, limit);
+            // Undoing faults and waiting for health have limits of their own.
+            if let Some(now) = lock(&shared).now.as_mut() {
+                now.hard_deadline = Instant::now() + HEALTHY_AFTER + UNDO + GRACE;
+            }
+            if !matches!(outcome, Outcome::Passed) {
+                // A scenario that failed midway may have left a member cut off, frozen or
+                // killed, or etcd stopped: the rest cannot run on such a lab.
+                match lab.undo_faults() {
+                    Ok(undone) if undone.is_empty() => {}
+                    Ok(undone) => println!("  undone after it: {}", undone.join(", ")),
+                    Err(e) => println!("  could not undo its faults: {e:#}"),
+                }
+            }
             let healthy = lab.wait_healthy(HEALTHY_AFTER);
             let took = t0.elapsed().as_secs_f64();
             let mut s = lock(&shared);
