@@ -50,10 +50,27 @@ pub(crate) fn signal(pid: u32, sig: Signal) -> Result<()> {
     Ok(())
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Every process id in /proc, with its directory there.
+fn all_pids() -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect()
+}
+
 /// `comm` of a live (non-zombie) process, `None` if it is gone.
 pub(crate) fn live_comm(pid: u32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    let state = stat_fields(pid)?.into_iter().next()?;
     if state == "Z" || state == "X" {
         return None;
     }
@@ -63,18 +80,7 @@ pub(crate) fn live_comm(pid: u32) -> Option<String> {
 
 /// Whether `pid` is stopped (SIGSTOP: state `T`).
 pub(crate) fn is_stopped(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_owned();
-            Some(state == "T")
-        })
-        .unwrap_or(false)
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state == "T"))
 }
 
 /// The postmaster pid from `<data_dir>/postmaster.pid`, if that process is still a live postgres.
@@ -88,24 +94,14 @@ pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<u32> {
 pub(crate) fn processes_under(dir: &Path) -> Vec<(u32, String)> {
     let me = std::process::id();
     let prefix = format!("{}/", dir.display());
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (pid, path) in all_pids() {
         let Some(comm) = live_comm(pid).filter(|c| pid != me && LAB_COMMS.contains(&c.as_str()))
         else {
             continue;
         };
-        let cwd_under = fs::read_link(entry.path().join("cwd")).is_ok_and(|p| p.starts_with(dir));
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cwd_under = fs::read_link(path.join("cwd")).is_ok_and(|p| p.starts_with(dir));
+        let cmdline = fs::read(path.join("cmdline")).unwrap_or_default();
         let cmd_under = cmdline
             .split(|&b| b == 0)
             .map(String::from_utf8_lossy)
@@ -259,24 +255,10 @@ pub(crate) fn without_libpq_env(command: &mut Command) -> &mut Command {
 /// SIGKILL every live child process of this process (pgrouter routers, pgbench, Patroni): for
 /// a run that must end while a scenario still owns them.
 pub(crate) fn kill_own_children() {
-    let me = std::process::id();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // Fields after the command name: state, ppid, ...
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(me) {
+    let me = std::process::id().to_string();
+    for (pid, _) in all_pids() {
+        let ppid = stat_fields(pid).and_then(|f| f.into_iter().nth(1));
+        if ppid.as_deref() == Some(me.as_str()) {
             let _ = signal(pid, Signal::Kill);
         }
     }
