@@ -284,7 +284,8 @@ impl Lab {
     }
 
     /// Undoes what a scenario that failed midway may have left: members cut off are
-    /// reconnected, frozen ones thawed, killed ones started, stopped etcd members started.
+    /// reconnected, frozen ones thawed, killed ones started, stopped etcd members started,
+    /// Patroni's synchronous and failsafe modes turned off.
     /// Returns what it did (empty when there was nothing to undo).
     pub fn undo_faults(&self) -> Result<Vec<String>> {
         let mut done = Vec::new();
@@ -316,6 +317,17 @@ impl Lab {
         if stopped > 0 {
             self.start_etcd()?;
             done.push(format!("started {stopped} etcd members"));
+        }
+        // Modes a scenario turns on for its own length (and turns off when it ends normally).
+        let config: Value = match self.dcs_value("config")? {
+            Some(text) => serde_json::from_str(&text).context("the DCS config key")?,
+            None => Value::Null,
+        };
+        for mode in ["synchronous_mode", "failsafe_mode"] {
+            if config[mode] == Value::Bool(true) {
+                self.patch_dcs_config(&serde_json::json!({ mode: null }))?;
+                done.push(format!("turned {mode} off"));
+            }
         }
         Ok(done)
     }

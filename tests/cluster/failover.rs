@@ -213,14 +213,16 @@ async fn kill_leader_synchronous(lab: &Lab) -> Result<()> {
         lost.is_empty(),
         "rows inserted by clients held through the gap missing on the new leader {new}: {lost:?}"
     );
-    // The member's connection dies with it: pgrouter tells the open session 08006.
+    // The member's connection dies with it: pgrouter tells the open session 08006 `lost the
+    // server connection to member "pgN"`, or relays the backend's own 57P01 `terminating
+    // connection due to unexpected postmaster exit` when it saw the postmaster die first.
     nothing_lost_one_named_error(
         lab,
         &new,
         "probe_kill",
         &report,
-        &["08006"],
-        &format!("lost the server connection to member \"{old}\""),
+        &["08006", "57P01"],
+        &format!("member \"{old}\""),
     )?;
     restarted
 }
