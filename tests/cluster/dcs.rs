@@ -213,7 +213,13 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
     let demoted = eventually(
         "the old leader running as a replica",
         Duration::from_secs(60),
-        || async { Ok(lab.psql(lab.pg_port(&leader), "select pg_is_in_recovery()")? == "t") },
+        || async {
+            crate::support::is(
+                lab.psql(lab.pg_port(&leader), "select pg_is_in_recovery()")?
+                    .as_str(),
+                "t",
+            )
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -453,14 +459,18 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
     let reads = router.replicas;
     let only_a = || async move {
         let ports = ports_of_new_connections(reads, 4).await?;
-        Ok(ports.iter().all(|p| *p == a_port))
+        ensure!(
+            ports.iter().all(|p| *p == a_port),
+            "reads went to {ports:?}"
+        );
+        Ok(true)
     };
     let balanced = || async move {
         let ports: BTreeSet<u16> = ports_of_new_connections(reads, 4)
             .await?
             .into_iter()
             .collect();
-        Ok(ports == BTreeSet::from([a_port, b_port]))
+        crate::support::is(ports, BTreeSet::from([a_port, b_port]))
     };
     eventually(
         "reads over both replicas",

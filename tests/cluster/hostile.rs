@@ -354,7 +354,12 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     eventually(
         "every hog's backend blocked in ClientWrite",
         Duration::from_secs(180),
-        || async { Ok(backends(lab, "hostile-hog-%", "and wait_event = 'ClientWrite'")? == 8) },
+        || async {
+            crate::support::is(
+                backends(lab, "hostile-hog-%", "and wait_event = 'ClientWrite'")?,
+                8,
+            )
+        },
     )
     .await?;
     let relayed = |text: &str| {
@@ -400,7 +405,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     eventually(
         "the hogs' server connections released",
         PATIENCE,
-        || async { Ok(backends(lab, "hostile-hog-%", "")? == 0) },
+        || async { crate::support::is(backends(lab, "hostile-hog-%", "")?, 0) },
     )
     .await?;
 
@@ -442,7 +447,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
         eventually(
             &format!("{app}'s server connection released"),
             Duration::from_secs(120),
-            || async { Ok(backends(lab, app, "")? == 0) },
+            || async { crate::support::is(backends(lab, app, "")?, 0) },
         )
         .await?;
         found.push(cut.elapsed());
@@ -500,7 +505,7 @@ pub async fn slow_readers_and_half_open(lab: &Lab) -> Result<()> {
     eventually(
         "the vanished hog's server connection released",
         Duration::from_secs(120),
-        || async { Ok(backends(lab, "hostile-hog-vanished", "")? == 0) },
+        || async { crate::support::is(backends(lab, "hostile-hog-vanished", "")?, 0) },
     )
     .await?;
     let took = cut.elapsed();
@@ -715,7 +720,7 @@ pub async fn large_messages_share_message_memory(lab: &Lab) -> Result<()> {
     eventually(
         "pool.message_memory free once the transaction is over",
         Duration::from_secs(30),
-        || async { Ok(held().await? == 0.0) },
+        || async { crate::support::is(held().await?, 0.0) },
     )
     .await?;
     let mut c = Raw::login(
@@ -784,7 +789,7 @@ async fn released(lab: &Lab, app: &str) -> Result<()> {
     eventually(
         &format!("{app}'s server connection released"),
         PATIENCE,
-        || async { Ok(backends(lab, app, "")? == 0) },
+        || async { crate::support::is(backends(lab, app, "")?, 0) },
     )
     .await
 }

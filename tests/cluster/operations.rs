@@ -126,7 +126,7 @@ pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
         eventually(
             "health 503 without etcd",
             Duration::from_secs(20),
-            || async { Ok(http("GET", admin, "/health", None)?.0 == 503) },
+            || async { crate::support::is(http("GET", admin, "/health", None)?.0, 503) },
         )
         .await?;
         ensure!(
@@ -141,7 +141,7 @@ pub async fn metrics_and_health(lab: &Lab) -> Result<()> {
     eventually(
         "health 200 after etcd returns",
         Duration::from_secs(30),
-        || async { Ok(http("GET", admin, "/health", None)?.0 == 200) },
+        || async { crate::support::is(http("GET", admin, "/health", None)?.0, 200) },
     )
     .await
 }

@@ -657,7 +657,7 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
     crate::support::eventually(
         "the insert in line (cl_waiting 1)",
         Duration::from_secs(10),
-        || async { Ok(waiting_in_console(port)? == "1") },
+        || async { crate::support::is(waiting_in_console(port)?.as_str(), "1") },
     )
     .await?;
     // The leaver's socket closes.
@@ -666,7 +666,7 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
     crate::support::eventually(
         "the leaver to leave the line",
         Duration::from_secs(10),
-        || async { Ok(waiting_in_console(port)? == "0") },
+        || async { crate::support::is(waiting_in_console(port)?.as_str(), "0") },
     )
     .await?;
     let page = http("GET", router.admin, "/metrics", None)?.1;

@@ -362,7 +362,7 @@ async fn sleeping(
     eventually(
         &format!("{app}'s pg_sleep running on {pg_port}"),
         Duration::from_secs(30),
-        || async { Ok(lab.psql(pg_port, &sql)? == "1") },
+        || async { crate::support::is(lab.psql(pg_port, &sql)?.as_str(), "1") },
     )
     .await?;
     Ok(task)

@@ -120,7 +120,8 @@ pub async fn tagged_and_lagging(lab: &Lab) -> Result<()> {
     let only = |port: u16| {
         move || async move {
             let ports = ports_of_new_connections(reads, 4).await?;
-            Ok(ports.iter().all(|p| *p == port))
+            ensure!(ports.iter().all(|p| *p == port), "reads went to {ports:?}");
+            Ok(true)
         }
     };
     let balanced = || async {
@@ -128,7 +129,7 @@ pub async fn tagged_and_lagging(lab: &Lab) -> Result<()> {
             .await?
             .into_iter()
             .collect();
-        Ok(ports == both)
+        crate::support::is(ports, both.clone())
     };
     eventually(
         "reads over both replicas",

@@ -180,7 +180,18 @@ pub async fn ports_of_new_connections(port: u16, n: usize) -> Result<Vec<u16>> {
     Ok(ports)
 }
 
-/// Polls `check` until it returns Ok(true) or `timeout` passes.
+/// For an [`eventually`] check: `Ok(true)` when `seen` is `want`, else an error saying what was
+/// seen, which the timeout's message then names (a bare `false` says nothing).
+pub fn is<T: PartialEq + std::fmt::Debug>(seen: T, want: T) -> Result<bool> {
+    if seen == want {
+        Ok(true)
+    } else {
+        bail!("saw {seen:?}, want {want:?}")
+    }
+}
+
+/// Polls `check` until it returns Ok(true) or `timeout` passes; the timeout's error names the
+/// last error `check` returned (what it saw), or says the condition stayed false.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
