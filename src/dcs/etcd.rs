@@ -53,12 +53,14 @@ pub async fn watch_cluster(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut first = true;
+    // The endpoint the last good read went through: tried first next time.
+    let mut preferred = 0;
     while !tx.is_closed() {
         let after_loss = !first;
         let lost_leader = after_loss.then(|| tx.borrow().leader.clone()).flatten();
         first = false;
         let synced = tokio::select! {
-            synced = reconnect(&source, &mut backoff) => synced,
+            synced = reconnect(&source, &mut backoff, &mut preferred) => synced,
             never = outage::guard(&source.scope, &tx, lost_leader) => match never {},
         };
         let Err(err) = watch_from(&source, &tx, &metrics, &mut backoff, synced, after_loss).await;
@@ -79,12 +81,15 @@ struct Synced {
 }
 
 /// Connects and reads the whole prefix, backing off between failed attempts; returns only
-/// once a read succeeded.
-async fn reconnect(source: &EtcdSource, backoff: &mut Backoff) -> Synced {
+/// once a read succeeded. Each attempt tries the endpoints one at a time, `preferred` first,
+/// and the client it returns talks to the endpoint that answered only: a client balancing
+/// over every endpoint kept sending the watch to a member that was down, and each failure
+/// looked like losing etcd although the other members kept the quorum.
+async fn reconnect(source: &EtcdSource, backoff: &mut Backoff, preferred: &mut usize) -> Synced {
     let mut delay = Duration::ZERO;
     loop {
         tokio::time::sleep(delay).await;
-        match read_cluster(source).await {
+        match read_cluster_anywhere(source, preferred).await {
             Ok(synced) => return synced,
             Err(err) => {
                 delay = backoff.next_delay();
@@ -99,13 +104,33 @@ async fn reconnect(source: &EtcdSource, backoff: &mut Backoff) -> Synced {
     }
 }
 
-async fn read_cluster(source: &EtcdSource) -> Result<Synced, DcsError> {
+/// [`read_cluster`] through each endpoint in turn from `preferred`, which becomes the one that
+/// answered; the last endpoint's error when none did.
+async fn read_cluster_anywhere(
+    source: &EtcdSource,
+    preferred: &mut usize,
+) -> Result<Synced, DcsError> {
+    let count = source.endpoints.len().max(1);
+    let mut last = None;
+    for i in (0..count).map(|k| (*preferred + k) % count) {
+        match read_cluster(source, source.endpoints.get(i..=i).unwrap_or(&[])).await {
+            Ok(synced) => {
+                *preferred = i;
+                return Ok(synced);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one endpoint tried"))
+}
+
+async fn read_cluster(source: &EtcdSource, endpoints: &[String]) -> Result<Synced, DcsError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
-    let mut client = Client::connect(&source.endpoints, Some(options)).await?;
+    let mut client = Client::connect(endpoints, Some(options)).await?;
     let resp = client
         .get(
             source.prefix.as_str(),
