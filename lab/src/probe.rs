@@ -49,8 +49,9 @@ pub struct Probe {
 pub struct ProbeReport {
     /// Row ids whose INSERT returned success, with the time of the acknowledgement.
     pub acked: Vec<(i64, Instant)>,
-    /// Errors seen on queries of an open connection, as `SQLSTATE message` when the server (or
-    /// pgrouter) said why, read from the connection's end when the query only saw it close.
+    /// Errors seen on queries of an open connection, as `SEVERITY SQLSTATE message` when the
+    /// server (or pgrouter) said why, read from the connection's end when the query only saw
+    /// it close.
     pub query_errors: Vec<String>,
     /// Errors of connection attempts.
     pub connect_errors: Vec<String>,

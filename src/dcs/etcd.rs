@@ -110,10 +110,10 @@ async fn read_cluster_anywhere(
     source: &EtcdSource,
     preferred: &mut usize,
 ) -> Result<Synced, DcsError> {
-    let count = source.endpoints.len().max(1);
+    let count = source.endpoints.len();
     let mut last = None;
     for i in (0..count).map(|k| (*preferred + k) % count) {
-        match read_cluster(source, source.endpoints.get(i..=i).unwrap_or(&[])).await {
+        match read_cluster(source, std::slice::from_ref(&source.endpoints[i])).await {
             Ok(synced) => {
                 *preferred = i;
                 return Ok(synced);
@@ -121,7 +121,8 @@ async fn read_cluster_anywhere(
             Err(e) => last = Some(e),
         }
     }
-    Err(last.expect("at least one endpoint tried"))
+    // Validation refuses a config without an endpoint, so one was tried.
+    Err(last.expect("cluster.etcd has at least one endpoint"))
 }
 
 async fn read_cluster(source: &EtcdSource, endpoints: &[String]) -> Result<Synced, DcsError> {

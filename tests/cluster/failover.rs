@@ -11,8 +11,8 @@ use anyhow::{ensure, Context, Result};
 use pgrouter_lab::Lab;
 
 use crate::support::{
-    connect, eventually, in_synchronous_mode, missing_rows, Arrivals, Probe, ProbeReport, Refusals,
-    Router, RouterOptions, SCOPE,
+    connect, ended_with_error, eventually, in_synchronous_mode, missing_rows, Arrivals, Probe,
+    ProbeReport, Refusals, Router, RouterOptions, SCOPE,
 };
 
 fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
@@ -109,20 +109,9 @@ pub async fn switchover(lab: &Lab) -> Result<()> {
     // Patroni stops PostgreSQL before it releases the key: the idle session gets the member's
     // own 57P01, relayed naming pgrouter, the cluster and the member; were the key to move
     // first, pgrouter's own 57P01 naming the new leader.
-    let session_end = tokio::time::timeout(Duration::from_secs(10), idle_conn)
-        .await
-        .map_err(|_| anyhow::anyhow!("a session on the old leader {old} stayed open"))?
-        .map_err(|_| anyhow::anyhow!("the idle session's connection task vanished"))?;
-    let told = session_end
-        .err()
-        .context("the idle session on the old leader ended without an error")?;
-    let told = crate::support::pgrouter_error(
-        "the idle session on the old leader",
-        &told,
-        "FATAL",
-        "57P01",
-        "",
-    )?;
+    let what = format!("the idle session on the old leader {old}");
+    let told = ended_with_error(&what, idle_conn, Duration::from_secs(10)).await?;
+    let told = crate::support::pgrouter_error(&what, &told, "FATAL", "57P01", "")?;
     ensure!(
         told.contains(&format!("member \"{old}\": terminating connection"))
             || told.contains(&format!("lost the leader key to \"{new}\"")),

@@ -344,20 +344,9 @@ pub async fn sigterm_drains(lab: &Lab) -> Result<()> {
         .batch_execute("commit")
         .await
         .context("commit during shutdown")?;
-    let ended = tokio::time::timeout(PATIENCE, in_tx_end)
-        .await
-        .context("the session stayed open after its commit")?
-        .context("the session's connection task vanished")?;
-    let told = ended
-        .err()
-        .context("the drained session was closed without a word")?;
-    let told = crate::support::pgrouter_error(
-        "the drained session",
-        &told,
-        "FATAL",
-        "57P01",
-        "closing session on",
-    )?;
+    let what = "the session that committed during the drain";
+    let told = crate::support::ended_with_error(what, in_tx_end, PATIENCE).await?;
+    let told = crate::support::pgrouter_error(what, &told, "FATAL", "57P01", "closing session on")?;
     println!("  the session that committed during the drain then got: {told}");
     let exited =
         tokio::task::spawn_blocking(move || router.wait_exit(Duration::from_secs(20))).await??;

@@ -469,6 +469,22 @@ pub fn scram_userlist(lab: &Lab, port: u16, more: &str) -> Result<PathBuf> {
     Ok(userlist)
 }
 
+/// The error a session's connection ended with (the receiver [`connect`] returns), which must
+/// come within `within`: a session pgrouter closes is told why before it is closed.
+pub async fn ended_with_error(
+    what: &str,
+    ended: tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+    within: Duration,
+) -> Result<tokio_postgres::Error> {
+    let ended = tokio::time::timeout(within, ended)
+        .await
+        .with_context(|| format!("{what}: still open after {within:?}"))?
+        .with_context(|| format!("{what}: its connection task vanished"))?;
+    ended
+        .err()
+        .with_context(|| format!("{what}: closed without an error"))
+}
+
 /// `e` must be pgrouter's ErrorResponse of `severity` (`ERROR`, `FATAL`) with SQLSTATE `code`
 /// whose message goes on, after `pgrouter: cluster "demo": `, with `begins`; returns the message.
 pub fn pgrouter_error(
