@@ -17,8 +17,8 @@ use pgrouter::config::Config;
 use pgrouter::metrics::Metrics;
 use pgrouter::protocol::frame::BadLength;
 use pgrouter::proxy::relay::Follow;
-use pgrouter::proxy::route::Port;
-use pgrouter::proxy::shared::Shared;
+use pgrouter::route::Port;
+use pgrouter::shared::Shared;
 use pgrouter::topology::Topology;
 use tokio::sync::watch;
 

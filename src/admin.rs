@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::proxy::route::Port;
+use crate::route::Port;
 
 /// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
 pub fn health(app: &App) -> (StatusCode, Value) {

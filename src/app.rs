@@ -17,9 +17,9 @@ use crate::config::{Config, ConfigError};
 use crate::dcs::etcd::{watch_cluster, EtcdSource};
 use crate::metrics::Metrics;
 use crate::proxy::listener;
-use crate::proxy::route::Port;
-use crate::proxy::shared::Shared;
+use crate::route::Port;
 use crate::shards::Shards;
+use crate::shared::Shared;
 use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +70,11 @@ pub async fn run(
         scope: config.cluster.scope.clone(),
     };
     let users = load_users(&config)?;
-    let tls = crate::tls::Tls::load(&config)?;
+    let tls = crate::tls::Transport::load(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
     shared.credentials.set_users(users);
-    shared.set_tls(tls);
+    shared.set_transport(tls);
     let app = Arc::new(App {
         config_path,
         limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
@@ -133,10 +133,10 @@ impl App {
                 tracing::warn!("runtime settings change at the next start, not on reload");
             }
             let users = load_users(&new)?;
-            let tls = crate::tls::Tls::load(&new)?;
+            let tls = crate::tls::Transport::load(&new)?;
             self.bind_changed(&new).await?;
             self.shared.credentials.set_users(users);
-            self.shared.set_tls(tls);
+            self.shared.set_transport(tls);
             let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
             if now > was {
                 self.limits.add_permits(now - was);
@@ -238,7 +238,7 @@ fn load_users(
 ) -> Result<std::collections::HashMap<String, crate::auth::secret::Secret>, ConfigError> {
     match &config.auth.auth_file {
         None => Ok(Default::default()),
-        Some(path) => crate::pool::credentials::Credentials::read_file(path).map_err(|reason| {
+        Some(path) => crate::servers::credentials::Credentials::read_file(path).map_err(|reason| {
             ConfigError::Invalid {
                 key: "auth.auth_file".into(),
                 reason,

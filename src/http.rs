@@ -64,12 +64,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallib
             r
         }
         (&Method::GET, "/health") => reply(admin::health(&app)),
-        (&Method::GET, "/primary") => {
-            reply(admin::can_route(&app, crate::proxy::route::Port::Primary))
-        }
-        (&Method::GET, "/replica") => {
-            reply(admin::can_route(&app, crate::proxy::route::Port::Replicas))
-        }
+        (&Method::GET, "/primary") => reply(admin::can_route(&app, crate::route::Port::Primary)),
+        (&Method::GET, "/replica") => reply(admin::can_route(&app, crate::route::Port::Replicas)),
         (&Method::GET, "/status") => reply(admin::status(&app)),
         (&Method::POST, "/pause") => reply(admin::pause(&app, port).await),
         (&Method::POST, "/resume") => reply(admin::resume(&app, port)),

@@ -1,4 +1,5 @@
-//! TLS with rustls: the acceptor for clients (from `[tls]`), the connector for members (from
+//! How pgrouter meets clients and dials members (`Transport`): TLS with rustls, the acceptor for
+//! clients (from `[tls]`), the connector for members (from
 //! `[upstream_tls]`), and the SSLRequest exchange towards a member. Built from the files at
 //! start and on every reload; a bad file refuses the reload and the running ones stay.
 
@@ -21,13 +22,14 @@ use crate::stream::Stream;
 pub const ALPN: &[u8] = b"postgresql";
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-/// The TLS settings in force.
+/// The TLS settings in force, and the dialing of members: TCP with `[tcp]`'s options, then
+/// TLS as `[upstream_tls]` says.
 #[derive(Clone, Default)]
-pub struct Tls {
+pub struct Transport {
     pub mode: TlsMode,
     pub acceptor: Option<TlsAcceptor>,
     upstream: Option<Upstream>,
-    /// Keepalive settings for member sockets (`[tcp]`), applied in [`Tls::connect`].
+    /// Keepalive settings for member sockets (`[tcp]`), applied in [`Transport::dial`].
     tcp: crate::config::TcpConfig,
 }
 
@@ -74,9 +76,9 @@ fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
     Ok(roots)
 }
 
-impl Tls {
+impl Transport {
     /// Reads the certificates and keys `config` names.
-    pub fn load(config: &Config) -> Result<Tls, ConfigError> {
+    pub fn load(config: &Config) -> Result<Transport, ConfigError> {
         let t = &config.tls;
         let acceptor = match (t.mode, &t.cert, &t.key) {
             (TlsMode::Disable, _, _) => None,
@@ -153,7 +155,7 @@ impl Tls {
                 })
             }
         };
-        Ok(Tls {
+        Ok(Transport {
             mode: t.mode,
             acceptor,
             upstream,
@@ -163,9 +165,9 @@ impl Tls {
 
     /// Connects to a member at `addr` ("host:port"), with keepalives as `[tcp]` and TLS as
     /// `[upstream_tls]` say.
-    pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
+    pub async fn dial(&self, addr: &str) -> io::Result<Stream> {
         let mut tcp = TcpStream::connect(addr).await?;
-        crate::proxy::listener::tune(&tcp, &self.tcp);
+        crate::tcp::tune(&tcp, &self.tcp);
         let Some(up) = &self.upstream else {
             return Ok(Stream::Plain(tcp));
         };
@@ -287,12 +289,12 @@ mod tests {
             "[cluster]\nscope = \"d\"\netcd = [\"127.0.0.1:1\"]\n[tls]\nmode = \"allow\"\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n",
         )
         .unwrap();
-        let e = Tls::load(&config).err().unwrap().to_string();
+        let e = Transport::load(&config).err().unwrap().to_string();
         assert!(
             e.starts_with("tls.cert: cannot read /nonexistent.crt"),
             "{e}"
         );
         config.tls.mode = TlsMode::Disable;
-        assert!(Tls::load(&config).unwrap().acceptor.is_none());
+        assert!(Transport::load(&config).unwrap().acceptor.is_none());
     }
 }

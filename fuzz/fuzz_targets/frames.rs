@@ -32,8 +32,8 @@ use libfuzzer_sys::fuzz_target;
 use pgrouter::protocol::frame::{BadLength, Scanner, CAPTURE_MAX};
 use pgrouter::protocol::startup::CancelKey;
 use pgrouter::proxy::relay::{Follow, Pump, Step, MAX_CLIENT_MESSAGE};
-use pgrouter::proxy::route::Port;
-use pgrouter::proxy::shared::Shared;
+use pgrouter::route::Port;
+use pgrouter::shared::Shared;
 
 const MEMBER: &str = "127.0.0.1:5432";
 

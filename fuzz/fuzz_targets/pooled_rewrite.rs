@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use common::Schedule;
 use libfuzzer_sys::fuzz_target;
 use pgrouter::pool::statements::{self, sql_effects, ClientStatements, Statement};
-use pgrouter::pool::wire::{self, Reader};
+use pgrouter::protocol::wire::{self, Reader};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -97,7 +97,7 @@ fn check_decoded(packet: &[u8], decoded: &FirstPacket) {
         FirstPacket::Cancel(key) => {
             assert_eq!(code, 80877102);
             assert!((4..=256).contains(&key.secret.len()));
-            let again = pgrouter::proxy::cancel::cancel_packet(key);
+            let again = pgrouter::cancel::cancel_packet(key);
             assert_eq!(&again[..], packet, "cancel key does not re-encode");
         }
         FirstPacket::Startup(s) => {
@@ -128,7 +128,7 @@ fn check_decoded(packet: &[u8], decoded: &FirstPacket) {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            let ours = pgrouter::pool::wire::startup(&params).freeze();
+            let ours = pgrouter::protocol::wire::startup(&params).freeze();
             match startup::decode(ours) {
                 Ok(FirstPacket::Startup(t)) => {
                     assert_eq!(t.params, s.params);

@@ -1,9 +1,9 @@
 //! auth_query: secrets of users missing from the auth file, looked up on the leader.
 
-use super::server::{Endpoint, ServerConn};
 use crate::auth::secret::Secret;
 use crate::protocol::error::{sqlstate, PgError};
-use crate::proxy::shared::Shared;
+use crate::servers::server::{Endpoint, ServerConn};
+use crate::shared::Shared;
 
 /// Runs `auth.auth_query` as `auth.auth_user` on the leader, in the client's database.
 /// `Ok(None)`: no auth_query configured, or no such user (or a NULL password).
@@ -44,9 +44,14 @@ pub async fn lookup(
         user: auth_user,
         database,
     };
-    let opened = ServerConn::open(&to, &login, config.routing.connect_timeout.0, &shared.tls())
-        .await
-        .map_err(|e| fail(format!("on member \"{}\": {e}", leader.name)))?;
+    let opened = ServerConn::open(
+        &to,
+        &login,
+        config.routing.connect_timeout.0,
+        &shared.transport(),
+    )
+    .await
+    .map_err(|e| fail(format!("on member \"{}\": {e}", leader.name)))?;
     let mut conn = opened.conn;
     let row = conn.query_row(query, user).await;
     conn.close().await;

@@ -5,9 +5,6 @@ use crate::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::credentials::Credentials;
-use super::server::Login;
-use super::wire;
 use crate::auth::md5::verify_md5;
 use crate::auth::messages::{
     auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final, decode_sasl_initial,
@@ -15,6 +12,9 @@ use crate::auth::messages::{
 use crate::auth::scram::{ScramError, ServerExchange};
 use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::wire;
+use crate::servers::credentials::Credentials;
+use crate::servers::server::Login;
 
 const MECHANISM: &str = "SCRAM-SHA-256";
 

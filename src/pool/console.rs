@@ -9,11 +9,11 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::client_auth::AuthError;
-use super::pools::ClientActivity;
-use super::wire;
 use crate::protocol::error::{sqlstate, PgError};
-use crate::proxy::route::Port;
-use crate::proxy::shared::Shared;
+use crate::protocol::wire;
+use crate::route::Port;
+use crate::servers::pools::ClientActivity;
+use crate::shared::Shared;
 
 pub const DATABASE: &str = "pgrouter";
 

@@ -11,22 +11,15 @@
 pub mod auth_query;
 pub mod client_auth;
 pub mod console;
-pub mod credentials;
-pub mod message_memory;
-pub mod pools;
-pub mod server;
 pub mod session;
-pub mod slots;
 pub mod statements;
-pub mod tracked;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proxy::shared::Shared;
+use crate::servers::pools::{PoolKey, TargetKey};
+use crate::shared::Shared;
 use crate::topology::Topology;
-use pools::{PoolKey, TargetKey};
 
 /// Whether `key`'s member still has the role its pool serves under `topology`.
 fn keeps_role(shared: &Shared, topology: &Topology, key: &PoolKey) -> bool {
@@ -72,7 +65,7 @@ pub async fn maintain(shared: Arc<Shared>) {
             // On this, the router's own thread: connections opened here have it as home.
             tokio::spawn(async move {
                 let config = shared.config();
-                let open_with = || (login, shared.tls());
+                let open_with = || (login, shared.transport());
                 match pool
                     .checkout(
                         &shared.pools,

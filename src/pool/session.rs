@@ -17,21 +17,21 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 use super::client_auth::{self, AuthError, Passed};
-use super::message_memory::{Grant, COUNTED_FROM};
-use super::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
-use super::server::{Login, ServerError};
 use super::statements::{self, sql_effects, ClientStatements, Statement};
-use super::tracked::{self, Tracked, TRACKED};
-use super::wire;
+use crate::cancel::Registration;
 use crate::config::PoolMode;
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{CancelKey, Startup};
-use crate::proxy::cancel::Registration;
-use crate::proxy::route::{Port, Route, Verdict};
+use crate::protocol::wire;
 use crate::proxy::session::unless_left;
-use crate::proxy::shared::Shared;
-use crate::proxy::signal::Subscription;
+use crate::route::{Port, Route, Verdict};
+use crate::servers::message_memory::{Grant, COUNTED_FROM};
+use crate::servers::pools::{CheckoutError, ClientActivity, ClientRegistration, Lease, PoolKey};
+use crate::servers::server::{Login, ServerError};
+use crate::servers::tracked::{self, Tracked, TRACKED};
+use crate::shared::Shared;
+use crate::signal::Subscription;
 
 /// Past this much unsent data in one direction, pgrouter stops reading the other side.
 const BUFFER_LIMIT: usize = 256 * 1024;
@@ -94,7 +94,7 @@ enum Done {
 struct RouteCache {
     topology: Arc<crate::topology::Topology>,
     config: Arc<crate::config::Config>,
-    pool: Arc<super::pools::Pool>,
+    pool: Arc<crate::servers::pools::Pool>,
     route: Arc<Route>,
 }
 
@@ -114,7 +114,7 @@ pub struct PooledSession {
     registration: ClientRegistration,
     state: StateGauge,
     signal: Subscription,
-    cancel: crate::proxy::cancel::PooledTarget,
+    cancel: crate::cancel::PooledTarget,
     statements: ClientStatements,
     /// Tracked parameters the client set itself (at startup or with SET), as the server
     /// reported them; the others are the `defaults` of its database and user.
@@ -276,7 +276,7 @@ impl PooledSession {
     /// Serves the client until it leaves, on worker thread `home` (`crate::shards`).
     pub async fn serve(mut self: Box<Self>, home: usize) {
         self.home = home;
-        let key = crate::proxy::cancel::pooled_key(self.shared.config().peers.id);
+        let key = crate::cancel::pooled_key(self.shared.config().peers.id);
         let _cancel: Registration = self
             .shared
             .cancels
@@ -633,7 +633,7 @@ impl PooledSession {
                             shared
                                 .credentials
                                 .login(&self.registration.entry.user, &self.login),
-                            shared.tls(),
+                            shared.transport(),
                         )
                     };
                     let checkout = pool.checkout(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::wire::Reader;
+use crate::protocol::wire::Reader;
 
 pub struct Statement {
     /// Hash of the query text and parameter types: the same statement on every connection.

@@ -3,3 +3,4 @@
 pub mod error;
 pub mod frame;
 pub mod startup;
+pub mod wire;

@@ -7,9 +7,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::relay::{End, Follow, RoleCheck};
-use super::route::{Route, Verdict};
-use super::shared::Shared;
-use crate::pool::wire;
+use crate::protocol::wire;
+use crate::route::{Route, Verdict};
+use crate::shared::Shared;
 use crate::stream::Stream;
 
 /// Longest message taken whole from a client during login: PostgreSQL takes no authentication

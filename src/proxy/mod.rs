@@ -1,10 +1,6 @@
-//! The client-facing side: listeners, sessions, routing rules, the relay and cancel forwarding.
+//! Pass-through sessions: listeners, startup, the login relayed to a member, the relay.
 
-pub mod cancel;
 pub mod listener;
 pub mod login;
 pub mod relay;
-pub mod route;
 pub mod session;
-pub mod shared;
-pub mod signal;

@@ -11,13 +11,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use super::cancel::Registration;
-use super::route::{Port, Route, Verdict};
-use super::shared::Shared;
+use crate::cancel::Registration;
 use crate::config::Config;
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::frame::{BadLength, Scanner};
 use crate::protocol::startup::CancelKey;
+use crate::route::{Port, Route, Verdict};
+use crate::shared::Shared;
 use crate::topology::Topology;
 
 /// Bytes read per direction in one batch.
@@ -388,7 +388,7 @@ fn is_fatal(body: &[u8]) -> bool {
 /// A member's ErrorResponse (`body`) with its message prefixed by pgrouter, the cluster and the
 /// member, every other field as the member sent it; and its SQLSTATE.
 pub fn named(scope: &str, member: &str, body: &[u8]) -> (String, bytes::BytesMut) {
-    use crate::pool::wire;
+    use crate::protocol::wire;
     use pgwire::messages::Message;
     let prefix = format!("pgrouter: cluster \"{scope}\": member \"{member}\": ");
     let mut fields = wire::error_fields(body);
@@ -693,9 +693,9 @@ mod tests {
         assert!(pump.replace_tail(5, &named));
         assert_eq!(&pump.buf[..5], b"DDDDD");
         assert_eq!(&pump.buf[5..pump.end], &named[..]);
-        let fields = crate::pool::wire::error_fields(&named[5..]);
+        let fields = crate::protocol::wire::error_fields(&named[5..]);
         assert_eq!(
-            crate::pool::wire::field(&fields, b'M'),
+            crate::protocol::wire::field(&fields, b'M'),
             Some("pgrouter: cluster \"demo\": member \"pg0\": terminating connection due to administrator command")
         );
         assert!(!pump.replace_tail(BATCH - 3, &named), "past the batch");

@@ -8,19 +8,19 @@ use tokio::net::TcpStream;
 
 use crate::config::TlsMode;
 use crate::stream::Stream;
-use crate::tls::Tls;
+use crate::tls::Transport;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
-use super::cancel::{self, send_cancel, Elsewhere};
 use super::login;
 use super::relay::{terminate, End, Follow, Relay};
-use super::route::{Port, Route};
-use super::shared::Shared;
+use crate::cancel::{self, send_cancel, Elsewhere};
 use crate::metrics::{ClientState, StateGauge};
-use crate::pool::wire;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
+use crate::protocol::wire;
+use crate::route::{Port, Route};
+use crate::shared::Shared;
 
 /// How long a failed connect waits before it tries again while the client is held.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
@@ -33,10 +33,10 @@ pub async fn run(
     home: usize,
 ) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    super::listener::tune(&tcp, &shared.config().tcp);
+    crate::tcp::tune(&tcp, &shared.config().tcp);
     let mut client = Stream::Plain(tcp);
     let startup_timeout = shared.config().listen.startup_timeout.0;
-    let tls = shared.tls();
+    let tls = shared.transport();
     let opening = Box::pin(timeout(startup_timeout, read_startup(&mut client, &tls)));
     let startup = match opening.await {
         Err(_) => {
@@ -214,7 +214,7 @@ enum Opening {
 /// Reads packets until a StartupMessage or CancelRequest. An SSLRequest gets 'S' and a TLS
 /// handshake when TLS is configured, else 'N'; a GSSENCRequest gets 'N'; a TLS ClientHello
 /// as the very first bytes (PostgreSQL 17's direct TLS, ALPN "postgresql") is accepted too.
-async fn read_startup(client: &mut Stream, tls: &Tls) -> std::io::Result<Opening> {
+async fn read_startup(client: &mut Stream, tls: &Transport) -> std::io::Result<Opening> {
     if let (Some(acceptor), Stream::Plain(tcp)) = (&tls.acceptor, &*client) {
         let mut first = [0u8; 1];
         // 0x16 starts a TLS handshake record; a startup packet starts with its length's high byte.
@@ -281,7 +281,7 @@ async fn connect(
     }
     let mut topology = shared.topology.clone();
     let routing = shared.config().routing.clone();
-    let tls = shared.tls();
+    let tls = shared.transport();
     let hold = routing.hold_timeout.0;
     let deadline = Instant::now() + hold;
     loop {
@@ -334,8 +334,8 @@ enum Answer {
 const FIRST_ANSWER: usize = 8 * 1024;
 
 /// Connects to `addr`, sends `startup` and reads the member's first bytes.
-async fn open(tls: &Tls, addr: &str, startup: &[u8]) -> std::io::Result<Answer> {
-    let mut server = tls.connect(addr).await?;
+async fn open(tls: &Transport, addr: &str, startup: &[u8]) -> std::io::Result<Answer> {
+    let mut server = tls.dial(addr).await?;
     server.send(startup).await?;
     let mut first = vec![0; FIRST_ANSWER];
     let mut filled = 0;
@@ -612,7 +612,7 @@ async fn forward_cancel(shared: &Shared, key: &CancelKey) {
         "forwarding cancel request"
     );
     let mut sends = tokio::task::JoinSet::new();
-    let tls = shared.tls();
+    let tls = shared.transport();
     for (addr, key) in targets {
         let tls = tls.clone();
         sends.spawn(async move {

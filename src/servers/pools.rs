@@ -12,7 +12,7 @@ use super::server::{Endpoint, Login, ServerConn, ServerError};
 use super::slots::{Expired, Homed, Slots, Take};
 use super::tracked::Tracked;
 use crate::config::PoolConfig;
-use crate::proxy::route::Target;
+use crate::route::Target;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
@@ -168,7 +168,7 @@ impl Pool {
     pub async fn checkout(
         self: &Arc<Pool>,
         pools: &Pools,
-        open_with: impl FnOnce() -> (Login, crate::tls::Tls),
+        open_with: impl FnOnce() -> (Login, crate::tls::Transport),
         config: &PoolConfig,
         connect_timeout: Duration,
         home: usize,

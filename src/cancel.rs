@@ -162,13 +162,13 @@ pub fn cancel_packet(key: &CancelKey) -> BytesMut {
 
 /// Sends the cancel to one member; the server answers nothing and closes.
 pub async fn send_cancel(
-    tls: &crate::tls::Tls,
+    tls: &crate::tls::Transport,
     addr: &str,
     key: &CancelKey,
     timeout: Duration,
 ) -> std::io::Result<()> {
     // Over TLS where upstream_tls says so: a member may require it.
-    send_packet(tls.connect(addr), key, timeout).await
+    send_packet(tls.dial(addr), key, timeout).await
 }
 
 /// Connects, writes the CancelRequest for `key` and closes, all within `timeout`; the other

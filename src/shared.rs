@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::cancel::CancelRegistry;
-use super::route::{Port, Router};
-use super::signal::Signals;
+use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pool::credentials::Credentials;
-use crate::pool::pools::Pools;
+use crate::route::{Port, Router};
+use crate::servers::credentials::Credentials;
+use crate::servers::pools::Pools;
+use crate::signal::Signals;
 use crate::topology::Topology;
 
 pub struct Shared {
@@ -36,7 +36,7 @@ pub struct Shared {
     /// Users' secrets from auth_file (pooled modes).
     pub credentials: Credentials,
     /// TLS acceptor and member connector in force; replaced on reload.
-    tls: std::sync::RwLock<crate::tls::Tls>,
+    tls: std::sync::RwLock<crate::tls::Transport>,
     /// Reloads asked for by the admin console, served by the app.
     reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
@@ -72,11 +72,11 @@ impl Shared {
         }
     }
 
-    pub fn tls(&self) -> crate::tls::Tls {
+    pub fn transport(&self) -> crate::tls::Transport {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set_tls(&self, tls: crate::tls::Tls) {
+    pub fn set_transport(&self, tls: crate::tls::Transport) {
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
 

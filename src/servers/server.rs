@@ -11,12 +11,12 @@ use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
 use super::tracked::{Tracked, Vars};
-use super::wire::{self, Reader};
 use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
 use crate::auth::scram::{ClientCredential, ClientExchange};
 use crate::auth::secret::ScramKeys;
 use crate::protocol::startup::CancelKey;
+use crate::protocol::wire::{self, Reader};
 
 /// How pgrouter proves itself to PostgreSQL as a user.
 #[derive(Clone)]
@@ -126,7 +126,7 @@ impl ServerConn {
         to: &Endpoint<'_>,
         login: &Login,
         limit: Duration,
-        tls: &crate::tls::Tls,
+        tls: &crate::tls::Transport,
     ) -> Result<Opened, ServerError> {
         match timeout(limit, Self::login(to, login, tls)).await {
             Ok(r) => r,
@@ -139,7 +139,7 @@ impl ServerConn {
     async fn login(
         to: &Endpoint<'_>,
         login: &Login,
-        tls: &crate::tls::Tls,
+        tls: &crate::tls::Transport,
     ) -> Result<Opened, ServerError> {
         let Endpoint {
             id,
@@ -149,7 +149,7 @@ impl ServerConn {
             database,
         } = *to;
         let mut stream = tls
-            .connect(addr)
+            .dial(addr)
             .await
             .map_err(|source| ServerError::Connect {
                 addr: addr.to_owned(),

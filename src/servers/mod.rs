@@ -1,0 +1,15 @@
+//! Server connections and their pools, keyed by (member, role, database, user), and what
+//! opening them needs.
+//!
+//! - `pools`, `slots`: the pools, and the idle connections each worker thread keeps.
+//! - `server`: one server connection: login, parameters it reports, statements prepared on it.
+//! - `credentials`: users' secrets (auth_file), for clients' and servers' logins.
+//! - `message_memory`: the budget pooled clients' large messages share.
+//! - `tracked`: the parameters pgrouter keeps in step between a client and its servers.
+
+pub mod credentials;
+pub mod message_memory;
+pub mod pools;
+pub mod server;
+pub mod slots;
+pub mod tracked;
