@@ -153,7 +153,7 @@ pub struct PooledSession {
 }
 
 /// Authenticates a client of a pooled listener after its StartupMessage; the session to
-/// `serve`, or None when the client was refused (or used the admin console). Kept apart
+/// `serve`, or None when the client was refused. Kept apart
 /// from serving so the memory of this phase is given back before the client idles.
 pub async fn start(
     shared: Arc<Shared>,
@@ -166,10 +166,6 @@ pub async fn start(
 ) -> Option<Box<PooledSession>> {
     let user = startup.user().to_owned();
     let database = startup.database().to_owned();
-    if database == super::console::DATABASE {
-        Box::pin(super::console::run(shared, client, &user, &peer)).await;
-        return None;
-    }
     let limit = shared.config().listen.startup_timeout.0;
     let auth = Box::pin(timeout(
         limit,
