@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod dcs;
+pub mod hold;
 pub mod http;
 pub mod metrics;
 pub mod pool;

@@ -6,7 +6,8 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::relay::{End, Follow, RoleCheck};
+use super::relay::{End, Follow};
+use crate::hold::RoleCheck;
 use crate::protocol::wire;
 use crate::route::{Route, Verdict};
 use crate::shared::Shared;

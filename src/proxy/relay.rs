@@ -2,23 +2,20 @@
 //! before every write to the client.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use crate::stream::Stream;
 use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::cancel::Registration;
-use crate::config::Config;
+use crate::hold::RoleCheck;
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::frame::{BadLength, Scanner};
 use crate::protocol::startup::CancelKey;
 use crate::route::{Port, Route, Verdict};
 use crate::shared::Shared;
-use crate::topology::Topology;
 
 /// Bytes read per direction in one batch.
 pub const BATCH: usize = 16 * 1024;
@@ -325,38 +322,6 @@ impl<'a> Follow<'a> {
     }
 }
 
-/// Whether a session's member may still serve, asked again only when the topology or the
-/// settings changed since the last time (a change before the first time counts). Only
-/// `has_changed` is asked of the receivers (an atomic load); wake-ups come from the session's
-/// signal, which costs nothing to poll, unlike a `changed()` future shared by every session.
-pub struct RoleCheck {
-    topology: watch::Receiver<Arc<Topology>>,
-    config: watch::Receiver<Arc<Config>>,
-}
-
-impl RoleCheck {
-    pub fn new(shared: &Shared) -> RoleCheck {
-        let mut topology = shared.topology.clone();
-        // A change that arrived between routing and now must not be missed.
-        topology.mark_changed();
-        RoleCheck {
-            topology,
-            config: shared.config_changes(),
-        }
-    }
-
-    /// The verdict on `route` if anything changed since the last call; None otherwise.
-    pub fn changed(&mut self, shared: &Shared, route: &Route) -> Option<Verdict> {
-        let changed =
-            self.topology.has_changed().unwrap_or(true) | self.config.has_changed().unwrap_or(true);
-        changed.then(|| {
-            let current = self.topology.borrow_and_update().clone();
-            let routing = self.config.borrow_and_update().routing.clone();
-            shared.router.check(&routing, &current, route)
-        })
-    }
-}
-
 /// Follows the batch just read from the server into `down` and readies it for the client: a
 /// member's FATAL ending it is put in the words of [`named`] (its SQLSTATE returned); a short
 /// ErrorResponse it ends inside is kept back for the next batch, so it is whole when looked at.
@@ -559,6 +524,9 @@ pub async fn terminate(server: &mut Stream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Topology;
+    use std::sync::Arc;
+    use tokio::sync::watch;
 
     #[test]
     fn idle_needs_every_query_answered_and_no_transaction() {

@@ -1,7 +1,6 @@
 //! One client connection: startup, choose a member (holding if there is none), connect, relay, end.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -10,20 +9,20 @@ use crate::config::TlsMode;
 use crate::stream::Stream;
 use crate::tls::Transport;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 use super::login;
 use super::relay::{terminate, End, Follow, Relay};
 use crate::cancel::{self, send_cancel, Elsewhere};
+use crate::hold::{
+    left_waiting, not_now, unless_left, unreachable, without_member, Attempt, Hold, Unserved,
+};
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
 use crate::protocol::wire;
 use crate::route::{Port, Route};
 use crate::shared::Shared;
-
-/// How long a failed connect waits before it tries again while the client is held.
-const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -124,18 +123,10 @@ async fn passthrough(
     mut state: StateGauge,
 ) {
     state.set(ClientState::Held);
-    let held = Instant::now();
-    let Some(connected) = unless_left(&client, connect(&shared, port, &startup.raw)).await else {
-        return left_waiting(&shared, port, &peer, held.elapsed());
-    };
-    shared
-        .metrics
-        .hold_seconds
-        .with_label_values(&[port.label()])
-        .observe(held.elapsed().as_secs_f64());
-    let (route, mut server, first) = match connected {
-        Ok(ok) => ok,
-        Err(e) => {
+    let (route, mut server, first) = match connect(&shared, port, &client, &startup.raw).await {
+        Ok(connected) => connected,
+        Err(Unserved::ClientLeft(waited)) => return left_waiting(&shared, port, &peer, waited),
+        Err(Unserved::Refused(e)) => {
             tracing::warn!(%peer, %port, error = %e, "no member for client");
             return send_error(&shared, &mut client, &e).await;
         }
@@ -182,30 +173,6 @@ async fn passthrough(
         finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
     }
     server_gauge.dec();
-}
-
-/// `work`, unless the client closes its connection first.
-pub async fn unless_left<T>(
-    client: &Stream,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        biased;
-        done = work => Some(done),
-        () = client.closed() => None,
-    }
-}
-
-/// Counts and logs a client that closed its connection while held or in line for a server
-/// connection: nothing it sent reaches a member.
-pub fn left_waiting(shared: &Shared, port: Port, peer: &str, waited: Duration) {
-    shared
-        .metrics
-        .clients_left_waiting
-        .with_label_values(&[port.label()])
-        .inc();
-    let waited = waited.as_secs_f64();
-    tracing::info!(%peer, %port, waited, "client left while waiting for a server");
 }
 
 enum Opening {
@@ -274,54 +241,47 @@ async fn upgrade(client: &mut Stream, acceptor: &tokio_rustls::TlsAcceptor) -> s
 async fn connect(
     shared: &Shared,
     port: Port,
+    client: &Stream,
     startup: &[u8],
-) -> Result<(Route, Stream, Vec<u8>), PgError> {
-    let mut paused = shared.pause_switch(port);
-    // Paused: wait for resume, as pgbouncer's PAUSE does; hold_timeout starts after it.
-    while *paused.borrow_and_update() {
-        if paused.changed().await.is_err() {
-            break;
-        }
-    }
-    let mut topology = shared.topology.clone();
-    let routing = shared.config().routing.clone();
-    let tls = shared.transport();
-    let hold = routing.hold_timeout.0;
-    let deadline = Instant::now() + hold;
-    loop {
-        let current = topology.borrow_and_update().clone();
-        let (failure, retry_soon) = match shared.router.pick(&routing, &current, port) {
-            Ok(route) => {
-                let limit = routing.connect_timeout.0;
-                match timeout(limit, open(&tls, &route.member.addr, startup)).await {
-                    Ok(Ok(Answer::Relay(server, first))) => return Ok((route, server, first)),
-                    Ok(Ok(Answer::NotNow(why))) => (not_now(&shared.scope, &route, &why), true),
-                    Ok(Err(e)) => (
-                        connection_failure(&shared.scope, &route, &e.to_string()),
-                        true,
-                    ),
-                    Err(_) => (
-                        connection_failure(
-                            &shared.scope,
-                            &route,
-                            &format!(
-                                "no answer within connect_timeout ({}s)",
-                                limit.as_secs_f64()
-                            ),
+) -> Result<(Route, Stream, Vec<u8>), Unserved> {
+    let transport = shared.transport();
+    let hold = Hold::begin(shared, port, client).await?;
+    let (connected, waited) = hold
+        .run(|current, config| {
+            let transport = &transport;
+            async move {
+                let route = match shared.router.pick(&config.routing, &current, port) {
+                    Ok(route) => route,
+                    Err(why) => return without_member(shared, &config, &current, port, &why),
+                };
+                let limit = config.routing.connect_timeout.0;
+                let opened = timeout(limit, open(transport, &route.member.addr, startup));
+                let error = match unless_left(client, opened).await {
+                    None => return Attempt::Left,
+                    Some(Ok(Ok(Answer::Relay(server, first)))) => {
+                        return Attempt::Served((route, server, first))
+                    }
+                    Some(Ok(Ok(Answer::NotNow(why)))) => not_now(&shared.scope, &route, &why),
+                    Some(Ok(Err(e))) => unreachable(&shared.scope, &route, &e.to_string()),
+                    Some(Err(_)) => unreachable(
+                        &shared.scope,
+                        &route,
+                        &format!(
+                            "no answer within connect_timeout ({}s)",
+                            limit.as_secs_f64()
                         ),
-                        true,
                     ),
-                }
+                };
+                Attempt::Retry { error, soon: true }
             }
-            Err(why) if !shared.router.holds(&routing, &current, port) => {
-                return Err(no_member(&shared.scope, port, &why, None))
-            }
-            Err(why) => (no_member(&shared.scope, port, &why, Some(hold)), false),
-        };
-        if !wait_to_retry(&mut topology, deadline, retry_soon).await {
-            return Err(failure);
-        }
-    }
+        })
+        .await?;
+    shared
+        .metrics
+        .hold_seconds
+        .with_label_values(&[port.label()])
+        .observe(waited.as_secs_f64());
+    Ok(connected)
 }
 
 /// What a member made of a forwarded startup packet.
@@ -389,62 +349,6 @@ fn classify(answer: &[u8]) -> First {
         }
         _ => First::Relay,
     }
-}
-
-/// One step of holding a client: waits for the topology to change, or `CONNECT_RETRY` when a
-/// member refused a connection; false once `deadline` has passed (or the view is gone).
-pub async fn wait_to_retry(
-    topology: &mut tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
-    deadline: Instant,
-    retry_soon: bool,
-) -> bool {
-    let now = Instant::now();
-    if now >= deadline {
-        return false;
-    }
-    let wait = if retry_soon {
-        CONNECT_RETRY.min(deadline - now)
-    } else {
-        deadline - now
-    };
-    !matches!(timeout(wait, topology.changed()).await, Ok(Err(_)))
-}
-
-fn no_member(scope: &str, port: Port, why: &str, held: Option<Duration>) -> PgError {
-    let role = match port {
-        Port::Primary => "no leader to route writes to",
-        Port::Replicas => "no member to route reads to",
-    };
-    let waited = held
-        .map(|h| format!(" after waiting {}s", h.as_secs_f64()))
-        .unwrap_or_default();
-    PgError::fatal(
-        sqlstate::CANNOT_CONNECT_NOW,
-        format!("pgrouter: cluster \"{scope}\": {role}{waited}: {why}"),
-    )
-    .with_hint("Patroni is electing or promoting a leader; retry shortly.")
-}
-
-/// `route`'s member answered a connection with its own 57P03 until the hold ran out.
-pub fn not_now(scope: &str, route: &Route, why: &str) -> PgError {
-    PgError::fatal(
-        sqlstate::CANNOT_CONNECT_NOW,
-        format!(
-            "pgrouter: cluster \"{scope}\": member \"{}\" is not accepting connections: {why}",
-            route.member.name
-        ),
-    )
-    .with_hint("The member is starting up or shutting down; retry shortly.")
-}
-
-fn connection_failure(scope: &str, route: &Route, cause: &str) -> PgError {
-    PgError::fatal(
-        sqlstate::CONNECTION_FAILURE,
-        format!(
-            "pgrouter: cluster \"{scope}\": cannot reach member \"{}\" at {}: {cause}",
-            route.member.name, route.member.addr
-        ),
-    )
 }
 
 async fn finish(

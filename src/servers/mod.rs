@@ -3,10 +3,12 @@
 //!
 //! - `pools`, `slots`: the pools, and the idle connections each worker thread keeps.
 //! - `server`: one server connection: login, parameters it reports, statements prepared on it.
+//! - `conn_state`: what clients' conversations leave on a connection (parameters, statements).
 //! - `credentials`: users' secrets (auth_file), for clients' and servers' logins.
 //! - `message_memory`: the budget pooled clients' large messages share.
 //! - `tracked`: the parameters pgrouter keeps in step between a client and its servers.
 
+pub mod conn_state;
 pub mod credentials;
 pub mod message_memory;
 pub mod pools;

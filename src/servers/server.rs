@@ -1,7 +1,7 @@
 //! One pooled server connection: opening it (startup and authentication as the client's user),
 //! and what pgrouter knows about it (parameters, cancel key, statements prepared on it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
-use super::tracked::{Tracked, Vars};
+use super::conn_state::ConnState;
+use super::tracked::Tracked;
 use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
 use crate::auth::scram::{ClientCredential, ClientExchange};
@@ -68,16 +69,10 @@ pub struct ServerConn {
     pub member: String,
     pub addr: Arc<str>,
     pub key: CancelKey,
-    /// The tracked parameters as the server last reported them.
-    pub tracked: Tracked,
-    /// A client's settings (its defaults and its own values) last found to need no SET
-    /// here: the next client with the same ones skips the comparison. Cleared when the
-    /// server reports a change.
-    pub in_step: Option<(Arc<Tracked>, Vars)>,
     /// ParameterStatus values at login: the defaults a client that sets nothing gets.
     pub initial: Arc<HashMap<String, String>>,
-    /// Ids of the client statements prepared here under their pooled names.
-    pub prepared: HashSet<u64>,
+    /// What clients' conversations left on it: parameters, statements.
+    pub state: ConnState,
     pub created: Instant,
     pub last_used: Instant,
     /// The worker thread whose event loop the socket is registered with (`crate::shards`).
@@ -116,9 +111,7 @@ pub struct Endpoint<'a> {
 impl ServerConn {
     /// Records a ParameterStatus the server sent.
     pub fn note_param(&mut self, name: &str, value: &str) {
-        if self.tracked.update(name, value) {
-            self.in_step = None;
-        }
+        self.state.note_param(name, value)
     }
 
     /// Connects (with TLS as `tls` says) and logs in, all within `limit`.
@@ -269,9 +262,7 @@ impl ServerConn {
                     pid: 0,
                     secret: bytes::Bytes::new(),
                 }),
-                tracked: Tracked::from_params(&params),
-                in_step: None,
-                prepared: HashSet::new(),
+                state: ConnState::new(Tracked::from_params(&params)),
                 created: now,
                 last_used: now,
                 home: crate::shards::MAIN,

@@ -1,0 +1,272 @@
+//! Holding a client until a member can take it: the one loop pass-through and pooled
+//! sessions both wait in (port paused, no leader, a switchover under way, a member starting
+//! up or shutting down), up to `routing.hold_timeout`, and the one role check a session
+//! runs while it is served.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use crate::config::Config;
+use crate::protocol::error::{sqlstate, PgError};
+use crate::route::{Port, Route, Verdict};
+use crate::shared::Shared;
+use crate::stream::Stream;
+use crate::topology::Topology;
+
+/// How long a failed connect waits before it tries again while the client is held.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+
+/// What one try to serve a held client came to.
+pub enum Attempt<T> {
+    Served(T),
+    /// Nothing this time; `soon`: try again after `CONNECT_RETRY` (a member refused or failed)
+    /// rather than at the next topology change. `error` is the client's if the hold runs out.
+    Retry {
+        error: PgError,
+        soon: bool,
+    },
+    /// Give up now with this error.
+    Refuse(PgError),
+    /// The client closed its connection.
+    Left,
+}
+
+/// Why a held client was not served.
+pub enum Unserved {
+    /// Tell the client this.
+    Refused(PgError),
+    /// The client closed its connection while held, after waiting this long.
+    ClientLeft(Duration),
+}
+
+/// A client held until a member can take it. [`Hold::begin`] waits while the port is paused
+/// (pgbouncer's PAUSE; the hold starts after it); then each try takes the [`Hold::view`] in
+/// force and, when it comes to nothing, [`Hold::retry`] waits for the next topology (or a
+/// moment, after a member's failure) until `routing.hold_timeout` passes. The loop is the
+/// caller's, so a try may borrow what it likes; [`Hold::run`] is that loop for a try that
+/// is a closure.
+pub struct Hold<'a> {
+    client: &'a Stream,
+    arrived: Instant,
+    deadline: Instant,
+    config: Arc<Config>,
+    topology: watch::Receiver<Arc<Topology>>,
+}
+
+impl<'a> Hold<'a> {
+    pub async fn begin(
+        shared: &Shared,
+        port: Port,
+        client: &'a Stream,
+    ) -> Result<Hold<'a>, Unserved> {
+        let arrived = Instant::now();
+        if shared.is_paused(port) {
+            let mut paused = shared.pause_switch(port);
+            while *paused.borrow_and_update() {
+                match unless_left(client, paused.changed()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => return Err(Unserved::ClientLeft(arrived.elapsed())),
+                }
+            }
+        }
+        let config = shared.config();
+        Ok(Hold {
+            client,
+            arrived,
+            deadline: Instant::now() + config.routing.hold_timeout.0,
+            config,
+            topology: shared.topology.clone(),
+        })
+    }
+
+    /// The topology and the settings to try under now.
+    pub fn view(&mut self) -> (Arc<Topology>, &Arc<Config>) {
+        (self.topology.borrow_and_update().clone(), &self.config)
+    }
+
+    /// How long the client has been held, pause included.
+    pub fn waited(&self) -> Duration {
+        self.arrived.elapsed()
+    }
+
+    /// After a try that came to nothing: waits for the next one, or says why there is none.
+    pub async fn retry(&mut self, error: PgError, soon: bool) -> Result<(), Unserved> {
+        match unless_left(
+            self.client,
+            wait_to_retry(&mut self.topology, self.deadline, soon),
+        )
+        .await
+        {
+            Some(true) => Ok(()),
+            Some(false) => Err(Unserved::Refused(error)),
+            None => Err(Unserved::ClientLeft(self.waited())),
+        }
+    }
+
+    /// Tries `attempt` until it serves or the hold ends; what it served and the time held.
+    pub async fn run<T, F, Fut>(mut self, mut attempt: F) -> Result<(T, Duration), Unserved>
+    where
+        F: FnMut(Arc<Topology>, Arc<Config>) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        loop {
+            let (topology, config) = self.view();
+            let config = config.clone();
+            match attempt(topology, config).await {
+                Attempt::Served(t) => return Ok((t, self.waited())),
+                Attempt::Retry { error, soon } => self.retry(error, soon).await?,
+                Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
+                Attempt::Left => return Err(Unserved::ClientLeft(self.waited())),
+            }
+        }
+    }
+}
+
+/// Why `port` has no member now, as the client is told once the hold ran out (`held`), or
+/// at once when the cluster offers nothing worth waiting for.
+pub fn no_member(shared: &Shared, config: &Config, port: Port, why: &str, held: bool) -> PgError {
+    let role = match port {
+        Port::Primary => "no leader to route writes to",
+        Port::Replicas => "no member to route reads to",
+    };
+    let waited = if held {
+        format!(
+            " after waiting {}s",
+            config.routing.hold_timeout.0.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    PgError::fatal(
+        sqlstate::CANNOT_CONNECT_NOW,
+        format!(
+            "pgrouter: cluster \"{}\": {role}{waited}: {why}",
+            shared.scope
+        ),
+    )
+    .with_hint("Patroni is electing or promoting a leader; retry shortly.")
+}
+
+/// The attempt's outcome when the router has no member for `port`: wait for the topology
+/// to change, or refuse at once when nothing will come of waiting.
+pub fn without_member<T>(
+    shared: &Shared,
+    config: &Config,
+    topology: &Topology,
+    port: Port,
+    why: &str,
+) -> Attempt<T> {
+    if shared.router.holds(&config.routing, topology, port) {
+        let error = no_member(shared, config, port, why, true);
+        Attempt::Retry { error, soon: false }
+    } else {
+        Attempt::Refuse(no_member(shared, config, port, why, false))
+    }
+}
+
+/// `route`'s member answered a connection with its own 57P03 until the hold ran out.
+pub fn not_now(scope: &str, route: &Route, why: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::CANNOT_CONNECT_NOW,
+        format!(
+            "pgrouter: cluster \"{scope}\": member \"{}\" is not accepting connections: {why}",
+            route.member.name
+        ),
+    )
+    .with_hint("The member is starting up or shutting down; retry shortly.")
+}
+
+/// `route`'s member could not be reached.
+pub fn unreachable(scope: &str, route: &Route, cause: &str) -> PgError {
+    PgError::fatal(
+        sqlstate::CONNECTION_FAILURE,
+        format!(
+            "pgrouter: cluster \"{scope}\": cannot reach member \"{}\" at {}: {cause}",
+            route.member.name, route.member.addr
+        ),
+    )
+}
+
+/// One step of holding a client: waits for the topology to change, or `CONNECT_RETRY` when a
+/// member refused a connection; false once `deadline` has passed (or the view is gone).
+async fn wait_to_retry(
+    topology: &mut watch::Receiver<Arc<Topology>>,
+    deadline: Instant,
+    soon: bool,
+) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let wait = if soon {
+        CONNECT_RETRY.min(deadline - now)
+    } else {
+        deadline - now
+    };
+    !matches!(timeout(wait, topology.changed()).await, Ok(Err(_)))
+}
+
+/// `work`, unless the client closes its connection first.
+pub async fn unless_left<T>(client: &Stream, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = client.closed() => None,
+    }
+}
+
+/// Counts and logs a client that closed its connection while held or in line for a server
+/// connection: nothing it sent reaches a member.
+pub fn left_waiting(shared: &Shared, port: Port, peer: &str, waited: Duration) {
+    shared
+        .metrics
+        .clients_left_waiting
+        .with_label_values(&[port.label()])
+        .inc();
+    let waited = waited.as_secs_f64();
+    tracing::info!(%peer, %port, waited, "client left while waiting for a server");
+}
+
+/// Whether a served session's member may still serve, asked again only when the topology or
+/// the settings changed since the last time (a change before the first time counts: one
+/// that arrived between routing and now must not be missed). Only `has_changed` is asked of
+/// the receivers (an atomic load); wake-ups come from the session's signal, which costs
+/// nothing to poll, unlike a `changed()` future shared by every session.
+pub struct RoleCheck {
+    topology: watch::Receiver<Arc<Topology>>,
+    config: watch::Receiver<Arc<Config>>,
+}
+
+impl RoleCheck {
+    /// A check that runs once at its first `changed`, then on every change.
+    pub fn new(shared: &Shared) -> RoleCheck {
+        let mut check = RoleCheck {
+            topology: shared.topology.clone(),
+            config: shared.config_changes(),
+        };
+        check.topology.mark_changed();
+        check
+    }
+
+    /// The router's verdict when something changed since the last call; `None` otherwise.
+    pub fn changed(&mut self, shared: &Shared, route: &Route) -> Option<Verdict> {
+        let changed =
+            self.topology.has_changed().unwrap_or(true) | self.config.has_changed().unwrap_or(true);
+        if !changed {
+            return None;
+        }
+        Some(self.now(shared, route))
+    }
+
+    /// The router's verdict on the views in force.
+    pub fn now(&mut self, shared: &Shared, route: &Route) -> Verdict {
+        let current = self.topology.borrow_and_update().clone();
+        let routing = &self.config.borrow_and_update().routing;
+        shared.router.check(routing, &current, route)
+    }
+}

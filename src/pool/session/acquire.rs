@@ -1,0 +1,208 @@
+//! A member for the client's port and a server connection from its pool, held as every
+//! client is held (`crate::hold`) while there is none.
+
+use std::sync::Arc;
+
+use super::{Held, PooledSession};
+use crate::config::Config;
+use crate::hold::{self, Attempt, Hold, Unserved};
+use crate::protocol::error::{sqlstate, PgError};
+use crate::route::Route;
+use crate::servers::pools::{CheckoutError, Lease, Pool, PoolKey};
+use crate::servers::server::ServerError;
+use crate::stream::Stream;
+use crate::topology::Topology;
+
+/// The member and pool the last transaction used, valid while the topology and settings it
+/// was picked under are the ones in force (compared by pointer: a new view is a new Arc).
+pub(super) struct RouteCache {
+    topology: Arc<Topology>,
+    config: Arc<Config>,
+    pool: Arc<Pool>,
+    route: Arc<Route>,
+}
+
+impl PooledSession {
+    /// A member for the client's port, and a connection from its pool, holding while there
+    /// is none (no leader, switchover announced, paused) up to hold_timeout.
+    pub(super) async fn acquire(&mut self) -> Result<Held, Unserved> {
+        let shared = self.shared.clone();
+        let mut hold = Hold::begin(&shared, self.port, &self.client).await?;
+        loop {
+            let (topology, config) = hold.view();
+            let config = config.clone();
+            let cached = match self.route_cache.take() {
+                // Same topology and settings as last time: same member, same pool.
+                Some(c)
+                    if Arc::ptr_eq(&c.topology, &topology) && Arc::ptr_eq(&c.config, &config) =>
+                {
+                    c
+                }
+                _ => match shared.router.pick(&config.routing, &topology, self.port) {
+                    Ok(route) => self.cache_route(route, topology, config.clone()),
+                    Err(why) => {
+                        let e = hold::no_member(&shared, &config, self.port, &why, true);
+                        let error = transaction_error(e);
+                        if !shared.router.holds(&config.routing, &topology, self.port) {
+                            return Err(Unserved::Refused(error));
+                        }
+                        hold.retry(error, false).await?;
+                        continue;
+                    }
+                },
+            };
+            let (pool, route) = (cached.pool.clone(), cached.route.clone());
+            self.route_cache = Some(cached);
+            match self.checkout(&pool, &route, &config).await {
+                Attempt::Served(lease) => {
+                    self.hold_seconds.observe(hold.waited().as_secs_f64());
+                    let retire = false;
+                    return Ok(Held {
+                        lease,
+                        route,
+                        retire,
+                    });
+                }
+                Attempt::Retry { error, soon } => hold.retry(error, soon).await?,
+                Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
+                Attempt::Left => return Err(Unserved::ClientLeft(hold.waited())),
+            }
+        }
+    }
+
+    fn cache_route(
+        &self,
+        route: Route,
+        topology: Arc<Topology>,
+        config: Arc<Config>,
+    ) -> Box<RouteCache> {
+        let entry = &self.registration.entry;
+        let key = PoolKey {
+            member: route.member.name.clone(),
+            target: route.target.into(),
+            database: entry.database.clone(),
+            user: entry.user.clone(),
+        };
+        let pool = self
+            .shared
+            .pools
+            .get(key, &route.member.addr, config.pool.pool_size);
+        Box::new(RouteCache {
+            topology,
+            config,
+            pool,
+            route: Arc::new(route),
+        })
+    }
+
+    /// A connection from `pool`, unless the client leaves while in line; what went wrong in
+    /// the client's words otherwise.
+    async fn checkout(&self, pool: &Arc<Pool>, route: &Route, config: &Config) -> Attempt<Lease> {
+        let shared = &self.shared;
+        let user = &self.registration.entry.user;
+        let open_with = || {
+            (
+                shared.credentials.login(user, &self.login),
+                shared.transport(),
+            )
+        };
+        let checkout = pool.checkout(
+            &shared.pools,
+            open_with,
+            &config.pool,
+            config.routing.connect_timeout.0,
+            self.home,
+        );
+        // Pinned here: the checkout is large, and moving it costs a copy.
+        tokio::pin!(checkout);
+        let Some(checked_out) = unless_found_left(&self.client, checkout).await else {
+            return Attempt::Left;
+        };
+        let scope = &shared.scope;
+        let member = &route.member.name;
+        let failure = match checked_out {
+            Ok((lease, derived)) => {
+                if let Some(keys) = derived {
+                    shared.credentials.remember_keys(user, keys);
+                }
+                return Attempt::Served(lease);
+            }
+            Err(CheckoutError::Busy { pool, waited, size }) => {
+                return Attempt::Refuse(PgError::error(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!(
+                        "pgrouter: cluster \"{scope}\": no server connection free for \"{user}\" on member \"{member}\" after {:.1}s (pool {pool}, pool_size {size})",
+                        waited.as_secs_f64()
+                    ),
+                ))
+            }
+            Err(CheckoutError::Server(e)) => e,
+        };
+        match failure {
+            // Starting up or shutting down, as the old leader in a switchover.
+            ServerError::Refused { code, message } if code == sqlstate::CANNOT_CONNECT_NOW => {
+                let error = PgError {
+                    fatal: false,
+                    ..hold::not_now(scope, route, &message)
+                }
+                .with_hint("The member is starting up or shutting down; retry the transaction.");
+                Attempt::Retry { error, soon: true }
+            }
+            ServerError::Refused { code, message } => {
+                if code == sqlstate::INVALID_PASSWORD {
+                    shared.credentials.forget_keys(user);
+                }
+                Attempt::Refuse(PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!(
+                        "pgrouter: cluster \"{scope}\": member \"{member}\" refused a server connection for \"{user}\": {code} {message}"
+                    ),
+                ))
+            }
+            e @ ServerError::Auth(_) => {
+                shared.credentials.forget_keys(user);
+                Attempt::Refuse(PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pgrouter: cluster \"{scope}\": cannot log in to member \"{member}\" as \"{user}\": {e}"),
+                ))
+            }
+            e => {
+                let error = hold::unreachable(scope, route, &e.to_string());
+                Attempt::Retry {
+                    error: PgError {
+                        fatal: false,
+                        ..error
+                    },
+                    soon: true,
+                }
+            }
+        }
+    }
+}
+
+/// A hold's error as a pooled client hears it: its transaction fails, its connection stays.
+fn transaction_error(e: PgError) -> PgError {
+    PgError { fatal: false, ..e }
+        .with_hint("Patroni is electing or promoting a leader; retry the transaction.")
+}
+
+/// `checkout`, unless the client is found gone when the checkout is woken without its
+/// connection (the pool upkeep nudges waiters once a second): no watch is set up on the path
+/// where the connection comes, which is most transactions under load.
+async fn unless_found_left<F: std::future::Future>(
+    client: &Stream,
+    mut checkout: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut woken = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = checkout.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if std::mem::replace(&mut woken, true) && client.has_closed() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,621 @@
+//! The pooled session's protocol core, with no I/O: what a client's messages become on the
+//! server connection lent to it, and what the server's answers become for the client.
+//!
+//! Every message sent to the server that expects an answer leaves an entry in a ledger, so
+//! answers can be matched to requests, swallowed (answers to messages pgrouter added) or made
+//! up (for messages it did not need to send). Messages it must look into (statements,
+//! ReadyForQuery, ParameterStatus, errors) are taken whole; the rest stream through.
+//!
+//! The driver (`super`) owns the sockets and the buffers: it appends what it reads to the
+//! input buffers, calls [`Conversation::from_client`] and [`Conversation::from_server`], and
+//! writes what they appended to the output buffers. What changes on the server connection
+//! (statements prepared, parameters reported) is written to its [`ConnState`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::config::PoolMode;
+use crate::pool::statements::{self, sql_effects, ClientStatements, SqlEffects, Statement};
+use crate::protocol::wire;
+use crate::servers::conn_state::ConnState;
+use crate::servers::tracked::{Tracked, Vars, TRACKED};
+
+/// Past this much unsent data towards the server, client messages wait in their buffer.
+pub const BUFFER_LIMIT: usize = 256 * 1024;
+
+/// What an answer from the server settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A client's Parse; `Some(id)` when pgrouter prepared it under its pooled name.
+    Parse(Option<u64>),
+    /// A Parse pgrouter added: its ParseComplete is not the client's.
+    InjectedParse(u64),
+    Bind,
+    Describe,
+    Close,
+    Execute,
+    /// Sync, Query or FunctionCall: settled by ReadyForQuery.
+    Sync,
+    /// A query pgrouter added (SET of the client's parameters): every answer is swallowed.
+    InjectedQuery,
+    /// Answers pgrouter gives itself once everything before them is answered.
+    MadeUpParseComplete,
+    MadeUpCloseComplete,
+}
+
+/// Why the conversation cannot take the client's messages any further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEnd {
+    /// Terminate.
+    Terminate,
+    /// Bytes that cannot frame a message, or a message pgrouter cannot read.
+    Protocol(String),
+}
+
+/// What is left in the client's input after [`Conversation::from_client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Nothing whole: at most a header, or room towards the server ran out.
+    All,
+    /// Part of a message of this many bytes, to be read whole (the driver counts a large one
+    /// against `pool.message_memory`).
+    Partial(usize),
+}
+
+/// The server said FATAL or sent bytes that cannot frame a message: the connection is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken(pub String);
+
+/// What the server's messages taken by one [`Conversation::from_server`] call settled.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Heard {
+    /// ReadyForQuery messages forwarded to the client.
+    pub ready: u32,
+    /// Of those, the ones saying idle: transactions ended.
+    pub idle: u32,
+    /// The server refused the SET pgrouter sent for the client's parameters: its message.
+    pub set_failed: Option<String>,
+}
+
+pub struct Conversation {
+    mode: PoolMode,
+    statements: ClientStatements,
+    /// Tracked parameters the client set itself (at startup or with SET), as the server
+    /// reported them; the others are the `defaults` of its database and user.
+    pub vars: Vars,
+    pub defaults: Option<Arc<Tracked>>,
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages sent since the last Sync: the batch is open.
+    unsynced: bool,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+    /// LISTEN: the client keeps its server connection until UNLISTEN *.
+    pinned: bool,
+    /// Bytes of the current client message still to forward unread (streamed CopyData).
+    client_stream_left: usize,
+    /// Bytes of the current server message still to forward (or drop) unread.
+    server_stream_left: usize,
+    server_stream_drop: bool,
+}
+
+impl Conversation {
+    pub fn new(mode: PoolMode, vars: Vars) -> Conversation {
+        Conversation {
+            mode,
+            statements: ClientStatements::default(),
+            vars,
+            defaults: None,
+            expect: VecDeque::new(),
+            unsynced: false,
+            status: b'I',
+            pinned: false,
+            client_stream_left: 0,
+            server_stream_left: 0,
+            server_stream_drop: false,
+        }
+    }
+
+    pub fn mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    /// Transaction mode: statements are renamed, the connection goes back between
+    /// transactions.
+    fn rewrite(&self) -> bool {
+        self.mode == PoolMode::Transaction
+    }
+
+    /// Everything sent is answered, no batch or transaction is open, nothing is half-way:
+    /// a transaction-mode client can give its connection back.
+    pub fn releasable(&self) -> bool {
+        self.rewrite() && self.at_rest() && !self.pinned
+    }
+
+    /// Whether the server connection is in a known, idle state another client could use.
+    pub fn at_rest(&self) -> bool {
+        self.expect.is_empty()
+            && !self.unsynced
+            && self.status == b'I'
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// The SETs pgrouter sent for the client's parameters are not all answered yet.
+    pub fn setting_params(&self) -> bool {
+        self.expect.contains(&Expect::InjectedQuery)
+    }
+
+    /// Inside a server message whose start the client was already sent.
+    pub fn mid_server_message(&self) -> bool {
+        self.server_stream_left > 0 && !self.server_stream_drop
+    }
+
+    /// Inside a client message being streamed to the server.
+    pub fn mid_client_message(&self) -> bool {
+        self.client_stream_left > 0
+    }
+
+    /// The server connection is gone: what the client is still owed, as it stands.
+    pub fn lose_server(&mut self) -> Loss {
+        let loss = Loss {
+            unanswered: self.expect.iter().filter(|e| **e == Expect::Sync).count(),
+            unsynced: self.unsynced,
+            in_transaction: self.status != b'I',
+        };
+        self.forget_server();
+        self.pinned = false;
+        self.client_stream_left = 0;
+        loss
+    }
+
+    /// Forgets everything owed by or to a server connection: the next one starts afresh.
+    pub fn forget_server(&mut self) {
+        self.expect.clear();
+        self.unsynced = false;
+        self.status = b'I';
+        self.server_stream_left = 0;
+        self.server_stream_drop = false;
+    }
+
+    /// Queues a SET for each tracked parameter where the client and the server differ.
+    pub fn sync_vars(&mut self, conn: &mut ConnState, to_server: &mut BytesMut) {
+        if let (Some(defaults), Some((d, vars))) = (&self.defaults, &conn.in_step) {
+            if Arc::ptr_eq(defaults, d) && *vars == self.vars {
+                return;
+            }
+        }
+        let mut sets = String::new();
+        for (i, k) in TRACKED.iter().enumerate() {
+            let wanted = match self.vars.iter().find(|(name, _)| name == k) {
+                Some((_, v)) => Some(v.as_str()),
+                None => self.defaults.as_ref().and_then(|d| d.get(i)),
+            };
+            let Some(wanted) = wanted.filter(|w| conn.tracked.get(i) != Some(*w)) else {
+                continue;
+            };
+            if !sets.is_empty() {
+                sets.push_str("; ");
+            }
+            sets.push_str(&format!("SET {k} = '{}'", wanted.replace('\'', "''")));
+        }
+        if sets.is_empty() {
+            conn.in_step = self.defaults.clone().map(|d| (d, self.vars.clone()));
+            return;
+        }
+        wire::query(to_server, &sets);
+        self.expect.push_back(Expect::InjectedQuery);
+    }
+
+    /// Takes the client's whole messages (and streams CopyData) from `input` into
+    /// `to_server`, while `to_server` has room.
+    pub fn from_client(
+        &mut self,
+        input: &mut BytesMut,
+        to_server: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<Taken, ClientEnd> {
+        loop {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(input.len());
+                if n == 0 {
+                    return Ok(Taken::All);
+                }
+                to_server.extend_from_slice(&input[..n]);
+                input.advance(n);
+                self.client_stream_left -= n;
+                continue;
+            }
+            if to_server.len() >= BUFFER_LIMIT {
+                return Ok(Taken::All);
+            }
+            let (tag, len) = match wire::header(input) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(Taken::All),
+                Err(e) => return Err(ClientEnd::Protocol(e.to_string())),
+            };
+            if tag == b'd' && input.len() < len {
+                // Streamed, so checked here: PostgreSQL would drop the connection silently.
+                if len - 1 > crate::proxy::relay::MAX_CLIENT_MESSAGE as usize {
+                    let bad = wire::BadMessage { tag, len: len - 1 };
+                    return Err(ClientEnd::Protocol(bad.to_string()));
+                }
+                // CopyData: stream it, there is nothing to look at.
+                self.client_stream_left = len;
+                continue;
+            }
+            match wire::take_message(input) {
+                Ok(Some(msg)) => self.client_message(msg, to_server, conn)?,
+                Ok(None) => return Ok(Taken::Partial(len)),
+                Err(e) => return Err(ClientEnd::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// One whole client message: forwarded, rewritten, or answered by pgrouter itself.
+    pub fn client_message(
+        &mut self,
+        msg: Bytes,
+        out: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<(), ClientEnd> {
+        let body = msg.slice(5..);
+        let (expect, unsynced) = match msg[0] {
+            b'X' => return Err(ClientEnd::Terminate),
+            b'Q' => {
+                let sql = wire::Reader::new(&body).cstr().unwrap_or_default();
+                if self.query(sql, out, conn) {
+                    return Ok(());
+                }
+                (Some(Expect::Sync), None)
+            }
+            b'F' => (Some(Expect::Sync), None),
+            b'S' => (Some(Expect::Sync), Some(false)),
+            b'H' => (None, None),
+            b'E' => (Some(Expect::Execute), Some(true)),
+            b'P' => {
+                self.unsynced = true;
+                return self.parse(&msg, &body, out, conn);
+            }
+            b'B' => {
+                self.unsynced = true;
+                return self.bind(&msg, &body, out, conn);
+            }
+            b'D' | b'C' => {
+                self.unsynced = true;
+                return self.describe_or_close(&msg, &body, out, conn);
+            }
+            _ => (None, None),
+        };
+        out.extend_from_slice(&msg);
+        if let Some(e) = expect {
+            self.expect.push_back(e);
+        }
+        if let Some(u) = unsynced {
+            self.unsynced = u;
+        }
+        Ok(())
+    }
+
+    /// Looks at a simple Query; returns true if it was handled without sending it as is.
+    fn query(&mut self, sql: &[u8], out: &mut BytesMut, conn: &mut ConnState) -> bool {
+        let effects = sql_effects(sql);
+        self.note_effects(&effects, conn);
+        let Some(target) = effects.deallocate.filter(|_| self.rewrite()) else {
+            return false;
+        };
+        let Some(s) = self.statements.remove(target.as_bytes()) else {
+            return false;
+        };
+        self.ensure_prepared(&s, out, conn);
+        wire::query(out, &format!("DEALLOCATE {}", s.server_name));
+        conn.prepared.remove(&s.id);
+        self.expect.push_back(Expect::Sync);
+        true
+    }
+
+    fn parse(
+        &mut self,
+        msg: &Bytes,
+        body: &Bytes,
+        out: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<(), ClientEnd> {
+        let Some((name, definition)) = statements::split_parse(body) else {
+            return Err(ClientEnd::Protocol("malformed Parse".into()));
+        };
+        if name.is_empty() || !self.rewrite() {
+            let query = statements::definition_query(&definition);
+            let effects = sql_effects(query);
+            self.note_effects(&effects, conn);
+            let dropped = effects
+                .deallocate
+                .filter(|_| self.rewrite())
+                .and_then(|target| self.statements.remove(target.as_bytes()));
+            if let Some(s) = dropped {
+                // DEALLOCATE of a pooled name: drop the server's copy instead.
+                self.ensure_prepared(&s, out, conn);
+                let mut def = format!("DEALLOCATE {}", s.server_name).into_bytes();
+                def.push(0);
+                def.extend_from_slice(&definition[query.len() + 1..]);
+                wire::parse(out, "", &def);
+                conn.prepared.remove(&s.id);
+            } else {
+                out.extend_from_slice(msg);
+            }
+            self.expect.push_back(Expect::Parse(None));
+            return Ok(());
+        }
+        let s = self.statements.define(name, definition);
+        if conn.prepared.contains(&s.id) {
+            self.expect.push_back(Expect::MadeUpParseComplete);
+        } else {
+            wire::parse(out, &s.server_name, &s.definition);
+            conn.prepared.insert(s.id);
+            self.expect.push_back(Expect::Parse(Some(s.id)));
+        }
+        Ok(())
+    }
+
+    fn bind(
+        &mut self,
+        msg: &Bytes,
+        body: &Bytes,
+        out: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<(), ClientEnd> {
+        let mut r = wire::Reader::new(body);
+        let (Some(portal), Some(name)) = (r.cstr(), r.cstr()) else {
+            return Err(ClientEnd::Protocol("malformed Bind".into()));
+        };
+        match self.pooled_statement(name) {
+            Some(s) => {
+                self.ensure_prepared(&s, out, conn);
+                wire::bind(out, portal, &s.server_name, r.rest());
+                // A named DISCARD ALL, DEALLOCATE ALL or LISTEN acts each time it runs.
+                self.note_effects(&s.effects, conn);
+            }
+            None => out.extend_from_slice(msg),
+        }
+        self.expect.push_back(Expect::Bind);
+        Ok(())
+    }
+
+    fn describe_or_close(
+        &mut self,
+        msg: &Bytes,
+        body: &Bytes,
+        out: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<(), ClientEnd> {
+        let mut r = wire::Reader::new(body);
+        let (Some(kind), Some(name)) = (r.byte(), r.cstr()) else {
+            return Err(ClientEnd::Protocol("malformed Describe/Close".into()));
+        };
+        let statement = if kind == b'S' {
+            self.pooled_statement(name)
+        } else {
+            None
+        };
+        let expect = match (msg[0], statement) {
+            (b'C', Some(_)) => {
+                // The client is done with its name; the server keeps the statement for other
+                // clients and later Parses of the same text.
+                self.statements.remove(name);
+                Expect::MadeUpCloseComplete
+            }
+            (b'D', Some(s)) => {
+                self.ensure_prepared(&s, out, conn);
+                wire::describe_or_close(out, b'D', b'S', s.server_name.as_bytes());
+                Expect::Describe
+            }
+            (tag, None) => {
+                out.extend_from_slice(msg);
+                if tag == b'D' {
+                    Expect::Describe
+                } else {
+                    Expect::Close
+                }
+            }
+            _ => unreachable!("tags are D or C"),
+        };
+        self.expect.push_back(expect);
+        Ok(())
+    }
+
+    fn note_effects(&mut self, e: &SqlEffects, conn: &mut ConnState) {
+        if e.listen {
+            self.pinned = true;
+        }
+        if e.unlisten_all {
+            self.pinned = false;
+        }
+        if e.drops_all_statements {
+            self.statements.clear();
+            conn.prepared.clear();
+        }
+    }
+
+    /// The client's statement `name` when pgrouter renames statements (transaction mode).
+    fn pooled_statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        if !self.rewrite() || name.is_empty() {
+            return None;
+        }
+        self.statements.get(name)
+    }
+
+    /// Prepares `s` on the connection first if it is not there yet.
+    fn ensure_prepared(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState) {
+        if conn.prepared.insert(s.id) {
+            wire::parse(out, &s.server_name, &s.definition);
+            self.expect.push_back(Expect::InjectedParse(s.id));
+        }
+    }
+
+    /// Forwards, swallows or answers for the server's messages in `input` as the ledger says,
+    /// while `to_client` has room.
+    pub fn from_server(
+        &mut self,
+        input: &mut BytesMut,
+        to_client: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<Heard, Broken> {
+        let mut heard = Heard::default();
+        loop {
+            self.made_up_answers(to_client);
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(input.len());
+                if n == 0 {
+                    return Ok(heard);
+                }
+                if !self.server_stream_drop {
+                    to_client.extend_from_slice(&input[..n]);
+                }
+                input.advance(n);
+                self.server_stream_left -= n;
+                continue;
+            }
+            let (tag, len) = match wire::header(input) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(heard),
+                Err(e) => return Err(Broken(e.to_string())),
+            };
+            if !matches!(tag, b'Z' | b'S' | b'E') {
+                let forward = self.settle(tag);
+                self.server_stream_left = len;
+                self.server_stream_drop = !forward;
+                continue;
+            }
+            match wire::take_message(input) {
+                Ok(Some(msg)) => self.server_message(msg, to_client, conn, &mut heard)?,
+                Ok(None) => return Ok(heard),
+                Err(e) => return Err(Broken(e.to_string())),
+            }
+        }
+    }
+
+    /// A ReadyForQuery, ParameterStatus or ErrorResponse, taken whole.
+    fn server_message(
+        &mut self,
+        msg: Bytes,
+        to_client: &mut BytesMut,
+        conn: &mut ConnState,
+        heard: &mut Heard,
+    ) -> Result<(), Broken> {
+        let body = &msg[5..];
+        let swallowing = self.expect.front() == Some(&Expect::InjectedQuery);
+        match msg[0] {
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                if self.expect.pop_front() != Some(Expect::InjectedQuery) {
+                    to_client.extend_from_slice(&msg);
+                    heard.ready += 1;
+                    heard.idle += u32::from(self.status == b'I');
+                }
+            }
+            b'S' => {
+                let mut r = wire::Reader::new(body);
+                if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
+                    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+                    self.note_param(&k, &v);
+                    conn.note_param(&k, &v);
+                }
+                if !swallowing {
+                    to_client.extend_from_slice(&msg);
+                }
+            }
+            _ => {
+                let fields = wire::error_fields(body);
+                let severity = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'V' || *c == b'S')
+                    .map(|(_, v)| v.as_str());
+                let message = wire::field(&fields, b'M').unwrap_or_default();
+                if matches!(severity, Some("FATAL") | Some("PANIC")) {
+                    return Err(Broken(message.to_owned()));
+                }
+                if swallowing {
+                    heard.set_failed = Some(message.to_owned());
+                    return Ok(());
+                }
+                self.skip_to_sync(conn);
+                to_client.extend_from_slice(&msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// A tracked parameter the server reported: the client's from now on.
+    fn note_param(&mut self, name: &str, value: &str) {
+        if let Some(slot) = self.vars.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = value.to_owned();
+        } else if let Some(k) = TRACKED.iter().find(|t| **t == name) {
+            self.vars.push((k, value.to_owned()));
+        }
+    }
+
+    /// An ErrorResponse in an extended batch: the server skips to Sync, so does the ledger.
+    fn skip_to_sync(&mut self, conn: &mut ConnState) {
+        while let Some(e) = self.expect.front().copied() {
+            if e == Expect::Sync {
+                break;
+            }
+            self.expect.pop_front();
+            if let Expect::Parse(Some(id)) | Expect::InjectedParse(id) = e {
+                conn.prepared.remove(&id);
+            }
+        }
+    }
+
+    /// Settles the ledger for a streamed message; returns whether to forward it.
+    fn settle(&mut self, tag: u8) -> bool {
+        let head = self.expect.front().copied();
+        let (settles, forward) = match (tag, head) {
+            (_, Some(Expect::InjectedQuery)) => (false, false),
+            (b'1', Some(Expect::InjectedParse(_))) => (true, false),
+            (b'1', Some(Expect::Parse(_)))
+            | (b'2', Some(Expect::Bind))
+            | (b'3', Some(Expect::Close))
+            | (b'T' | b'n', Some(Expect::Describe))
+            | (b'C' | b'I' | b's', Some(Expect::Execute)) => (true, true),
+            _ => (false, true),
+        };
+        if settles {
+            self.expect.pop_front();
+        }
+        forward
+    }
+
+    /// Writes the answers pgrouter owes for messages it did not forward, in order.
+    fn made_up_answers(&mut self, to_client: &mut BytesMut) {
+        while let Some(e) = self.expect.front() {
+            let tag = match e {
+                Expect::MadeUpParseComplete => b'1',
+                Expect::MadeUpCloseComplete => b'3',
+                _ => return,
+            };
+            wire::message(to_client, tag, |_| {});
+            self.expect.pop_front();
+        }
+    }
+}
+
+/// What a client was still owed when its server connection was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    /// Queries and Syncs not answered with ReadyForQuery.
+    pub unanswered: usize,
+    /// An extended batch was open: the client goes on up to its Sync.
+    pub unsynced: bool,
+    /// The last ReadyForQuery said the client was inside a transaction.
+    pub in_transaction: bool,
+}
+
+#[cfg(test)]
+#[path = "conversation_tests.rs"]
+mod tests;

@@ -1,0 +1,208 @@
+//! The readiness loop while a client holds a server connection: one select over both
+//! sockets with bounded buffers, the conversation deciding what each side's bytes become,
+//! and the member's role checked before anything it said reaches the client.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+
+use super::conversation::{Broken, Heard, Taken};
+use super::idle::{READ_CHUNK, READ_MIN};
+use super::recovery::{Done, Lost};
+use super::{End, PooledSession};
+use crate::hold::RoleCheck;
+use crate::route::Verdict;
+use crate::stream::{Stream, WriteSide};
+
+/// What woke the exchange.
+enum Event {
+    Signal,
+    WroteServer(std::io::Result<usize>),
+    WroteClient(std::io::Result<usize>),
+    FlushedServer,
+    FlushedClient,
+    ReadServer(std::io::Result<usize>),
+    ReadClient(std::io::Result<usize>),
+}
+
+/// A TLS stream written to but not flushed yet, per side.
+#[derive(Default)]
+struct Unflushed {
+    server: bool,
+    client: bool,
+}
+
+impl PooledSession {
+    /// Runs the client's work on the held connection until a point where it can go back.
+    pub(super) async fn exchange(&mut self) -> Result<Done, End> {
+        let mut roles = RoleCheck::new(&self.shared);
+        let held = self.held.as_ref().expect("exchange runs with a server");
+        let server_tls = held.lease.conn.stream.is_tls();
+        let client_tls = self.client.is_tls();
+        let mut unflushed = Unflushed::default();
+        loop {
+            self.take_client()?;
+            // Checked before every read and write, so nothing from a member that lost its
+            // role reaches the client after the topology saying so was published.
+            if let Some(lost) = self.check_role(&mut roles) {
+                return self.abort(lost).await;
+            }
+            // What fits in the sockets now goes without a select round (plain TCP; TLS
+            // records go through the select, which flushes them).
+            let held = self.held.as_mut().expect("exchange runs with a server");
+            if let Err(e) = write_now(&held.lease.conn.stream, &mut self.to_server) {
+                return self.abort(Lost::Server(e.to_string())).await;
+            }
+            if write_now(&self.client, &mut self.to_client).is_err() {
+                return Err(End::ClientGone);
+            }
+            let flushed = self.to_client.is_empty()
+                && self.to_server.is_empty()
+                && !unflushed.server
+                && !unflushed.client;
+            if flushed && self.conversation.releasable() {
+                return Ok(Done::Idle);
+            }
+            match self.next_event(&unflushed).await {
+                Event::Signal => {}
+                Event::WroteServer(Ok(n)) if n > 0 => {
+                    self.to_server.advance(n);
+                    unflushed.server = server_tls;
+                }
+                Event::FlushedServer => unflushed.server = false,
+                Event::WroteServer(Ok(_)) | Event::ReadServer(Ok(0)) => {
+                    let lost = Lost::Server("the server closed the connection".into());
+                    return self.abort(lost).await;
+                }
+                Event::WroteServer(Err(e)) | Event::ReadServer(Err(e)) => {
+                    return self.abort(Lost::Server(e.to_string())).await
+                }
+                Event::ReadServer(Ok(_)) => {
+                    if let Err(Broken(why)) = self.take_server() {
+                        return self.abort(Lost::Server(why)).await;
+                    }
+                }
+                Event::WroteClient(Ok(n)) if n > 0 => {
+                    self.to_client.advance(n);
+                    unflushed.client = client_tls;
+                }
+                Event::FlushedClient => unflushed.client = false,
+                Event::ReadClient(Ok(0)) => return Ok(Done::ClientLeft),
+                Event::ReadClient(Ok(_)) => {}
+                Event::WroteClient(_) | Event::ReadClient(Err(_)) => return Err(End::ClientGone),
+            }
+        }
+    }
+
+    /// Waits for the first of: a signal, room to write either side (or a flush owed), bytes
+    /// to read from either side while the buffer they go to has room.
+    async fn next_event(&mut self, unflushed: &Unflushed) -> Event {
+        use super::conversation::BUFFER_LIMIT;
+        let read_client = self.to_server.len() < BUFFER_LIMIT;
+        let read_server = self.to_client.len() < BUFFER_LIMIT;
+        for buf in [&mut self.from_client, &mut self.from_server] {
+            if buf.capacity() - buf.len() < READ_MIN {
+                buf.reserve(READ_CHUNK);
+            }
+        }
+        let held = self.held.as_mut().expect("exchange runs with a server");
+        let (mut sr, mut sw) = held.lease.conn.stream.halves();
+        let (mut cr, mut cw) = self.client.halves();
+        let write_server = !self.to_server.is_empty() || unflushed.server;
+        let write_client = !self.to_client.is_empty() || unflushed.client;
+        tokio::select! {
+            biased;
+            _ = self.signal.wait() => Event::Signal,
+            r = push(&mut sw, &self.to_server), if write_server => match r {
+                Ok(None) => Event::FlushedServer,
+                Ok(Some(n)) => Event::WroteServer(Ok(n)),
+                Err(e) => Event::WroteServer(Err(e)),
+            },
+            r = push(&mut cw, &self.to_client), if write_client => match r {
+                Ok(None) => Event::FlushedClient,
+                Ok(Some(n)) => Event::WroteClient(Ok(n)),
+                Err(e) => Event::WroteClient(Err(e)),
+            },
+            r = sr.read_buf(&mut self.from_server), if read_server => Event::ReadServer(r),
+            r = cr.read_buf(&mut self.from_client), if read_client => Event::ReadClient(r),
+        }
+    }
+
+    /// Hands the client's bytes to the conversation; a large message in progress is counted.
+    fn take_client(&mut self) -> Result<(), End> {
+        let held = self.held.as_mut().expect("exchange runs with a server");
+        let conn = &mut held.lease.conn.state;
+        let taken =
+            self.conversation
+                .from_client(&mut self.from_client, &mut self.to_server, conn)?;
+        match taken {
+            Taken::All => Ok(()),
+            Taken::Partial(len) => self.count_large_message(len),
+        }
+    }
+
+    /// Hands the server's bytes to the conversation, and counts what they settled.
+    pub(super) fn take_server(&mut self) -> Result<(), Broken> {
+        let held = self.held.as_mut().expect("exchange runs with a server");
+        let conn = &mut held.lease.conn.state;
+        let heard =
+            self.conversation
+                .from_server(&mut self.from_server, &mut self.to_client, conn)?;
+        if heard.ready > 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = &held.lease.pool().stats;
+            stats.queries.fetch_add(u64::from(heard.ready), Relaxed);
+            stats.transactions.fetch_add(u64::from(heard.idle), Relaxed);
+            self.transactions.inc_by(u64::from(heard.idle));
+        }
+        self.log_set_failure(&heard);
+        Ok(())
+    }
+
+    pub(super) fn log_set_failure(&self, heard: &Heard) {
+        if let Some(error) = &heard.set_failed {
+            let peer = &self.registration.entry.peer;
+            tracing::warn!(%peer, %error, "setting the client's parameters failed");
+        }
+    }
+
+    /// Whether the held member may still serve; `Some` when nothing more from it may reach
+    /// the client. A member that only stopped being eligible (a lagging replica) finishes
+    /// the transaction and its connection closes when it is given back.
+    pub(super) fn check_role(&mut self, roles: &mut RoleCheck) -> Option<Lost> {
+        let held = self.held.as_mut()?;
+        match roles.changed(&self.shared, &held.route)? {
+            Verdict::Keep => None,
+            Verdict::CloseNow(reason) => Some(Lost::Role(reason)),
+            Verdict::Drain(_) => {
+                held.retire = true;
+                None
+            }
+        }
+    }
+}
+
+/// Writes what a plain socket takes of `buf` without waiting; leaves TLS streams alone.
+fn write_now(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
+    let Stream::Plain(tcp) = stream else {
+        return Ok(());
+    };
+    while !buf.is_empty() {
+        match tcp.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.
+async fn push(w: &mut WriteSide<'_>, buf: &[u8]) -> std::io::Result<Option<usize>> {
+    use tokio::io::AsyncWriteExt;
+    if buf.is_empty() {
+        w.flush().await.map(|()| None)
+    } else {
+        w.write(buf).await.map(Some)
+    }
+}

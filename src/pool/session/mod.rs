@@ -1,0 +1,371 @@
+//! A pooled client: authenticated by pgrouter, lent a server connection per transaction
+//! (transaction mode) or for its whole stay (session mode).
+//!
+//! - `conversation`: the protocol core, with no I/O: statement renaming, the ledger of
+//!   answers owed, parameters kept in step. Everything below drives it.
+//! - `welcome`: the parameters, cancel key and ReadyForQuery a client gets after logging in.
+//! - `idle`: waiting for the client's next message while it holds no server connection.
+//! - `acquire`: a member and a server connection for the next transaction.
+//! - `exchange`: the readiness loop over both sockets while a connection is held.
+//! - `recovery`: failing a transaction pgrouter cannot run, and giving connections back.
+
+mod acquire;
+mod conversation;
+mod exchange;
+mod idle;
+mod recovery;
+mod welcome;
+
+pub use conversation::{Broken, ClientEnd, Conversation, Heard, Taken};
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use crate::cancel::{PooledTarget, Registration};
+use crate::config::PoolMode;
+use crate::hold::{left_waiting, Unserved};
+use crate::metrics::{ClientState, StateGauge};
+use crate::pool::client_auth::{self, AuthError, Passed};
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::startup::Startup;
+use crate::route::{Port, Route};
+use crate::servers::message_memory::Grant;
+use crate::servers::pools::{ClientActivity, ClientRegistration, Lease};
+use crate::servers::server::Login;
+use crate::servers::tracked::TRACKED;
+use crate::shared::Shared;
+use crate::signal::Subscription;
+use crate::stream::Stream;
+
+use acquire::RouteCache;
+use recovery::Done;
+
+/// Why the client's session ends.
+enum End {
+    /// Terminate, EOF or an I/O error on the client side.
+    ClientGone,
+    /// Tell the client this, then close.
+    Fatal(PgError),
+    /// The client wrote bytes that cannot frame a message.
+    ClientProtocol(String),
+}
+
+impl From<ClientEnd> for End {
+    fn from(e: ClientEnd) -> End {
+        match e {
+            ClientEnd::Terminate => End::ClientGone,
+            ClientEnd::Protocol(why) => End::ClientProtocol(why),
+        }
+    }
+}
+
+/// A server connection lent to the client, and the member it is on.
+struct Held {
+    lease: Lease,
+    route: Arc<Route>,
+    /// The member left the pool's role mildly (replica no longer eligible): close on release.
+    retire: bool,
+}
+
+pub struct PooledSession {
+    shared: Arc<Shared>,
+    port: Port,
+    client: Stream,
+    login: Login,
+    registration: ClientRegistration,
+    state: StateGauge,
+    signal: Subscription,
+    cancel: PooledTarget,
+    conversation: Conversation,
+    /// The four buffers are the held server connection's while it is lent (`exchange`);
+    /// an idle client keeps only `from_client`.
+    from_client: BytesMut,
+    from_server: BytesMut,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    /// An error owed to the client for a transaction pgrouter lost; given with its next message.
+    owed: Option<PgError>,
+    /// `pool.message_memory` taken by the large message being received, held until the
+    /// transaction ends.
+    large: Option<Grant>,
+    /// Inline, not boxed: a few words an idle client carries spare an allocation per
+    /// transaction.
+    held: Option<Held>,
+    route_cache: Option<Box<RouteCache>>,
+    /// The worker thread the session runs on: server connections are taken from it first.
+    home: usize,
+    /// This port's series, looked up once.
+    hold_seconds: prometheus::Histogram,
+    transactions: prometheus::IntCounter,
+}
+
+/// Authenticates a client of a pooled listener after its StartupMessage; the session to
+/// `serve`, or None when the client was refused. Kept apart
+/// from serving so the memory of this phase is given back before the client idles.
+pub async fn start(
+    shared: Arc<Shared>,
+    port: Port,
+    mode: PoolMode,
+    mut client: Stream,
+    startup: Startup,
+    peer: String,
+    state: StateGauge,
+) -> Option<Box<PooledSession>> {
+    let user = startup.user().to_owned();
+    let database = startup.database().to_owned();
+    let limit = shared.config().listen.startup_timeout.0;
+    let auth = Box::pin(timeout(
+        limit,
+        authenticate(&shared, &mut client, &user, &database),
+    ));
+    let Passed { login, unsent } = match auth.await {
+        Ok(Ok(passed)) => passed,
+        Ok(Err(AuthError::Refused(e))) => {
+            tracing::info!(%peer, %port, %user, error = %e, "refused a pooled client");
+            send_fatal(&shared, &mut client, &e).await;
+            return None;
+        }
+        Ok(Err(AuthError::Gone)) => return None,
+        Err(_) => {
+            tracing::info!(%peer, %port, %user, "pooled client did not finish authenticating in time");
+            let e = PgError::fatal(
+                sqlstate::QUERY_CANCELED,
+                format!(
+                    "pgrouter: cluster \"{}\": canceling authentication: not finished within listen.startup_timeout ({}s)",
+                    shared.scope,
+                    limit.as_secs_f64()
+                ),
+            );
+            send_fatal(&shared, &mut client, &e).await;
+            return None;
+        }
+    };
+    let registration = shared
+        .pools
+        .register_client(&user, &database, &peer, port.label());
+    let vars = TRACKED
+        .iter()
+        .filter_map(|k| {
+            let v = startup
+                .params
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(k))?;
+            Some((*k, v.1.clone()))
+        })
+        .collect();
+    drop(startup);
+    let metrics = &shared.metrics;
+    let hold_seconds = metrics.hold_seconds.with_label_values(&[port.label()]);
+    let transactions = metrics.transactions.with_label_values(&[port.label()]);
+    Some(Box::new(PooledSession {
+        signal: shared.signals.subscribe(),
+        shared,
+        port,
+        client,
+        login,
+        registration,
+        state,
+        cancel: Arc::new(Mutex::new(None)),
+        conversation: Conversation::new(mode, vars),
+        from_client: BytesMut::new(),
+        from_server: BytesMut::new(),
+        to_server: BytesMut::new(),
+        // The end of the authentication, sent with the welcome.
+        to_client: unsent,
+        owed: None,
+        large: None,
+        held: None,
+        route_cache: None,
+        home: crate::shards::MAIN,
+        hold_seconds,
+        transactions,
+    }))
+}
+
+/// Authenticates with the user's secret from auth_file, else from auth_query.
+pub async fn authenticate(
+    shared: &Shared,
+    client: &mut Stream,
+    user: &str,
+    database: &str,
+) -> Result<Passed, AuthError> {
+    let scope = &shared.scope;
+    let secret = match shared.credentials.secret(user) {
+        Some(s) => s,
+        None => match super::auth_query::lookup(shared, user, database).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(AuthError::Refused(client_auth::wrong_password(scope, user))),
+            Err(e) => return Err(AuthError::Refused(e)),
+        },
+    };
+    client_auth::authenticate(client, &shared.credentials, scope, user, &secret).await
+}
+
+impl PooledSession {
+    /// Serves the client until it leaves, on worker thread `home` (`crate::shards`).
+    pub async fn serve(mut self: Box<Self>, home: usize) {
+        self.home = home;
+        let key = crate::cancel::pooled_key(self.shared.config().peers.id);
+        let _cancel: Registration = self
+            .shared
+            .cancels
+            .register_pooled(key.clone(), self.cancel.clone());
+        let end = match Box::pin(self.welcome(&key)).await {
+            Ok(()) => match self.main_loop().await {
+                Ok(()) => End::ClientGone,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if let Some(held) = self.held.take() {
+            Box::pin(self.put_back(held, Done::ClientLeft)).await;
+        }
+        let e = match end {
+            End::ClientGone => return,
+            End::Fatal(e) => {
+                tracing::info!(peer = %self.registration.entry.peer, port = %self.port, error = %e, "closing pooled client");
+                e
+            }
+            End::ClientProtocol(why) => PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgrouter: cluster \"{}\": {why}", self.shared.scope),
+            ),
+        };
+        send_fatal(&self.shared, &mut self.client, &e).await;
+    }
+
+    async fn main_loop(&mut self) -> Result<(), End> {
+        loop {
+            self.idle_wait().await?;
+            if self.from_client[0] == b'X' {
+                return Err(End::ClientGone);
+            }
+            // Boxed: an idle client's task holds only the idle wait.
+            Box::pin(self.transaction()).await?;
+        }
+    }
+
+    /// Runs the unit of work the client started on a server connection, and gives it back.
+    async fn transaction(&mut self) -> Result<(), End> {
+        if let Some(e) = self.owed.take() {
+            return self.fail_unit(e).await;
+        }
+        self.registration.entry.set(ClientActivity::Waiting, 0);
+        self.state.set(ClientState::Held);
+        match self.acquire().await {
+            Ok(held) => {
+                let conn = &held.lease.conn;
+                self.registration.entry.set(ClientActivity::Active, conn.id);
+                *lock(&self.cancel) = Some((conn.addr.clone(), conn.key.clone()));
+                self.hold(held);
+                self.read_sent_client();
+            }
+            Err(Unserved::Refused(e)) => return self.fail_unit(e).await,
+            Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
+        }
+        self.state.set(ClientState::Active);
+        self.sync_vars();
+        let done = self.exchange().await;
+        *lock(&self.cancel) = None;
+        self.registration.entry.set(ClientActivity::Idle, 0);
+        self.state.set(ClientState::Idle);
+        let held = self.held.take();
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(held) = held {
+                    self.put_back(held, Done::ClientLeft).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(held) = held {
+            self.put_back(held, done).await;
+        }
+        self.shrink();
+        Ok(())
+    }
+
+    /// Queues the SETs that bring the held connection's parameters in step with the client's.
+    fn sync_vars(&mut self) {
+        if let Some(held) = &mut self.held {
+            let conn = &mut held.lease.conn.state;
+            self.conversation.sync_vars(conn, &mut self.to_server);
+        }
+    }
+
+    fn left_waiting(&self, waited: std::time::Duration) -> End {
+        let peer = &self.registration.entry.peer;
+        left_waiting(&self.shared, self.port, peer, waited);
+        End::ClientGone
+    }
+}
+
+async fn send_fatal(shared: &Shared, client: &mut Stream, e: &PgError) {
+    shared
+        .metrics
+        .client_errors
+        .with_label_values(&[e.code])
+        .inc();
+    let _ = client.send(&e.encode()).await;
+    let _ = client.shutdown().await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use bytes::Bytes;
+    use crate::topology::Topology;
+
+    /// 10,000 idle pooled clients must fit in a few KiB each: the task of one holds the
+    /// session and the idle wait, every larger step is boxed while it runs.
+    #[tokio::test]
+    async fn an_idle_pooled_client_task_is_small() {
+        let config =
+            Config::from_toml("[cluster]\nscope = \"d\"\netcd = [\"127.0.0.1:1\"]\n").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Topology::empty("d")));
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::new(config, rx, metrics.clone()));
+        let shared2 = shared.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let startup = Startup {
+            raw: Bytes::new(),
+            version: (3, 0),
+            params: vec![("user".into(), "u".into())],
+        };
+        let session = size_of::<PooledSession>();
+        let task = start(
+            shared,
+            Port::Primary,
+            PoolMode::Transaction,
+            Stream::Plain(tcp),
+            startup,
+            String::new(),
+            StateGauge::new(&metrics, "primary"),
+        );
+        let task = std::mem::size_of_val(&task);
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let outer =
+            crate::proxy::session::run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
+        let outer = std::mem::size_of_val(&outer);
+        println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
+        assert!(task < 2048, "task future {task} bytes");
+        // Every idle client carries its whole task: a branch `run` awaits inline (the cancel
+        // forward did, 1,608 bytes in all, +780 bytes per idle client in W4) costs them all.
+        assert!(outer < 1024, "client task {outer} bytes");
+    }
+}

@@ -1,0 +1,144 @@
+//! The welcome after a pooled client's login: the server's parameters, its cancel key and
+//! ReadyForQuery, with a server connection borrowed only when the client's settings are not
+//! the remembered defaults.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use super::{End, PooledSession, Unserved};
+use crate::metrics::ClientState;
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::startup::CancelKey;
+use crate::protocol::wire;
+use crate::servers::pools::{Defaults, Params};
+use crate::servers::tracked;
+
+use super::recovery::{server_gone, Done};
+
+impl PooledSession {
+    /// Tells the client the server's parameters, its cancel key and ReadyForQuery. A client
+    /// asking for nothing but the defaults (remembered from a fresh server connection for
+    /// its database and user), or an application_name the server reports as sent, needs no
+    /// server; otherwise one is borrowed to apply its settings, and the server's own spelling
+    /// of them is reported. The end of the authentication goes out in the same write, or on
+    /// its own before the wait for a server.
+    pub(super) async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
+        // AuthenticationOk and what came before it, from `start`.
+        let mut out = std::mem::take(&mut self.to_client);
+        let defaults = self.shared.pools.params(
+            &self.registration.entry.database,
+            &self.registration.entry.user,
+        );
+        let fits = defaults.as_ref().is_some_and(|d| {
+            self.conversation
+                .vars
+                .iter()
+                .all(|(k, v)| d.params.get(*k) == Some(v) || tracked::reported_as_sent(k, v))
+        });
+        let (params, defaults) = match defaults {
+            Some(d) if fits => {
+                let mut params = d.params.clone();
+                for (k, v) in &self.conversation.vars {
+                    if d.params.get(*k) != Some(v) {
+                        Arc::make_mut(&mut params).insert(k.to_string(), v.clone());
+                    }
+                }
+                (params, d)
+            }
+            _ => {
+                // The client hears it is in before it waits for a server.
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                out.clear();
+                self.params_from_server().await?
+            }
+        };
+        let mut sorted: Vec<_> = params.iter().collect();
+        sorted.sort();
+        for (k, v) in sorted {
+            wire::parameter_status(&mut out, k, v);
+        }
+        // Keep only what differs from the defaults: most clients then carry nothing.
+        let mut vars = std::mem::take(&mut self.conversation.vars);
+        for slot in &mut vars {
+            if let Some(v) = params.get(slot.0) {
+                slot.1 = v.clone();
+            }
+        }
+        vars.retain(|(k, v)| defaults.params.get(*k) != Some(v));
+        vars.shrink_to_fit();
+        self.conversation.vars = vars;
+        self.conversation.defaults = Some(defaults.tracked);
+        wire::backend_key_data(&mut out, key.pid, &key.secret);
+        wire::ready_for_query(&mut out, b'I');
+        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+        self.state.set(ClientState::Idle);
+        Ok(())
+    }
+
+    /// Borrows a server connection to apply the client's settings: the parameters it then
+    /// reports, and the defaults of the client's database and user remembered from it.
+    async fn params_from_server(&mut self) -> Result<(Params, Defaults), End> {
+        self.state.set(ClientState::Held);
+        let held = match self.acquire().await {
+            Ok(held) => held,
+            Err(Unserved::Refused(e)) => return Err(End::Fatal(PgError { fatal: true, ..e })),
+            Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
+        };
+        self.hold(held);
+        self.sync_vars();
+        self.flush_to_server().await?;
+        while self.conversation.setting_params() {
+            self.read_server().await?;
+        }
+        let held = self.held.take().expect("held above");
+        let conn = &held.lease.conn;
+        let mut params = (*conn.initial).clone();
+        for (k, _) in &self.conversation.vars {
+            if let Some(v) = tracked::position(k).and_then(|i| conn.state.tracked.get(i)) {
+                params.insert(k.to_string(), v.to_owned());
+            }
+        }
+        let defaults = self.shared.pools.remember_params(
+            &self.registration.entry.database,
+            &self.registration.entry.user,
+            conn.initial.clone(),
+        );
+        self.put_back(held, Done::Idle).await;
+        Ok((Arc::new(params), defaults))
+    }
+
+    async fn flush_to_server(&mut self) -> Result<(), End> {
+        let held = self.held.as_mut().expect("held");
+        let sent = held.lease.conn.stream.send(&self.to_server).await;
+        sent.map_err(|e| End::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string())))?;
+        self.to_server.clear();
+        Ok(())
+    }
+
+    /// Reads and takes server messages (the answers to the SETs, before any client bytes).
+    async fn read_server(&mut self) -> Result<(), End> {
+        let held = self.held.as_mut().expect("held");
+        let scope = &self.shared.scope;
+        let n = held.lease.conn.stream.read_buf(&mut self.from_server).await;
+        let n = n.map_err(|e| End::Fatal(server_gone(scope, &held.route, &e.to_string())))?;
+        if n == 0 {
+            return Err(End::Fatal(server_gone(scope, &held.route, "closed")));
+        }
+        let conn = &mut held.lease.conn.state;
+        let heard = self
+            .conversation
+            .from_server(&mut self.from_server, &mut self.to_client, conn);
+        match heard {
+            Ok(heard) => self.log_set_failure(&heard),
+            Err(broken) => {
+                return Err(End::Fatal(PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    broken.0,
+                )))
+            }
+        }
+        self.to_client.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! What the clients' conversations leave on a server connection and the next client must
+//! know: the tracked parameters it reports and the statements prepared on it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::tracked::{Tracked, Vars};
+
+pub struct ConnState {
+    /// The tracked parameters as the server last reported them.
+    pub tracked: Tracked,
+    /// A client's settings (its defaults and its own values) last found to need no SET
+    /// here: the next client with the same ones skips the comparison. Cleared when the
+    /// server reports a change.
+    pub in_step: Option<(Arc<Tracked>, Vars)>,
+    /// Ids of the client statements prepared here under their pooled names.
+    pub prepared: HashSet<u64>,
+}
+
+impl ConnState {
+    /// A fresh connection's state: what it reported at login, nothing prepared.
+    pub fn new(tracked: Tracked) -> ConnState {
+        ConnState {
+            tracked,
+            in_step: None,
+            prepared: HashSet::new(),
+        }
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_param(&mut self, name: &str, value: &str) {
+        if self.tracked.update(name, value) {
+            self.in_step = None;
+        }
+    }
+}
