@@ -1,7 +1,7 @@
-//! Pooled-mode message handling: `pool::wire` (framing, readers, writers), `pool::statements`
-//! (statement renaming, `sql_effects`) and, over them, a step-for-step mirror of
-//! `PooledSession::client_message` in transaction mode (that method needs a live session, so
-//! the mirror calls the same functions in the same order; keep the two in step).
+//! Pooled-mode message handling: `protocol::wire` (framing, readers, writers),
+//! `pool::statements` (statement renaming, `sql_effects`) and, over them, the pooled
+//! session's real protocol core, `pool::session::Conversation`, in transaction mode, against
+//! a simulated server.
 //!
 //! Input: byte 0 picks the part; the rest is a client's message stream or SQL text.
 //!
@@ -15,7 +15,9 @@
 //!   server names are "pgr_" + 16 hex digits of the definition's hash; every rewritten Bind,
 //!   Describe and DEALLOCATE names a statement the (simulated) server has, no Parse
 //!   redefines one it has, and pgrouter's idea of the connection's statements equals the
-//!   server's after every message;
+//!   server's after every message; answered as a server would (in pieces at any points), the
+//!   client hears exactly one answer per message of its own, in order (made-up ParseComplete
+//!   and CloseComplete included, answers to pgrouter's own Parses swallowed);
 //! - `sql_effects`: never panics; blanks or `;` around a query change nothing; any name
 //!   written as `DEALLOCATE [PREPARE] "name"` (quotes doubled) comes back exactly, and an
 //!   unquoted one folded to lower case, whatever blanks, comments and case surround it.
@@ -28,8 +30,12 @@ use std::collections::{HashMap, HashSet};
 use bytes::{Bytes, BytesMut};
 use common::Schedule;
 use libfuzzer_sys::fuzz_target;
-use pgrouter::pool::statements::{self, sql_effects, ClientStatements, Statement};
+use pgrouter::config::PoolMode;
+use pgrouter::pool::session::Conversation;
+use pgrouter::pool::statements::{self, sql_effects, Statement};
 use pgrouter::protocol::wire::{self, Reader};
+use pgrouter::servers::conn_state::ConnState;
+use pgrouter::servers::tracked::Tracked;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -38,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     match mode % 4 {
         0 | 1 => {
             check_framing(rest, mode);
-            check_rewrite(rest);
+            check_rewrite(rest, mode);
         }
         2 => check_sql(rest),
         _ => check_deallocate_names(rest, mode),
@@ -96,157 +102,6 @@ fn check_framing(stream: &[u8], seed: u8) {
     assert_eq!(again_error, error, "piecewise framing error differs");
 }
 
-/// What pgrouter sends the server for one client message, and why.
-#[derive(Debug, PartialEq)]
-enum Out {
-    /// The client's message, as is.
-    Forwarded,
-    /// A Parse pgrouter adds before a Bind or Describe (`ensure_prepared`).
-    Injected(u64),
-    /// The client's message under the statement's server name.
-    Renamed(u64),
-    /// DEALLOCATE of the statement's server name, for the client's DEALLOCATE.
-    Deallocate(u64),
-}
-
-/// A mirror of the statement handling of `PooledSession::client_message`, transaction mode.
-#[derive(Default)]
-struct Session {
-    statements: ClientStatements,
-    /// Statement ids pgrouter believes the server connection has (`conn.prepared`).
-    prepared: HashSet<u64>,
-    to_server: BytesMut,
-    sent: Vec<Out>,
-}
-
-impl Session {
-    fn note_effects(&mut self, e: &statements::SqlEffects) {
-        if e.drops_all_statements {
-            self.statements.clear();
-            self.prepared.clear();
-        }
-    }
-
-    fn ensure_prepared(&mut self, s: &Statement) {
-        if self.prepared.contains(&s.id) {
-            return;
-        }
-        wire::parse(&mut self.to_server, &s.server_name, &s.definition);
-        self.prepared.insert(s.id);
-        self.sent.push(Out::Injected(s.id));
-    }
-
-    fn forward(&mut self, msg: &Bytes) {
-        self.to_server.extend_from_slice(msg);
-        self.sent.push(Out::Forwarded);
-    }
-
-    /// Err on the messages the session refuses as malformed.
-    fn client_message(&mut self, msg: &Bytes) -> Result<(), ()> {
-        let body = msg.slice(5..);
-        match msg[0] {
-            b'Q' => {
-                let sql = Reader::new(&body).cstr().unwrap_or_default().to_vec();
-                let effects = sql_effects(&sql);
-                self.note_effects(&effects);
-                if let Some(s) = effects
-                    .deallocate
-                    .and_then(|t| self.statements.remove(t.as_bytes()))
-                {
-                    self.ensure_prepared(&s);
-                    wire::query(
-                        &mut self.to_server,
-                        &format!("DEALLOCATE {}", s.server_name),
-                    );
-                    self.prepared.remove(&s.id);
-                    self.sent.push(Out::Deallocate(s.id));
-                    return Ok(());
-                }
-                self.forward(msg);
-            }
-            b'P' => {
-                let (name, definition) = statements::split_parse(&body).ok_or(())?;
-                let query = statements::definition_query(&definition).to_vec();
-                if name.is_empty() {
-                    let effects = sql_effects(&query);
-                    self.note_effects(&effects);
-                    if let Some(target) = &effects.deallocate {
-                        if let Some(s) = self.statements.remove(target.as_bytes()) {
-                            self.ensure_prepared(&s);
-                            let mut def = format!("DEALLOCATE {}", s.server_name).into_bytes();
-                            def.push(0);
-                            def.extend_from_slice(&definition[query.len() + 1..]);
-                            wire::parse(&mut self.to_server, "", &def);
-                            self.prepared.remove(&s.id);
-                            self.sent.push(Out::Deallocate(s.id));
-                            return Ok(());
-                        }
-                    }
-                    self.forward(msg);
-                    return Ok(());
-                }
-                let s = self.statements.define(name, definition);
-                if !self.prepared.contains(&s.id) {
-                    wire::parse(&mut self.to_server, &s.server_name, &s.definition);
-                    self.prepared.insert(s.id);
-                    self.sent.push(Out::Renamed(s.id));
-                }
-            }
-            b'B' => {
-                let mut r = Reader::new(&body);
-                let (Some(portal), Some(name)) = (r.cstr(), r.cstr()) else {
-                    return Err(());
-                };
-                match self.pooled_statement(name) {
-                    Some(s) => {
-                        self.ensure_prepared(&s);
-                        wire::bind(&mut self.to_server, portal, &s.server_name, r.rest());
-                        self.sent.push(Out::Renamed(s.id));
-                        self.note_effects(&s.effects);
-                    }
-                    None => self.forward(msg),
-                }
-            }
-            tag @ (b'D' | b'C') => {
-                let mut r = Reader::new(&body);
-                let (Some(kind), Some(name)) = (r.byte(), r.cstr()) else {
-                    return Err(());
-                };
-                let statement = if kind == b'S' {
-                    self.pooled_statement(name)
-                } else {
-                    None
-                };
-                match (tag, statement) {
-                    (b'C', Some(_)) => {
-                        self.statements.remove(name);
-                    }
-                    (b'D', Some(s)) => {
-                        self.ensure_prepared(&s);
-                        wire::describe_or_close(
-                            &mut self.to_server,
-                            b'D',
-                            b'S',
-                            s.server_name.as_bytes(),
-                        );
-                        self.sent.push(Out::Renamed(s.id));
-                    }
-                    _ => self.forward(msg),
-                }
-            }
-            _ => self.forward(msg),
-        }
-        Ok(())
-    }
-
-    fn pooled_statement(&self, name: &[u8]) -> Option<std::sync::Arc<Statement>> {
-        if name.is_empty() {
-            return None;
-        }
-        self.statements.get(name)
-    }
-}
-
 /// The statements a PostgreSQL server connection holds, by name.
 #[derive(Default)]
 struct Server {
@@ -261,134 +116,184 @@ impl Server {
             .map(|(_, def)| Statement::new(def.clone()).id)
             .collect()
     }
+
+    /// The answers PostgreSQL gives `m` when all goes well ('n' for a Describe).
+    fn answers(m: &[u8]) -> &'static [u8] {
+        match m[0] {
+            b'P' => b"1",
+            b'B' => b"2",
+            b'C' => b"3",
+            b'D' => b"n",
+            b'E' => b"C",
+            b'S' | b'F' => b"Z",
+            b'Q' => b"CZ",
+            _ => b"",
+        }
+    }
 }
 
 fn server_name_of(id: u64) -> String {
     format!("pgr_{id:016x}")
 }
 
-fn check_rewrite(stream: &[u8]) {
-    let mut cin = BytesMut::from(stream);
-    let mut session = Session::default();
+/// The real `Conversation` of a transaction-mode session over a client's message stream,
+/// against a simulated server: what it sends keeps the server's statements and its own idea
+/// of them equal, and the client gets exactly the answers its own messages call for.
+fn check_rewrite(stream: &[u8], seed: u8) {
+    let mut input = BytesMut::from(stream);
+    let mut conversation = Conversation::new(PoolMode::Transaction, Vec::new());
+    let mut conn = ConnState::new(Tracked::default());
     let mut server = Server::default();
     // Protocol-level names the client defined, as the client's own view (name -> definition).
     let mut client_view: HashMap<Bytes, Bytes> = HashMap::new();
-    while let Ok(Some(msg)) = wire::take_message(&mut cin) {
-        let (out_before, sent_before) = (session.to_server.len(), session.sent.len());
-        if session.client_message(&msg).is_err() {
-            return;
+    let (mut answers, mut owed) = (Vec::new(), Vec::new());
+    while let Ok(Some(msg)) = wire::take_message(&mut input) {
+        let mut out = BytesMut::new();
+        if conversation.client_message(msg.clone(), &mut out, &mut conn).is_err() {
+            break;
         }
-        // What was sent for this message parses back into whole messages, one per entry.
-        let mut out = BytesMut::from(&session.to_server[out_before..]);
-        let sent = &session.sent[sent_before..];
-        let mut sent_msgs = Vec::new();
+        owed.extend_from_slice(Server::answers(&msg));
+        // What was sent for this message parses back into whole messages.
         while let Some(m) = wire::take_message(&mut out).expect("pgrouter wrote a bad length") {
-            sent_msgs.push(m);
+            sent(&mut server, &msg, &m, &client_view);
+            answers.push(msg_of(Server::answers(&m)));
         }
         assert!(out.is_empty(), "pgrouter wrote a partial message");
-        assert_eq!(sent_msgs.len(), sent.len(), "one message per action");
-        let body = msg.slice(5..);
-        for (m, action) in sent_msgs.iter().zip(sent) {
-            let mbody = m.slice(5..);
-            match action {
-                Out::Forwarded => {
-                    assert_eq!(m, &msg, "a forwarded message changed");
-                    forwarded(&mut server, m);
-                }
-                Out::Injected(id) | Out::Renamed(id) if m[0] == b'P' => {
-                    let (name, def) = statements::split_parse(&mbody).expect("our Parse");
-                    assert_eq!(&name[..], server_name_of(*id).as_bytes());
-                    assert_eq!(Statement::new(def.clone()).id, *id, "name from the hash");
-                    assert!(
-                        !server.statements.contains_key(&name[..]),
-                        "Parse of a statement the server already has"
-                    );
-                    if matches!(action, Out::Renamed(_)) {
-                        let (_, client_def) = statements::split_parse(&body).unwrap();
-                        assert_eq!(def, client_def, "definition changed");
-                    }
-                    server.statements.insert(name.to_vec(), def);
-                }
-                Out::Renamed(id) if m[0] == b'B' => {
-                    let mut ours = Reader::new(&mbody);
-                    let mut theirs = Reader::new(&body);
-                    assert_eq!(ours.cstr(), theirs.cstr(), "portal changed");
-                    let name = ours.cstr().unwrap();
-                    let client_name = theirs.cstr().unwrap();
-                    assert_eq!(name, server_name_of(*id).as_bytes());
-                    assert_eq!(ours.rest(), theirs.rest(), "parameters changed");
-                    assert!(
-                        server.statements.contains_key(name),
-                        "Bind of a missing statement"
-                    );
-                    // The statement run is the one the client defined under its name.
-                    assert_eq!(
-                        server.statements.get(name),
-                        client_view.get(client_name),
-                        "Bind runs another definition"
-                    );
-                    // The server runs it: a DISCARD ALL or DEALLOCATE ALL under a name drops
-                    // every statement, the client's included.
-                    let def = server.statements[name].clone();
-                    let query = statements::definition_query(&def).to_vec();
-                    apply_sql(&mut server, &query);
-                    forget(&mut client_view, &query);
-                }
-                Out::Renamed(id) if m[0] == b'D' => {
-                    assert_eq!(m[5], b'S');
-                    let name = Reader::new(&mbody[1..]).cstr().unwrap();
-                    assert_eq!(name, server_name_of(*id).as_bytes());
-                    assert!(
-                        server.statements.contains_key(name),
-                        "Describe of a missing statement"
-                    );
-                }
-                Out::Deallocate(id) => {
-                    let sql = match m[0] {
-                        b'Q' => Reader::new(&mbody).cstr().unwrap().to_vec(),
-                        b'P' => {
-                            let (name, def) = statements::split_parse(&mbody).unwrap();
-                            assert!(name.is_empty());
-                            Reader::new(&def).cstr().unwrap().to_vec()
-                        }
-                        t => panic!("DEALLOCATE sent as '{}'", char::from(t)),
-                    };
-                    let name = server_name_of(*id);
-                    assert_eq!(sql, format!("DEALLOCATE {name}").into_bytes());
-                    assert!(
-                        server.statements.remove(name.as_bytes()).is_some(),
-                        "DEALLOCATE of a missing statement"
-                    );
-                }
-                other => panic!("unexpected {other:?} as '{}'", char::from(m[0])),
-            }
-        }
-        // The client's own view of its statement names.
-        match msg[0] {
-            b'P' => {
-                let (name, def) = statements::split_parse(&body).unwrap();
-                if name.is_empty() {
-                    forget(&mut client_view, statements::definition_query(&def));
-                } else {
-                    client_view.insert(name, def);
-                }
-            }
-            b'C' if body.first() == Some(&b'S') => {
-                if let Some(name) = Reader::new(&body[1..]).cstr() {
-                    client_view.remove(name);
-                }
-            }
-            b'Q' => forget(
-                &mut client_view,
-                Reader::new(&body).cstr().unwrap_or_default(),
-            ),
-            _ => {}
-        }
+        client_learns(&mut client_view, &msg);
         assert_eq!(
-            session.prepared,
+            conn.prepared,
             server.ids(),
             "pgrouter's statements differ from the server's"
         );
+    }
+    // The server's answers, arriving in pieces: the client hears one answer per message.
+    let all: Vec<u8> = answers.concat();
+    let (mut from_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    for part in Schedule::new(&[seed]).split(&all) {
+        from_server.extend_from_slice(part);
+        conversation
+            .from_server(&mut from_server, &mut to_client, &mut conn)
+            .expect("answers without errors lose nothing");
+    }
+    let mut heard = Vec::new();
+    while let Some(m) = wire::take_message(&mut to_client).unwrap() {
+        heard.push(m[0]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&heard),
+        String::from_utf8_lossy(&owed),
+        "the client's answers"
+    );
+}
+
+/// The server's answer messages for these tags, with the bodies the ledger looks at.
+fn msg_of(tags: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for &tag in tags {
+        match tag {
+            b'Z' => wire::ready_for_query(&mut out, b'I'),
+            b'C' => wire::message(&mut out, b'C', |b| b.extend_from_slice(b"SELECT 1\0")),
+            t => wire::message(&mut out, t, |_| {}),
+        }
+    }
+    out.to_vec()
+}
+
+/// Checks one message pgrouter sent for the client's `msg`, and applies it to `server`.
+fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes, Bytes>) {
+    if m == msg {
+        return forwarded(server, m);
+    }
+    let (body, mbody) = (msg.slice(5..), m.slice(5..));
+    match m[0] {
+        b'P' => {
+            let (name, def) = statements::split_parse(&mbody).expect("our Parse");
+            if name.is_empty() {
+                // A client's unnamed Parse of DEALLOCATE <its name>, renamed.
+                let sql = Reader::new(&def).cstr().unwrap();
+                return deallocated(server, sql);
+            }
+            let id = Statement::new(def.clone()).id;
+            assert_eq!(&name[..], server_name_of(id).as_bytes(), "name from the hash");
+            assert!(
+                !server.statements.contains_key(&name[..]),
+                "Parse of a statement the server already has"
+            );
+            if let Some((client_name, client_def)) = statements::split_parse(&body) {
+                if msg[0] == b'P' && !client_name.is_empty() {
+                    assert_eq!(def, client_def, "definition changed");
+                }
+            }
+            server.statements.insert(name.to_vec(), def);
+        }
+        b'B' => {
+            let mut ours = Reader::new(&mbody);
+            let mut theirs = Reader::new(&body);
+            assert_eq!(ours.cstr(), theirs.cstr(), "portal changed");
+            let name = ours.cstr().unwrap();
+            let client_name = theirs.cstr().unwrap();
+            assert_eq!(ours.rest(), theirs.rest(), "parameters changed");
+            assert!(name.starts_with(b"pgr_"), "renamed");
+            assert!(server.statements.contains_key(name), "Bind of a missing statement");
+            // The statement run is the one the client defined under its name.
+            assert_eq!(
+                server.statements.get(name),
+                client_view.get(client_name),
+                "Bind runs another definition"
+            );
+            // The server runs it: a DISCARD ALL or DEALLOCATE ALL under a name drops every
+            // statement, the client's included.
+            let query = statements::definition_query(&server.statements[name]).to_vec();
+            apply_sql(server, &query);
+        }
+        b'D' => {
+            assert_eq!(m[5], b'S');
+            let name = Reader::new(&mbody[1..]).cstr().unwrap();
+            assert!(name.starts_with(b"pgr_"), "renamed");
+            assert!(server.statements.contains_key(name), "Describe of a missing statement");
+        }
+        b'Q' => deallocated(server, Reader::new(&mbody).cstr().unwrap()),
+        t => panic!("unexpected rewrite to '{}'", char::from(t)),
+    }
+}
+
+/// A DEALLOCATE pgrouter sent for a client's DEALLOCATE of one of its names.
+fn deallocated(server: &mut Server, sql: &[u8]) {
+    let name = sql.strip_prefix(b"DEALLOCATE ").expect("a DEALLOCATE");
+    assert!(name.starts_with(b"pgr_"), "of a pooled name");
+    assert!(
+        server.statements.remove(name).is_some(),
+        "DEALLOCATE of a missing statement"
+    );
+}
+
+/// The client's own view of its statement names after `msg`.
+fn client_learns(client_view: &mut HashMap<Bytes, Bytes>, msg: &Bytes) {
+    let body = msg.slice(5..);
+    match msg[0] {
+        b'P' => {
+            let (name, def) = statements::split_parse(&body).unwrap();
+            if name.is_empty() {
+                forget(client_view, statements::definition_query(&def));
+            } else {
+                client_view.insert(name, def);
+            }
+        }
+        b'C' if body.first() == Some(&b'S') => {
+            if let Some(name) = Reader::new(&body[1..]).cstr() {
+                client_view.remove(name);
+            }
+        }
+        b'Q' => forget(client_view, Reader::new(&body).cstr().unwrap_or_default()),
+        b'B' => {
+            // A named statement runs here: DISCARD ALL or DEALLOCATE under a name acts.
+            let mut r = Reader::new(&body);
+            let name = r.cstr().and_then(|_| r.cstr()).unwrap_or_default();
+            if let Some(def) = client_view.get(name).cloned() {
+                forget(client_view, statements::definition_query(&def));
+            }
+        }
+        _ => {}
     }
 }
 

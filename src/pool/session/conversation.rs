@@ -467,7 +467,6 @@ impl Conversation {
     ) -> Result<Heard, Broken> {
         let mut heard = Heard::default();
         loop {
-            self.made_up_answers(to_client);
             if self.server_stream_left > 0 {
                 let n = self.server_stream_left.min(input.len());
                 if n == 0 {
@@ -480,6 +479,8 @@ impl Conversation {
                 self.server_stream_left -= n;
                 continue;
             }
+            // Only between messages: one being streamed came before them.
+            self.made_up_answers(to_client);
             let (tag, len) = match wire::header(input) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(heard),

@@ -323,8 +323,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use bytes::Bytes;
     use crate::topology::Topology;
+    use bytes::Bytes;
 
     /// 10,000 idle pooled clients must fit in a few KiB each: the task of one holds the
     /// session and the idle wait, every larger step is boxed while it runs.
