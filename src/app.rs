@@ -186,7 +186,7 @@ impl App {
                         self.shards.clone(),
                     ))
                 }
-                _ => tokio::spawn(crate::http::serve(listener, self.clone())),
+                _ => tokio::spawn(crate::admin::http::serve(listener, self.clone())),
             };
             if let Some(old) = listeners[i].replace(Bound { addr, task }) {
                 tracing::info!(old = %old.addr, new = %addr, "listener moved");

@@ -19,7 +19,6 @@ pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod dcs;
-pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

@@ -100,9 +100,9 @@ pub async fn run(
     let mode = shared.config().pool_mode(port == Port::Primary);
     // Boxed: a task's future is as large as its largest state, and an idle pooled client
     // should not carry the relay's or a TLS handshake's.
-    if mode.pooled() && startup.database() == crate::pool::console::DATABASE {
+    if mode.pooled() && startup.database() == crate::admin::console::DATABASE {
         let user = startup.user().to_owned();
-        return Box::pin(crate::pool::console::run(shared, client, &user, &peer)).await;
+        return Box::pin(crate::admin::console::run(shared, client, &user, &peer)).await;
     }
     if mode.pooled() {
         let start = crate::pool::session::start(shared, port, mode, client, startup, peer, state);

@@ -8,7 +8,7 @@ use crate::stream::Stream;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use super::client_auth::AuthError;
+use crate::pool::client_auth::AuthError;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
 use crate::route::Port;
@@ -99,7 +99,7 @@ pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str
         return;
     }
     let limit = config.listen.startup_timeout.0;
-    let auth = super::session::authenticate(&shared, &mut client, user, DATABASE);
+    let auth = crate::pool::session::authenticate(&shared, &mut client, user, DATABASE);
     let mut out = match tokio::time::timeout(limit, auth).await {
         Ok(Ok(passed)) => passed.unsent,
         Ok(Err(AuthError::Refused(e))) => {

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::admin;
+use super::api;
 use crate::app::App;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
@@ -63,13 +63,13 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallib
             );
             r
         }
-        (&Method::GET, "/health") => reply(admin::health(&app)),
-        (&Method::GET, "/primary") => reply(admin::can_route(&app, crate::route::Port::Primary)),
-        (&Method::GET, "/replica") => reply(admin::can_route(&app, crate::route::Port::Replicas)),
-        (&Method::GET, "/status") => reply(admin::status(&app)),
-        (&Method::POST, "/pause") => reply(admin::pause(&app, port).await),
-        (&Method::POST, "/resume") => reply(admin::resume(&app, port)),
-        (&Method::POST, "/reload") => reply(admin::reload(&app).await),
+        (&Method::GET, "/health") => reply(api::health(&app)),
+        (&Method::GET, "/primary") => reply(api::can_route(&app, crate::route::Port::Primary)),
+        (&Method::GET, "/replica") => reply(api::can_route(&app, crate::route::Port::Replicas)),
+        (&Method::GET, "/status") => reply(api::status(&app)),
+        (&Method::POST, "/pause") => reply(api::pause(&app, port).await),
+        (&Method::POST, "/resume") => reply(api::resume(&app, port)),
+        (&Method::POST, "/reload") => reply(api::reload(&app).await),
         (
             _,
             "/metrics" | "/health" | "/primary" | "/replica" | "/status" | "/pause" | "/resume"
