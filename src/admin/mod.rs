@@ -9,3 +9,29 @@
 pub mod api;
 pub mod console;
 pub mod http;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::shared::Shared;
+
+/// What the admin endpoint reads of the running router; the app builds it when it binds the
+/// endpoint. Reloads go through `Shared::request_reload`, which the app serves.
+#[derive(Clone)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    sessions: TaskTracker,
+}
+
+impl Admin {
+    /// `sessions`: the tracker of the client sessions running now.
+    pub fn new(shared: Arc<Shared>, sessions: TaskTracker) -> Admin {
+        Admin { shared, sessions }
+    }
+
+    /// Client sessions running now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
