@@ -1,12 +1,10 @@
 //! What the admin endpoint answers: health, routability per port, status, pause and resume,
 //! reload. Each returns an HTTP status and a JSON body; `http.rs` does the wire.
 
-use std::time::{Duration, Instant};
-
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::Admin;
+use super::{pause, Admin};
 use crate::route::Port;
 
 /// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
@@ -114,38 +112,16 @@ fn ports(query: Option<&str>) -> Result<Vec<Port>, (StatusCode, Value)> {
 }
 
 /// Holds new clients and new transactions on the ports, then waits (up to drain_timeout) for
-/// the transactions in flight to finish, as pgbouncer's PAUSE does. 200 once none is active;
-/// 504 if some still are (the ports stay paused either way).
+/// the transactions in flight to finish, as pgbouncer's PAUSE does (`pause.rs`). 200 once none
+/// is active; 504 if some still are (the ports stay paused either way).
 pub async fn pause(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
     let ports = match ports(query) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    for port in &ports {
-        admin.shared.set_paused(*port, true);
-    }
-    let active = || -> i64 {
-        ports
-            .iter()
-            .map(|p| {
-                admin
-                    .shared
-                    .metrics
-                    .client_connections
-                    .with_label_values(&[p.label(), "active"])
-                    .get()
-            })
-            .sum()
-    };
-    let started = Instant::now();
-    let limit = admin.shared.config().routing.drain_timeout.0;
-    while active() > 0 && started.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
-    tracing::info!(ports = ?labels, active = active(), "paused");
-    let body = json!({"paused": labels, "active": active(), "waited_seconds": started.elapsed().as_secs_f64()});
-    let status = if active() == 0 {
+    let paused = pause::pause(&admin.shared, &ports, 0).await;
+    let body = json!({"paused": paused.labels(), "active": paused.active, "waited_seconds": paused.waited.as_secs_f64()});
+    let status = if paused.active == 0 {
         StatusCode::OK
     } else {
         StatusCode::GATEWAY_TIMEOUT
@@ -158,11 +134,8 @@ pub fn resume(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    for port in &ports {
-        admin.shared.set_paused(*port, false);
-    }
+    pause::resume(&admin.shared, &ports);
     let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
-    tracing::info!(ports = ?labels, "resumed");
     (StatusCode::OK, json!({"resumed": labels}))
 }
 

@@ -8,6 +8,7 @@ use crate::stream::Stream;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 
+use super::pause;
 use crate::pool::client_auth::AuthError;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
@@ -176,13 +177,10 @@ async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) -> Result<(), P
         Command::Show(what) => {
             show(shared, &what)?.encode(out, "SHOW");
         }
-        Command::Pause | Command::Resume => {
-            let paused = command == Command::Pause;
-            for port in Port::ALL {
-                shared.set_paused(port, paused);
-            }
-            tracing::info!(paused, "admin console: pause switched");
-            command_complete(out, if paused { "PAUSE" } else { "RESUME" });
+        Command::Pause => pause_all(shared, out).await?,
+        Command::Resume => {
+            pause::resume(shared, &Port::ALL);
+            command_complete(out, "RESUME");
         }
         Command::Reload => {
             shared.request_reload().await.map_err(|e| {
@@ -194,6 +192,29 @@ async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) -> Result<(), P
             command_complete(out, "RELOAD");
         }
     }
+    Ok(())
+}
+
+/// PAUSE on both ports, as POST /pause: answered once no transaction is in flight. Still busy
+/// at `routing.drain_timeout`, it answers ERROR 57014 (query_canceled, what PostgreSQL answers a
+/// statement that ran out of time under statement_timeout): the wait was given up, not the
+/// pause, and the ports stay paused until RESUME.
+async fn pause_all(shared: &Shared, out: &mut BytesMut) -> Result<(), PgError> {
+    // `proxy::session` counts this session active on its port while it is open: not waited for.
+    let paused = pause::pause(shared, &Port::ALL, 1).await;
+    if paused.active > 0 {
+        let n = paused.active;
+        return Err(PgError::error(
+            sqlstate::QUERY_CANCELED,
+            format!(
+                "pgrouter: cluster \"{}\": PAUSE waited {:.1}s (routing.drain_timeout) and {n} {} still active; the ports stay paused (RESUME releases them)",
+                shared.scope,
+                paused.waited.as_secs_f64(),
+                if n == 1 { "transaction is" } else { "transactions are" },
+            ),
+        ));
+    }
+    command_complete(out, "PAUSE");
     Ok(())
 }
 
@@ -387,7 +408,11 @@ fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::admin::pause::tests::{active_client, shared};
+    use crate::metrics::ClientState;
 
     #[test]
     fn commands() {
@@ -410,5 +435,49 @@ mod tests {
             .map(|m| m[0])
             .collect();
         assert_eq!(tags, b"TDC");
+    }
+
+    #[tokio::test]
+    async fn pause_answers_once_the_transactions_in_flight_have_finished() {
+        let shared = shared("10s");
+        // proxy::session counts the console's own session active on its port.
+        let _this_session = active_client(&shared, Port::Primary);
+        let mut client = active_client(&shared, Port::Replicas);
+        let finishes = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client.set(ClientState::Idle);
+            client
+        });
+        let mut out = BytesMut::new();
+        execute(&shared, "PAUSE", &mut out).await.unwrap();
+        assert!(
+            finishes.is_finished(),
+            "PAUSE answered before the transaction ended"
+        );
+        let done = wire::take_message(&mut out).unwrap().unwrap();
+        assert_eq!(&done[..], b"C\0\0\0\x0aPAUSE\0");
+        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
+        execute(&shared, "RESUME", &mut out).await.unwrap();
+        assert!(!shared.is_paused(Port::Primary) && !shared.is_paused(Port::Replicas));
+    }
+
+    #[tokio::test]
+    async fn pause_still_busy_at_drain_timeout_is_an_error_and_the_ports_stay_paused() {
+        let shared = shared("300ms");
+        let _this_session = active_client(&shared, Port::Primary);
+        let _busy = active_client(&shared, Port::Primary);
+        let mut out = BytesMut::new();
+        let e = execute(&shared, "pause;", &mut out).await.unwrap_err();
+        assert_eq!((e.code, e.fatal), (sqlstate::QUERY_CANCELED, false));
+        assert!(
+            e.message
+                .starts_with("pgrouter: cluster \"d\": PAUSE waited ")
+                && e.message
+                    .contains("1 transaction is still active; the ports stay paused"),
+            "{}",
+            e.message
+        );
+        assert!(out.is_empty());
+        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
     }
 }

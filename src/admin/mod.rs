@@ -5,10 +5,12 @@
 //!   reload.
 //! - `console`: the pgbouncer-style admin console, the virtual database "pgrouter" on a pooled
 //!   port (SHOW, PAUSE, RESUME, RELOAD).
+//! - `pause`: PAUSE and RESUME, the same for both: PAUSE waits for the transactions in flight.
 
 pub mod api;
 pub mod console;
 pub mod http;
+pub mod pause;
 
 use std::sync::Arc;
 
