@@ -5,12 +5,14 @@
 //!   reload.
 //! - `console`: the pgbouncer-style admin console, the virtual database "pgrouter" on a pooled
 //!   port (SHOW, PAUSE, RESUME, RELOAD).
+//! - `show`: the tables the console's SHOW commands answer.
 //! - `pause`: PAUSE and RESUME, the same for both: PAUSE waits for the transactions in flight.
 
 pub mod api;
 pub mod console;
 pub mod http;
 pub mod pause;
+mod show;
 
 use std::sync::Arc;
 
