@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,40 +112,35 @@ pub async fn run(
 impl App {
     /// Re-reads the config file: validated first, so a bad file changes nothing. Routing and
     /// limits apply at once; moved listeners rebind without touching existing sessions.
-    /// (Boxed: the admin endpoint that calls it is itself started by a reload.)
-    pub fn reload(
-        self: &Arc<Self>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), AppError>> + Send + '_>> {
-        Box::pin(async move {
-            let _one_at_a_time = self.reloading.lock().await;
-            let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
-            let new = Config::load(path)?;
-            let old = self.shared.config();
-            if new.cluster != old.cluster {
-                return Err(ConfigError::Invalid {
-                    key: "cluster".into(),
-                    reason: "changing the cluster or etcd endpoints needs a restart".into(),
-                }
-                .into());
+    pub async fn reload(self: &Arc<Self>) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
+        let new = Config::load(path)?;
+        let old = self.shared.config();
+        if new.cluster != old.cluster {
+            return Err(ConfigError::Invalid {
+                key: "cluster".into(),
+                reason: "changing the cluster or etcd endpoints needs a restart".into(),
             }
-            if new.runtime != old.runtime {
-                tracing::warn!("runtime settings change at the next start, not on reload");
-            }
-            let users = load_users(&new)?;
-            let tls = crate::tls::Transport::load(&new)?;
-            self.bind_changed(&new).await?;
-            self.shared.credentials.set_users(users);
-            self.shared.set_transport(tls);
-            let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
-            if now > was {
-                self.limits.add_permits(now - was);
-            } else {
-                self.limits.forget_permits(was - now);
-            }
-            self.shared.set_config(Arc::new(new));
-            tracing::info!(path = %path.display(), "config reloaded");
-            Ok(())
-        })
+            .into());
+        }
+        if new.runtime != old.runtime {
+            tracing::warn!("runtime settings change at the next start, not on reload");
+        }
+        let users = load_users(&new)?;
+        let tls = crate::tls::Transport::load(&new)?;
+        self.bind_changed(&new).await?;
+        self.shared.credentials.set_users(users);
+        self.shared.set_transport(tls);
+        let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
+        if now > was {
+            self.limits.add_permits(now - was);
+        } else {
+            self.limits.forget_permits(was - now);
+        }
+        self.shared.set_config(Arc::new(new));
+        tracing::info!(path = %path.display(), "config reloaded");
+        Ok(())
     }
 
     /// Binds every listener whose address differs from what is bound now. All new sockets are
@@ -186,7 +180,10 @@ impl App {
                         self.shards.clone(),
                     ))
                 }
-                _ => tokio::spawn(crate::http::serve(listener, self.clone())),
+                _ => {
+                    let admin = crate::admin::Admin::new(shared, self.sessions.clone());
+                    tokio::spawn(crate::admin::http::serve(listener, Arc::new(admin)))
+                }
             };
             if let Some(old) = listeners[i].replace(Bound { addr, task }) {
                 tracing::info!(old = %old.addr, new = %addr, "listener moved");
@@ -221,11 +218,6 @@ impl App {
         }
     }
 
-    /// Client sessions running now.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, [Option<Bound>; 3]> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -247,7 +239,7 @@ fn load_users(
     }
 }
 
-/// Reloads asked for by the admin console's RELOAD.
+/// Reloads asked for by the admin console's RELOAD and the admin endpoint's POST /reload.
 async fn reload_on_request(app: Arc<App>) {
     let Some(mut requests) = app.shared.take_reload_requests() else {
         return;

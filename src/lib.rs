@@ -20,7 +20,6 @@ pub mod cancel;
 pub mod config;
 pub mod dcs;
 pub mod hold;
-pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

@@ -37,7 +37,7 @@ pub struct Shared {
     pub credentials: Credentials,
     /// TLS acceptor and member connector in force; replaced on reload.
     tls: std::sync::RwLock<crate::tls::Transport>,
-    /// Reloads asked for by the admin console, served by the app.
+    /// Reloads asked for by the admin console and the admin endpoint, served by the app.
     reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
 }

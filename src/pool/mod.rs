@@ -6,11 +6,9 @@
 //! - `pools`, `server`: the pools and the server connections in them.
 //! - `message_memory`: the budget pooled clients' large messages share.
 //! - `client_auth`, `credentials`, `auth_query`: who may connect, and logging in to servers.
-//! - `console`: the admin console (database "pgrouter").
 
 pub mod auth_query;
 pub mod client_auth;
-pub mod console;
 pub mod session;
 pub mod statements;
 

@@ -99,9 +99,12 @@ pub async fn run(
     let mode = shared.config().pool_mode(port == Port::Primary);
     // Boxed: a task's future is as large as its largest state, and an idle pooled client
     // should not carry the relay's or a TLS handshake's.
-    if mode.pooled() && startup.database() == crate::pool::console::DATABASE {
+    if mode.pooled() && startup.database() == crate::admin::console::DATABASE {
+        // Counted among the port's clients, never as running a transaction: PAUSE waits
+        // for those, and a console (or an exporter polling it) must not hold it up.
+        state.set(ClientState::Idle);
         let user = startup.user().to_owned();
-        return Box::pin(crate::pool::console::run(shared, client, &user, &peer)).await;
+        return Box::pin(crate::admin::console::run(shared, client, &user, &peer)).await;
     }
     if mode.pooled() {
         let start = crate::pool::session::start(shared, port, mode, client, startup, peer, state);
@@ -538,6 +541,54 @@ async fn forward_cancel(shared: &Shared, key: &CancelKey) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, PoolMode};
+    use crate::metrics::Metrics;
+    use crate::topology::Topology;
+    use bytes::Bytes;
+
+    /// 10,000 idle pooled clients must fit in a few KiB each: the task of one holds the
+    /// session and the idle wait, every larger step is boxed while it runs.
+    #[tokio::test]
+    async fn an_idle_pooled_client_task_is_small() {
+        let config =
+            Config::from_toml("[cluster]\nscope = \"d\"\netcd = [\"127.0.0.1:1\"]\n").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Topology::empty("d")));
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::new(config, rx, metrics.clone()));
+        let shared2 = shared.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let startup = Startup {
+            raw: Bytes::new(),
+            version: (3, 0),
+            params: vec![("user".into(), "u".into())],
+        };
+        let session = size_of::<crate::pool::session::PooledSession>();
+        let task = crate::pool::session::start(
+            shared,
+            Port::Primary,
+            PoolMode::Transaction,
+            Stream::Plain(tcp),
+            startup,
+            String::new(),
+            StateGauge::new(&metrics, "primary"),
+        );
+        let task = std::mem::size_of_val(&task);
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let outer =
+            run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
+        let outer = std::mem::size_of_val(&outer);
+        println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
+        assert!(task < 2048, "task future {task} bytes");
+        // Every idle client carries its whole task: a branch `run` awaits inline (the cancel
+        // forward did, 1,608 bytes in all, +780 bytes per idle client in W4) costs them all.
+        assert!(outer < 1024, "client task {outer} bytes");
+    }
+
 
     #[test]
     fn a_member_not_accepting_connections_is_told_from_one_to_relay() {

@@ -1,19 +1,16 @@
 //! What the admin endpoint answers: health, routability per port, status, pause and resume,
 //! reload. Each returns an HTTP status and a JSON body; `http.rs` does the wire.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::app::App;
+use super::{pause, Admin};
 use crate::route::Port;
 
 /// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
-pub fn health(app: &App) -> (StatusCode, Value) {
-    let topology = app.shared.topology.borrow().clone();
-    let dcs_connected = app.shared.metrics.dcs_connected.get() == 1;
+pub fn health(admin: &Admin) -> (StatusCode, Value) {
+    let topology = admin.shared.topology.borrow().clone();
+    let dcs_connected = admin.shared.metrics.dcs_connected.get() == 1;
     let healthy = dcs_connected && topology.synced && topology.leader.is_some();
     let status = if healthy {
         StatusCode::OK
@@ -31,13 +28,13 @@ pub fn health(app: &App) -> (StatusCode, Value) {
 
 /// 200 when a new client on `port` would be routed now (for keepalived or HAProxy checks in
 /// front of several routers), 503 with the reason otherwise.
-pub fn can_route(app: &App, port: Port) -> (StatusCode, Value) {
-    let topology = app.shared.topology.borrow().clone();
-    let routing = app.shared.config().routing.clone();
-    let verdict = if app.shared.is_paused(port) {
+pub fn can_route(admin: &Admin, port: Port) -> (StatusCode, Value) {
+    let topology = admin.shared.topology.borrow().clone();
+    let routing = admin.shared.config().routing.clone();
+    let verdict = if admin.shared.is_paused(port) {
         Err("paused".to_owned())
     } else {
-        app.shared.router.available(&routing, &topology, port)
+        admin.shared.router.available(&routing, &topology, port)
     };
     match verdict {
         Ok(member) => (
@@ -52,11 +49,11 @@ pub fn can_route(app: &App, port: Port) -> (StatusCode, Value) {
 }
 
 /// The topology as this router sees it, its listeners and its clients.
-pub fn status(app: &App) -> (StatusCode, Value) {
-    let topology = app.shared.topology.borrow().clone();
-    let config = app.shared.config();
+pub fn status(admin: &Admin) -> (StatusCode, Value) {
+    let topology = admin.shared.topology.borrow().clone();
+    let config = admin.shared.config();
     let max_lag = config.routing.max_replica_lag.0;
-    let metrics = &app.shared.metrics;
+    let metrics = &admin.shared.metrics;
     let members: Vec<Value> = topology
         .members
         .values()
@@ -81,7 +78,7 @@ pub fn status(app: &App) -> (StatusCode, Value) {
                 .with_label_values(&[port.label(), state])
                 .get()
         };
-        json!({"held": count("held"), "active": count("active"), "idle": count("idle"), "paused": app.shared.is_paused(port)})
+        json!({"held": count("held"), "active": count("active"), "idle": count("idle"), "paused": admin.shared.is_paused(port)})
     };
     let body = json!({
         "cluster": topology.scope,
@@ -92,7 +89,7 @@ pub fn status(app: &App) -> (StatusCode, Value) {
         "members": members,
         "listen": {"primary": config.listen.primary, "replicas": config.listen.replicas, "admin": config.listen.admin},
         "clients": {"primary": clients(Port::Primary), "replicas": clients(Port::Replicas)},
-        "sessions": app.session_count(),
+        "sessions": admin.session_count(),
     });
     (StatusCode::OK, body)
 }
@@ -115,37 +112,16 @@ fn ports(query: Option<&str>) -> Result<Vec<Port>, (StatusCode, Value)> {
 }
 
 /// Holds new clients and new transactions on the ports, then waits (up to drain_timeout) for
-/// the transactions in flight to finish, as pgbouncer's PAUSE does. 200 once none is active;
-/// 504 if some still are (the ports stay paused either way).
-pub async fn pause(app: &Arc<App>, query: Option<&str>) -> (StatusCode, Value) {
+/// the transactions in flight to finish, as pgbouncer's PAUSE does (`pause.rs`). 200 once none
+/// is active; 504 if some still are (the ports stay paused either way).
+pub async fn pause(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
     let ports = match ports(query) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    for port in &ports {
-        app.shared.set_paused(*port, true);
-    }
-    let active = || -> i64 {
-        ports
-            .iter()
-            .map(|p| {
-                app.shared
-                    .metrics
-                    .client_connections
-                    .with_label_values(&[p.label(), "active"])
-                    .get()
-            })
-            .sum()
-    };
-    let started = Instant::now();
-    let limit = app.shared.config().routing.drain_timeout.0;
-    while active() > 0 && started.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
-    tracing::info!(ports = ?labels, active = active(), "paused");
-    let body = json!({"paused": labels, "active": active(), "waited_seconds": started.elapsed().as_secs_f64()});
-    let status = if active() == 0 {
+    let paused = pause::pause(&admin.shared, &ports).await;
+    let body = json!({"paused": paused.labels(), "active": paused.active, "waited_seconds": paused.waited.as_secs_f64()});
+    let status = if paused.active == 0 {
         StatusCode::OK
     } else {
         StatusCode::GATEWAY_TIMEOUT
@@ -153,28 +129,23 @@ pub async fn pause(app: &Arc<App>, query: Option<&str>) -> (StatusCode, Value) {
     (status, body)
 }
 
-pub fn resume(app: &App, query: Option<&str>) -> (StatusCode, Value) {
+pub fn resume(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
     let ports = match ports(query) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    for port in &ports {
-        app.shared.set_paused(*port, false);
-    }
+    pause::resume(&admin.shared, &ports);
     let labels: Vec<&str> = ports.iter().map(|p| p.label()).collect();
-    tracing::info!(ports = ?labels, "resumed");
     (StatusCode::OK, json!({"resumed": labels}))
 }
 
-pub async fn reload(app: &Arc<App>) -> (StatusCode, Value) {
-    match app.reload().await {
+/// Asks the app to reload, as SIGHUP does, and waits for the outcome (the app logs a refusal).
+pub async fn reload(admin: &Admin) -> (StatusCode, Value) {
+    match admin.shared.request_reload().await {
         Ok(()) => (StatusCode::OK, json!({"reloaded": true})),
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused; the running config is unchanged");
-            (
-                StatusCode::BAD_REQUEST,
-                json!({"reloaded": false, "error": e.to_string()}),
-            )
-        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            json!({"reloaded": false, "error": e}),
+        ),
     }
 }

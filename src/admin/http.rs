@@ -14,10 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::admin;
-use crate::app::App;
+use super::{api, Admin};
 
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -27,9 +26,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
                 continue;
             }
         };
-        let app = app.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(app.clone(), req));
+            let service = service_fn(move |req| handle(admin.clone(), req));
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -42,8 +41,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallible> {
-    if !authorized(&app, &req) {
+async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    if !authorized(&admin, &req) {
         let mut reply = json(
             StatusCode::UNAUTHORIZED,
             r#"{"error":"missing or wrong bearer token"}"#.into(),
@@ -56,20 +55,20 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallib
     let port = req.uri().query().and_then(|q| q.strip_prefix("port="));
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(app.shared.metrics.encode())));
+            let mut r = Response::new(Full::new(Bytes::from(admin.shared.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 "text/plain; version=0.0.4".parse().expect("static header"),
             );
             r
         }
-        (&Method::GET, "/health") => reply(admin::health(&app)),
-        (&Method::GET, "/primary") => reply(admin::can_route(&app, crate::route::Port::Primary)),
-        (&Method::GET, "/replica") => reply(admin::can_route(&app, crate::route::Port::Replicas)),
-        (&Method::GET, "/status") => reply(admin::status(&app)),
-        (&Method::POST, "/pause") => reply(admin::pause(&app, port).await),
-        (&Method::POST, "/resume") => reply(admin::resume(&app, port)),
-        (&Method::POST, "/reload") => reply(admin::reload(&app).await),
+        (&Method::GET, "/health") => reply(api::health(&admin)),
+        (&Method::GET, "/primary") => reply(api::can_route(&admin, crate::route::Port::Primary)),
+        (&Method::GET, "/replica") => reply(api::can_route(&admin, crate::route::Port::Replicas)),
+        (&Method::GET, "/status") => reply(api::status(&admin)),
+        (&Method::POST, "/pause") => reply(api::pause(&admin, port).await),
+        (&Method::POST, "/resume") => reply(api::resume(&admin, port)),
+        (&Method::POST, "/reload") => reply(api::reload(&admin).await),
         (
             _,
             "/metrics" | "/health" | "/primary" | "/replica" | "/status" | "/pause" | "/resume"
@@ -83,8 +82,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Reply, Infallib
     Ok(reply)
 }
 
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(token) = app.shared.config().listen.admin_token.clone() else {
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let Some(token) = admin.shared.config().listen.admin_token.clone() else {
         return true;
     };
     let given = req

@@ -1,0 +1,41 @@
+//! Administration: the HTTP admin endpoint and the admin console, and what both answer.
+//!
+//! - `http`: the admin endpoint (hyper): routes and the bearer token.
+//! - `api`: what the endpoint answers: health, routability per port, status, pause, resume,
+//!   reload.
+//! - `console`: the pgbouncer-style admin console, the virtual database "pgrouter" on a pooled
+//!   port (SHOW, PAUSE, RESUME, RELOAD).
+//! - `show`: the tables the console's SHOW commands answer.
+//! - `pause`: PAUSE and RESUME, the same for both: PAUSE waits for the transactions in flight.
+
+pub mod api;
+pub mod console;
+pub mod http;
+pub mod pause;
+mod show;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::shared::Shared;
+
+/// What the admin endpoint reads of the running router; the app builds it when it binds the
+/// endpoint. Reloads go through `Shared::request_reload`, which the app serves.
+#[derive(Clone)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    sessions: TaskTracker,
+}
+
+impl Admin {
+    /// `sessions`: the tracker of the client sessions running now.
+    pub fn new(shared: Arc<Shared>, sessions: TaskTracker) -> Admin {
+        Admin { shared, sessions }
+    }
+
+    /// Client sessions running now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
