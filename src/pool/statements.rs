@@ -3,7 +3,7 @@
 //! A client names its statements as it likes ("pdo_stmt_00000001", "_pg3_0", ...), and any
 //! server connection may run its next Bind. pgrouter keeps each client's statements by name and
 //! prepares them on servers under a name derived from their text and parameter types
-//! ("pgr_<hash>"), so identical statements of different clients share one server-side
+//! (`pgr_<hash>`), so identical statements of different clients share one server-side
 //! statement, and a Bind on a connection that lacks it is preceded by a Parse pgrouter sends
 //! itself (and whose ParseComplete it swallows).
 

@@ -1,5 +1,7 @@
 //! Pass-through sessions: listeners, startup, the login relayed to a member, the relay.
 
+mod finish;
+mod forward_cancel;
 pub mod listener;
 pub mod login;
 pub mod relay;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::TlsMode;
@@ -11,9 +11,10 @@ use crate::tls::Transport;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
+use super::finish::{finish, send_error, send_response};
+use super::forward_cancel::forward_cancel;
 use super::login;
-use super::relay::{terminate, End, Follow, Relay};
-use crate::cancel::{self, send_cancel, Elsewhere};
+use super::relay::{Follow, Relay};
 use crate::hold::{
     left_waiting, not_now, unless_left, unreachable, without_member, Attempt, Hold, Unserved,
 };
@@ -354,190 +355,6 @@ fn classify(answer: &[u8]) -> First {
     }
 }
 
-async fn finish(
-    shared: &Shared,
-    route: &Route,
-    port: Port,
-    peer: &str,
-    end: End,
-    client: &mut Stream,
-    server: &mut Stream,
-) {
-    let scope = &shared.scope;
-    let member = &route.member.name;
-    let closing = |reason: &str| {
-        PgError::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            format!("pgrouter: cluster \"{scope}\": closing session on \"{member}\": {reason}"),
-        )
-    };
-    let drained = |kind: &str| {
-        shared
-            .metrics
-            .sessions_drained
-            .with_label_values(&[kind])
-            .inc()
-    };
-    match end {
-        End::Lost {
-            reason,
-            at_boundary,
-        } => {
-            drained("leader_lost");
-            tracing::info!(%peer, %port, %member, %reason, "cut session on a member that lost the leader key");
-            if at_boundary {
-                send_error(
-                    shared,
-                    client,
-                    &closing(&reason).with_hint("Reconnect to reach the new leader."),
-                )
-                .await;
-            }
-        }
-        End::Drained(cause) => {
-            drained(cause.kind);
-            tracing::info!(%peer, %port, %member, reason = %cause.reason, "drained idle session");
-            send_error(
-                shared,
-                client,
-                &closing(&cause.reason).with_hint("Reconnect to reach an eligible member."),
-            )
-            .await;
-            terminate(server).await;
-        }
-        End::DrainTimeout { cause, at_boundary } => {
-            drained("drain_timeout");
-            tracing::info!(%peer, %port, %member, reason = %cause.reason, "cut busy session after drain_timeout");
-            if at_boundary {
-                let e = closing(&format!(
-                    "{} (still busy after drain_timeout)",
-                    cause.reason
-                ));
-                send_error(shared, client, &e).await;
-            }
-        }
-        End::ClientProtocol(e) => {
-            tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
-            let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-            )
-            .await;
-        }
-        End::ClientTruncated => {
-            tracing::info!(%peer, %port, %member, "client closed the connection inside a message");
-            let message = format!(
-                "pgrouter: cluster \"{scope}\": session on \"{member}\": the client closed the connection inside a message"
-            );
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-            )
-            .await;
-        }
-        End::ServerProtocol(e) => {
-            tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol")
-        }
-        End::ServerGone { error, tell } => {
-            let why = error.map_or_else(
-                || "the server closed the connection".to_owned(),
-                |e| e.to_string(),
-            );
-            tracing::info!(%peer, %port, %member, %why, "lost the server connection");
-            if tell {
-                let message = format!(
-                    "pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\": {why}"
-                );
-                send_error(
-                    shared,
-                    client,
-                    &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
-                )
-                .await;
-            }
-        }
-        End::ClientClosed => tracing::debug!(%peer, %port, %member, "session ended"),
-        End::ClientError(e) => {
-            tracing::debug!(%peer, %port, %member, error = %e, "session failed")
-        }
-    }
-}
-
-async fn send_error(shared: &Shared, client: &mut Stream, e: &PgError) {
-    send_response(shared, client, e.code, &e.encode()).await
-}
-
-/// Sends an ErrorResponse with SQLSTATE `code`, counted, and closes.
-async fn send_response(shared: &Shared, client: &mut Stream, code: &str, response: &[u8]) {
-    shared
-        .metrics
-        .client_errors
-        .with_label_values(&[code])
-        .inc();
-    let _ = client.send(response).await;
-    let _ = client.shutdown().await;
-}
-
-/// Sends a cancel to the member that issued the key. A key this router does not know goes to
-/// the peer router that issued it (`[peers]`), or, when it is a member's own (issued through
-/// another pgrouter, or already gone), to every member, which ignore keys not theirs.
-async fn forward_cancel(shared: &Shared, key: &CancelKey) {
-    let config = shared.config();
-    let timeout = config.routing.connect_timeout.0;
-    let (key, forwarded) = cancel::unmark(key);
-    let targets: Vec<(String, CancelKey)> = match shared.cancels.lookup(&key) {
-        Some(Some(target)) => vec![target],
-        // A pooled client between queries: nothing to cancel.
-        Some(None) => return,
-        None => match cancel::elsewhere(&key, forwarded, &config.peers) {
-            Elsewhere::Members => shared
-                .topology
-                .borrow()
-                .members
-                .values()
-                .map(|m| (m.addr.clone(), key.clone()))
-                .collect(),
-            Elsewhere::Peer(addr, marked) => {
-                tracing::debug!(pid = key.pid, peer = %addr, "forwarding cancel request to the peer router that issued the key");
-                if let Err(e) = cancel::send_to_peer(&addr, &marked, timeout).await {
-                    tracing::warn!(peer = %addr, error = %e, "could not forward cancel request to a peer router");
-                }
-                return;
-            }
-            Elsewhere::Nowhere => {
-                tracing::debug!(
-                    pid = key.pid,
-                    forwarded,
-                    "cancel request for a session no longer here"
-                );
-                return;
-            }
-        },
-    };
-    tracing::debug!(
-        pid = key.pid,
-        targets = targets.len(),
-        "forwarding cancel request"
-    );
-    let mut sends = tokio::task::JoinSet::new();
-    let tls = shared.transport();
-    for (addr, key) in targets {
-        let tls = tls.clone();
-        sends.spawn(async move {
-            let result = send_cancel(&tls, &addr, &key, timeout).await;
-            (addr, result)
-        });
-    }
-    while let Some(Ok((addr, result))) = sends.join_next().await {
-        if let Err(e) = result {
-            tracing::warn!(member_addr = %addr, error = %e, "could not forward cancel request");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,8 +396,7 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let outer =
-            run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
+        let outer = run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
         let outer = std::mem::size_of_val(&outer);
         println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
         assert!(task < 2048, "task future {task} bytes");
@@ -588,7 +404,6 @@ mod tests {
         // forward did, 1,608 bytes in all, +780 bytes per idle client in W4) costs them all.
         assert!(outer < 1024, "client task {outer} bytes");
     }
-
 
     #[test]
     fn a_member_not_accepting_connections_is_told_from_one_to_relay() {

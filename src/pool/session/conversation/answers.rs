@@ -1,0 +1,159 @@
+//! The server's side of the conversation: its answers forwarded, swallowed or answered for
+//! as the ledger says, and what they settle.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{Broken, Conversation, Expect, Heard};
+use crate::protocol::wire;
+use crate::servers::conn_state::ConnState;
+use crate::servers::tracked::TRACKED;
+
+impl Conversation {
+    /// Forwards, swallows or answers for the server's messages in `input` as the ledger says,
+    /// while `to_client` has room.
+    pub fn from_server(
+        &mut self,
+        input: &mut BytesMut,
+        to_client: &mut BytesMut,
+        conn: &mut ConnState,
+    ) -> Result<Heard, Broken> {
+        let mut heard = Heard::default();
+        loop {
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(input.len());
+                if n == 0 {
+                    return Ok(heard);
+                }
+                if !self.server_stream_drop {
+                    to_client.extend_from_slice(&input[..n]);
+                }
+                input.advance(n);
+                self.server_stream_left -= n;
+                continue;
+            }
+            // Only between messages: one being streamed came before them.
+            self.made_up_answers(to_client);
+            let (tag, len) = match wire::header(input) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(heard),
+                Err(e) => return Err(Broken(e.to_string())),
+            };
+            if !matches!(tag, b'Z' | b'S' | b'E') {
+                let forward = self.settle(tag);
+                self.server_stream_left = len;
+                self.server_stream_drop = !forward;
+                continue;
+            }
+            match wire::take_message(input) {
+                Ok(Some(msg)) => self.server_message(msg, to_client, conn, &mut heard)?,
+                Ok(None) => return Ok(heard),
+                Err(e) => return Err(Broken(e.to_string())),
+            }
+        }
+    }
+
+    /// A ReadyForQuery, ParameterStatus or ErrorResponse, taken whole.
+    fn server_message(
+        &mut self,
+        msg: Bytes,
+        to_client: &mut BytesMut,
+        conn: &mut ConnState,
+        heard: &mut Heard,
+    ) -> Result<(), Broken> {
+        let body = &msg[5..];
+        let swallowing = self.expect.front() == Some(&Expect::InjectedQuery);
+        match msg[0] {
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                if self.expect.pop_front() != Some(Expect::InjectedQuery) {
+                    to_client.extend_from_slice(&msg);
+                    heard.ready += 1;
+                    heard.idle += u32::from(self.status == b'I');
+                }
+            }
+            b'S' => {
+                let mut r = wire::Reader::new(body);
+                if let (Some(k), Some(v)) = (r.cstr(), r.cstr()) {
+                    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+                    self.note_param(&k, &v);
+                    conn.note_param(&k, &v);
+                }
+                if !swallowing {
+                    to_client.extend_from_slice(&msg);
+                }
+            }
+            _ => {
+                let fields = wire::error_fields(body);
+                let severity = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'V' || *c == b'S')
+                    .map(|(_, v)| v.as_str());
+                let message = wire::field(&fields, b'M').unwrap_or_default();
+                if matches!(severity, Some("FATAL") | Some("PANIC")) {
+                    return Err(Broken(message.to_owned()));
+                }
+                if swallowing {
+                    heard.set_failed = Some(message.to_owned());
+                    return Ok(());
+                }
+                self.skip_to_sync(conn);
+                to_client.extend_from_slice(&msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// A tracked parameter the server reported: the client's from now on.
+    fn note_param(&mut self, name: &str, value: &str) {
+        if let Some(slot) = self.vars.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = value.to_owned();
+        } else if let Some(k) = TRACKED.iter().find(|t| **t == name) {
+            self.vars.push((k, value.to_owned()));
+        }
+    }
+
+    /// An ErrorResponse in an extended batch: the server skips to Sync, so does the ledger.
+    fn skip_to_sync(&mut self, conn: &mut ConnState) {
+        while let Some(e) = self.expect.front().copied() {
+            if e == Expect::Sync {
+                break;
+            }
+            self.expect.pop_front();
+            if let Expect::Parse(Some(id)) | Expect::InjectedParse(id) = e {
+                conn.prepared.remove(&id);
+            }
+        }
+    }
+
+    /// Settles the ledger for a streamed message; returns whether to forward it.
+    fn settle(&mut self, tag: u8) -> bool {
+        let head = self.expect.front().copied();
+        let (settles, forward) = match (tag, head) {
+            (_, Some(Expect::InjectedQuery)) => (false, false),
+            (b'1', Some(Expect::InjectedParse(_))) => (true, false),
+            (b'1', Some(Expect::Parse(_)))
+            | (b'2', Some(Expect::Bind))
+            | (b'3', Some(Expect::Close))
+            | (b'T' | b'n', Some(Expect::Describe))
+            | (b'C' | b'I' | b's', Some(Expect::Execute)) => (true, true),
+            _ => (false, true),
+        };
+        if settles {
+            self.expect.pop_front();
+        }
+        forward
+    }
+
+    /// Writes the answers pgrouter owes for messages it did not forward, in order.
+    fn made_up_answers(&mut self, to_client: &mut BytesMut) {
+        while let Some(e) = self.expect.front() {
+            let tag = match e {
+                Expect::MadeUpParseComplete => b'1',
+                Expect::MadeUpCloseComplete => b'3',
+                _ => return,
+            };
+            wire::message(to_client, tag, |_| {});
+            self.expect.pop_front();
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! How a pass-through session ends: what the client is told, counted and logged.
+
+use crate::protocol::error::{sqlstate, PgError};
+use crate::route::{Port, Route};
+use crate::shared::Shared;
+use crate::stream::Stream;
+use tokio::io::AsyncWriteExt;
+
+use super::relay::{terminate, End};
+
+/// Tells the client why its session ended, when it can still be told, and logs it.
+pub(super) async fn finish(
+    shared: &Shared,
+    route: &Route,
+    port: Port,
+    peer: &str,
+    end: End,
+    client: &mut Stream,
+    server: &mut Stream,
+) {
+    let scope = &shared.scope;
+    let member = &route.member.name;
+    let closing = |reason: &str| {
+        PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("pgrouter: cluster \"{scope}\": closing session on \"{member}\": {reason}"),
+        )
+    };
+    let drained = |kind: &str| {
+        shared
+            .metrics
+            .sessions_drained
+            .with_label_values(&[kind])
+            .inc()
+    };
+    match end {
+        End::Lost {
+            reason,
+            at_boundary,
+        } => {
+            drained("leader_lost");
+            tracing::info!(%peer, %port, %member, %reason, "cut session on a member that lost the leader key");
+            if at_boundary {
+                send_error(
+                    shared,
+                    client,
+                    &closing(&reason).with_hint("Reconnect to reach the new leader."),
+                )
+                .await;
+            }
+        }
+        End::Drained(cause) => {
+            drained(cause.kind);
+            tracing::info!(%peer, %port, %member, reason = %cause.reason, "drained idle session");
+            send_error(
+                shared,
+                client,
+                &closing(&cause.reason).with_hint("Reconnect to reach an eligible member."),
+            )
+            .await;
+            terminate(server).await;
+        }
+        End::DrainTimeout { cause, at_boundary } => {
+            drained("drain_timeout");
+            tracing::info!(%peer, %port, %member, reason = %cause.reason, "cut busy session after drain_timeout");
+            if at_boundary {
+                let e = closing(&format!(
+                    "{} (still busy after drain_timeout)",
+                    cause.reason
+                ));
+                send_error(shared, client, &e).await;
+            }
+        }
+        End::ClientProtocol(e) => {
+            tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
+            let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
+            send_error(
+                shared,
+                client,
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+            )
+            .await;
+        }
+        End::ClientTruncated => {
+            tracing::info!(%peer, %port, %member, "client closed the connection inside a message");
+            let message = format!(
+                "pgrouter: cluster \"{scope}\": session on \"{member}\": the client closed the connection inside a message"
+            );
+            send_error(
+                shared,
+                client,
+                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+            )
+            .await;
+        }
+        End::ServerProtocol(e) => {
+            tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol")
+        }
+        End::ServerGone { error, tell } => {
+            let why = error.map_or_else(
+                || "the server closed the connection".to_owned(),
+                |e| e.to_string(),
+            );
+            tracing::info!(%peer, %port, %member, %why, "lost the server connection");
+            if tell {
+                let message = format!(
+                    "pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\": {why}"
+                );
+                send_error(
+                    shared,
+                    client,
+                    &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
+                )
+                .await;
+            }
+        }
+        End::ClientClosed => tracing::debug!(%peer, %port, %member, "session ended"),
+        End::ClientError(e) => {
+            tracing::debug!(%peer, %port, %member, error = %e, "session failed")
+        }
+    }
+}
+
+pub(super) async fn send_error(shared: &Shared, client: &mut Stream, e: &PgError) {
+    send_response(shared, client, e.code, &e.encode()).await
+}
+
+/// Sends an ErrorResponse with SQLSTATE `code`, counted, and closes.
+pub(super) async fn send_response(
+    shared: &Shared,
+    client: &mut Stream,
+    code: &str,
+    response: &[u8],
+) {
+    shared
+        .metrics
+        .client_errors
+        .with_label_values(&[code])
+        .inc();
+    let _ = client.send(response).await;
+    let _ = client.shutdown().await;
+}
