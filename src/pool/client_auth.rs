@@ -12,6 +12,7 @@ use crate::auth::messages::{
 use crate::auth::scram::{ScramError, ServerExchange};
 use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::limits::MAX_PASSWORD_MESSAGE;
 use crate::protocol::wire;
 use crate::servers::credentials::Credentials;
 use crate::servers::server::Login;
@@ -125,12 +126,12 @@ async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
 }
 
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p') of at
-/// most 64 KiB (PostgreSQL takes no longer authentication message).
+/// most [`MAX_PASSWORD_MESSAGE`] bytes (PostgreSQL takes no longer authentication message).
 async fn read_password_message(
     client: &mut Stream,
     scope: &str,
 ) -> Result<bytes::Bytes, AuthError> {
-    const MAX: usize = 64 * 1024;
+    const MAX: usize = MAX_PASSWORD_MESSAGE;
     let mut buf = BytesMut::with_capacity(512);
     loop {
         match wire::take_message_within(&mut buf, MAX) {

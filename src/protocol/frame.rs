@@ -5,9 +5,7 @@
 //! ErrorResponse).
 //! It never allocates: a captured body lives in a small fixed array.
 
-/// Longest body the scanner captures: a server's FATAL ErrorResponse with its detail and hint
-/// (BackendKeyData, with a protocol 3.2 secret of 256 bytes, needs 260).
-pub const CAPTURE_MAX: usize = 1024;
+use super::limits::CAPTURE_MAX;
 
 /// A length field below 4 cannot frame a message (the stream is corrupt), and one above the
 /// scanner's limit is refused before any of its body passes.

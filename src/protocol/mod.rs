@@ -2,5 +2,6 @@
 
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod startup;
 pub mod wire;

@@ -2,9 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Longest message pgrouter buffers whole (PostgreSQL's own limit for most messages is 1 GB;
-/// the messages read whole here are statements, binds and small server replies).
-pub const MAX_WHOLE_MESSAGE: usize = 256 * 1024 * 1024;
+// Re-exported from where it lives for the files that still name it here (src/pool/session.rs).
+pub use super::limits::MAX_WHOLE_MESSAGE;
 
 /// A length field below 4, or a message pgrouter must read whole beyond its limit
 /// (`MAX_WHOLE_MESSAGE`, or the one given to [`take_message_within`]).

@@ -7,17 +7,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::relay::{End, Follow, RoleCheck};
+use crate::protocol::limits::{MAX_LOGIN_CLIENT_MESSAGE, MAX_LOGIN_SERVER_MESSAGE};
 use crate::protocol::wire;
 use crate::route::{Route, Verdict};
 use crate::shared::Shared;
 use crate::stream::Stream;
-
-/// Longest message taken whole from a client during login: PostgreSQL takes no authentication
-/// message longer than 65,535 bytes (PG_MAX_AUTH_TOKEN_LENGTH).
-const CLIENT_MAX: usize = 5 + 65_535;
-
-/// Longest message taken whole from a member during login (parameter values are short).
-const SERVER_MAX: usize = 1024 * 1024;
 
 /// How a login ended without a ReadyForQuery.
 #[derive(Debug)]
@@ -53,8 +47,8 @@ pub async fn run(
     let mut from_client = BytesMut::new();
     let mut out = BytesMut::new();
     loop {
-        while let Some(msg) =
-            wire::take_message_within(&mut from_server, SERVER_MAX).map_err(server_gone)?
+        while let Some(msg) = wire::take_message_within(&mut from_server, MAX_LOGIN_SERVER_MESSAGE)
+            .map_err(server_gone)?
         {
             if msg[0] == b'E' {
                 keeps_role()?;
@@ -83,7 +77,7 @@ pub async fn run(
                 Err(e) => return Err(to_client(e)),
                 Ok(_) => {
                     while let Some(msg) =
-                        wire::take_message_within(&mut from_client, CLIENT_MAX).map_err(client_broke)?
+                        wire::take_message_within(&mut from_client, MAX_LOGIN_CLIENT_MESSAGE).map_err(client_broke)?
                     {
                         follow.client_bytes(&msg).map_err(client_broke)?;
                         out.extend_from_slice(&msg);
