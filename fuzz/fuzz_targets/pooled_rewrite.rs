@@ -29,6 +29,8 @@ use bytes::{Bytes, BytesMut};
 use common::Schedule;
 use libfuzzer_sys::fuzz_target;
 use pgrouter::pool::statements::{self, sql_effects, ClientStatements, Statement};
+use pgrouter::protocol::frame;
+use pgrouter::protocol::limits::MAX_WHOLE_MESSAGE;
 use pgrouter::protocol::wire::{self, Reader};
 
 fuzz_target!(|data: &[u8]| {
@@ -67,10 +69,11 @@ fn check_framing(stream: &[u8], seed: u8) {
     match &error {
         Some(e) => {
             assert_eq!(e.tag, stream[pos]);
-            assert!(e.len < 4 || e.len > wire::MAX_WHOLE_MESSAGE);
+            // The limit counts the tag byte, the length field does not.
+            assert!(e.len < 4 || e.len as usize + 1 > MAX_WHOLE_MESSAGE);
         }
         None => {
-            if let Ok(Some((_, len))) = wire::header(&buf) {
+            if let Ok(Some((_, len))) = frame::header(&buf) {
                 assert!(buf.len() < len, "a whole message was left");
             }
         }

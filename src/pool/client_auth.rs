@@ -12,6 +12,7 @@ use crate::auth::messages::{
 use crate::auth::scram::{ScramError, ServerExchange};
 use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::frame::BadLength;
 use crate::protocol::limits::MAX_PASSWORD_MESSAGE;
 use crate::protocol::wire;
 use crate::servers::credentials::Credentials;
@@ -146,13 +147,15 @@ async fn read_password_message(
                 ))
             }
             Ok(None) => {}
-            Err(wire::BadMessage { tag: b'p', len }) if len > MAX => {
+            Err(BadLength { tag: b'p', len }) if len >= 4 => {
+                // Too long: the whole message, header included, as the limit counts it.
+                let len = len as usize + 1;
                 return Err(protocol(
                     scope,
                     &format!(
                         "a password message of {len} bytes (at most {MAX} during authentication)"
                     ),
-                ))
+                ));
             }
             Err(e) => return Err(protocol(scope, &e.to_string())),
         }

@@ -1,42 +1,37 @@
-//! The PostgreSQL messages pooled sessions read whole, write themselves, or rewrite.
+//! Whole PostgreSQL messages: split off a buffer (framed by [`super::frame::header_within`]),
+//! written by pgrouter itself, rewritten, and read field by field.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-// Re-exported from where it lives for the files that still name it here (src/pool/session.rs).
+use super::frame::{header_within, BadLength};
+
+// Re-exported from where they live for the files that still name them here
+// (src/pool/session.rs, src/proxy/session.rs, src/pool/console.rs).
+pub use super::frame::header;
 pub use super::limits::MAX_WHOLE_MESSAGE;
 
-/// A length field below 4, or a message pgrouter must read whole beyond its limit
-/// (`MAX_WHOLE_MESSAGE`, or the one given to [`take_message_within`]).
+/// Kept only because `src/pool/session.rs` still builds it by name (for a CopyData past
+/// `MAX_CLIENT_MESSAGE`); everything else reports [`BadLength`], whose text this keeps.
+/// To go once that file builds a [`BadLength`] itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("message '{}' has unacceptable length {len}", char::from(*tag))]
+#[error("message '{}' has impossible length {len}", char::from(*tag))]
 pub struct BadMessage {
     pub tag: u8,
     pub len: usize,
 }
 
-/// The tag and total length (tag byte included) of the message at the start of `buf`, once
-/// its 5-byte header is there.
-pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, BadMessage> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 {
-        return Err(BadMessage { tag: buf[0], len });
-    }
-    Ok(Some((buf[0], len + 1)))
-}
-
-/// Splits one whole message (header included) off the front of `buf`, if it is all there.
-pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadMessage> {
+/// Splits one whole message (header included) off the front of `buf`, if it is all there;
+/// one longer than [`MAX_WHOLE_MESSAGE`] is refused from its header.
+pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadLength> {
     take_message_within(buf, MAX_WHOLE_MESSAGE)
 }
 
 /// [`take_message`] for messages of at most `max` bytes, header included (login and
 /// authentication messages are short); a longer one is refused from its header.
-pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadMessage> {
-    match header(buf)? {
-        Some((tag, len)) if len > max => Err(BadMessage { tag, len }),
+pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadLength> {
+    // `max` counts the tag byte, a length field does not.
+    let max_len = u32::try_from(max.saturating_sub(1)).unwrap_or(u32::MAX);
+    match header_within(buf, max_len)? {
         Some((_, len)) if buf.len() >= len => Ok(Some(buf.split_to(len).freeze())),
         _ => Ok(None),
     }
@@ -211,10 +206,21 @@ mod tests {
         let mut long = BytesMut::from(&b"p\0\x02\0\0"[..]);
         assert_eq!(
             take_message_within(&mut long, 5 + 65_535).unwrap_err(),
-            BadMessage {
+            BadLength {
                 tag: b'p',
-                len: 0x2_0001
+                len: 0x2_0000
             }
+        );
+        // The limit counts the tag byte: a message of exactly `max` bytes is taken.
+        let mut exact = BytesMut::from(&b"p\0\0\0\x07ab\0"[..]);
+        assert_eq!(
+            take_message_within(&mut exact, 8).unwrap().unwrap().len(),
+            8
+        );
+        let mut over = BytesMut::from(&b"p\0\0\0\x07ab\0"[..]);
+        assert_eq!(
+            take_message_within(&mut over, 7).unwrap_err(),
+            BadLength { tag: b'p', len: 7 }
         );
         let mut bad = BytesMut::from(&b"p\0\0\0\x02"[..]);
         assert!(take_message_within(&mut bad, 5 + 65_535).is_err());
@@ -227,7 +233,7 @@ mod tests {
         let mut bad = BytesMut::from(&b"Q\0\0\0\x02"[..]);
         assert_eq!(
             take_message(&mut bad).unwrap_err(),
-            BadMessage { tag: b'Q', len: 2 }
+            BadLength { tag: b'Q', len: 2 }
         );
     }
 
