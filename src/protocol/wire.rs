@@ -1,5 +1,5 @@
 //! Whole PostgreSQL messages: split off a buffer (framed by [`super::frame::header_within`]),
-//! written by pgrouter itself, rewritten, and read field by field.
+//! written by pgrouter itself (framed by [`message`]), rewritten, and read field by field.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -37,14 +37,25 @@ pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Byte
     }
 }
 
-/// Writes a message with `tag` whose body `body` fills in.
+/// Writes a message with `tag` whose body `body` fills in: the one message encoder (the
+/// others build their bodies and frame them here).
 pub fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    let start = out.len();
     out.put_u8(tag);
+    length_prefixed(out, body);
+}
+
+/// Writes a packet of the startup phase (StartupMessage, CancelRequest): a length that counts
+/// itself and a body `body` fills in, with no tag.
+pub fn packet(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    length_prefixed(out, body);
+}
+
+fn length_prefixed(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
     out.put_u32(0);
     body(out);
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
@@ -103,19 +114,31 @@ pub fn describe_or_close(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
 /// The StartupMessage (protocol 3.0) with these parameters.
 pub fn startup(params: &[(&str, &str)]) -> BytesMut {
     let mut out = BytesMut::new();
-    out.put_u32(0);
-    out.put_u32(196608);
-    for (k, v) in params {
-        put_cstr(&mut out, k.as_bytes());
-        put_cstr(&mut out, v.as_bytes());
-    }
-    out.put_u8(0);
-    let len = out.len() as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    packet(&mut out, |b| {
+        b.put_u32(196608);
+        for (k, v) in params {
+            put_cstr(b, k.as_bytes());
+            put_cstr(b, v.as_bytes());
+        }
+        b.put_u8(0);
+    });
     out
 }
 
-fn put_cstr(b: &mut BytesMut, s: &[u8]) {
+/// An ErrorResponse (or, with tag 'N', a NoticeResponse) with these fields: (field code,
+/// value), as [`error_fields`] reads them back.
+pub fn error_response(out: &mut BytesMut, tag: u8, fields: &[(u8, &str)]) {
+    message(out, tag, |b| {
+        for (code, value) in fields {
+            b.put_u8(*code);
+            put_cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// A NUL-terminated string.
+pub fn put_cstr(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
     b.put_u8(0);
 }
@@ -247,5 +270,19 @@ mod tests {
         let fields = error_fields(b"SERROR\0C42P01\0Mno table\0\0");
         assert_eq!(fields[1], (b'C', "42P01".to_owned()));
         assert_eq!(fields[2].1, "no table");
+    }
+
+    #[test]
+    fn packets_and_error_responses_are_framed() {
+        let mut out = BytesMut::from(&b"xy"[..]);
+        packet(&mut out, |b| b.put_slice(b"abcd"));
+        assert_eq!(&out[..], b"xy\0\0\0\x08abcd");
+        let s = startup(&[("user", "u")]);
+        assert_eq!(&s[..], b"\0\0\0\x10\0\x03\0\0user\0u\0\0");
+        let mut e = BytesMut::new();
+        error_response(&mut e, b'E', &[(b'S', "ERROR"), (b'M', "no")]);
+        assert_eq!(&e[..], b"E\0\0\0\x10SERROR\0Mno\0\0");
+        let body = take_message(&mut e).unwrap().unwrap();
+        assert_eq!(error_fields(&body[5..])[1], (b'M', "no".to_owned()));
     }
 }
