@@ -3,7 +3,6 @@
 
 use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 
 use crate::auth::md5::verify_md5;
 use crate::auth::messages::{
@@ -14,7 +13,7 @@ use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame::BadLength;
 use crate::protocol::limits::MAX_PASSWORD_MESSAGE;
-use crate::protocol::wire;
+use crate::protocol::reader::{MessageReader, ReadError};
 use crate::servers::credentials::Credentials;
 use crate::servers::server::Login;
 
@@ -132,36 +131,28 @@ async fn read_password_message(
     client: &mut Stream,
     scope: &str,
 ) -> Result<bytes::Bytes, AuthError> {
-    const MAX: usize = MAX_PASSWORD_MESSAGE;
-    let mut buf = BytesMut::with_capacity(512);
-    loop {
-        match wire::take_message_within(&mut buf, MAX) {
-            Ok(Some(m)) if m[0] == b'p' => return Ok(m),
-            Ok(Some(m)) => {
-                return Err(protocol(
-                    scope,
-                    &format!(
-                        "expected a password message during authentication, got '{}'",
-                        char::from(m[0])
-                    ),
-                ))
-            }
-            Ok(None) => {}
-            Err(BadLength { tag: b'p', len }) if len >= 4 => {
-                // Too long: the whole message, header included, as the limit counts it.
-                let len = len as usize + 1;
-                return Err(protocol(
-                    scope,
-                    &format!(
-                        "a password message of {len} bytes (at most {MAX} during authentication)"
-                    ),
-                ));
-            }
-            Err(e) => return Err(protocol(scope, &e.to_string())),
+    let mut reader = MessageReader::with_capacity(512, MAX_PASSWORD_MESSAGE);
+    match reader.read(client).await {
+        Ok(m) if m[0] == b'p' => Ok(m),
+        Ok(m) => Err(protocol(
+            scope,
+            &format!(
+                "expected a password message during authentication, got '{}'",
+                char::from(m[0])
+            ),
+        )),
+        Err(ReadError::BadLength(BadLength { tag: b'p', len })) if len >= 4 => {
+            // Too long: the whole message, header included, as the limit counts it.
+            let len = len as usize + 1;
+            Err(protocol(
+                scope,
+                &format!(
+                    "a password message of {len} bytes \
+                     (at most {MAX_PASSWORD_MESSAGE} during authentication)"
+                ),
+            ))
         }
-        match client.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Err(AuthError::Gone),
-            Ok(_) => {}
-        }
+        Err(ReadError::BadLength(e)) => Err(protocol(scope, &e.to_string())),
+        Err(ReadError::Eof | ReadError::Io(_)) => Err(AuthError::Gone),
     }
 }

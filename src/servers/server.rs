@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
 use super::tracked::{Tracked, Vars};
@@ -15,6 +14,8 @@ use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
 use crate::auth::scram::{ClientCredential, ClientExchange};
 use crate::auth::secret::ScramKeys;
+use crate::protocol::limits::MAX_WHOLE_MESSAGE;
+use crate::protocol::reader::{MessageReader, ReadError};
 use crate::protocol::startup::CancelKey;
 use crate::protocol::wire::{self, Reader};
 
@@ -49,6 +50,16 @@ pub enum ServerError {
     Auth(String),
     #[error("server broke the protocol: {0}")]
     Protocol(String),
+}
+
+impl From<ReadError> for ServerError {
+    fn from(e: ReadError) -> ServerError {
+        match e {
+            ReadError::BadLength(e) => ServerError::Protocol(e.to_string()),
+            ReadError::Eof => ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            ReadError::Io(e) => ServerError::Io(e),
+        }
+    }
 }
 
 impl ServerError {
@@ -158,13 +169,13 @@ impl ServerConn {
         stream
             .send(&wire::startup(&[("user", user), ("database", database)]))
             .await?;
-        let mut buf = BytesMut::with_capacity(1024);
+        let mut reader = MessageReader::with_capacity(1024, MAX_WHOLE_MESSAGE);
         let mut scram: Option<ClientExchange> = None;
         let mut derived = None;
         let mut params = HashMap::new();
         let mut key = None;
         loop {
-            let msg = read_message(&mut stream, &mut buf).await?;
+            let msg = reader.read(&mut stream).await?;
             let body = &msg[5..];
             match msg[0] {
                 b'R' => {
@@ -286,10 +297,10 @@ impl ServerConn {
         let mut out = BytesMut::new();
         wire::query(&mut out, sql);
         self.stream.send(&out).await?;
-        let mut buf = BytesMut::new();
+        let mut reader = MessageReader::new(MAX_WHOLE_MESSAGE);
         let mut failed = None;
         loop {
-            let msg = read_message(&mut self.stream, &mut buf).await?;
+            let msg = reader.read(&mut self.stream).await?;
             match msg[0] {
                 b'E' => failed = Some(wire::error_fields(&msg[5..])),
                 b'S' => {
@@ -298,7 +309,9 @@ impl ServerConn {
                         self.note_param(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
                     }
                 }
-                b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),
+                b'Z' if failed.is_none() && msg[5] == b'I' && reader.buffered().is_empty() => {
+                    return Ok(())
+                }
                 b'Z' => {
                     let message = failed
                         .as_deref()
@@ -343,11 +356,11 @@ impl ServerConn {
         });
         wire::message(&mut out, b'S', |_| {});
         self.stream.send(&out).await?;
-        let mut buf = BytesMut::new();
+        let mut reader = MessageReader::new(MAX_WHOLE_MESSAGE);
         let mut row = None;
         let mut failed = None;
         loop {
-            let msg = read_message(&mut self.stream, &mut buf).await?;
+            let msg = reader.read(&mut self.stream).await?;
             match msg[0] {
                 b'D' if row.is_none() => row = Some(data_row(&msg[5..])),
                 b'E' => failed = Some(wire::error_fields(&msg[5..])),
@@ -429,21 +442,4 @@ fn data_row(body: &[u8]) -> Vec<Option<String>> {
         }
     }
     cols
-}
-
-/// Reads one whole message from `stream`, buffering in `buf`.
-pub async fn read_message(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<bytes::Bytes, ServerError> {
-    loop {
-        match wire::take_message(buf) {
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => {}
-            Err(e) => return Err(ServerError::Protocol(e.to_string())),
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
 }
