@@ -9,6 +9,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::PeersConfig;
 use crate::protocol::startup::CancelKey;
+use crate::protocol::wire;
 
 /// Where a pooled client's query runs: (member address, the server connection's key), or
 /// nothing between transactions.
@@ -153,10 +154,11 @@ pub async fn send_to_peer(addr: &str, key: &CancelKey, timeout: Duration) -> std
 /// The CancelRequest packet for `key`.
 pub fn cancel_packet(key: &CancelKey) -> BytesMut {
     let mut p = BytesMut::with_capacity(12 + key.secret.len());
-    p.put_u32(12 + key.secret.len() as u32);
-    p.put_u32(80877102);
-    p.put_i32(key.pid);
-    p.put_slice(&key.secret);
+    wire::packet(&mut p, |b| {
+        b.put_u32(80877102);
+        b.put_i32(key.pid);
+        b.put_slice(&key.secret);
+    });
     p
 }
 

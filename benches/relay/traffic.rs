@@ -3,6 +3,7 @@
 //! own message encoders (`pgrouter::protocol::wire`).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pgrouter::protocol::frame;
 use pgrouter::protocol::wire::{self, message};
 
 const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
@@ -118,7 +119,7 @@ pub struct Traffic {
 /// Counts the messages in a stream of whole messages.
 pub fn messages(mut stream: &[u8]) -> u64 {
     let mut n = 0;
-    while let Ok(Some((_, len))) = wire::header(stream) {
+    while let Ok(Some((_, len))) = frame::header(stream) {
         stream = &stream[len..];
         n += 1;
     }

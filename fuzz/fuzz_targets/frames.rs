@@ -29,9 +29,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use common::{ref_scan, ChunkedReader, ChunkedWriter, Schedule};
 use libfuzzer_sys::fuzz_target;
-use pgrouter::protocol::frame::{BadLength, Scanner, CAPTURE_MAX};
+use pgrouter::protocol::frame::{BadLength, Scanner};
+use pgrouter::protocol::limits::{CAPTURE_MAX, MAX_CLIENT_MESSAGE};
 use pgrouter::protocol::startup::CancelKey;
-use pgrouter::proxy::relay::{Follow, Pump, Step, MAX_CLIENT_MESSAGE};
+use pgrouter::proxy::relay::{Follow, Pump, Step};
 use pgrouter::route::Port;
 use pgrouter::shared::Shared;
 

@@ -33,6 +33,8 @@ use libfuzzer_sys::fuzz_target;
 use pgrouter::config::PoolMode;
 use pgrouter::pool::session::Conversation;
 use pgrouter::pool::statements::{self, sql_effects, Statement};
+use pgrouter::protocol::frame;
+use pgrouter::protocol::limits::MAX_WHOLE_MESSAGE;
 use pgrouter::protocol::wire::{self, Reader};
 use pgrouter::servers::conn_state::ConnState;
 use pgrouter::servers::tracked::Tracked;
@@ -73,10 +75,11 @@ fn check_framing(stream: &[u8], seed: u8) {
     match &error {
         Some(e) => {
             assert_eq!(e.tag, stream[pos]);
-            assert!(e.len < 4 || e.len > wire::MAX_WHOLE_MESSAGE);
+            // The limit counts the tag byte, the length field does not.
+            assert!(e.len < 4 || e.len as usize + 1 > MAX_WHOLE_MESSAGE);
         }
         None => {
-            if let Ok(Some((_, len))) = wire::header(&buf) {
+            if let Ok(Some((_, len))) = frame::header(&buf) {
                 assert!(buf.len() < len, "a whole message was left");
             }
         }

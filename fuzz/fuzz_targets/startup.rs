@@ -17,7 +17,8 @@ mod common;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pgrouter::protocol::startup::{self, FirstPacket, StartupError, MAX_STARTUP_LEN};
+use pgrouter::protocol::limits::MAX_STARTUP_LEN;
+use pgrouter::protocol::startup::{self, FirstPacket, StartupError};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {

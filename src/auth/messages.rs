@@ -5,9 +5,12 @@
 //! for servers and decoded from clients. Every message is a tag byte, an i32 length that
 //! counts itself, and the body. Decoders take the body only (after the 5-byte header).
 //!
-//! Encoders panic if a body exceeds `i32::MAX` bytes, which no authentication message does.
+//! Messages are framed by [`crate::protocol::wire::message`]. Encoders panic if SASL data
+//! exceeds `i32::MAX` bytes, which no authentication message does.
 
 use bytes::{BufMut, BytesMut};
+
+use crate::protocol::wire::{self, put_cstr};
 
 const AUTH: u8 = b'R';
 const PASSWORD: u8 = b'p';
@@ -52,13 +55,13 @@ pub fn auth_md5(salt: [u8; 4]) -> BytesMut {
 /// AuthenticationSASL listing `mechanisms`.
 pub fn auth_sasl(mechanisms: &[&str]) -> BytesMut {
     let len = mechanisms.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
-    let mut msg = header(AUTH, 4 + len);
-    msg.put_i32(SASL);
-    for mechanism in mechanisms {
-        put_cstr(&mut msg, mechanism.as_bytes());
-    }
-    msg.put_u8(0);
-    msg
+    build(AUTH, 4 + len, |msg| {
+        msg.put_i32(SASL);
+        for mechanism in mechanisms {
+            put_cstr(msg, mechanism.as_bytes());
+        }
+        msg.put_u8(0);
+    })
 }
 
 /// AuthenticationSASLContinue carrying server-first-message.
@@ -73,25 +76,23 @@ pub fn auth_sasl_final(data: &[u8]) -> BytesMut {
 
 /// SASLInitialResponse: the chosen mechanism and client-first-message.
 pub fn sasl_initial_response(mechanism: &str, data: &[u8]) -> BytesMut {
-    let mut msg = header(PASSWORD, mechanism.len() + 1 + 4 + data.len());
-    put_cstr(&mut msg, mechanism.as_bytes());
-    msg.put_i32(len_i32(data.len()));
-    msg.put_slice(data);
-    msg
+    build(PASSWORD, mechanism.len() + 1 + 4 + data.len(), |msg| {
+        put_cstr(msg, mechanism.as_bytes());
+        msg.put_i32(len_i32(data.len()));
+        msg.put_slice(data);
+    })
 }
 
 /// SASLResponse carrying client-final-message.
 pub fn sasl_response(data: &[u8]) -> BytesMut {
-    let mut msg = header(PASSWORD, data.len());
-    msg.put_slice(data);
-    msg
+    build(PASSWORD, data.len(), |msg| msg.put_slice(data))
 }
 
 /// PasswordMessage: a cleartext password or an md5 response.
 pub fn password_message(password: &str) -> BytesMut {
-    let mut msg = header(PASSWORD, password.len() + 1);
-    put_cstr(&mut msg, password.as_bytes());
-    msg
+    build(PASSWORD, password.len() + 1, |msg| {
+        put_cstr(msg, password.as_bytes())
+    })
 }
 
 /// Reads a SASLInitialResponse body: the mechanism and the initial data (empty when the
@@ -157,27 +158,21 @@ impl<'a> AuthRequest<'a> {
 }
 
 fn auth(code: i32, data: &[u8]) -> BytesMut {
-    let mut msg = header(AUTH, 4 + data.len());
-    msg.put_i32(code);
-    msg.put_slice(data);
-    msg
+    build(AUTH, 4 + data.len(), |msg| {
+        msg.put_i32(code);
+        msg.put_slice(data);
+    })
 }
 
-/// A buffer holding the tag and length of a message with a `body_len`-byte body.
-fn header(tag: u8, body_len: usize) -> BytesMut {
+/// The message `tag` whose `body_len`-byte body `body` writes, in a buffer of its size.
+fn build(tag: u8, body_len: usize, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
     let mut msg = BytesMut::with_capacity(5 + body_len);
-    msg.put_u8(tag);
-    msg.put_i32(len_i32(4 + body_len));
+    wire::message(&mut msg, tag, body);
     msg
 }
 
 fn len_i32(len: usize) -> i32 {
     i32::try_from(len).expect("authentication message longer than i32::MAX")
-}
-
-fn put_cstr(msg: &mut BytesMut, s: &[u8]) {
-    msg.put_slice(s);
-    msg.put_u8(0);
 }
 
 fn take_cstr(body: &[u8]) -> Result<(&str, &[u8]), AuthMessageError> {

@@ -3,7 +3,6 @@
 
 use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 
 use crate::auth::md5::verify_md5;
 use crate::auth::messages::{
@@ -12,7 +11,9 @@ use crate::auth::messages::{
 use crate::auth::scram::{ScramError, ServerExchange};
 use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
-use crate::protocol::wire;
+use crate::protocol::frame::BadLength;
+use crate::protocol::limits::MAX_PASSWORD_MESSAGE;
+use crate::protocol::reader::{MessageReader, ReadError};
 use crate::servers::credentials::Credentials;
 use crate::servers::server::Login;
 
@@ -125,39 +126,33 @@ async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
 }
 
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p') of at
-/// most 64 KiB (PostgreSQL takes no longer authentication message).
+/// most [`MAX_PASSWORD_MESSAGE`] bytes (PostgreSQL takes no longer authentication message).
 async fn read_password_message(
     client: &mut Stream,
     scope: &str,
 ) -> Result<bytes::Bytes, AuthError> {
-    const MAX: usize = 64 * 1024;
-    let mut buf = BytesMut::with_capacity(512);
-    loop {
-        match wire::take_message_within(&mut buf, MAX) {
-            Ok(Some(m)) if m[0] == b'p' => return Ok(m),
-            Ok(Some(m)) => {
-                return Err(protocol(
-                    scope,
-                    &format!(
-                        "expected a password message during authentication, got '{}'",
-                        char::from(m[0])
-                    ),
-                ))
-            }
-            Ok(None) => {}
-            Err(wire::BadMessage { tag: b'p', len }) if len > MAX => {
-                return Err(protocol(
-                    scope,
-                    &format!(
-                        "a password message of {len} bytes (at most {MAX} during authentication)"
-                    ),
-                ))
-            }
-            Err(e) => return Err(protocol(scope, &e.to_string())),
+    let mut reader = MessageReader::with_capacity(512, MAX_PASSWORD_MESSAGE);
+    match reader.read(client).await {
+        Ok(m) if m[0] == b'p' => Ok(m),
+        Ok(m) => Err(protocol(
+            scope,
+            &format!(
+                "expected a password message during authentication, got '{}'",
+                char::from(m[0])
+            ),
+        )),
+        Err(ReadError::BadLength(BadLength { tag: b'p', len })) if len >= 4 => {
+            // Too long: the whole message, header included, as the limit counts it.
+            let len = len as usize + 1;
+            Err(protocol(
+                scope,
+                &format!(
+                    "a password message of {len} bytes \
+                     (at most {MAX_PASSWORD_MESSAGE} during authentication)"
+                ),
+            ))
         }
-        match client.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Err(AuthError::Gone),
-            Ok(_) => {}
-        }
+        Err(ReadError::BadLength(e)) => Err(protocol(scope, &e.to_string())),
+        Err(ReadError::Eof | ReadError::Io(_)) => Err(AuthError::Gone),
     }
 }

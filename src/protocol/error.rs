@@ -1,8 +1,8 @@
 //! ErrorResponse messages pgrouter sends itself, with SQLSTATEs clients and operators know.
 
 use bytes::BytesMut;
-use pgwire::messages::response::ErrorResponse;
-use pgwire::messages::Message;
+
+use super::wire;
 
 pub mod sqlstate {
     /// No primary (or replica) to route to within hold_timeout.
@@ -69,17 +69,15 @@ impl PgError {
     pub fn encode(&self) -> BytesMut {
         let severity = if self.fatal { "FATAL" } else { "ERROR" };
         let mut fields = vec![
-            (b'S', severity.to_owned()),
-            (b'V', severity.to_owned()),
-            (b'C', self.code.to_owned()),
-            (b'M', self.message.clone()),
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', self.code),
+            (b'M', self.message.as_str()),
         ];
-        fields.extend(self.detail.iter().map(|d| (b'D', d.clone())));
-        fields.extend(self.hint.iter().map(|h| (b'H', h.clone())));
+        fields.extend(self.detail.iter().map(|d| (b'D', d.as_str())));
+        fields.extend(self.hint.iter().map(|h| (b'H', h.as_str())));
         let mut buf = BytesMut::new();
-        ErrorResponse::new(fields)
-            .encode(&mut buf)
-            .expect("an ErrorResponse always fits in a message");
+        wire::error_response(&mut buf, b'E', &fields);
         buf
     }
 }
@@ -107,5 +105,33 @@ mod tests {
             body,
             b"SFATAL\0VFATAL\0C57P03\0Mpgrouter: no leader\0Hwait\0\0"
         );
+    }
+
+    /// The same bytes as pgwire's ErrorResponse, which encoded these before.
+    #[test]
+    fn encodes_as_pgwire_did() {
+        use pgwire::messages::response::ErrorResponse;
+        use pgwire::messages::Message;
+        let errors = [
+            PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgrouter: bye"),
+            PgError::error(sqlstate::SYNTAX_ERROR, "").with_detail("d"),
+            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "é ✓")
+                .with_detail("detail")
+                .with_hint("hint"),
+        ];
+        for e in errors {
+            let severity = if e.fatal { "FATAL" } else { "ERROR" };
+            let mut fields = vec![
+                (b'S', severity.to_owned()),
+                (b'V', severity.to_owned()),
+                (b'C', e.code.to_owned()),
+                (b'M', e.message.clone()),
+            ];
+            fields.extend(e.detail.iter().map(|d| (b'D', d.clone())));
+            fields.extend(e.hint.iter().map(|h| (b'H', h.clone())));
+            let mut before = BytesMut::new();
+            ErrorResponse::new(fields).encode(&mut before).unwrap();
+            assert_eq!(e.encode(), before, "{e}");
+        }
     }
 }

@@ -1,21 +1,44 @@
-//! Message boundaries in one direction of a PostgreSQL stream, found from 5-byte headers alone.
+//! Message framing: the 5-byte header (a tag, then a length field that counts itself) every
+//! message after the startup packet has, and the one error for a length that cannot frame a
+//! message or is past a limit. Everything that splits a stream into messages reads headers
+//! with [`header`] or [`header_within`]: the relay's [`Scanner`] here, and the whole-message
+//! readers of [`super::wire`] and [`super::reader`].
 //!
 //! The relay forwards bytes as they come; the scanner only follows along so the session knows
 //! where messages end and can look inside the few it cares about (ReadyForQuery, BackendKeyData,
 //! ErrorResponse).
 //! It never allocates: a captured body lives in a small fixed array.
 
-/// Longest body the scanner captures: a server's FATAL ErrorResponse with its detail and hint
-/// (BackendKeyData, with a protocol 3.2 secret of 256 bytes, needs 260).
-pub const CAPTURE_MAX: usize = 1024;
+use super::limits::CAPTURE_MAX;
 
 /// A length field below 4 cannot frame a message (the stream is corrupt), and one above the
-/// scanner's limit is refused before any of its body passes.
+/// reader's limit is refused before any of its body passes. `len` is the length field as
+/// sent (it counts itself, not the tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("message '{}' has impossible length {len}", char::from(*tag))]
 pub struct BadLength {
     pub tag: u8,
     pub len: u32,
+}
+
+/// The tag and total length (tag byte included) of the message at the start of `buf`, once
+/// its 5-byte header is there; a length field below 4 is an error.
+#[inline]
+pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, BadLength> {
+    header_within(buf, u32::MAX)
+}
+
+/// [`header`] refusing a length field above `max_len` as well.
+#[inline]
+pub fn header_within(buf: &[u8], max_len: u32) -> Result<Option<(u8, usize)>, BadLength> {
+    let Some(&[tag, l0, l1, l2, l3]) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([l0, l1, l2, l3]);
+    if !(4..=max_len).contains(&len) {
+        return Err(BadLength { tag, len });
+    }
+    Ok(Some((tag, len as usize + 1)))
 }
 
 pub struct Scanner {
@@ -122,18 +145,11 @@ impl Scanner {
 
     #[inline]
     fn start_body(&mut self) -> Result<(), BadLength> {
-        let tag = self.header[0];
-        let len = u32::from_be_bytes([
-            self.header[1],
-            self.header[2],
-            self.header[3],
-            self.header[4],
-        ]);
-        if !(4..=self.max_len).contains(&len) {
-            return Err(BadLength { tag, len });
-        }
+        let Some((tag, total)) = header_within(&self.header, self.max_len)? else {
+            unreachable!("the 5 header bytes are all there")
+        };
         self.tag = tag;
-        self.left = len as usize - 4;
+        self.left = total - 5;
         self.capture = self.left <= CAPTURE_MAX && self.capture_tags.contains(&tag);
         self.body_len = 0;
         Ok(())

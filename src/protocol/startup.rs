@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// PostgreSQL refuses startup packets over 10,000 bytes; so does pgrouter.
-pub const MAX_STARTUP_LEN: usize = 10_000;
+use super::limits::MAX_STARTUP_LEN;
+
 const SSL_REQUEST: u32 = 80877103;
 const GSSENC_REQUEST: u32 = 80877104;
 const CANCEL_REQUEST: u32 = 80877102;

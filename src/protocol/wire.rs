@@ -1,56 +1,48 @@
-//! The PostgreSQL messages pooled sessions read whole, write themselves, or rewrite.
+//! Whole PostgreSQL messages: split off a buffer (framed by [`super::frame::header_within`]),
+//! written by pgrouter itself (framed by [`message`]), rewritten, and read field by field.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Longest message pgrouter buffers whole (PostgreSQL's own limit for most messages is 1 GB;
-/// the messages read whole here are statements, binds and small server replies).
-pub const MAX_WHOLE_MESSAGE: usize = 256 * 1024 * 1024;
+use super::frame::{header_within, BadLength};
 
-/// A length field below 4, or a message pgrouter must read whole beyond its limit
-/// (`MAX_WHOLE_MESSAGE`, or the one given to [`take_message_within`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("message '{}' has unacceptable length {len}", char::from(*tag))]
-pub struct BadMessage {
-    pub tag: u8,
-    pub len: usize,
-}
+use super::limits::MAX_WHOLE_MESSAGE;
 
-/// The tag and total length (tag byte included) of the message at the start of `buf`, once
-/// its 5-byte header is there.
-pub fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, BadMessage> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 {
-        return Err(BadMessage { tag: buf[0], len });
-    }
-    Ok(Some((buf[0], len + 1)))
-}
-
-/// Splits one whole message (header included) off the front of `buf`, if it is all there.
-pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadMessage> {
+/// Splits one whole message (header included) off the front of `buf`, if it is all there;
+/// one longer than [`MAX_WHOLE_MESSAGE`] is refused from its header.
+pub fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, BadLength> {
     take_message_within(buf, MAX_WHOLE_MESSAGE)
 }
 
 /// [`take_message`] for messages of at most `max` bytes, header included (login and
 /// authentication messages are short); a longer one is refused from its header.
-pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadMessage> {
-    match header(buf)? {
-        Some((tag, len)) if len > max => Err(BadMessage { tag, len }),
+pub fn take_message_within(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadLength> {
+    // `max` counts the tag byte, a length field does not.
+    let max_len = u32::try_from(max.saturating_sub(1)).unwrap_or(u32::MAX);
+    match header_within(buf, max_len)? {
         Some((_, len)) if buf.len() >= len => Ok(Some(buf.split_to(len).freeze())),
         _ => Ok(None),
     }
 }
 
-/// Writes a message with `tag` whose body `body` fills in.
+/// Writes a message with `tag` whose body `body` fills in: the one message encoder (the
+/// others build their bodies and frame them here).
 pub fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    let start = out.len();
     out.put_u8(tag);
+    length_prefixed(out, body);
+}
+
+/// Writes a packet of the startup phase (StartupMessage, CancelRequest): a length that counts
+/// itself and a body `body` fills in, with no tag.
+pub fn packet(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    length_prefixed(out, body);
+}
+
+fn length_prefixed(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
     out.put_u32(0);
     body(out);
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
@@ -109,19 +101,31 @@ pub fn describe_or_close(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
 /// The StartupMessage (protocol 3.0) with these parameters.
 pub fn startup(params: &[(&str, &str)]) -> BytesMut {
     let mut out = BytesMut::new();
-    out.put_u32(0);
-    out.put_u32(196608);
-    for (k, v) in params {
-        put_cstr(&mut out, k.as_bytes());
-        put_cstr(&mut out, v.as_bytes());
-    }
-    out.put_u8(0);
-    let len = out.len() as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    packet(&mut out, |b| {
+        b.put_u32(196608);
+        for (k, v) in params {
+            put_cstr(b, k.as_bytes());
+            put_cstr(b, v.as_bytes());
+        }
+        b.put_u8(0);
+    });
     out
 }
 
-fn put_cstr(b: &mut BytesMut, s: &[u8]) {
+/// An ErrorResponse (or, with tag 'N', a NoticeResponse) with these fields: (field code,
+/// value), as [`error_fields`] reads them back.
+pub fn error_response(out: &mut BytesMut, tag: u8, fields: &[(u8, &str)]) {
+    message(out, tag, |b| {
+        for (code, value) in fields {
+            b.put_u8(*code);
+            put_cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// A NUL-terminated string.
+pub fn put_cstr(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
     b.put_u8(0);
 }
@@ -212,10 +216,21 @@ mod tests {
         let mut long = BytesMut::from(&b"p\0\x02\0\0"[..]);
         assert_eq!(
             take_message_within(&mut long, 5 + 65_535).unwrap_err(),
-            BadMessage {
+            BadLength {
                 tag: b'p',
-                len: 0x2_0001
+                len: 0x2_0000
             }
+        );
+        // The limit counts the tag byte: a message of exactly `max` bytes is taken.
+        let mut exact = BytesMut::from(&b"p\0\0\0\x07ab\0"[..]);
+        assert_eq!(
+            take_message_within(&mut exact, 8).unwrap().unwrap().len(),
+            8
+        );
+        let mut over = BytesMut::from(&b"p\0\0\0\x07ab\0"[..]);
+        assert_eq!(
+            take_message_within(&mut over, 7).unwrap_err(),
+            BadLength { tag: b'p', len: 7 }
         );
         let mut bad = BytesMut::from(&b"p\0\0\0\x02"[..]);
         assert!(take_message_within(&mut bad, 5 + 65_535).is_err());
@@ -228,7 +243,7 @@ mod tests {
         let mut bad = BytesMut::from(&b"Q\0\0\0\x02"[..]);
         assert_eq!(
             take_message(&mut bad).unwrap_err(),
-            BadMessage { tag: b'Q', len: 2 }
+            BadLength { tag: b'Q', len: 2 }
         );
     }
 
@@ -242,5 +257,19 @@ mod tests {
         let fields = error_fields(b"SERROR\0C42P01\0Mno table\0\0");
         assert_eq!(fields[1], (b'C', "42P01".to_owned()));
         assert_eq!(fields[2].1, "no table");
+    }
+
+    #[test]
+    fn packets_and_error_responses_are_framed() {
+        let mut out = BytesMut::from(&b"xy"[..]);
+        packet(&mut out, |b| b.put_slice(b"abcd"));
+        assert_eq!(&out[..], b"xy\0\0\0\x08abcd");
+        let s = startup(&[("user", "u")]);
+        assert_eq!(&s[..], b"\0\0\0\x10\0\x03\0\0user\0u\0\0");
+        let mut e = BytesMut::new();
+        error_response(&mut e, b'E', &[(b'S', "ERROR"), (b'M', "no")]);
+        assert_eq!(&e[..], b"E\0\0\0\x10SERROR\0Mno\0\0");
+        let body = take_message(&mut e).unwrap().unwrap();
+        assert_eq!(error_fields(&body[5..])[1], (b'M', "no".to_owned()));
     }
 }

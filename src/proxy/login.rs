@@ -4,21 +4,14 @@
 //! clients, shutting down) is reported naming pgrouter, the cluster and the member.
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 
 use super::relay::{End, Follow};
 use crate::hold::RoleCheck;
-use crate::protocol::wire;
+use crate::protocol::limits::{MAX_LOGIN_CLIENT_MESSAGE, MAX_LOGIN_SERVER_MESSAGE};
+use crate::protocol::reader::{MessageReader, ReadError};
 use crate::route::{Route, Verdict};
 use crate::shared::Shared;
 use crate::stream::Stream;
-
-/// Longest message taken whole from a client during login: PostgreSQL takes no authentication
-/// message longer than 65,535 bytes (PG_MAX_AUTH_TOKEN_LENGTH).
-const CLIENT_MAX: usize = 5 + 65_535;
-
-/// Longest message taken whole from a member during login (parameter values are short).
-const SERVER_MAX: usize = 1024 * 1024;
 
 /// How a login ended without a ReadyForQuery.
 #[derive(Debug)]
@@ -50,13 +43,15 @@ pub async fn run(
         Some(Verdict::Keep | Verdict::Drain(_)) | None => Ok(()),
     };
     let to_client = |e| Refused::Ended(End::ClientError(e));
-    let mut from_server = BytesMut::from(&first[..]);
-    let mut from_client = BytesMut::new();
+    let mut from_server = MessageReader::starting_with(&first, MAX_LOGIN_SERVER_MESSAGE);
+    let mut from_client = MessageReader::new(MAX_LOGIN_CLIENT_MESSAGE);
     let mut out = BytesMut::new();
+    // What the member sent before the client's first read, taken whole as the loop below takes
+    // the rest.
+    let mut next = from_server.take().map_err(server_gone)?;
     loop {
-        while let Some(msg) =
-            wire::take_message_within(&mut from_server, SERVER_MAX).map_err(server_gone)?
-        {
+        // The member's messages that are here, passed to the client in one write.
+        while let Some(msg) = next {
             if msg[0] == b'E' {
                 keeps_role()?;
                 return Err(named(&shared.scope, &route.member.name, &msg[5..]));
@@ -67,6 +62,7 @@ pub async fn run(
                 keeps_role()?;
                 return client.send(&out).await.map_err(to_client);
             }
+            next = from_server.take().map_err(server_gone)?;
         }
         if !out.is_empty() {
             keeps_role()?;
@@ -74,27 +70,30 @@ pub async fn run(
             out.clear();
         }
         tokio::select! {
-            r = server.read_buf(&mut from_server) => match r {
-                Ok(0) => return Err(server_gone("the member closed the connection")),
-                Ok(_) => {}
-                Err(e) => return Err(server_gone(e)),
-            },
-            r = client.read_buf(&mut from_client) => match r {
-                Ok(0) => return Err(Refused::Ended(End::ClientClosed)),
-                Err(e) => return Err(to_client(e)),
-                Ok(_) => {
-                    while let Some(msg) =
-                        wire::take_message_within(&mut from_client, CLIENT_MAX).map_err(client_broke)?
-                    {
-                        follow.client_bytes(&msg).map_err(client_broke)?;
-                        out.extend_from_slice(&msg);
-                    }
-                    if !out.is_empty() {
-                        server.send(&out).await.map_err(server_gone)?;
-                        out.clear();
-                    }
+            r = from_server.read(server) => match r {
+                Ok(msg) => next = Some(msg),
+                Err(ReadError::Eof) => {
+                    return Err(server_gone("the member closed the connection"))
                 }
+                Err(ReadError::BadLength(e)) => return Err(server_gone(e)),
+                Err(ReadError::Io(e)) => return Err(server_gone(e)),
             },
+            r = from_client.read(client) => {
+                // The client's messages that are here, passed to the member in one write.
+                let mut msg = match r {
+                    Ok(msg) => Some(msg),
+                    Err(ReadError::Eof) => return Err(Refused::Ended(End::ClientClosed)),
+                    Err(ReadError::BadLength(e)) => return Err(client_broke(e)),
+                    Err(ReadError::Io(e)) => return Err(to_client(e)),
+                };
+                while let Some(m) = msg {
+                    follow.client_bytes(&m).map_err(client_broke)?;
+                    out.extend_from_slice(&m);
+                    msg = from_client.take().map_err(client_broke)?;
+                }
+                server.send(&out).await.map_err(server_gone)?;
+                out.clear();
+            }
         }
     }
 }
@@ -120,6 +119,7 @@ fn named(scope: &str, member: &str, body: &[u8]) -> Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::wire;
 
     fn error_body(fields: &[(u8, &str)]) -> Vec<u8> {
         let mut body = Vec::new();

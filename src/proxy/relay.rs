@@ -13,17 +13,14 @@ use crate::cancel::Registration;
 use crate::hold::RoleCheck;
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::frame::{BadLength, Scanner};
+// Re-exported for src/pool/session.rs, which still names it here.
+use crate::protocol::limits::MAX_CLIENT_MESSAGE;
 use crate::protocol::startup::CancelKey;
 use crate::route::{Port, Route, Verdict};
 use crate::shared::Shared;
 
 /// Bytes read per direction in one batch.
 pub const BATCH: usize = 16 * 1024;
-
-/// Longest length field a client message may have. PostgreSQL refuses anything longer
-/// (PQ_LARGE_MESSAGE_LIMIT, 1 GiB - 1; 2^31 and up are negative to it) by closing the
-/// connection without a word, so pgrouter refuses it first, with an ErrorResponse.
-pub const MAX_CLIENT_MESSAGE: u32 = 0x3fff_ffff;
 
 /// Why pgrouter ends a session itself; `kind` is the metric label.
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ use crate::hold::{
 };
 use crate::metrics::{ClientState, StateGauge};
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::frame;
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
 use crate::protocol::wire;
 use crate::route::{Port, Route};
@@ -337,7 +338,7 @@ enum First {
 
 /// What the start of a member's answer to a startup packet calls for.
 fn classify(answer: &[u8]) -> First {
-    match wire::header(answer) {
+    match frame::header(answer) {
         Ok(None) => First::Partial,
         Ok(Some((b'E', len))) if len <= FIRST_ANSWER => {
             let Some(body) = answer.get(5..len) else {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
 use super::conn_state::ConnState;
@@ -16,6 +15,8 @@ use crate::auth::md5::{md5_response, md5_secret};
 use crate::auth::messages::{password_message, sasl_initial_response, sasl_response, AuthRequest};
 use crate::auth::scram::{ClientCredential, ClientExchange};
 use crate::auth::secret::ScramKeys;
+use crate::protocol::limits::MAX_WHOLE_MESSAGE;
+use crate::protocol::reader::{MessageReader, ReadError};
 use crate::protocol::startup::CancelKey;
 use crate::protocol::wire::{self, Reader};
 
@@ -50,6 +51,16 @@ pub enum ServerError {
     Auth(String),
     #[error("server broke the protocol: {0}")]
     Protocol(String),
+}
+
+impl From<ReadError> for ServerError {
+    fn from(e: ReadError) -> ServerError {
+        match e {
+            ReadError::BadLength(e) => ServerError::Protocol(e.to_string()),
+            ReadError::Eof => ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            ReadError::Io(e) => ServerError::Io(e),
+        }
+    }
 }
 
 impl ServerError {
@@ -108,6 +119,89 @@ pub struct Endpoint<'a> {
     pub database: &'a str,
 }
 
+/// pgrouter's side of the authentication exchange of a login.
+struct Authentication<'a> {
+    login: &'a Login,
+    user: &'a str,
+    /// The SCRAM exchange under way.
+    scram: Option<ClientExchange>,
+    /// The SCRAM keys the exchange used, once the server proved it holds them: worth caching.
+    derived: Option<ScramKeys>,
+}
+
+impl Authentication<'_> {
+    /// The answer to the server's Authentication* request (`body`), if it wants one.
+    async fn reply(&mut self, body: &[u8]) -> Result<Option<BytesMut>, ServerError> {
+        let (login, user) = (self.login, self.user);
+        let request =
+            AuthRequest::decode(body).map_err(|e| ServerError::Protocol(e.to_string()))?;
+        let reply = match request {
+            AuthRequest::Ok => return Ok(None),
+            AuthRequest::Cleartext => match login {
+                Login::Password(p) => password_message(p),
+                _ => return Err(no_secret(user, "a cleartext password")),
+            },
+            AuthRequest::Md5(salt) => {
+                let secret = match login {
+                    Login::Password(p) => md5_secret(user, p),
+                    Login::Md5(s) => *s,
+                    _ => return Err(no_secret(user, "an md5 password")),
+                };
+                password_message(&md5_response(&secret, salt))
+            }
+            AuthRequest::Sasl(mechanisms) => {
+                if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                    return Err(ServerError::Auth(format!(
+                        "server offers SASL {mechanisms:?}, pgrouter speaks SCRAM-SHA-256"
+                    )));
+                }
+                let credential = match login {
+                    Login::Password(p) => ClientCredential::Password(p.clone()),
+                    Login::Scram(k) => ClientCredential::Keys(k.clone()),
+                    _ => return Err(no_secret(user, "SCRAM-SHA-256")),
+                };
+                let (exchange, first) = ClientExchange::start(credential);
+                self.scram = Some(exchange);
+                sasl_initial_response("SCRAM-SHA-256", &first)
+            }
+            AuthRequest::SaslContinue(data) => {
+                let mut exchange = self
+                    .scram
+                    .take()
+                    .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
+                let data = data.to_vec();
+                // PBKDF2 for a plain password is milliseconds of CPU: off the I/O threads.
+                let (exchange, reply) = tokio::task::spawn_blocking(move || {
+                    let reply = exchange.respond(&data);
+                    (exchange, reply)
+                })
+                .await
+                .map_err(|e| ServerError::Auth(e.to_string()))?;
+                let reply = reply.map_err(|e| ServerError::Auth(e.to_string()))?;
+                self.scram = Some(exchange);
+                sasl_response(&reply)
+            }
+            AuthRequest::SaslFinal(data) => {
+                let exchange = self
+                    .scram
+                    .as_ref()
+                    .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
+                exchange
+                    .verify(data)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+                self.derived = exchange.derived_keys();
+                return Ok(None);
+            }
+            AuthRequest::Other(code) => {
+                return Err(ServerError::Auth(format!(
+                    "server asks for authentication method {code}, which pgrouter does not speak"
+                )))
+            }
+        };
+        Ok(Some(reply))
+    }
+}
+
 impl ServerConn {
     /// Records a ParameterStatus the server sent.
     pub fn note_param(&mut self, name: &str, value: &str) {
@@ -135,11 +229,10 @@ impl ServerConn {
         tls: &crate::tls::Transport,
     ) -> Result<Opened, ServerError> {
         let Endpoint {
-            id,
-            member,
             addr,
             user,
             database,
+            ..
         } = *to;
         let mut stream = tls
             .dial(addr)
@@ -151,80 +244,23 @@ impl ServerConn {
         stream
             .send(&wire::startup(&[("user", user), ("database", database)]))
             .await?;
-        let mut buf = BytesMut::with_capacity(1024);
-        let mut scram: Option<ClientExchange> = None;
-        let mut derived = None;
+        let mut reader = MessageReader::with_capacity(1024, MAX_WHOLE_MESSAGE);
+        let mut auth = Authentication {
+            login,
+            user,
+            scram: None,
+            derived: None,
+        };
         let mut params = HashMap::new();
         let mut key = None;
         loop {
-            let msg = read_message(&mut stream, &mut buf).await?;
+            let msg = reader.read(&mut stream).await?;
             let body = &msg[5..];
             match msg[0] {
                 b'R' => {
-                    let request = AuthRequest::decode(body)
-                        .map_err(|e| ServerError::Protocol(e.to_string()))?;
-                    let reply = match request {
-                        AuthRequest::Ok => continue,
-                        AuthRequest::Cleartext => match login {
-                            Login::Password(p) => password_message(p),
-                            _ => return Err(no_secret(user, "a cleartext password")),
-                        },
-                        AuthRequest::Md5(salt) => {
-                            let secret = match login {
-                                Login::Password(p) => md5_secret(user, p),
-                                Login::Md5(s) => *s,
-                                _ => return Err(no_secret(user, "an md5 password")),
-                            };
-                            password_message(&md5_response(&secret, salt))
-                        }
-                        AuthRequest::Sasl(mechanisms) => {
-                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
-                                return Err(ServerError::Auth(format!(
-                                    "server offers SASL {mechanisms:?}, pgrouter speaks SCRAM-SHA-256"
-                                )));
-                            }
-                            let credential = match login {
-                                Login::Password(p) => ClientCredential::Password(p.clone()),
-                                Login::Scram(k) => ClientCredential::Keys(k.clone()),
-                                _ => return Err(no_secret(user, "SCRAM-SHA-256")),
-                            };
-                            let (exchange, first) = ClientExchange::start(credential);
-                            scram = Some(exchange);
-                            sasl_initial_response("SCRAM-SHA-256", &first)
-                        }
-                        AuthRequest::SaslContinue(data) => {
-                            let mut exchange = scram
-                                .take()
-                                .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
-                            let data = data.to_vec();
-                            // PBKDF2 for a plain password is milliseconds of CPU: off the I/O threads.
-                            let (exchange, reply) = tokio::task::spawn_blocking(move || {
-                                let reply = exchange.respond(&data);
-                                (exchange, reply)
-                            })
-                            .await
-                            .map_err(|e| ServerError::Auth(e.to_string()))?;
-                            let reply = reply.map_err(|e| ServerError::Auth(e.to_string()))?;
-                            scram = Some(exchange);
-                            sasl_response(&reply)
-                        }
-                        AuthRequest::SaslFinal(data) => {
-                            let exchange = scram
-                                .as_ref()
-                                .ok_or_else(|| ServerError::Protocol("unexpected SASL".into()))?;
-                            exchange
-                                .verify(data)
-                                .map_err(|e| ServerError::Auth(e.to_string()))?;
-                            derived = exchange.derived_keys();
-                            continue;
-                        }
-                        AuthRequest::Other(code) => {
-                            return Err(ServerError::Auth(format!(
-                                "server asks for authentication method {code}, which pgrouter does not speak"
-                            )))
-                        }
-                    };
-                    stream.send(&reply).await?;
+                    if let Some(reply) = auth.reply(body).await? {
+                        stream.send(&reply).await?;
+                    }
                 }
                 b'S' => {
                     let mut r = Reader::new(body);
@@ -250,26 +286,37 @@ impl ServerConn {
                 _ => {} // NoticeResponse, NegotiateProtocolVersion
             }
         }
-        let now = Instant::now();
         Ok(Opened {
-            conn: ServerConn {
-                stream,
-                id,
-                member: member.to_owned(),
-                addr: addr.into(),
-                initial: std::sync::Arc::new(params.clone()),
-                key: key.unwrap_or(CancelKey {
-                    pid: 0,
-                    secret: bytes::Bytes::new(),
-                }),
-                state: ConnState::new(Tracked::from_params(&params)),
-                created: now,
-                last_used: now,
-                home: crate::shards::MAIN,
-                buffers: Buffers::default(),
-            },
-            derived,
+            conn: ServerConn::logged_in(stream, to, params, key),
+            derived: auth.derived,
         })
+    }
+
+    /// A connection whose login just ended, with the parameters and cancel key the server
+    /// reported.
+    fn logged_in(
+        stream: Stream,
+        to: &Endpoint<'_>,
+        params: HashMap<String, String>,
+        key: Option<CancelKey>,
+    ) -> ServerConn {
+        let now = Instant::now();
+        ServerConn {
+            stream,
+            id: to.id,
+            member: to.member.to_owned(),
+            addr: to.addr.into(),
+            initial: std::sync::Arc::new(params.clone()),
+            key: key.unwrap_or(CancelKey {
+                pid: 0,
+                secret: bytes::Bytes::new(),
+            }),
+            state: ConnState::new(Tracked::from_params(&params)),
+            created: now,
+            last_used: now,
+            home: crate::shards::MAIN,
+            buffers: Buffers::default(),
+        }
     }
 
     /// Sends a query and reads until ReadyForQuery 'I'; Err if it failed or left a transaction.
@@ -277,10 +324,10 @@ impl ServerConn {
         let mut out = BytesMut::new();
         wire::query(&mut out, sql);
         self.stream.send(&out).await?;
-        let mut buf = BytesMut::new();
+        let mut reader = MessageReader::new(MAX_WHOLE_MESSAGE);
         let mut failed = None;
         loop {
-            let msg = read_message(&mut self.stream, &mut buf).await?;
+            let msg = reader.read(&mut self.stream).await?;
             match msg[0] {
                 b'E' => failed = Some(wire::error_fields(&msg[5..])),
                 b'S' => {
@@ -289,7 +336,9 @@ impl ServerConn {
                         self.note_param(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
                     }
                 }
-                b'Z' if failed.is_none() && msg[5] == b'I' && buf.is_empty() => return Ok(()),
+                b'Z' if failed.is_none() && msg[5] == b'I' && reader.buffered().is_empty() => {
+                    return Ok(())
+                }
                 b'Z' => {
                     let message = failed
                         .as_deref()
@@ -334,11 +383,11 @@ impl ServerConn {
         });
         wire::message(&mut out, b'S', |_| {});
         self.stream.send(&out).await?;
-        let mut buf = BytesMut::new();
+        let mut reader = MessageReader::new(MAX_WHOLE_MESSAGE);
         let mut row = None;
         let mut failed = None;
         loop {
-            let msg = read_message(&mut self.stream, &mut buf).await?;
+            let msg = reader.read(&mut self.stream).await?;
             match msg[0] {
                 b'D' if row.is_none() => row = Some(data_row(&msg[5..])),
                 b'E' => failed = Some(wire::error_fields(&msg[5..])),
@@ -420,21 +469,4 @@ fn data_row(body: &[u8]) -> Vec<Option<String>> {
         }
     }
     cols
-}
-
-/// Reads one whole message from `stream`, buffering in `buf`.
-pub async fn read_message(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<bytes::Bytes, ServerError> {
-    loop {
-        match wire::take_message(buf) {
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => {}
-            Err(e) => return Err(ServerError::Protocol(e.to_string())),
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
 }

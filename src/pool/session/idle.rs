@@ -7,7 +7,8 @@ use tokio::io::AsyncReadExt;
 
 use super::{End, Held, PooledSession};
 use crate::protocol::error::{sqlstate, PgError};
-use crate::protocol::wire;
+use crate::protocol::frame;
+use crate::protocol::limits::MAX_WHOLE_MESSAGE;
 use crate::servers::message_memory::COUNTED_FROM;
 
 /// A buffer grown past this is given back to the allocator when its client goes idle.
@@ -31,9 +32,9 @@ impl PooledSession {
                     ),
                 )));
             }
-            match wire::header(&self.from_client) {
+            match frame::header(&self.from_client) {
                 Ok(Some((_, len))) if self.from_client.len() >= len => return Ok(()),
-                Ok(Some((_, len))) if len > wire::MAX_WHOLE_MESSAGE => {
+                Ok(Some((_, len))) if len > MAX_WHOLE_MESSAGE => {
                     return Err(End::ClientProtocol(format!(
                         "message of {len} bytes is too long"
                     )))

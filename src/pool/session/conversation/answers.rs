@@ -4,6 +4,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Broken, Conversation, Expect, Heard};
+use crate::protocol::frame;
 use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::TRACKED;
@@ -33,7 +34,7 @@ impl Conversation {
             }
             // Only between messages: one being streamed came before them.
             self.made_up_answers(to_client);
-            let (tag, len) = match wire::header(input) {
+            let (tag, len) = match frame::header(input) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(heard),
                 Err(e) => return Err(Broken(e.to_string())),

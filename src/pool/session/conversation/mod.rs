@@ -18,6 +18,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::config::PoolMode;
 use crate::pool::statements::{self, sql_effects, ClientStatements, SqlEffects, Statement};
+use crate::protocol::frame;
+use crate::protocol::frame::BadLength;
+use crate::protocol::limits::MAX_CLIENT_MESSAGE;
 use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::{Tracked, Vars, TRACKED};
@@ -234,15 +237,18 @@ impl Conversation {
             if to_server.len() >= BUFFER_LIMIT {
                 return Ok(Taken::All);
             }
-            let (tag, len) = match wire::header(input) {
+            let (tag, len) = match frame::header(input) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(Taken::All),
                 Err(e) => return Err(ClientEnd::Protocol(e.to_string())),
             };
             if tag == b'd' && input.len() < len {
                 // Streamed, so checked here: PostgreSQL would drop the connection silently.
-                if len - 1 > crate::proxy::relay::MAX_CLIENT_MESSAGE as usize {
-                    let bad = wire::BadMessage { tag, len: len - 1 };
+                if len - 1 > MAX_CLIENT_MESSAGE as usize {
+                    let bad = BadLength {
+                        tag,
+                        len: (len - 1) as u32,
+                    };
                     return Err(ClientEnd::Protocol(bad.to_string()));
                 }
                 // CopyData: stream it, there is nothing to look at.

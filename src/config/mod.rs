@@ -1,0 +1,386 @@
+//! Configuration: plain serde data with one `Default`, parsed from TOML and validated before use.
+//!
+//! The types are here; `load.rs` reads TOML into them (naming the key of any error), and
+//! `validate.rs` checks the values before anything uses them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{ByteSize, HumanDuration};
+
+mod load;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+/// A configuration error names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub tcp: TcpConfig,
+    #[serde(default)]
+    pub peers: PeersConfig,
+}
+
+/// Routers that forward each other's cancel requests for pooled clients, so a cancel works
+/// whichever router it reaches (a load balancer or a moved VIP may send its connection to
+/// another one). Every router gets the same list and its own `id`; the id goes into the cancel
+/// keys it issues.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// This router's place in `routers`, from 1; 0 when it has no peers.
+    pub id: usize,
+    /// Every router's client address (`host:port`, either listener), this one's included.
+    pub routers: Vec<String>,
+}
+
+impl PeersConfig {
+    /// Most routers a cancel key can name (8 bits of its pid).
+    pub const MAX_ROUTERS: usize = 255;
+}
+
+/// TCP keepalive and user timeout on every client socket and on passthrough member sockets,
+/// so a peer that vanished without a FIN or RST (host down, cable cut, a NAT or firewall that
+/// forgot the flow) is found and its session and server connection released. New values apply
+/// to connections opened after a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Send keepalive probes on idle connections.
+    pub keepalive: bool,
+    /// Idle time before the first probe (TCP_KEEPIDLE), whole seconds.
+    pub keepalive_idle: HumanDuration,
+    /// Time between unanswered probes (TCP_KEEPINTVL), whole seconds.
+    pub keepalive_interval: HumanDuration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub keepalive_count: u32,
+    /// Sent data left unacknowledged this long drops the connection (TCP_USER_TIMEOUT): finds a
+    /// vanished client while results are still queued for it, where keepalive does not probe.
+    /// 0 keeps the system default (retransmissions for about 15 minutes).
+    pub user_timeout: HumanDuration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            keepalive: true,
+            keepalive_idle: HumanDuration(Duration::from_secs(60)),
+            keepalive_interval: HumanDuration(Duration::from_secs(10)),
+            keepalive_count: 6,
+            user_timeout: HumanDuration(Duration::ZERO),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads serving clients, each its own event loop; 0 picks one per core. Read at start only.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The worker threads to run (`crate::shards`); 0 picks one per core. With one thread,
+    /// that thread is the line every client waits in, and a core idles whenever the thread is
+    /// preempted by a backend or client it woke. On 2 cores shared with PostgreSQL and pgbench
+    /// (pgbench -S, A/B medians, BENCHMARKS.md): pooled -c 150 7-18% more tps on two; pass-through
+    /// -c 150 13-18% more, -c 16 level (simple 0.985x, prepared 1.085x). A host where the router
+    /// must leave cores to the application sets a smaller count.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "info,pgrouter=debug"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Patroni `scope`: the cluster name.
+    pub scope: String,
+    /// Patroni `namespace`, "/service" unless the cluster says otherwise.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// etcd v3 endpoints, `host:port` or `http://host:port`.
+    pub etcd: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Writes: the member holding Patroni's leader key.
+    pub primary: SocketAddr,
+    /// Reads: round-robin over eligible replicas.
+    pub replicas: SocketAddr,
+    /// A client must finish its startup packet within this time.
+    pub startup_timeout: HumanDuration,
+    /// Client connections beyond this get FATAL 53300.
+    pub max_client_conn: usize,
+    /// Admin HTTP endpoint: /metrics, /health, /primary, /replica, /status, /pause, /resume, /reload.
+    pub admin: SocketAddr,
+    /// Bearer token the admin endpoint requires; mandatory when `admin` is not on loopback.
+    pub admin_token: Option<String>,
+    /// How clients of the primary port reach the server: see [`PoolMode`].
+    pub primary_pool_mode: PoolMode,
+    /// How clients of the replicas port reach the server.
+    pub replicas_pool_mode: PoolMode,
+}
+
+/// How a listener's clients share server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// One server connection per client, authentication relayed end to end.
+    #[default]
+    Passthrough,
+    /// pgrouter authenticates the client; a pooled server connection is its own until it
+    /// disconnects, then reset with DISCARD ALL and reused.
+    Session,
+    /// pgrouter authenticates the client; a pooled server connection is its own for one
+    /// transaction (or extended-protocol batch) at a time.
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn pooled(self) -> bool {
+        self != PoolMode::Passthrough
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolMode::Passthrough => "passthrough",
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// Server connection pools of the pooled modes, one per (member, database, user).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Most server connections one pool opens.
+    pub pool_size: usize,
+    /// Server connections kept open per pool (to the members of the current role) even when idle.
+    pub min_pool_size: usize,
+    /// A transaction waits this long for a free server connection, then gets an error.
+    pub query_wait_timeout: HumanDuration,
+    /// Idle server connections are closed after this.
+    pub server_idle_timeout: HumanDuration,
+    /// Server connections are closed (when idle) after this age.
+    pub server_lifetime: HumanDuration,
+    /// A server connection idle longer than this is checked with an empty query before reuse.
+    pub server_check_delay: HumanDuration,
+    /// Most memory pooled clients' large messages (64 KiB and over), kept whole until sent,
+    /// may hold together.
+    pub message_memory: ByteSize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            pool_size: 20,
+            min_pool_size: 0,
+            query_wait_timeout: HumanDuration(Duration::from_secs(120)),
+            server_idle_timeout: HumanDuration(Duration::from_secs(600)),
+            server_lifetime: HumanDuration(Duration::from_secs(3600)),
+            server_check_delay: HumanDuration(Duration::from_secs(30)),
+            message_memory: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// TLS towards clients: SSLRequest answered 'S' (and PostgreSQL 17's direct TLS accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM certificate chain presented to clients.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS for clients that ask; plaintext for the rest.
+    Allow,
+    /// A plaintext StartupMessage gets FATAL 28000.
+    Require,
+}
+
+/// TLS towards the members: SSLRequest to the server, then rustls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    pub sslmode: SslMode,
+    /// PEM CA certificates the members' certificates must chain to (verify-ca, verify-full).
+    pub root_ca: Option<std::path::PathBuf>,
+    /// Name checked against the members' certificates (verify-full) instead of the host of
+    /// each member's conn_url.
+    pub server_name: Option<String>,
+}
+
+/// libpq's sslmode values, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    /// TLS if the member offers it, without verifying its certificate.
+    Prefer,
+    /// TLS or no connection, without verifying the certificate.
+    Require,
+    /// TLS with a certificate signed by `root_ca`, any name.
+    VerifyCa,
+    /// TLS with a certificate signed by `root_ca` for the member's host name.
+    VerifyFull,
+}
+
+/// Who may connect in the pooled modes, and with what secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// pgbouncer's userlist format: `"user" "secret"` per line; the secret plain, md5 or SCRAM.
+    pub auth_file: Option<std::path::PathBuf>,
+    /// Looks up users missing from auth_file, run on the leader as `auth_user`, with the user
+    /// name as $1; returns (usename, passwd), e.g. from a SECURITY DEFINER function over pg_shadow.
+    pub auth_query: Option<String>,
+    /// The user auth_query runs as; its secret comes from auth_file.
+    pub auth_user: Option<String>,
+    /// Users who may open the admin console (database "pgrouter").
+    pub admin_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaFallback {
+    /// No replica eligible: send read clients to the leader.
+    Primary,
+    /// No replica eligible: refuse read clients with 57P03.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub max_replica_lag: ByteSize,
+    pub replica_fallback: ReplicaFallback,
+    pub hold_timeout: HumanDuration,
+    pub drain_timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_namespace() -> String {
+    "/service".to_owned()
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            primary: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            replicas: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            startup_timeout: HumanDuration(Duration::from_secs(10)),
+            max_client_conn: 10_000,
+            admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            primary_pool_mode: PoolMode::Passthrough,
+            replicas_pool_mode: PoolMode::Passthrough,
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_replica_lag: ByteSize(16 * 1024 * 1024),
+            replica_fallback: ReplicaFallback::Primary,
+            hold_timeout: HumanDuration(Duration::from_secs(10)),
+            drain_timeout: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(3)),
+        }
+    }
+}
+
+impl Config {
+    /// The pool mode of a listener.
+    pub fn pool_mode(&self, primary: bool) -> PoolMode {
+        if primary {
+            self.listen.primary_pool_mode
+        } else {
+            self.listen.replicas_pool_mode
+        }
+    }
+
+    /// The etcd key prefix Patroni writes this cluster under, e.g. "/service/demo/".
+    pub fn key_prefix(&self) -> String {
+        format!(
+            "{}/{}/",
+            self.cluster.namespace.trim_end_matches('/'),
+            self.cluster.scope
+        )
+    }
+}

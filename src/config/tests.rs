@@ -1,0 +1,202 @@
+//! The configuration's parsing and validation, through `Config::from_toml`.
+
+use super::*;
+
+const MINIMAL: &str = "[cluster]\nscope = \"demo\"\netcd = [\"127.0.0.1:2379\"]\n";
+
+fn err(text: &str) -> String {
+    Config::from_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = include_str!("../../config/pgrouter.toml");
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.cluster.scope, "demo");
+    assert_eq!(config.key_prefix(), "/service/demo/");
+    assert_eq!(config.routing.max_replica_lag, ByteSize(16 * 1024 * 1024));
+    assert_eq!(config.routing.hold_timeout.0, Duration::from_secs(10));
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let config = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(config.cluster.namespace, "/service");
+    assert_eq!(config.listen, ListenConfig::default());
+    assert_eq!(config.routing, RoutingConfig::default());
+}
+
+#[test]
+fn tcp_keepalive_defaults_and_bounds() {
+    let config = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(config.tcp, TcpConfig::default());
+    assert!(config.tcp.keepalive);
+    assert_eq!(config.tcp.keepalive_idle.0, Duration::from_secs(60));
+    let config = Config::from_toml(&format!(
+        "{MINIMAL}[tcp]\nkeepalive_idle = \"2s\"\nkeepalive_interval = \"1s\"\nkeepalive_count = 3\nuser_timeout = \"30s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.tcp.keepalive_count, 3);
+    assert_eq!(config.tcp.user_timeout.0, Duration::from_secs(30));
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_idle = \"500ms\"\n"));
+    assert!(
+        e.starts_with("tcp.keepalive_idle: must be whole seconds"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_interval = \"1.5s\"\n"));
+    assert!(
+        e.starts_with("tcp.keepalive_interval: must be whole"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_idle = \"10h\"\n"));
+    assert!(e.starts_with("tcp.keepalive_idle: "), "{e}");
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_count = 0\n"));
+    assert!(e.starts_with("tcp.keepalive_count: must be from 1"), "{e}");
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalive_count = 128\n"));
+    assert!(e.starts_with("tcp.keepalive_count: "), "{e}");
+    let e = err(&format!("{MINIMAL}[tcp]\nuser_timeout = \"100000h\"\n"));
+    assert!(e.starts_with("tcp.user_timeout: "), "{e}");
+    let e = err(&format!("{MINIMAL}[tcp]\nkeepalives = true\n"));
+    assert!(e.starts_with("tcp.keepalives: unknown field"), "{e}");
+}
+
+#[test]
+fn worker_count() {
+    let explicit = RuntimeConfig { worker_threads: 3 };
+    assert_eq!(explicit.workers(), 3);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(RuntimeConfig::default().workers(), cores);
+    assert_eq!(Config::from_toml(MINIMAL).unwrap().runtime.workers(), cores);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = err(&format!("{MINIMAL}[routing]\nhold_timout = \"1s\"\n"));
+    assert!(e.starts_with("routing.hold_timout: unknown field"), "{e}");
+}
+
+#[test]
+fn bad_units_are_named() {
+    let e = err(&format!(
+        "{MINIMAL}[routing]\nhold_timeout = \"10 parsecs\"\n"
+    ));
+    assert!(e.starts_with("routing.hold_timeout: "), "{e}");
+    let e = err(&format!("{MINIMAL}[routing]\nmax_replica_lag = \"16XB\"\n"));
+    assert!(e.starts_with("routing.max_replica_lag: "), "{e}");
+}
+
+#[test]
+fn peers_name_this_router_in_one_list() {
+    let peered = Config::from_toml(&format!(
+        "{MINIMAL}[peers]\nid = 2\nrouters = [\"10.0.0.1:5000\", \"router2.internal:5000\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(peered.peers.id, 2);
+    assert_eq!(
+        Config::from_toml(MINIMAL).unwrap().peers,
+        PeersConfig::default()
+    );
+    let cases = [
+        ("id = 1\n", "peers.routers: must list every router"),
+        (
+            "routers = [\"10.0.0.1:5000\"]\n",
+            "peers.id: must name this router",
+        ),
+        (
+            "id = 3\nrouters = [\"10.0.0.1:5000\", \"10.0.0.2:5000\"]\n",
+            "peers.id: 3 is past the 2 routers",
+        ),
+        (
+            "id = 1\nrouters = [\"10.0.0.1\"]\n",
+            "peers.routers: \"10.0.0.1\" is not host:port",
+        ),
+        (
+            "id = 1\nrouters = [\"http://10.0.0.1:5000\"]\n",
+            "peers.routers: \"http://10.0.0.1:5000\" is not host:port",
+        ),
+        ("id = -1\n", "peers.id: invalid value"),
+    ];
+    for (peers, want) in cases {
+        let e = err(&format!("{MINIMAL}[peers]\n{peers}"));
+        assert!(e.starts_with(want), "{peers:?}: {e}");
+    }
+    let many: Vec<String> = (0..256)
+        .map(|i| format!("\"10.0.{}.{}:5000\"", i / 250, i % 250))
+        .collect();
+    let e = err(&format!(
+        "{MINIMAL}[peers]\nid = 1\nrouters = [{}]\n",
+        many.join(",")
+    ));
+    assert!(e.starts_with("peers.routers: at most 255"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused_with_key_and_reason() {
+    let e = err(&format!(
+        "{MINIMAL}[routing]\nreplica_fallback = \"maybe\"\n"
+    ));
+    assert!(
+        e.starts_with("routing.replica_fallback: unknown variant"),
+        "{e}"
+    );
+    let e = err("[cluster]\nscope = \"demo\"\netcd = []\n");
+    assert_eq!(e, "cluster.etcd: needs at least one endpoint");
+    let e = err(&format!(
+        "{MINIMAL}[listen]\nprimary_pool_mode = \"transaction\"\n"
+    ));
+    assert!(
+        e.starts_with("listen.primary_pool_mode: pooled modes authenticate"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[listen]\nreplicas_pool_mode = \"statement\"\n"
+    ));
+    assert!(
+        e.starts_with("listen.replicas_pool_mode: unknown variant"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[pool]\npool_size = 2\nmin_pool_size = 3\n"
+    ));
+    assert!(e.starts_with("pool.min_pool_size: must not exceed"), "{e}");
+    let e = err(&format!("{MINIMAL}[pool]\nmessage_memory = \"64kB\"\n"));
+    assert_eq!(e, "pool.message_memory: must be at least 1MB");
+    let e = err(&format!(
+        "{MINIMAL}[auth]\nauth_file = \"/x\"\nauth_user = \"a\"\nauth_query = \"select 1\"\n"
+    ));
+    assert!(e.starts_with("auth.auth_query: must take"), "{e}");
+    let e = err(&format!("{MINIMAL}[tls]\nmode = \"require\"\n"));
+    assert!(e.starts_with("tls.cert: required"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream_tls]\nsslmode = \"verify-full\"\n"
+    ));
+    assert!(e.starts_with("upstream_tls.root_ca: required"), "{e}");
+    let e = err(&format!("{MINIMAL}[upstream_tls]\nsslmode = \"verify\"\n"));
+    assert!(
+        e.starts_with("upstream_tls.sslmode: unknown variant"),
+        "{e}"
+    );
+    let e = err("[cluster]\nscope = \"demo\"\netcd = [\"nohost\"]\n");
+    assert!(e.starts_with("cluster.etcd: \"nohost\""), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[listen]\nprimary = \"127.0.0.1:6000\"\nreplicas = \"127.0.0.1:6000\"\n"
+    ));
+    assert!(e.starts_with("listen.replicas: must differ"), "{e}");
+    let e = err(&format!("{MINIMAL}[listen]\nprimary = \"localhost\"\n"));
+    assert!(e.starts_with("listen.primary: "), "{e}");
+    let e = err(&format!("{MINIMAL}[listen]\nadmin = \"0.0.0.0:8080\"\n"));
+    assert!(
+        e.starts_with("listen.admin_token: required when listen.admin"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[listen]\nadmin = \"127.0.0.1:5000\"\n"));
+    assert!(e.starts_with("listen.admin: must differ"), "{e}");
+    let e = err(&format!("{MINIMAL}[log]\nlevel = \"info,=[\"\n"));
+    assert!(e.starts_with("log.level: "), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[routing]\nhold_timeout = \"1s\"\nhold_timeout = \"2s\"\n"
+    ));
+    assert!(e.starts_with("line 6: duplicate key"), "{e}");
+    let e = err("[cluster]\nscope = \"demo\"\n");
+    assert!(e.contains("missing field `etcd`"), "{e}");
+}
