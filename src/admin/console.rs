@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use crate::stream::Stream;
 use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncReadExt;
 
 use super::pause;
 use super::show::show;
 use crate::pool::client_auth::AuthError;
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::limits::MAX_WHOLE_MESSAGE;
+use crate::protocol::reader::MessageReader;
 use crate::protocol::wire;
 use crate::route::Port;
 use crate::shared::Shared;
@@ -80,15 +81,10 @@ pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str
     if client.send(&out).await.is_err() {
         return;
     }
-    let mut buf = BytesMut::new();
+    let mut reader = MessageReader::new(MAX_WHOLE_MESSAGE);
     loop {
-        let msg = match wire::take_message(&mut buf) {
-            Ok(Some(m)) => m,
-            Ok(None) => match client.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-            Err(_) => return,
+        let Ok(msg) = reader.read(&mut client).await else {
+            return;
         };
         let mut out = BytesMut::new();
         match msg[0] {

@@ -64,19 +64,29 @@ impl MessageReader {
     where
         R: AsyncRead + Unpin + ?Sized,
     {
-        loop {
-            if let Some(msg) = self.take()? {
-                return Ok(msg);
-            }
-            if r.read_buf(&mut self.buf).await? == 0 {
-                return Err(ReadError::Eof);
-            }
-        }
+        read_message(&mut self.buf, self.max, r).await
     }
 
     /// Bytes read and not taken yet: the start of the next message, or more.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
+    }
+}
+
+/// [`MessageReader::read`] over a buffer the caller keeps (a pooled session's input, which
+/// its server connections lend and take back): the next whole message of at most `max`
+/// bytes, reading from `r` into `buf` until it is all there.
+pub async fn read_message<R>(buf: &mut BytesMut, max: usize, r: &mut R) -> Result<Bytes, ReadError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    loop {
+        if let Some(msg) = take_message_within(buf, max)? {
+            return Ok(msg);
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(ReadError::Eof);
+        }
     }
 }
 

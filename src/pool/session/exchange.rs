@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use super::conversation::{Broken, Heard, Taken};
 use super::idle::{READ_CHUNK, READ_MIN};
 use super::recovery::{Done, Lost};
-use super::{End, PooledSession};
+use super::{Exit, PooledSession};
 use crate::hold::RoleCheck;
 use crate::route::Verdict;
 use crate::stream::{Stream, WriteSide};
@@ -33,7 +33,7 @@ struct Unflushed {
 
 impl PooledSession {
     /// Runs the client's work on the held connection until a point where it can go back.
-    pub(super) async fn exchange(&mut self) -> Result<Done, End> {
+    pub(super) async fn exchange(&mut self) -> Result<Done, Exit> {
         let mut roles = RoleCheck::new(&self.shared);
         let held = self.held.as_ref().expect("exchange runs with a server");
         let server_tls = held.lease.conn.stream.is_tls();
@@ -53,7 +53,7 @@ impl PooledSession {
                 return self.abort(Lost::Server(e.to_string())).await;
             }
             if write_now(&self.client, &mut self.to_client).is_err() {
-                return Err(End::ClientGone);
+                return Err(Exit::ClientGone);
             }
             let flushed = self.to_client.is_empty()
                 && self.to_server.is_empty()
@@ -88,7 +88,7 @@ impl PooledSession {
                 Event::FlushedClient => unflushed.client = false,
                 Event::ReadClient(Ok(0)) => return Ok(Done::ClientLeft),
                 Event::ReadClient(Ok(_)) => {}
-                Event::WroteClient(_) | Event::ReadClient(Err(_)) => return Err(End::ClientGone),
+                Event::WroteClient(_) | Event::ReadClient(Err(_)) => return Err(Exit::ClientGone),
             }
         }
     }
@@ -128,7 +128,7 @@ impl PooledSession {
     }
 
     /// Hands the client's bytes to the conversation; a large message in progress is counted.
-    fn take_client(&mut self) -> Result<(), End> {
+    fn take_client(&mut self) -> Result<(), Exit> {
         let held = self.held.as_mut().expect("exchange runs with a server");
         let conn = &mut held.lease.conn.state;
         let taken =

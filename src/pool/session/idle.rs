@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::{End, Held, PooledSession};
+use super::{Exit, Held, PooledSession};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame;
 use crate::protocol::limits::MAX_WHOLE_MESSAGE;
@@ -21,10 +21,10 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 
 impl PooledSession {
     /// Waits, holding no server connection, for the client's next whole message.
-    pub(super) async fn idle_wait(&mut self) -> Result<(), End> {
+    pub(super) async fn idle_wait(&mut self) -> Result<(), Exit> {
         loop {
             if self.shared.shutting_down() {
-                return Err(End::Fatal(PgError::fatal(
+                return Err(Exit::Fatal(PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     format!(
                         "pgrouter: cluster \"{}\": pgrouter is shutting down",
@@ -35,7 +35,7 @@ impl PooledSession {
             match frame::header(&self.from_client) {
                 Ok(Some((_, len))) if self.from_client.len() >= len => return Ok(()),
                 Ok(Some((_, len))) if len > MAX_WHOLE_MESSAGE => {
-                    return Err(End::ClientProtocol(format!(
+                    return Err(Exit::ClientProtocol(format!(
                         "message of {len} bytes is too long"
                     )))
                 }
@@ -47,35 +47,27 @@ impl PooledSession {
                     self.from_client.reserve(missing.min(READ_CHUNK));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+                Err(e) => return Err(Exit::ClientProtocol(e.to_string())),
             }
             tokio::select! {
                 _ = self.signal.wait() => {}
                 r = self.client.read_buf(&mut self.from_client) => match r {
                     // A half-close after part of a message: told why, as in pass-through.
                     Ok(0) if !self.from_client.is_empty() => {
-                        return Err(End::ClientProtocol(
+                        return Err(Exit::ClientProtocol(
                             "the client closed the connection inside a message".into(),
                         ))
                     }
-                    Ok(0) | Err(_) => return Err(End::ClientGone),
+                    Ok(0) | Err(_) => return Err(Exit::ClientGone),
                     Ok(_) => {}
                 },
             }
         }
     }
 
-    /// Reads more of the client's bytes, with no server connection held.
-    pub(super) async fn read_client_more(&mut self) -> Result<(), End> {
-        match self.client.read_buf(&mut self.from_client).await {
-            Ok(0) | Err(_) => Err(End::ClientGone),
-            Ok(_) => Ok(()),
-        }
-    }
-
     /// Counts a message of `len` bytes being received against `pool.message_memory` when it
     /// is large (the grant already held may cover it); FATAL 53200 when it does not fit.
-    pub(super) fn count_large_message(&mut self, len: usize) -> Result<(), End> {
+    pub(super) fn count_large_message(&mut self, len: usize) -> Result<(), Exit> {
         if len < COUNTED_FROM || self.large.as_ref().is_some_and(|g| g.bytes() >= len) {
             return Ok(());
         }
@@ -89,7 +81,7 @@ impl PooledSession {
             }
             Err(in_use) => {
                 let mb = |b: usize| b as f64 / f64::from(1 << 20);
-                Err(End::Fatal(PgError::fatal(
+                Err(Exit::Fatal(PgError::fatal(
                     sqlstate::OUT_OF_MEMORY,
                     format!(
                         "pgrouter: cluster \"{}\": out of memory for large client messages: a message of {:.1} MB would take pool.message_memory ({:.1} MB) past its limit, {:.1} MB being held by other clients' messages",

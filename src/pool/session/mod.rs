@@ -44,7 +44,7 @@ use acquire::RouteCache;
 use recovery::Done;
 
 /// Why the client's session ends.
-enum End {
+enum Exit {
     /// Terminate, EOF or an I/O error on the client side.
     ClientGone,
     /// Tell the client this, then close.
@@ -53,11 +53,11 @@ enum End {
     ClientProtocol(String),
 }
 
-impl From<ClientEnd> for End {
-    fn from(e: ClientEnd) -> End {
+impl From<ClientEnd> for Exit {
+    fn from(e: ClientEnd) -> Exit {
         match e {
-            ClientEnd::Terminate => End::ClientGone,
-            ClientEnd::Protocol(why) => End::ClientProtocol(why),
+            ClientEnd::Terminate => Exit::ClientGone,
+            ClientEnd::Protocol(why) => Exit::ClientProtocol(why),
         }
     }
 }
@@ -215,7 +215,7 @@ impl PooledSession {
             .register_pooled(key.clone(), self.cancel.clone());
         let end = match Box::pin(self.welcome(&key)).await {
             Ok(()) => match self.main_loop().await {
-                Ok(()) => End::ClientGone,
+                Ok(()) => Exit::ClientGone,
                 Err(e) => e,
             },
             Err(e) => e,
@@ -224,12 +224,12 @@ impl PooledSession {
             Box::pin(self.put_back(held, Done::ClientLeft)).await;
         }
         let e = match end {
-            End::ClientGone => return,
-            End::Fatal(e) => {
+            Exit::ClientGone => return,
+            Exit::Fatal(e) => {
                 tracing::info!(peer = %self.registration.entry.peer, port = %self.port, error = %e, "closing pooled client");
                 e
             }
-            End::ClientProtocol(why) => PgError::fatal(
+            Exit::ClientProtocol(why) => PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 format!("pgrouter: cluster \"{}\": {why}", self.shared.scope),
             ),
@@ -237,11 +237,11 @@ impl PooledSession {
         send_fatal(&self.shared, &mut self.client, &e).await;
     }
 
-    async fn main_loop(&mut self) -> Result<(), End> {
+    async fn main_loop(&mut self) -> Result<(), Exit> {
         loop {
             self.idle_wait().await?;
             if self.from_client[0] == b'X' {
-                return Err(End::ClientGone);
+                return Err(Exit::ClientGone);
             }
             // Boxed: an idle client's task holds only the idle wait.
             Box::pin(self.transaction()).await?;
@@ -249,7 +249,7 @@ impl PooledSession {
     }
 
     /// Runs the unit of work the client started on a server connection, and gives it back.
-    async fn transaction(&mut self) -> Result<(), End> {
+    async fn transaction(&mut self) -> Result<(), Exit> {
         if let Some(e) = self.owed.take() {
             return self.fail_unit(e).await;
         }
@@ -297,10 +297,10 @@ impl PooledSession {
         }
     }
 
-    fn left_waiting(&self, waited: std::time::Duration) -> End {
+    fn left_waiting(&self, waited: std::time::Duration) -> Exit {
         let peer = &self.registration.entry.peer;
         left_waiting(&self.shared, self.port, peer, waited);
-        End::ClientGone
+        Exit::ClientGone
     }
 }
 

@@ -4,10 +4,12 @@
 
 use bytes::BytesMut;
 
-use super::{End, Held, PooledSession};
+use super::{Exit, Held, PooledSession};
 use crate::config::PoolMode;
 use crate::hold::RoleCheck;
 use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::limits::MAX_WHOLE_MESSAGE;
+use crate::protocol::reader::{read_message, ReadError};
 use crate::protocol::wire;
 use crate::route::{Route, Verdict};
 
@@ -31,7 +33,7 @@ pub(super) enum Lost {
 impl PooledSession {
     /// Answers a unit of work (a Query, or an extended batch up to its Sync) with `e` when
     /// there is no server to run it: the transaction fails, the connection stays.
-    pub(super) async fn fail_unit(&mut self, e: PgError) -> Result<(), End> {
+    pub(super) async fn fail_unit(&mut self, e: PgError) -> Result<(), Exit> {
         self.shared
             .metrics
             .client_errors
@@ -40,21 +42,19 @@ impl PooledSession {
         tracing::info!(peer = %self.registration.entry.peer, port = %self.port, error = %e, "transaction refused");
         let mut out = e.encode();
         loop {
-            let msg = match wire::take_message(&mut self.from_client) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    self.read_client_more().await?;
-                    continue;
-                }
-                Err(e) => return Err(End::ClientProtocol(e.to_string())),
+            let read = read_message(&mut self.from_client, MAX_WHOLE_MESSAGE, &mut self.client);
+            let msg = match read.await {
+                Ok(m) => m,
+                Err(ReadError::BadLength(e)) => return Err(Exit::ClientProtocol(e.to_string())),
+                Err(ReadError::Eof | ReadError::Io(_)) => return Err(Exit::ClientGone),
             };
             match msg[0] {
-                b'X' => return Err(End::ClientGone),
+                b'X' => return Err(Exit::ClientGone),
                 b'Q' | b'F' | b'S' => break,
                 _ => {
                     // Extended batch: the error goes out now, ReadyForQuery at its Sync.
                     if !out.is_empty() {
-                        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                        self.client.send(&out).await.map_err(|_| Exit::ClientGone)?;
                         out.clear();
                     }
                 }
@@ -62,12 +62,12 @@ impl PooledSession {
         }
         wire::ready_for_query(&mut out, b'I');
         self.conversation.forget_server();
-        self.client.send(&out).await.map_err(|_| End::ClientGone)
+        self.client.send(&out).await.map_err(|_| Exit::ClientGone)
     }
 
     /// The held connection is gone or may no longer be used: nothing more from it reaches
     /// the client; the client's unanswered work fails, its connection stays.
-    pub(super) async fn abort(&mut self, lost: Lost) -> Result<Done, End> {
+    pub(super) async fn abort(&mut self, lost: Lost) -> Result<Done, Exit> {
         let mut held = self.held.take().expect("abort with a server");
         // Whole answers a dying server completed (queued, not yet written) are the client's,
         // as they would be on a direct connection; not once its member has lost its role.
@@ -94,12 +94,12 @@ impl PooledSession {
         held.lease.discard();
         if partial {
             // The client saw half a message: there is no way to resynchronise it.
-            return Err(End::ClientGone);
+            return Err(Exit::ClientGone);
         }
         if streaming {
             // The client is inside a message that was being streamed: the rest of it must not
             // be read as messages (nor sent to another server). Tell it and close.
-            return Err(End::Fatal(PgError {
+            return Err(Exit::Fatal(PgError {
                 fatal: true,
                 hint: None,
                 ..e
@@ -110,7 +110,7 @@ impl PooledSession {
             out.extend_from_slice(&e.encode());
             wire::ready_for_query(&mut out, b'I');
         }
-        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+        self.client.send(&out).await.map_err(|_| Exit::ClientGone)?;
         if loss.unsynced {
             // The client's batch goes on up to its Sync: fail it there.
             self.fail_unit(e).await?;

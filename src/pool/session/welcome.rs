@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use super::{End, PooledSession, Unserved};
+use super::{Exit, PooledSession, Unserved};
 use crate::metrics::ClientState;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::CancelKey;
@@ -23,7 +23,7 @@ impl PooledSession {
     /// server; otherwise one is borrowed to apply its settings, and the server's own spelling
     /// of them is reported. The end of the authentication goes out in the same write, or on
     /// its own before the wait for a server.
-    pub(super) async fn welcome(&mut self, key: &CancelKey) -> Result<(), End> {
+    pub(super) async fn welcome(&mut self, key: &CancelKey) -> Result<(), Exit> {
         // AuthenticationOk and what came before it, from `start`.
         let mut out = std::mem::take(&mut self.to_client);
         let defaults = self.shared.pools.params(
@@ -48,7 +48,7 @@ impl PooledSession {
             }
             _ => {
                 // The client hears it is in before it waits for a server.
-                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                self.client.send(&out).await.map_err(|_| Exit::ClientGone)?;
                 out.clear();
                 self.params_from_server().await?
             }
@@ -71,18 +71,18 @@ impl PooledSession {
         self.conversation.defaults = Some(defaults.tracked);
         wire::backend_key_data(&mut out, key.pid, &key.secret);
         wire::ready_for_query(&mut out, b'I');
-        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+        self.client.send(&out).await.map_err(|_| Exit::ClientGone)?;
         self.state.set(ClientState::Idle);
         Ok(())
     }
 
     /// Borrows a server connection to apply the client's settings: the parameters it then
     /// reports, and the defaults of the client's database and user remembered from it.
-    async fn params_from_server(&mut self) -> Result<(Params, Defaults), End> {
+    async fn params_from_server(&mut self) -> Result<(Params, Defaults), Exit> {
         self.state.set(ClientState::Held);
         let held = match self.acquire().await {
             Ok(held) => held,
-            Err(Unserved::Refused(e)) => return Err(End::Fatal(PgError { fatal: true, ..e })),
+            Err(Unserved::Refused(e)) => return Err(Exit::Fatal(PgError { fatal: true, ..e })),
             Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
         };
         self.hold(held);
@@ -108,22 +108,22 @@ impl PooledSession {
         Ok((Arc::new(params), defaults))
     }
 
-    async fn flush_to_server(&mut self) -> Result<(), End> {
+    async fn flush_to_server(&mut self) -> Result<(), Exit> {
         let held = self.held.as_mut().expect("held");
         let sent = held.lease.conn.stream.send(&self.to_server).await;
-        sent.map_err(|e| End::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string())))?;
+        sent.map_err(|e| Exit::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string())))?;
         self.to_server.clear();
         Ok(())
     }
 
     /// Reads and takes server messages (the answers to the SETs, before any client bytes).
-    async fn read_server(&mut self) -> Result<(), End> {
+    async fn read_server(&mut self) -> Result<(), Exit> {
         let held = self.held.as_mut().expect("held");
         let scope = &self.shared.scope;
         let n = held.lease.conn.stream.read_buf(&mut self.from_server).await;
-        let n = n.map_err(|e| End::Fatal(server_gone(scope, &held.route, &e.to_string())))?;
+        let n = n.map_err(|e| Exit::Fatal(server_gone(scope, &held.route, &e.to_string())))?;
         if n == 0 {
-            return Err(End::Fatal(server_gone(scope, &held.route, "closed")));
+            return Err(Exit::Fatal(server_gone(scope, &held.route, "closed")));
         }
         let conn = &mut held.lease.conn.state;
         let heard = self
@@ -132,7 +132,7 @@ impl PooledSession {
         match heard {
             Ok(heard) => self.log_set_failure(&heard),
             Err(broken) => {
-                return Err(End::Fatal(PgError::fatal(
+                return Err(Exit::Fatal(PgError::fatal(
                     sqlstate::CONNECTION_FAILURE,
                     broken.0,
                 )))
