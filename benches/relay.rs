@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgrouter::config::Config;
-use pgrouter::metrics::Metrics;
-use pgrouter::protocol::frame::BadLength;
-use pgrouter::proxy::relay::Follow;
-use pgrouter::route::Port;
-use pgrouter::shared::Shared;
-use pgrouter::topology::Topology;
+use pgrouter::testing::frame::BadLength;
+use pgrouter::testing::relay::Follow;
+use pgrouter::testing::Metrics;
+use pgrouter::testing::Port;
+use pgrouter::testing::Shared;
+use pgrouter::testing::Topology;
 use tokio::sync::watch;
 
 /// How the relay follows one side's bytes.

@@ -45,25 +45,50 @@
 //!   `proxy::session`'s `an_idle_pooled_client_task_is_small`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod auth;
-pub mod cancel;
+pub(crate) mod auth;
+pub(crate) mod cancel;
 pub mod config;
-pub mod dcs;
-pub mod hold;
-pub mod metrics;
-pub mod pool;
-pub mod protocol;
-pub mod proxy;
-pub mod route;
-pub mod servers;
-pub mod shards;
-pub mod shared;
-pub mod signal;
+pub(crate) mod dcs;
+pub(crate) mod hold;
+pub(crate) mod metrics;
+pub(crate) mod pool;
+pub(crate) mod protocol;
+pub(crate) mod proxy;
+pub(crate) mod route;
+pub(crate) mod servers;
+pub(crate) mod shards;
+pub(crate) mod shared;
+pub(crate) mod signal;
 pub mod status_cli;
-pub mod stream;
-pub mod tcp;
-pub mod tls;
-pub mod topology;
-pub mod units;
+pub(crate) mod stream;
+pub(crate) mod tcp;
+pub(crate) mod tls;
+pub(crate) mod topology;
+pub(crate) mod units;
+
+/// Internals the fuzz targets, benches and integration tests drive directly; not an API
+/// (the library's API is `app::run`, `config` and `status_cli`).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::cancel::cancel_packet;
+    pub use crate::dcs::patroni;
+    pub use crate::metrics::{Metrics, StateGauge};
+    pub use crate::pool::session::Conversation;
+    pub use crate::pool::statements;
+    pub use crate::protocol::{frame, limits, startup, wire};
+    pub use crate::proxy::relay;
+    pub use crate::route::{Port, Route, Target};
+    pub use crate::servers::conn_state::ConnState;
+    pub use crate::servers::tracked::Tracked;
+    pub use crate::shared::Shared;
+    pub use crate::stream::Stream;
+    pub use crate::topology::{Member, Role, Topology};
+
+    /// SCRAM and md5 as a client speaks them, secrets and userlists.
+    pub mod auth {
+        pub use crate::auth::{md5, messages, scram, secret, userlist};
+        pub use crate::auth::{ScramSecret, Secret};
+    }
+}

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use pgrouter::auth::Secret;
 use pgrouter::config::Config;
+use pgrouter::testing::auth::Secret;
 use serde_json::Value;
 
 const METRICS_RS: &str = include_str!("../src/metrics.rs");
@@ -114,16 +114,20 @@ fn check_config_does_not_read_the_files_a_config_names() {
 /// comment says, and the example passwords in the comments match the SCRAM secrets.
 #[test]
 fn example_auth_files_parse() {
-    let users = pgrouter::auth::userlist::parse(&read("config/webapp-pooling/userlist.txt"))
-        .unwrap_or_else(|e| panic!("config/webapp-pooling/userlist.txt: {e}"));
+    let users =
+        pgrouter::testing::auth::userlist::parse(&read("config/webapp-pooling/userlist.txt"))
+            .unwrap_or_else(|e| panic!("config/webapp-pooling/userlist.txt: {e}"));
     for (user, password) in [
         ("app", "example-app-password"),
         ("app_ro", "example-ro-password"),
     ] {
         match &users[user] {
             Secret::Scram(s) => {
-                let made =
-                    pgrouter::auth::ScramSecret::from_password(password, &s.salt, s.iterations);
+                let made = pgrouter::testing::auth::ScramSecret::from_password(
+                    password,
+                    &s.salt,
+                    s.iterations,
+                );
                 assert!(made == *s, "{user}: the secret is not that of {password:?}");
             }
             other => panic!("{user}: expected a SCRAM secret, got {other:?}"),
@@ -132,7 +136,7 @@ fn example_auth_files_parse() {
     match &users["pgrouter_auth"] {
         Secret::Md5(hash) => assert_eq!(
             *hash,
-            pgrouter::auth::md5::md5_secret("pgrouter_auth", "example-auth-password"),
+            pgrouter::testing::auth::md5::md5_secret("pgrouter_auth", "example-auth-password"),
             "pgrouter_auth's md5 secret is not that of example-auth-password"
         ),
         other => panic!("pgrouter_auth: expected an md5 secret, got {other:?}"),
@@ -145,7 +149,7 @@ fn example_auth_files_parse() {
         );
     }
 
-    let users = pgrouter::auth::userlist::parse(&read("docker/userlist.txt"))
+    let users = pgrouter::testing::auth::userlist::parse(&read("docker/userlist.txt"))
         .unwrap_or_else(|e| panic!("docker/userlist.txt: {e}"));
     let compose_router = Config::load(&root().join("docker/pgrouter2.toml")).unwrap();
     for admin in &compose_router.auth.admin_users {
@@ -368,7 +372,7 @@ fn exported_metrics() -> Exported {
         assert!(histograms.contains(known), "histogram {known} not found");
     }
     // And every metric the registry shows at run time is among them.
-    for line in pgrouter::metrics::Metrics::new().encode().lines() {
+    for line in pgrouter::testing::Metrics::new().encode().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let name = rest.split_whitespace().next().unwrap();
             assert!(

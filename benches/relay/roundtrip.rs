@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use pgrouter::metrics::{Metrics, StateGauge};
-use pgrouter::proxy::relay::{Follow, Relay};
-use pgrouter::route::{Port, Route, Target};
-use pgrouter::shared::Shared;
-use pgrouter::stream::Stream;
-use pgrouter::topology::{Member, Role, Topology};
+use pgrouter::testing::relay::{Follow, Relay};
+use pgrouter::testing::Shared;
+use pgrouter::testing::Stream;
+use pgrouter::testing::{Member, Role, Topology};
+use pgrouter::testing::{Metrics, StateGauge};
+use pgrouter::testing::{Port, Route, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Builder, Handle, Runtime};

@@ -1,10 +1,10 @@
 //! Realistic PostgreSQL traffic, both directions, for the benches: what pgbench -S sends and gets
 //! back in its three query modes, a large result, and COPY out and in. Written with the pooler's
-//! own message encoders (`pgrouter::protocol::wire`).
+//! own message encoders (`pgrouter::testing::wire`).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pgrouter::protocol::frame;
-use pgrouter::protocol::wire::{self, message};
+use pgrouter::testing::frame;
+use pgrouter::testing::wire::{self, message};
 
 const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
 

@@ -29,12 +29,12 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use common::{ref_scan, ChunkedReader, ChunkedWriter, Schedule};
 use libfuzzer_sys::fuzz_target;
-use pgrouter::protocol::frame::{BadLength, Scanner};
-use pgrouter::protocol::limits::{CAPTURE_MAX, MAX_CLIENT_MESSAGE};
-use pgrouter::protocol::startup::CancelKey;
-use pgrouter::proxy::relay::{Follow, Pump, Step};
-use pgrouter::route::Port;
-use pgrouter::shared::Shared;
+use pgrouter::testing::frame::{BadLength, Scanner};
+use pgrouter::testing::limits::{CAPTURE_MAX, MAX_CLIENT_MESSAGE};
+use pgrouter::testing::startup::CancelKey;
+use pgrouter::testing::relay::{Follow, Pump, Step};
+use pgrouter::testing::Port;
+use pgrouter::testing::Shared;
 
 const MEMBER: &str = "127.0.0.1:5432";
 
@@ -46,9 +46,9 @@ fn shared() -> &'static Shared {
         )
         .expect("config");
         let (tx, rx) =
-            tokio::sync::watch::channel(Arc::new(pgrouter::topology::Topology::empty("fuzz")));
+            tokio::sync::watch::channel(Arc::new(pgrouter::testing::Topology::empty("fuzz")));
         std::mem::forget(tx);
-        Shared::new(config, rx, Arc::new(pgrouter::metrics::Metrics::new()))
+        Shared::new(config, rx, Arc::new(pgrouter::testing::Metrics::new()))
     })
 }
 

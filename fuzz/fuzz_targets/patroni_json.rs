@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use pgrouter::dcs::patroni::{parse_member, topology_from_keys};
-use pgrouter::topology::Member;
+use pgrouter::testing::patroni::{parse_member, topology_from_keys};
+use pgrouter::testing::Member;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

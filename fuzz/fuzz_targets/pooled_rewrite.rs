@@ -31,13 +31,13 @@ use bytes::{Bytes, BytesMut};
 use common::Schedule;
 use libfuzzer_sys::fuzz_target;
 use pgrouter::config::PoolMode;
-use pgrouter::pool::session::Conversation;
-use pgrouter::pool::statements::{self, sql_effects, Statement};
-use pgrouter::protocol::frame;
-use pgrouter::protocol::limits::MAX_WHOLE_MESSAGE;
-use pgrouter::protocol::wire::{self, Reader};
-use pgrouter::servers::conn_state::ConnState;
-use pgrouter::servers::tracked::Tracked;
+use pgrouter::testing::Conversation;
+use pgrouter::testing::statements::{self, sql_effects, Statement};
+use pgrouter::testing::frame;
+use pgrouter::testing::limits::MAX_WHOLE_MESSAGE;
+use pgrouter::testing::wire::{self, Reader};
+use pgrouter::testing::ConnState;
+use pgrouter::testing::Tracked;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -17,8 +17,8 @@ mod common;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pgrouter::protocol::limits::MAX_STARTUP_LEN;
-use pgrouter::protocol::startup::{self, FirstPacket, StartupError};
+use pgrouter::testing::limits::MAX_STARTUP_LEN;
+use pgrouter::testing::startup::{self, FirstPacket, StartupError};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {
@@ -98,7 +98,7 @@ fn check_decoded(packet: &[u8], decoded: &FirstPacket) {
         FirstPacket::Cancel(key) => {
             assert_eq!(code, 80877102);
             assert!((4..=256).contains(&key.secret.len()));
-            let again = pgrouter::cancel::cancel_packet(key);
+            let again = pgrouter::testing::cancel_packet(key);
             assert_eq!(&again[..], packet, "cancel key does not re-encode");
         }
         FirstPacket::Startup(s) => {
@@ -129,7 +129,7 @@ fn check_decoded(packet: &[u8], decoded: &FirstPacket) {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            let ours = pgrouter::protocol::wire::startup(&params).freeze();
+            let ours = pgrouter::testing::wire::startup(&params).freeze();
             match startup::decode(ours) {
                 Ok(FirstPacket::Startup(t)) => {
                     assert_eq!(t.params, s.params);

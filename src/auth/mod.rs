@@ -20,7 +20,4 @@ pub mod scram;
 pub mod secret;
 pub mod userlist;
 
-pub use messages::{AuthMessageError, AuthRequest};
-pub use scram::{ClientCredential, ClientExchange, ScramError, ServerExchange};
-pub use secret::{ScramKeys, ScramSecret, Secret};
-pub use userlist::UserlistError;
+pub use secret::{ScramSecret, Secret};

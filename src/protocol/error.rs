@@ -55,6 +55,7 @@ impl PgError {
         }
     }
 
+    #[cfg(test)]
     pub fn with_detail(mut self, detail: impl Into<String>) -> PgError {
         self.detail = Some(detail.into());
         self

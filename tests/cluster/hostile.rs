@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use pgrouter::auth::messages::{sasl_initial_response, sasl_response, AuthRequest};
-use pgrouter::auth::scram::{ClientCredential, ClientExchange};
+use pgrouter::testing::auth::messages::{sasl_initial_response, sasl_response, AuthRequest};
+use pgrouter::testing::auth::scram::{ClientCredential, ClientExchange};
 use pgrouter_lab::{IptablesRule, Lab};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

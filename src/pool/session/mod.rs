@@ -16,7 +16,9 @@ mod idle;
 mod recovery;
 mod welcome;
 
-pub use conversation::{Broken, ClientEnd, Conversation, Heard, Taken};
+pub use conversation::Conversation;
+
+use conversation::ClientEnd;
 
 use std::sync::{Arc, Mutex};
 

@@ -111,7 +111,9 @@ impl PooledSession {
     async fn flush_to_server(&mut self) -> Result<(), Exit> {
         let held = self.held.as_mut().expect("held");
         let sent = held.lease.conn.stream.send(&self.to_server).await;
-        sent.map_err(|e| Exit::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string())))?;
+        sent.map_err(|e| {
+            Exit::Fatal(server_gone(&self.shared.scope, &held.route, &e.to_string()))
+        })?;
         self.to_server.clear();
         Ok(())
     }
