@@ -18,6 +18,24 @@ pub(super) async fn finish(
     client: &mut Stream,
     server: &mut Stream,
 ) {
+    let drained_idle = matches!(end, End::Drained(_));
+    let told = match end {
+        End::Lost { .. } | End::Drained(_) | End::DrainTimeout { .. } => {
+            cut(shared, route, port, peer, end)
+        }
+        end => failed(shared, route, port, peer, end),
+    };
+    if let Some(e) = told {
+        send_error(shared, client, &e).await;
+    }
+    if drained_idle {
+        terminate(server).await;
+    }
+}
+
+/// A session pgrouter ended because its member may no longer serve it: counted and logged;
+/// the error the client is told when it stands at a message boundary.
+fn cut(shared: &Shared, route: &Route, port: Port, peer: &str, end: End) -> Option<PgError> {
     let scope = &shared.scope;
     let member = &route.member.name;
     let closing = |reason: &str| {
@@ -40,61 +58,43 @@ pub(super) async fn finish(
         } => {
             drained("leader_lost");
             tracing::info!(%peer, %port, %member, %reason, "cut session on a member that lost the leader key");
-            if at_boundary {
-                send_error(
-                    shared,
-                    client,
-                    &closing(&reason).with_hint("Reconnect to reach the new leader."),
-                )
-                .await;
-            }
+            at_boundary.then(|| closing(&reason).with_hint("Reconnect to reach the new leader."))
         }
         End::Drained(cause) => {
             drained(cause.kind);
             tracing::info!(%peer, %port, %member, reason = %cause.reason, "drained idle session");
-            send_error(
-                shared,
-                client,
-                &closing(&cause.reason).with_hint("Reconnect to reach an eligible member."),
-            )
-            .await;
-            terminate(server).await;
+            Some(closing(&cause.reason).with_hint("Reconnect to reach an eligible member."))
         }
         End::DrainTimeout { cause, at_boundary } => {
             drained("drain_timeout");
             tracing::info!(%peer, %port, %member, reason = %cause.reason, "cut busy session after drain_timeout");
-            if at_boundary {
-                let e = closing(&format!(
-                    "{} (still busy after drain_timeout)",
-                    cause.reason
-                ));
-                send_error(shared, client, &e).await;
-            }
+            let reason = format!("{} (still busy after drain_timeout)", cause.reason);
+            at_boundary.then(|| closing(&reason))
         }
+        _ => None,
+    }
+}
+
+/// A session that ended on its own or failed: logged; the error the client is told, if any.
+fn failed(shared: &Shared, route: &Route, port: Port, peer: &str, end: End) -> Option<PgError> {
+    let scope = &shared.scope;
+    let member = &route.member.name;
+    let session = |e: &dyn std::fmt::Display| {
+        let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
+        Some(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message))
+    };
+    match end {
         End::ClientProtocol(e) => {
             tracing::info!(%peer, %port, %member, error = %e, "client broke the protocol");
-            let message = format!("pgrouter: cluster \"{scope}\": session on \"{member}\": {e}");
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-            )
-            .await;
+            session(&e)
         }
         End::ClientTruncated => {
             tracing::info!(%peer, %port, %member, "client closed the connection inside a message");
-            let message = format!(
-                "pgrouter: cluster \"{scope}\": session on \"{member}\": the client closed the connection inside a message"
-            );
-            send_error(
-                shared,
-                client,
-                &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-            )
-            .await;
+            session(&"the client closed the connection inside a message")
         }
         End::ServerProtocol(e) => {
-            tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol")
+            tracing::warn!(%peer, %port, %member, error = %e, "server broke the protocol");
+            None
         }
         End::ServerGone { error, tell } => {
             let why = error.map_or_else(
@@ -102,22 +102,20 @@ pub(super) async fn finish(
                 |e| e.to_string(),
             );
             tracing::info!(%peer, %port, %member, %why, "lost the server connection");
-            if tell {
-                let message = format!(
-                    "pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\": {why}"
-                );
-                send_error(
-                    shared,
-                    client,
-                    &PgError::fatal(sqlstate::CONNECTION_FAILURE, message),
-                )
-                .await;
-            }
+            let message = format!(
+                "pgrouter: cluster \"{scope}\": lost the server connection to member \"{member}\": {why}"
+            );
+            tell.then(|| PgError::fatal(sqlstate::CONNECTION_FAILURE, message))
         }
-        End::ClientClosed => tracing::debug!(%peer, %port, %member, "session ended"),
+        End::ClientClosed => {
+            tracing::debug!(%peer, %port, %member, "session ended");
+            None
+        }
         End::ClientError(e) => {
-            tracing::debug!(%peer, %port, %member, error = %e, "session failed")
+            tracing::debug!(%peer, %port, %member, error = %e, "session failed");
+            None
         }
+        _ => None,
     }
 }
 
