@@ -190,38 +190,11 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
                     i += 1;
                 }
             }
-            '/' if at(i + 1) == Some('*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0;
-                while let Some(c) = at(i) {
-                    if c == '/' && at(i + 1) == Some('*') {
-                        depth += 1;
-                        i += 2;
-                    } else if c == '*' && at(i + 1) == Some('/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            '/' if at(i + 1) == Some('*') => i = block_comment_end(&chars, i),
             '"' => {
-                let mut name = String::new();
-                i += 1;
-                while let Some(c) = at(i) {
-                    i += 1;
-                    if c == '"' {
-                        if at(i) != Some('"') {
-                            break;
-                        }
-                        i += 1;
-                    }
-                    name.push(c);
-                }
+                let (name, end) = quoted_identifier(&chars, i);
                 current.push(Token::Quoted(name));
+                i = end;
             }
             '\'' => {
                 // E'...' strings take backslash escapes; the E was read as a word.
@@ -230,40 +203,19 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
                 if escapes {
                     current.pop();
                 }
-                i += 1;
-                while let Some(c) = at(i) {
-                    i += 1;
-                    if escapes && c == '\\' {
-                        i += 1;
-                    } else if c == '\'' {
-                        if at(i) != Some('\'') {
-                            break;
-                        }
-                        i += 1;
-                    }
-                }
                 current.push(Token::Literal);
+                i = literal_end(&chars, i, escapes);
             }
-            '$' => {
-                // $tag$ ... $tag$, the tag empty or an identifier not starting with a digit.
-                let mut j = i + 1;
-                while at(j).is_some_and(|c| c.is_alphanumeric() || c == '_' || !c.is_ascii()) {
-                    j += 1;
-                }
-                let tag_ok = at(i + 1).is_none_or(|c| !c.is_ascii_digit());
-                if at(j) == Some('$') && tag_ok {
-                    let delimiter = &chars[i..=j];
-                    let body = j + 1;
-                    let close = (body..chars.len())
-                        .find(|&k| chars[k..].starts_with(delimiter))
-                        .map_or(chars.len(), |k| k + delimiter.len());
+            '$' => match dollar_quote_end(&chars, i) {
+                Some(end) => {
                     current.push(Token::Literal);
-                    i = close;
-                } else {
+                    i = end;
+                }
+                None => {
                     current.push(Token::Symbol('$'));
                     i += 1;
                 }
-            }
+            },
             c if word_char(c) => {
                 let mut w = String::new();
                 while let Some(c) = at(i).filter(|c| word_char(*c)) {
@@ -282,6 +234,82 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
         statements.push(current);
     }
     statements
+}
+
+/// Where the block comment starting at `i` ends (they nest in PostgreSQL).
+fn block_comment_end(chars: &[char], mut i: usize) -> usize {
+    let at = |i: usize| chars.get(i).copied();
+    let mut depth = 0;
+    while let Some(c) = at(i) {
+        if c == '/' && at(i + 1) == Some('*') {
+            depth += 1;
+            i += 2;
+        } else if c == '*' && at(i + 1) == Some('/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// The quoted identifier starting at `i` (`""` undoubled), and where it ends.
+fn quoted_identifier(chars: &[char], mut i: usize) -> (String, usize) {
+    let at = |i: usize| chars.get(i).copied();
+    let mut name = String::new();
+    i += 1;
+    while let Some(c) = at(i) {
+        i += 1;
+        if c == '"' {
+            if at(i) != Some('"') {
+                break;
+            }
+            i += 1;
+        }
+        name.push(c);
+    }
+    (name, i)
+}
+
+/// Where the string literal starting at `i` ends; `escapes` for an E'...' string.
+fn literal_end(chars: &[char], mut i: usize, escapes: bool) -> usize {
+    let at = |i: usize| chars.get(i).copied();
+    i += 1;
+    while let Some(c) = at(i) {
+        i += 1;
+        if escapes && c == '\\' {
+            i += 1;
+        } else if c == '\'' {
+            if at(i) != Some('\'') {
+                break;
+            }
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Where the dollar-quoted string starting at `i` ends, if a `$tag$` starts there (the tag
+/// empty or an identifier not starting with a digit).
+fn dollar_quote_end(chars: &[char], i: usize) -> Option<usize> {
+    let at = |i: usize| chars.get(i).copied();
+    let mut j = i + 1;
+    while at(j).is_some_and(|c| c.is_alphanumeric() || c == '_' || !c.is_ascii()) {
+        j += 1;
+    }
+    let tag_ok = at(i + 1).is_none_or(|c| !c.is_ascii_digit());
+    if at(j) != Some('$') || !tag_ok {
+        return None;
+    }
+    let delimiter = &chars[i..=j];
+    let close = (j + 1..chars.len())
+        .find(|&k| chars[k..].starts_with(delimiter))
+        .map_or(chars.len(), |k| k + delimiter.len());
+    Some(close)
 }
 
 /// The commands whose effects `sql_effects` looks for, lowercase.
