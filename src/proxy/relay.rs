@@ -415,27 +415,8 @@ impl Relay<'_> {
             let at_boundary = !down.pending() && follow.down_scan.at_boundary();
             // Checked before every step, so no byte from a member that lost its role is relayed
             // after the topology saying so was published.
-            if let Some(verdict) = roles.changed(shared, self.route) {
-                match verdict {
-                    Verdict::Keep => drain = drain.filter(|d| d.cause.kind == SHUTDOWN),
-                    Verdict::CloseNow(reason) => {
-                        return End::Lost {
-                            reason,
-                            at_boundary,
-                        }
-                    }
-                    Verdict::Drain(reason) => {
-                        drain = drain.or_else(|| {
-                            Some(self.drain_from_now(Cause {
-                                kind: "replica_ineligible",
-                                reason,
-                            }))
-                        });
-                    }
-                }
-            }
-            if shared.shutting_down() && drain.as_ref().is_none_or(|d| d.cause.kind != SHUTDOWN) {
-                drain = Some(self.drain_from_now(shutdown_cause()));
+            if let Some(end) = self.review(&mut roles, &mut drain, at_boundary) {
+                return end;
             }
             let flushed = !up.pending()
                 && !down.pending()
@@ -494,6 +475,38 @@ impl Relay<'_> {
                 },
             }
         }
+    }
+
+    /// Applies what changed since the last step: the member's role (the session ends now,
+    /// or drains) and shutdown (it drains); the end, if it is now.
+    #[inline]
+    fn review(
+        &self,
+        roles: &mut RoleCheck,
+        drain: &mut Option<Draining>,
+        at_boundary: bool,
+    ) -> Option<End> {
+        if let Some(verdict) = roles.changed(self.shared, self.route) {
+            match verdict {
+                Verdict::Keep => *drain = drain.take().filter(|d| d.cause.kind == SHUTDOWN),
+                Verdict::CloseNow(reason) => {
+                    return Some(End::Lost {
+                        reason,
+                        at_boundary,
+                    })
+                }
+                Verdict::Drain(reason) if drain.is_none() => {
+                    let kind = "replica_ineligible";
+                    *drain = Some(self.drain_from_now(Cause { kind, reason }));
+                }
+                Verdict::Drain(_) => {}
+            }
+        }
+        let shutting_down = self.shared.shutting_down();
+        if shutting_down && drain.as_ref().is_none_or(|d| d.cause.kind != SHUTDOWN) {
+            *drain = Some(self.drain_from_now(shutdown_cause()));
+        }
+        None
     }
 
     fn drain_from_now(&self, cause: Cause) -> Draining {
