@@ -1,11 +1,11 @@
 //! Pooled modes (session and transaction): pgrouter authenticates clients itself and lends
 //! them server connections from pools keyed by (member, role, database, user).
 //!
-//! - `session`: one pooled client, from its authentication to its last message.
+//! - `session`: one pooled client, from its authentication to its last message, around its
+//!   pure protocol core (`session::conversation`).
 //! - `statements`: protocol-level prepared statements renamed per server connection.
-//! - `pools`, `server`: the pools and the server connections in them.
-//! - `message_memory`: the budget pooled clients' large messages share.
-//! - `client_auth`, `credentials`, `auth_query`: who may connect, and logging in to servers.
+//! - `client_auth`, `auth_query`: who may connect (secrets from `servers::credentials`).
+//! - `maintain` (here): pool upkeep. The pools and server connections are `crate::servers`.
 
 pub mod auth_query;
 pub mod client_auth;

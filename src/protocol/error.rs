@@ -21,7 +21,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// TLS required and not used.
     pub const INVALID_AUTHORIZATION: &str = "28000";
-    /// Authentication not finished in time (PostgreSQL's own code for its authentication_timeout).
+    /// Authentication not finished in time (PostgreSQL's own code for its authentication_timeout);
+    /// a console PAUSE that gave up waiting for transactions in flight.
     pub const QUERY_CANCELED: &str = "57014";
 }
 
