@@ -12,7 +12,7 @@ use crate::auth::scram::{ScramError, ServerExchange};
 use crate::auth::secret::{ScramKeys, ScramSecret, Secret};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame::BadLength;
-use crate::protocol::limits::MAX_PASSWORD_MESSAGE;
+use crate::protocol::limits::MAX_AUTH_MESSAGE;
 use crate::protocol::reader::{MessageReader, ReadError};
 use crate::servers::credentials::Credentials;
 use crate::servers::server::Login;
@@ -126,12 +126,12 @@ async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
 }
 
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p') of at
-/// most [`MAX_PASSWORD_MESSAGE`] bytes (PostgreSQL takes no longer authentication message).
+/// most [`MAX_AUTH_MESSAGE`] bytes (PostgreSQL takes no longer authentication message).
 async fn read_password_message(
     client: &mut Stream,
     scope: &str,
 ) -> Result<bytes::Bytes, AuthError> {
-    let mut reader = MessageReader::with_capacity(512, MAX_PASSWORD_MESSAGE);
+    let mut reader = MessageReader::with_capacity(512, MAX_AUTH_MESSAGE);
     match reader.read(client).await {
         Ok(m) if m[0] == b'p' => Ok(m),
         Ok(m) => Err(protocol(
@@ -148,7 +148,7 @@ async fn read_password_message(
                 scope,
                 &format!(
                     "a password message of {len} bytes \
-                     (at most {MAX_PASSWORD_MESSAGE} during authentication)"
+                     (at most {MAX_AUTH_MESSAGE} during authentication)"
                 ),
             ))
         }

@@ -15,7 +15,7 @@ use super::limits::CAPTURE_MAX;
 /// reader's limit is refused before any of its body passes. `len` is the length field as
 /// sent (it counts itself, not the tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("message '{}' has impossible length {len}", char::from(*tag))]
+#[error("message '{}' has unacceptable length {len}", char::from(*tag))]
 pub struct BadLength {
     pub tag: u8,
     pub len: u32,

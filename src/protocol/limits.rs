@@ -20,15 +20,11 @@ pub const MAX_WHOLE_MESSAGE: usize = 256 * 1024 * 1024;
 /// A body size; longer messages of a captured tag are followed, not copied.
 pub const CAPTURE_MAX: usize = 1024;
 
-/// Longest PasswordMessage or SASL response ('p') a pooled client may send while pgrouter
-/// authenticates it: 64 KiB (PostgreSQL takes no longer authentication message).
-/// A total size, header included.
-pub const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
-
-/// Longest message taken whole from a client during a pass-through login: PostgreSQL takes no
-/// authentication message longer than 65,535 bytes (PG_MAX_AUTH_TOKEN_LENGTH).
+/// Longest authentication message (PasswordMessage, SASL response) taken whole from a client,
+/// whether pgrouter authenticates it (pooled) or relays its login (pass-through): PostgreSQL
+/// takes no authentication message with a body over 65,535 bytes (PG_MAX_AUTH_TOKEN_LENGTH).
 /// A total size: the 5-byte header plus 65,535.
-pub const MAX_LOGIN_CLIENT_MESSAGE: usize = 5 + 65_535;
+pub const MAX_AUTH_MESSAGE: usize = 5 + 65_535;
 
 /// Longest message taken whole from a member during a pass-through login (parameter values
 /// are short). A total size, header included.

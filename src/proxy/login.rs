@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::relay::{End, Follow};
 use crate::hold::RoleCheck;
-use crate::protocol::limits::{MAX_LOGIN_CLIENT_MESSAGE, MAX_LOGIN_SERVER_MESSAGE};
+use crate::protocol::limits::{MAX_AUTH_MESSAGE, MAX_LOGIN_SERVER_MESSAGE};
 use crate::protocol::reader::{MessageReader, ReadError};
 use crate::route::{Route, Verdict};
 use crate::shared::Shared;
@@ -44,7 +44,7 @@ pub async fn run(
     };
     let to_client = |e| Refused::Ended(End::ClientError(e));
     let mut from_server = MessageReader::starting_with(&first, MAX_LOGIN_SERVER_MESSAGE);
-    let mut from_client = MessageReader::new(MAX_LOGIN_CLIENT_MESSAGE);
+    let mut from_client = MessageReader::new(MAX_AUTH_MESSAGE);
     let mut out = BytesMut::new();
     // What the member sent before the client's first read, taken whole as the loop below takes
     // the rest.
