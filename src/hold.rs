@@ -234,30 +234,29 @@ pub fn left_waiting(shared: &Shared, port: Port, peer: &str, waited: Duration) {
 
 /// Whether a served session's member may still serve, asked again only when the topology or
 /// the settings changed since the last time (a change before the first time counts: one
-/// that arrived between routing and now must not be missed). Only `has_changed` is asked of
-/// the receivers (an atomic load); wake-ups come from the session's signal, which costs
-/// nothing to poll, unlike a `changed()` future shared by every session.
+/// that arrived between routing and now must not be missed). Only atomic loads until then
+/// (the topology receiver's version, the settings' epoch); wake-ups come from the session's
+/// signal, which costs nothing to poll, unlike a `changed()` future shared by every session.
 pub struct RoleCheck {
     topology: watch::Receiver<Arc<Topology>>,
-    config: watch::Receiver<Arc<Config>>,
+    /// The settings' epoch last checked against; `None` before the first check.
+    config_epoch: Option<u64>,
 }
 
 impl RoleCheck {
-    /// A check that runs once at its first `changed`, then on every change.
+    /// A check that runs at its first `changed`, then on every change.
     pub fn new(shared: &Shared) -> RoleCheck {
-        let mut check = RoleCheck {
+        RoleCheck {
             topology: shared.topology.clone(),
-            config: shared.config_changes(),
-        };
-        check.topology.mark_changed();
-        check
+            config_epoch: None,
+        }
     }
 
     /// The router's verdict when something changed since the last call; `None` otherwise.
     pub fn changed(&mut self, shared: &Shared, route: &Route) -> Option<Verdict> {
-        let changed =
-            self.topology.has_changed().unwrap_or(true) | self.config.has_changed().unwrap_or(true);
-        if !changed {
+        let epoch = shared.config_epoch();
+        let topology_changed = self.topology.has_changed().unwrap_or(true);
+        if !topology_changed && self.config_epoch == Some(epoch) {
             return None;
         }
         Some(self.now(shared, route))
@@ -265,8 +264,92 @@ impl RoleCheck {
 
     /// The router's verdict on the views in force.
     pub fn now(&mut self, shared: &Shared, route: &Route) -> Verdict {
+        // The epoch before the settings: a reload between the two is seen next time.
+        self.config_epoch = Some(shared.config_epoch());
         let current = self.topology.borrow_and_update().clone();
-        let routing = &self.config.borrow_and_update().routing;
-        shared.router.check(routing, &current, route)
+        shared
+            .router
+            .check(&shared.config().routing, &current, route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::route::Target;
+    use crate::topology::{Member, Role};
+
+    fn member(name: &str, role: Role, wal_position: u64) -> Member {
+        Member {
+            name: name.into(),
+            addr: "127.0.0.1:1".into(),
+            role,
+            state: "running".into(),
+            wal_position: Some(wal_position),
+            noloadbalance: false,
+            timeline: Some(1),
+            api_url: None,
+        }
+    }
+
+    /// A leader at WAL 10,000 and a replica 5,000 bytes behind it.
+    fn cluster() -> Topology {
+        let mut t = Topology::empty("d");
+        t.synced = true;
+        t.leader = Some("pg0".into());
+        for m in [
+            member("pg0", Role::Primary, 10_000),
+            member("pg1", Role::Replica, 5_000),
+        ] {
+            t.members.insert(m.name.clone(), m);
+        }
+        t
+    }
+
+    fn config(max_replica_lag: &str) -> Config {
+        let toml = format!(
+            "[cluster]\nscope = \"d\"\netcd = [\"127.0.0.1:1\"]\n[routing]\nmax_replica_lag = \"{max_replica_lag}\"\n"
+        );
+        Config::from_toml(&toml).unwrap()
+    }
+
+    #[test]
+    fn a_reload_alone_makes_a_served_session_ask_again() {
+        let (topology, views) = watch::channel(Arc::new(cluster()));
+        let shared = Shared::new(config("1MB"), views, Arc::new(Metrics::new()));
+        let route = Route {
+            member: member("pg1", Role::Replica, 5_000),
+            target: Target::Replica,
+        };
+        let mut roles = RoleCheck::new(&shared);
+        assert_eq!(
+            roles.changed(&shared, &route),
+            Some(Verdict::Keep),
+            "asked at first"
+        );
+        assert_eq!(roles.changed(&shared, &route), None, "nothing changed");
+        // The same topology, settings under which the replica lags too far.
+        shared.set_config(Arc::new(config("1kB")));
+        let verdict = roles.changed(&shared, &route);
+        assert!(
+            matches!(&verdict, Some(Verdict::Drain(why)) if why.contains("pg1")),
+            "{verdict:?}"
+        );
+        assert_eq!(roles.changed(&shared, &route), None);
+        // A new topology without the leader key: a leader route closes at once.
+        let leader = Route {
+            member: member("pg0", Role::Primary, 10_000),
+            target: Target::Leader,
+        };
+        let mut roles = RoleCheck::new(&shared);
+        assert_eq!(roles.changed(&shared, &leader), Some(Verdict::Keep));
+        let mut lost = cluster();
+        lost.leader = None;
+        topology.send_replace(Arc::new(lost));
+        assert!(matches!(
+            roles.changed(&shared, &leader),
+            Some(Verdict::CloseNow(_))
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! What every session shares: the settings in force, routing state, cancel keys, metrics,
 //! pause switches and the shutdown signal. Passed in, never global.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use crate::topology::Topology;
 pub struct Shared {
     pub scope: String,
     config: watch::Sender<Arc<Config>>,
+    config_epoch: AtomicU64,
     pub router: Router,
     pub cancels: CancelRegistry,
     pub topology: watch::Receiver<Arc<Topology>>,
@@ -55,6 +56,7 @@ impl Shared {
         Shared {
             scope: config.cluster.scope.clone(),
             config: watch::channel(Arc::new(config)).0,
+            config_epoch: AtomicU64::new(0),
             router: Router::default(),
             cancels: CancelRegistry::default(),
             topology,
@@ -108,11 +110,14 @@ impl Shared {
     /// Installs reloaded settings; running sessions re-check their member against them.
     pub fn set_config(&self, config: Arc<Config>) {
         self.config.send_replace(config);
+        self.config_epoch.fetch_add(1, Ordering::Release);
         self.signals.raise_all();
     }
 
-    pub fn config_changes(&self) -> watch::Receiver<Arc<Config>> {
-        self.config.subscribe()
+    /// How many times the settings were replaced: a session that saw this number has seen
+    /// the settings in force (one atomic load, no subscription to keep).
+    pub fn config_epoch(&self) -> u64 {
+        self.config_epoch.load(Ordering::Acquire)
     }
 
     /// True while `port` is paused: new clients and new transactions wait.
