@@ -203,6 +203,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Asks Patroni to rebuild each replica that does not stream from the leader (`POST
+    /// /reinitialize`, forced), as an operator runs `patronictl reinit` on a replica Patroni
+    /// cannot bring back by itself. After failovers seconds apart it can leave one ahead of the
+    /// new leader's WAL on the same timeline ("requested starting point ... is ahead of the WAL
+    /// flush position of this server"), where it neither streams nor rewinds. Returns the
+    /// replicas it asked to rebuild.
+    pub fn reinit_replicas_not_streaming(&self) -> Result<Vec<String>> {
+        let (_, missing) = crate::status::not_streaming(&self.cluster()?)?;
+        for member in &missing {
+            let addr = format!("127.0.0.1:{}", self.api_port(member));
+            let body = serde_json::json!({"force": true}).to_string();
+            let resp = http::post_json(&addr, "/reinitialize", &body, Duration::from_secs(60))?;
+            ensure!(
+                resp.status == 200,
+                "reinitialize {member}: HTTP {}: {}",
+                resp.status,
+                resp.body
+            );
+        }
+        Ok(missing)
+    }
+
     /// Patches the cluster's dynamic configuration through Patroni's `PATCH /config`, e.g.
     /// `{"failsafe_mode": true}`; members apply it on their next HA cycle.
     pub fn patch_dcs_config(&self, patch: &Value) -> Result<()> {

@@ -108,6 +108,16 @@ pub(crate) fn health_problem(members: &[MemberStatus], expected: &[String]) -> O
 
 /// Check on the leader that every replica not cascading via `replicatefrom` streams from it.
 fn check_streaming(members: &[MemberStatus]) -> Result<()> {
+    let (leader, missing) = not_streaming(members)?;
+    match missing.first() {
+        Some(m) => bail!("{m} is not streaming from leader {leader}"),
+        None => Ok(()),
+    }
+}
+
+/// The leader's name, and the replicas not cascading via `replicatefrom` that are absent from
+/// its `pg_stat_replication` (state streaming).
+pub(crate) fn not_streaming(members: &[MemberStatus]) -> Result<(String, Vec<String>)> {
     let leader = members
         .iter()
         .find(|m| m.is_leader())
@@ -116,15 +126,13 @@ fn check_streaming(members: &[MemberStatus]) -> Result<()> {
     let out = psql_with_timeout("127.0.0.1", leader.pg_port, sql, 3)
         .with_context(|| format!("cannot read pg_stat_replication on leader {}", leader.name))?;
     let streaming: Vec<&str> = out.lines().collect();
-    for m in members
+    let missing = members
         .iter()
         .filter(|m| !m.is_leader() && m.tags.get("replicatefrom").is_none())
-    {
-        if !streaming.contains(&m.name.as_str()) {
-            bail!("{} is not streaming from leader {}", m.name, leader.name);
-        }
-    }
-    Ok(())
+        .filter(|m| !streaming.contains(&m.name.as_str()))
+        .map(|m| m.name.clone())
+        .collect();
+    Ok((leader.name.clone(), missing))
 }
 
 fn describe(members: &[MemberStatus]) -> String {

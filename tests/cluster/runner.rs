@@ -163,7 +163,7 @@ pub fn run(lab: &Lab, scenarios: &[&(&'static str, TestFn)]) -> Tally {
             let outcome = run_one(lab, *test, limit);
             // Undoing faults and waiting for health have limits of their own.
             if let Some(now) = lock(&shared).now.as_mut() {
-                now.hard_deadline = Instant::now() + HEALTHY_AFTER + UNDO + GRACE;
+                now.hard_deadline = Instant::now() + 2 * HEALTHY_AFTER + UNDO + GRACE;
             }
             if !matches!(outcome, Outcome::Passed) {
                 // A scenario that failed midway may have left a member cut off, frozen or
@@ -174,7 +174,21 @@ pub fn run(lab: &Lab, scenarios: &[&(&'static str, TestFn)]) -> Tally {
                     Err(e) => println!("  could not undo its faults: {e:#}"),
                 }
             }
-            let healthy = lab.wait_healthy(HEALTHY_AFTER);
+            let healthy = lab.wait_healthy(HEALTHY_AFTER).or_else(|e| {
+                // Patroni can leave a replica it will not bring back by itself; rebuild it
+                // as an operator would, and say so.
+                match lab.reinit_replicas_not_streaming() {
+                    Ok(rebuilt) if !rebuilt.is_empty() => {
+                        println!("  {e:#}");
+                        println!(
+                            "  reinitialized {} (patronictl reinit): Patroni did not bring it back",
+                            rebuilt.join(", ")
+                        );
+                        lab.wait_healthy(HEALTHY_AFTER)
+                    }
+                    _ => Err(e),
+                }
+            });
             let took = t0.elapsed().as_secs_f64();
             let mut s = lock(&shared);
             s.now = None;
