@@ -351,7 +351,6 @@ fn is_fatal(body: &[u8]) -> bool {
 /// member, every other field as the member sent it; and its SQLSTATE.
 pub fn named(scope: &str, member: &str, body: &[u8]) -> (String, bytes::BytesMut) {
     use crate::protocol::wire;
-    use pgwire::messages::Message;
     let prefix = format!("pgrouter: cluster \"{scope}\": member \"{member}\": ");
     let mut fields = wire::error_fields(body);
     let code = wire::field(&fields, b'C').unwrap_or("XX000").to_owned();
@@ -359,10 +358,9 @@ pub fn named(scope: &str, member: &str, body: &[u8]) -> (String, bytes::BytesMut
         Some((_, m)) => m.insert_str(0, &prefix),
         None => fields.push((b'M', prefix.trim_end_matches([':', ' ']).to_owned())),
     }
+    let fields: Vec<(u8, &str)> = fields.iter().map(|(c, v)| (*c, v.as_str())).collect();
     let mut response = bytes::BytesMut::new();
-    pgwire::messages::response::ErrorResponse::new(fields)
-        .encode(&mut response)
-        .expect("an ErrorResponse always fits in a message");
+    wire::error_response(&mut response, b'E', &fields);
     (code, response)
 }
 
