@@ -93,12 +93,23 @@ impl Router {
 
     /// Whether a session on `route` may go on under `topology`.
     pub fn check(&self, routing: &RoutingConfig, topology: &Topology, route: &Route) -> Verdict {
-        let name = &route.member.name;
-        match route.target {
+        self.check_member(routing, topology, &route.member.name, route.target)
+    }
+
+    /// Whether member `name` may go on serving as `target` under `topology`: for a session
+    /// routed there ([`Router::check`]) and for the idle connections of a pool.
+    pub fn check_member(
+        &self,
+        routing: &RoutingConfig,
+        topology: &Topology,
+        name: &str,
+        target: Target,
+    ) -> Verdict {
+        match target {
             Target::Leader if topology.holds_leader_key(name) => Verdict::Keep,
             Target::Leader => Verdict::CloseNow(match &topology.leader {
                 Some(new) => format!("member \"{name}\" lost the leader key to \"{new}\""),
-                None if topology.unconfirmed_leader.as_ref() == Some(name) => format!(
+                None if topology.unconfirmed_leader.as_deref() == Some(name) => format!(
                     "etcd is unreachable and member \"{name}\" no longer confirms it is the primary"
                 ),
                 None => format!("member \"{name}\" lost the leader key; no new leader yet"),

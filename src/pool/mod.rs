@@ -15,19 +15,23 @@ pub mod statements;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::route::{Target, Verdict};
 use crate::servers::pools::{PoolKey, TargetKey};
 use crate::shared::Shared;
 use crate::topology::Topology;
 
-/// Whether `key`'s member still has the role its pool serves under `topology`.
+/// Whether `key`'s member still has the role its pool serves under `topology`, as a session
+/// there would be told (`Router::check_member`): idle connections close when it has not.
 fn keeps_role(shared: &Shared, topology: &Topology, key: &PoolKey) -> bool {
-    match key.target {
-        TargetKey::Leader => topology.holds_leader_key(&key.member),
-        TargetKey::Replica => topology.members.get(&key.member).is_some_and(|m| {
-            let max_lag = shared.config().routing.max_replica_lag.0;
-            topology.replica_eligibility(m, max_lag).is_ok()
-        }),
-    }
+    let target = match key.target {
+        TargetKey::Leader => Target::Leader,
+        TargetKey::Replica => Target::Replica,
+    };
+    let routing = &shared.config().routing;
+    let verdict = shared
+        .router
+        .check_member(routing, topology, &key.member, target);
+    verdict == Verdict::Keep
 }
 
 /// Pool upkeep: at once on every topology change (idle connections to a member that lost its

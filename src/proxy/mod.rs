@@ -4,5 +4,6 @@ mod finish;
 mod forward_cancel;
 pub mod listener;
 pub mod login;
+mod pump;
 pub mod relay;
 pub mod session;
