@@ -411,8 +411,19 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
         "non-admin console: {}",
         text(&out)
     );
+    // Another console session left open (an exporter polling SHOW, say) runs no transaction:
+    // PAUSE waits for neither it nor its own session (were they counted, it would end in
+    // ERROR 57014 after drain_timeout, 5s here).
+    let dsn =
+        format!("host=127.0.0.1 port={port} user=admin password=console-secret dbname=pgrouter");
+    let (console, console_io) = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .context("a second admin console session")?;
+    let console_io = tokio::spawn(console_io);
     let out = psql(port, "admin", "console-secret", "pgrouter", "PAUSE")?;
     ensure!(out.status.success(), "PAUSE: {}", text(&out));
+    drop(console);
+    let _ = console_io.await;
     let held = tokio::spawn(async move {
         let r = other.query_one("select 41 + 1", &[]).await;
         r.map(|row| row.get::<_, i32>(0))
