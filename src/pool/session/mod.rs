@@ -18,8 +18,6 @@ mod welcome;
 
 pub use conversation::Conversation;
 
-use conversation::ClientEnd;
-
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -43,6 +41,7 @@ use crate::signal::Subscription;
 use crate::stream::Stream;
 
 use acquire::RouteCache;
+use conversation::ClientEnd;
 use recovery::Done;
 
 /// Why the client's session ends.
