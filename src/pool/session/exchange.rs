@@ -134,6 +134,8 @@ impl PooledSession {
         let taken =
             self.conversation
                 .from_client(&mut self.from_client, &mut self.to_server, conn)?;
+        // Answers pgrouter gives itself go out as soon as they are due.
+        self.conversation.answer_owed(&mut self.to_client);
         match taken {
             Taken::All => Ok(()),
             Taken::Partial(len) => self.count_large_message(len),

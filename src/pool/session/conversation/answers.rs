@@ -4,6 +4,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Broken, Conversation, Expect, Heard};
+use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame;
 use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
@@ -33,7 +34,7 @@ impl Conversation {
                 continue;
             }
             // Only between messages: one being streamed came before them.
-            self.made_up_answers(to_client);
+            self.answer_owed(to_client);
             let (tag, len) = match frame::header(input) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(heard),
@@ -116,7 +117,7 @@ impl Conversation {
     /// An ErrorResponse in an extended batch: the server skips to Sync, so does the ledger.
     fn skip_to_sync(&mut self, conn: &mut ConnState) {
         while let Some(e) = self.expect.front().copied() {
-            if e == Expect::Sync {
+            if matches!(e, Expect::Sync | Expect::MadeUpDeallocate) {
                 break;
             }
             self.expect.pop_front();
@@ -145,15 +146,30 @@ impl Conversation {
         forward
     }
 
-    /// Writes the answers pgrouter owes for messages it did not forward, in order.
-    fn made_up_answers(&mut self, to_client: &mut BytesMut) {
+    /// Writes the answers pgrouter owes for messages it did not forward, in order, once
+    /// everything before them is answered (and no answer is half-way through).
+    pub fn answer_owed(&mut self, to_client: &mut BytesMut) {
+        if self.server_stream_left > 0 {
+            return;
+        }
         while let Some(e) = self.expect.front() {
-            let tag = match e {
-                Expect::MadeUpParseComplete => b'1',
-                Expect::MadeUpCloseComplete => b'3',
+            match e {
+                Expect::MadeUpParseComplete => wire::message(to_client, b'1', |_| {}),
+                Expect::MadeUpCloseComplete => wire::message(to_client, b'3', |_| {}),
+                Expect::MadeUpDeallocate if self.status == b'E' => {
+                    let e = PgError::error(
+                        sqlstate::IN_FAILED_SQL_TRANSACTION,
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    );
+                    to_client.extend_from_slice(&e.encode());
+                    wire::ready_for_query(to_client, self.status);
+                }
+                Expect::MadeUpDeallocate => {
+                    wire::message(to_client, b'C', |b| b.extend_from_slice(b"DEALLOCATE\0"));
+                    wire::ready_for_query(to_client, self.status);
+                }
                 _ => return,
-            };
-            wire::message(to_client, tag, |_| {});
+            }
             self.expect.pop_front();
         }
     }

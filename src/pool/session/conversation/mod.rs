@@ -46,6 +46,10 @@ enum Expect {
     /// Answers pgrouter gives itself once everything before them is answered.
     MadeUpParseComplete,
     MadeUpCloseComplete,
+    /// A simple-query DEALLOCATE of a statement the connection does not have: answered as
+    /// PostgreSQL answers the client's own (CommandComplete, or 25P02 in a failed
+    /// transaction), then ReadyForQuery.
+    MadeUpDeallocate,
 }
 
 /// Why the conversation cannot take the client's messages any further.
@@ -166,8 +170,9 @@ impl Conversation {
 
     /// The server connection is gone: what the client is still owed, as it stands.
     pub fn lose_server(&mut self) -> Loss {
+        let owes_ready = |e: &&Expect| matches!(e, Expect::Sync | Expect::MadeUpDeallocate);
         let loss = Loss {
-            unanswered: self.expect.iter().filter(|e| **e == Expect::Sync).count(),
+            unanswered: self.expect.iter().filter(owes_ready).count(),
             unsynced: self.unsynced,
             in_transaction: self.status != b'I',
         };
@@ -318,9 +323,13 @@ impl Conversation {
         let Some(s) = self.statements.remove(target.as_bytes()) else {
             return false;
         };
-        self.ensure_prepared(&s, out, conn);
+        if !conn.prepared.remove(&s.id) {
+            // Nothing to drop on this connection. Preparing it first to drop it could fail
+            // (its table dropped, say) and leave the Query unanswered: answer it here.
+            self.expect.push_back(Expect::MadeUpDeallocate);
+            return true;
+        }
         wire::query(out, &format!("DEALLOCATE {}", s.server_name));
-        conn.prepared.remove(&s.id);
         self.expect.push_back(Expect::Sync);
         true
     }

@@ -457,3 +457,55 @@ fn a_made_up_answer_waits_for_the_streamed_answer_before_it() {
         assert_eq!(tags, "2C1Z", "chunk {chunk}");
     }
 }
+
+/// What the client is owed right after its messages, before any server answer.
+fn owed_now(case: &mut Case) -> String {
+    let mut out = BytesMut::new();
+    case.conversation.answer_owed(&mut out);
+    messages(&out).into_iter().map(|(t, _)| t).collect()
+}
+
+#[test]
+fn deallocate_of_a_statement_the_connection_lacks_is_answered_by_pgrouter() {
+    // ActiveRecord's disconnect sends DEALLOCATE a1 after dropping the table a1 used: a Parse
+    // of it first would fail and leave the Query unanswered, client and server waiting.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("a1", "select * from dropped"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.conn = ConnState::new(Tracked::default());
+    let sent = case.client(&[query("DEALLOCATE a1")]);
+    assert!(sent.is_empty(), "nothing for the server: {sent:?}");
+    assert_eq!(owed_now(&mut case), "CZ");
+    assert!(case.conversation.releasable());
+    // The name is gone, as it would be directly.
+    let sent = case.client(&[bind("a1"), sync()]);
+    assert_eq!(
+        sent[0],
+        ('B', "a1".to_owned()),
+        "forwarded as is: the server says 26000"
+    );
+}
+
+#[test]
+fn a_made_up_deallocate_waits_its_turn_and_fails_in_a_failed_transaction() {
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("a1", "select 1"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.conn = ConnState::new(Tracked::default());
+    case.client(&[query("begin"), query("select nope"), query("DEALLOCATE a1")]);
+    assert_eq!(
+        owed_now(&mut case),
+        "",
+        "the queries before it are not answered yet"
+    );
+    let (tags, _) = case.server(&[
+        msg(b'C', b"BEGIN\0"),
+        ready(b'T'),
+        error("ERROR", "column does not exist"),
+        ready(b'E'),
+    ]);
+    assert_eq!(
+        tags, "CZEZEZ",
+        "25P02 in the failed transaction, then ReadyForQuery 'E'"
+    );
+}
