@@ -178,6 +178,8 @@ fn check_rewrite(stream: &[u8], seed: u8) {
             .from_server(&mut from_server, &mut to_client, &mut conn)
             .expect("answers without errors lose nothing");
     }
+    // Answers pgrouter gives itself that no server answer came after.
+    conversation.answer_owed(&mut to_client);
     let mut heard = Vec::new();
     while let Some(m) = wire::take_message(&mut to_client).unwrap() {
         heard.push(m[0]);
@@ -256,6 +258,16 @@ fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes
             assert!(server.statements.contains_key(name), "Describe of a missing statement");
         }
         b'Q' => deallocated(server, Reader::new(&mbody).cstr().unwrap()),
+        b'C' => {
+            // The server's copy closed before the client's Parse prepares it afresh.
+            assert_eq!(m[5], b'S');
+            let name = Reader::new(&mbody[1..]).cstr().unwrap();
+            assert!(name.starts_with(b"pgr_"), "a pooled name");
+            assert!(
+                server.statements.remove(name).is_some(),
+                "Close of a statement the server does not have"
+            );
+        }
         t => panic!("unexpected rewrite to '{}'", char::from(t)),
     }
 }

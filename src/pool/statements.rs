@@ -66,6 +66,12 @@ impl ClientStatements {
         self.by_name.clear()
     }
 
+    /// Forgets every name of the statement `id` (its Parse failed: PostgreSQL never defined
+    /// it).
+    pub fn remove_id(&mut self, id: u64) {
+        self.by_name.retain(|_, s| s.id != id);
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

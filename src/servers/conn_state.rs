@@ -15,6 +15,10 @@ pub struct ConnState {
     pub in_step: Option<(Arc<Tracked>, Vars)>,
     /// Ids of the client statements prepared here under their pooled names.
     pub prepared: HashSet<u64>,
+    /// Statements the server still holds under their pooled names but reported invalid
+    /// (0A000, "cached plan must not change result type"): closed before they are prepared
+    /// here again.
+    pub stale: HashSet<u64>,
 }
 
 impl ConnState {
@@ -24,6 +28,7 @@ impl ConnState {
             tracked,
             in_step: None,
             prepared: HashSet::new(),
+            stale: HashSet::new(),
         }
     }
 

@@ -98,6 +98,15 @@ impl Conversation {
                     heard.set_failed = Some(message.to_owned());
                     return Ok(());
                 }
+                if wire::field(&fields, b'C') == Some(sqlstate::FEATURE_NOT_SUPPORTED) {
+                    // "cached plan must not change result type": prepared afresh next time.
+                    if let Some(Expect::Bind(Some(id)) | Expect::Describe(Some(id))) =
+                        self.expect.front().copied()
+                    {
+                        conn.prepared.remove(&id);
+                        conn.stale.insert(id);
+                    }
+                }
                 self.skip_to_sync(conn);
                 to_client.extend_from_slice(&msg);
             }
@@ -121,8 +130,16 @@ impl Conversation {
                 break;
             }
             self.expect.pop_front();
-            if let Expect::Parse(Some(id)) | Expect::InjectedParse(id) = e {
-                conn.prepared.remove(&id);
+            match e {
+                Expect::Parse(Some(id)) => {
+                    conn.prepared.remove(&id);
+                    // Never defined, as directly: a Bind of the name now gets 26000.
+                    self.statements.remove_id(id);
+                }
+                Expect::InjectedParse(id) => {
+                    conn.prepared.remove(&id);
+                }
+                _ => {}
             }
         }
     }
@@ -132,11 +149,13 @@ impl Conversation {
         let head = self.expect.front().copied();
         let (settles, forward) = match (tag, head) {
             (_, Some(Expect::InjectedQuery)) => (false, false),
-            (b'1', Some(Expect::InjectedParse(_))) => (true, false),
+            (b'1', Some(Expect::InjectedParse(_))) | (b'3', Some(Expect::InjectedClose)) => {
+                (true, false)
+            }
             (b'1', Some(Expect::Parse(_)))
-            | (b'2', Some(Expect::Bind))
+            | (b'2', Some(Expect::Bind(_)))
             | (b'3', Some(Expect::Close))
-            | (b'T' | b'n', Some(Expect::Describe))
+            | (b'T' | b'n', Some(Expect::Describe(_)))
             | (b'C' | b'I' | b's', Some(Expect::Execute)) => (true, true),
             _ => (false, true),
         };

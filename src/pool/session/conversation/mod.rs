@@ -35,8 +35,11 @@ enum Expect {
     Parse(Option<u64>),
     /// A Parse pgrouter added: its ParseComplete is not the client's.
     InjectedParse(u64),
-    Bind,
-    Describe,
+    /// A Close of a pooled name pgrouter added before preparing it afresh: not the client's.
+    InjectedClose,
+    /// A client's Bind or Describe; `Some(id)` of a pooled statement.
+    Bind(Option<u64>),
+    Describe(Option<u64>),
     Close,
     Execute,
     /// Sync, Query or FunctionCall: settled by ReadyForQuery.
@@ -105,7 +108,14 @@ pub struct Conversation {
     /// Bytes of the current server message still to forward (or drop) unread.
     server_stream_left: usize,
     server_stream_drop: bool,
+    /// Statements the client closed (the last `CLOSED_KEPT`): its next Parse of one prepares
+    /// it afresh (pgjdbc closes and prepares again after 0A000 to get a new plan). A Vec, not
+    /// a set: an idle client carries it.
+    closed: Vec<u64>,
 }
+
+/// How many closed statements a client's next Parse prepares afresh.
+const CLOSED_KEPT: usize = 64;
 
 impl Conversation {
     pub fn new(mode: PoolMode, vars: Vars) -> Conversation {
@@ -121,6 +131,7 @@ impl Conversation {
             client_stream_left: 0,
             server_stream_left: 0,
             server_stream_drop: false,
+            closed: Vec::new(),
         }
     }
 
@@ -367,9 +378,15 @@ impl Conversation {
             return Ok(());
         }
         let s = self.statements.define(name, definition);
+        let closed = self.closed.iter().position(|id| *id == s.id);
+        if closed.map(|i| self.closed.swap_remove(i)).is_some() && conn.prepared.remove(&s.id) {
+            // Closed by the client, prepared again: a fresh plan, as directly.
+            conn.stale.insert(s.id);
+        }
         if conn.prepared.contains(&s.id) {
             self.expect.push_back(Expect::MadeUpParseComplete);
         } else {
+            self.close_if_stale(&s, out, conn);
             wire::parse(out, &s.server_name, &s.definition);
             conn.prepared.insert(s.id);
             self.expect.push_back(Expect::Parse(Some(s.id)));
@@ -388,16 +405,20 @@ impl Conversation {
         let (Some(portal), Some(name)) = (r.cstr(), r.cstr()) else {
             return Err(ClientEnd::Protocol("malformed Bind".into()));
         };
-        match self.pooled_statement(name) {
+        let id = match self.pooled_statement(name) {
             Some(s) => {
                 self.ensure_prepared(&s, out, conn);
                 wire::bind(out, portal, &s.server_name, r.rest());
                 // A named DISCARD ALL, DEALLOCATE ALL or LISTEN acts each time it runs.
                 self.note_effects(&s.effects, conn);
+                Some(s.id)
             }
-            None => out.extend_from_slice(msg),
-        }
-        self.expect.push_back(Expect::Bind);
+            None => {
+                out.extend_from_slice(msg);
+                None
+            }
+        };
+        self.expect.push_back(Expect::Bind(id));
         Ok(())
     }
 
@@ -418,21 +439,28 @@ impl Conversation {
             None
         };
         let expect = match (msg[0], statement) {
-            (b'C', Some(_)) => {
+            (b'C', Some(s)) => {
                 // The client is done with its name; the server keeps the statement for other
-                // clients and later Parses of the same text.
+                // clients and later Parses of the same text (the client's own next Parse of
+                // it prepares it afresh).
                 self.statements.remove(name);
+                if !self.closed.contains(&s.id) {
+                    if self.closed.len() == CLOSED_KEPT {
+                        self.closed.remove(0);
+                    }
+                    self.closed.push(s.id);
+                }
                 Expect::MadeUpCloseComplete
             }
             (b'D', Some(s)) => {
                 self.ensure_prepared(&s, out, conn);
                 wire::describe_or_close(out, b'D', b'S', s.server_name.as_bytes());
-                Expect::Describe
+                Expect::Describe(Some(s.id))
             }
             (tag, None) => {
                 out.extend_from_slice(msg);
                 if tag == b'D' {
-                    Expect::Describe
+                    Expect::Describe(None)
                 } else {
                     Expect::Close
                 }
@@ -466,9 +494,20 @@ impl Conversation {
 
     /// Prepares `s` on the connection first if it is not there yet.
     fn ensure_prepared(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState) {
-        if conn.prepared.insert(s.id) {
+        if !conn.prepared.contains(&s.id) {
+            self.close_if_stale(s, out, conn);
             wire::parse(out, &s.server_name, &s.definition);
+            conn.prepared.insert(s.id);
             self.expect.push_back(Expect::InjectedParse(s.id));
+        }
+    }
+
+    /// Closes the server's stale copy of `s` (its pooled name still taken) before `s` is
+    /// prepared there again.
+    fn close_if_stale(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState) {
+        if conn.stale.remove(&s.id) {
+            wire::describe_or_close(out, b'C', b'S', s.server_name.as_bytes());
+            self.expect.push_back(Expect::InjectedClose);
         }
     }
 }

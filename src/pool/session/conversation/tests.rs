@@ -509,3 +509,75 @@ fn a_made_up_deallocate_waits_its_turn_and_fails_in_a_failed_transaction() {
         "25P02 in the failed transaction, then ReadyForQuery 'E'"
     );
 }
+
+#[test]
+fn a_name_whose_parse_failed_is_not_defined_so_its_bind_gets_26000() {
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s1", "selec 1"), sync()]);
+    let (tags, _) = case.server(&[error("ERROR", "syntax error"), ready(b'I')]);
+    assert_eq!(tags, "EZ");
+    // Directly, s1 does not exist: the Bind goes to the server under the client's name and
+    // PostgreSQL answers 26000, not the Parse's 42601 again.
+    let sent = case.client(&[bind("s1"), sync()]);
+    assert_eq!(sent[0], ('B', "s1".to_owned()));
+    assert!(case.conn.prepared.is_empty());
+}
+
+fn with_sqlstate(code: &str, text: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (c, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', text)] {
+        body.push(c);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    msg(b'E', &body)
+}
+
+#[test]
+fn a_plan_the_server_reports_invalid_is_closed_and_prepared_afresh() {
+    // pgjdbc after ALTER TABLE: 0A000 at Bind, then Close of its statement and a Parse of the
+    // same text, which must reach a fresh prepare, on this connection or another.
+    let name = pooled_name("select * from t");
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("S_1", "select * from t"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.client(&[bind("S_1"), execute(), sync()]);
+    let stale = with_sqlstate("0A000", "cached plan must not change result type");
+    let (tags, _) = case.server(&[stale, ready(b'I')]);
+    assert_eq!(tags, "EZ");
+    // The same connection: its copy is closed before the Parse.
+    let sent = case.client(&[
+        close_statement("S_1"),
+        parse("S_2", "select * from t"),
+        sync(),
+    ]);
+    assert_eq!(
+        sent,
+        vec![
+            ('C', name.clone()),
+            ('P', name.clone()),
+            ('S', String::new())
+        ]
+    );
+    let (tags, _) = case.server(&[msg(b'3', b""), msg(b'1', b""), ready(b'I')]);
+    assert_eq!(
+        tags, "31Z",
+        "the injected Close's answer swallowed, the client's made up"
+    );
+    // Another connection that has the old plan too: the client closed the statement, so its
+    // next Parse of the text prepares it afresh there as well.
+    let mut other = ConnState::new(Tracked::default());
+    other.prepared.insert(
+        Statement::new(Bytes::from(
+            [&cstrs(&[b"select * from t"])[..], &[0, 0]].concat(),
+        ))
+        .id,
+    );
+    case.conn = other;
+    case.client(&[close_statement("S_2"), sync()]);
+    case.server(&[ready(b'I')]);
+    let sent = case.client(&[parse("S_3", "select * from t"), sync()]);
+    assert_eq!(sent[0], ('C', name.clone()));
+    assert_eq!(sent[1], ('P', name));
+}
