@@ -24,6 +24,7 @@
 #![no_main]
 
 mod common;
+mod server_model;
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,10 +45,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match mode % 4 {
-        0 | 1 => {
+        0 => {
             check_framing(rest, mode);
             check_rewrite(rest, mode);
         }
+        1 => check_against_direct(rest, mode),
         2 => check_sql(rest),
         _ => check_deallocate_names(rest, mode),
     }
@@ -150,19 +152,41 @@ fn check_rewrite(stream: &[u8], seed: u8) {
     // Protocol-level names the client defined, as the client's own view (name -> definition).
     let mut client_view: HashMap<Bytes, Bytes> = HashMap::new();
     let (mut answers, mut owed) = (Vec::new(), Vec::new());
+    // After an error in a batch the client's messages up to Sync go unanswered.
+    let mut skipping = false;
+    // A batch was sent whose answers come later.
+    let mut answered_later = false;
     while let Ok(Some(msg)) = wire::take_message(&mut input) {
         let mut out = BytesMut::new();
         if conversation.client_message(msg.clone(), &mut out, &mut conn).is_err() {
             break;
         }
-        owed.extend_from_slice(Server::answers(&msg));
+        let ignored = skipping && msg[0] != b'S';
+        // PostgreSQL refuses a Parse of a name the client already has (42P05), and pgrouter
+        // says so itself when no earlier batch is unanswered (here, before any Sync: every
+        // answer comes at the end).
+        let duplicate = !ignored
+            && !answered_later
+            && msg[0] == b'P'
+            && statements::split_parse(&msg.slice(5..))
+                .is_some_and(|(name, _)| !name.is_empty() && client_view.contains_key(&name));
+        if duplicate {
+            owed.push(b'E');
+            skipping = true;
+        } else if !ignored {
+            skipping = false;
+            owed.extend_from_slice(Server::answers(&msg));
+        }
         // What was sent for this message parses back into whole messages.
         while let Some(m) = wire::take_message(&mut out).expect("pgrouter wrote a bad length") {
             sent(&mut server, &msg, &m, &client_view);
             answers.push(msg_of(Server::answers(&m)));
         }
         assert!(out.is_empty(), "pgrouter wrote a partial message");
-        client_learns(&mut client_view, &msg);
+        if !ignored && !duplicate {
+            client_learns(&mut client_view, &msg);
+        }
+        answered_later |= matches!(msg[0], b'S' | b'Q' | b'F');
         assert_eq!(
             conn.prepared,
             server.ids(),
@@ -191,6 +215,71 @@ fn check_rewrite(stream: &[u8], seed: u8) {
     );
 }
 
+/// The same client messages sent to a server directly and through the real `Conversation`
+/// (transaction mode, another server connection now and then between transactions), the
+/// server failing as its SQL says
+/// (`server_model`): the client hears as many ReadyForQuery through pgrouter as directly,
+/// whatever pgrouter added, answered itself or swallowed, errors included. A client left
+/// waiting for an answer that never comes (or given one too many) fails here.
+fn check_against_direct(stream: &[u8], seed: u8) {
+    let mut input = BytesMut::from(stream);
+    let mut conversation = Conversation::new(PoolMode::Transaction, Vec::new());
+    let mut conn = ConnState::new(Tracked::default());
+    let mut through = server_model::ServerModel::default();
+    let mut direct = server_model::ServerModel::default();
+    let (mut answers, mut direct_answers) = (BytesMut::new(), BytesMut::new());
+    let (mut to_client, mut from_server) = (BytesMut::new(), BytesMut::new());
+    let mut schedule = Schedule::new(&[seed]);
+    let mut batches = 0usize;
+    // The server's answers so far, arriving in pieces.
+    let mut hear = |conversation: &mut Conversation, conn: &mut ConnState, answers: &mut BytesMut| {
+        conversation.answer_owed(&mut to_client);
+        for part in schedule.split(&answers.split()) {
+            from_server.extend_from_slice(part);
+            conversation
+                .from_server(&mut from_server, &mut to_client, conn)
+                .expect("the model's answers are well formed and never FATAL");
+        }
+        conversation.answer_owed(&mut to_client);
+    };
+    while let Ok(Some(msg)) = wire::take_message(&mut input) {
+        let mut out = BytesMut::new();
+        if conversation.client_message(msg.clone(), &mut out, &mut conn).is_err() {
+            break;
+        }
+        direct.answer(&msg, &mut direct_answers);
+        while let Some(m) = wire::take_message(&mut out).expect("pgrouter wrote a bad length") {
+            through.answer(&m, &mut answers);
+        }
+        // A client that waits for ReadyForQuery before its next batch (pipelining across
+        // batches is `check_rewrite`'s, without errors).
+        if matches!(msg[0], b'S' | b'Q' | b'F') {
+            hear(&mut conversation, &mut conn, &mut answers);
+            // Between transactions the next one may run on another server connection.
+            batches += 1;
+            if conversation.releasable() && (usize::from(seed) + batches) % 3 == 0 {
+                conn = ConnState::new(Tracked::default());
+                through = through.another_connection();
+            }
+        }
+    }
+    hear(&mut conversation, &mut conn, &mut answers);
+    drop(hear);
+    let tags = |mut buf: BytesMut| {
+        let mut tags = String::new();
+        while let Some(m) = wire::take_message(&mut buf).unwrap() {
+            tags.push(char::from(m[0]));
+        }
+        tags
+    };
+    let (through, direct) = (tags(to_client), tags(direct_answers));
+    assert_eq!(
+        through.matches('Z').count(),
+        direct.matches('Z').count(),
+        "ReadyForQuery through pgrouter ({through}) vs directly ({direct})"
+    );
+}
+
 /// The server's answer messages for these tags, with the bodies the ledger looks at.
 fn msg_of(tags: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -206,7 +295,11 @@ fn msg_of(tags: &[u8]) -> Vec<u8> {
 
 /// Checks one message pgrouter sent for the client's `msg`, and applies it to `server`.
 fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes, Bytes>) {
-    if m == msg {
+    // A named Parse is always renamed, though it reads the same when the client chose the
+    // very name pgrouter gives it.
+    let named_parse = m[0] == b'P'
+        && statements::split_parse(&m.slice(5..)).is_some_and(|(name, _)| !name.is_empty());
+    if m == msg && !named_parse {
         return forwarded(server, m);
     }
     let (body, mbody) = (msg.slice(5..), m.slice(5..));

@@ -18,6 +18,8 @@ pub mod sqlstate {
     /// Not allowed in (or not understood by) the admin console.
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const SYNTAX_ERROR: &str = "42601";
+    /// A Parse of a statement name already in use (PostgreSQL's own).
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// A command in a transaction block that already failed (PostgreSQL's own).
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

@@ -125,8 +125,17 @@ impl Conversation {
 
     /// An ErrorResponse in an extended batch: the server skips to Sync, so does the ledger.
     fn skip_to_sync(&mut self, conn: &mut ConnState) {
+        if matches!(
+            self.expect.front(),
+            Some(Expect::Ready | Expect::MadeUpDeallocate)
+        ) {
+            // A simple Query's own error: ReadyForQuery follows, nothing is skipped.
+            return;
+        }
+        // The batch's Sync not sent yet: the server ignores what comes before it.
+        self.client_skipping = !self.expect.contains(&Expect::Sync);
         while let Some(e) = self.expect.front().copied() {
-            if matches!(e, Expect::Sync | Expect::MadeUpDeallocate) {
+            if e == Expect::Sync {
                 break;
             }
             self.expect.pop_front();
@@ -138,6 +147,10 @@ impl Conversation {
                 }
                 Expect::InjectedParse(id) => {
                     conn.prepared.remove(&id);
+                }
+                Expect::MadeUpError => {
+                    // The server's error came first: directly, the client hears only that.
+                    self.made_up_errors.pop_front();
                 }
                 _ => {}
             }
@@ -175,6 +188,10 @@ impl Conversation {
             match e {
                 Expect::MadeUpParseComplete => wire::message(to_client, b'1', |_| {}),
                 Expect::MadeUpCloseComplete => wire::message(to_client, b'3', |_| {}),
+                Expect::MadeUpError => {
+                    let e = self.made_up_errors.pop_front().unwrap_or_default();
+                    to_client.extend_from_slice(&e);
+                }
                 Expect::MadeUpDeallocate if self.status == b'E' => {
                     let e = PgError::error(
                         sqlstate::IN_FAILED_SQL_TRANSACTION,

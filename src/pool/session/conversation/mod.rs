@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::config::PoolMode;
 use crate::pool::statements::{self, sql_effects, ClientStatements, SqlEffects, Statement};
+use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame;
 use crate::protocol::frame::BadLength;
 use crate::protocol::limits::MAX_CLIENT_MESSAGE;
@@ -42,13 +43,19 @@ enum Expect {
     Describe(Option<u64>),
     Close,
     Execute,
-    /// Sync, Query or FunctionCall: settled by ReadyForQuery.
+    /// The client's Sync: settled by ReadyForQuery; it ends the skip after an error.
     Sync,
+    /// A simple Query or FunctionCall: settled by ReadyForQuery, ignored by the server while
+    /// it skips to Sync after an error in an extended batch.
+    Ready,
     /// A query pgrouter added (SET of the client's parameters): every answer is swallowed.
     InjectedQuery,
     /// Answers pgrouter gives itself once everything before them is answered.
     MadeUpParseComplete,
     MadeUpCloseComplete,
+    /// An error pgrouter answers for a client's message as PostgreSQL would (its bytes are
+    /// queued in `made_up_errors`); the client's messages up to its Sync are then dropped.
+    MadeUpError,
     /// A simple-query DEALLOCATE of a statement the connection does not have: answered as
     /// PostgreSQL answers the client's own (CommandComplete, or 25P02 in a failed
     /// transaction), then ReadyForQuery.
@@ -112,6 +119,12 @@ pub struct Conversation {
     /// it afresh (pgjdbc closes and prepares again after 0A000 to get a new plan). A Vec, not
     /// a set: an idle client carries it.
     closed: Vec<u64>,
+    /// The ErrorResponses of the `MadeUpError` entries, in order.
+    made_up_errors: VecDeque<Bytes>,
+    /// After an error in an extended batch whose Sync has not come (the server's, or one
+    /// pgrouter answered itself): the client's messages up to its Sync are dropped, as
+    /// PostgreSQL ignores them.
+    client_skipping: bool,
 }
 
 /// How many closed statements a client's next Parse prepares afresh.
@@ -132,6 +145,8 @@ impl Conversation {
             server_stream_left: 0,
             server_stream_drop: false,
             closed: Vec::new(),
+            made_up_errors: VecDeque::new(),
+            client_skipping: false,
         }
     }
 
@@ -181,7 +196,8 @@ impl Conversation {
 
     /// The server connection is gone: what the client is still owed, as it stands.
     pub fn lose_server(&mut self) -> Loss {
-        let owes_ready = |e: &&Expect| matches!(e, Expect::Sync | Expect::MadeUpDeallocate);
+        let owes_ready =
+            |e: &&Expect| matches!(e, Expect::Sync | Expect::Ready | Expect::MadeUpDeallocate);
         let loss = Loss {
             unanswered: self.expect.iter().filter(owes_ready).count(),
             unsynced: self.unsynced,
@@ -200,6 +216,8 @@ impl Conversation {
         self.status = b'I';
         self.server_stream_left = 0;
         self.server_stream_drop = false;
+        self.made_up_errors.clear();
+        self.client_skipping = false;
     }
 
     /// Queues a SET for each tracked parameter where the client and the server differ.
@@ -286,6 +304,13 @@ impl Conversation {
         out: &mut BytesMut,
         conn: &mut ConnState,
     ) -> Result<(), ClientEnd> {
+        if self.client_skipping {
+            match msg[0] {
+                b'S' => self.client_skipping = false,
+                b'X' => return Err(ClientEnd::Terminate),
+                _ => return Ok(()),
+            }
+        }
         let body = msg.slice(5..);
         let (expect, unsynced) = match msg[0] {
             b'X' => return Err(ClientEnd::Terminate),
@@ -294,9 +319,9 @@ impl Conversation {
                 if self.query(sql, out, conn) {
                     return Ok(());
                 }
-                (Some(Expect::Sync), None)
+                (Some(Expect::Ready), None)
             }
-            b'F' => (Some(Expect::Sync), None),
+            b'F' => (Some(Expect::Ready), None),
             b'S' => (Some(Expect::Sync), Some(false)),
             b'H' => (None, None),
             b'E' => (Some(Expect::Execute), Some(true)),
@@ -341,7 +366,7 @@ impl Conversation {
             return true;
         }
         wire::query(out, &format!("DEALLOCATE {}", s.server_name));
-        self.expect.push_back(Expect::Sync);
+        self.expect.push_back(Expect::Ready);
         true
     }
 
@@ -375,6 +400,24 @@ impl Conversation {
                 out.extend_from_slice(msg);
             }
             self.expect.push_back(Expect::Parse(None));
+            return Ok(());
+        }
+        // An earlier batch still unanswered may yet fail and leave the name undefined: then
+        // the old way (the name defined anew) is the better guess.
+        let settled = !self
+            .expect
+            .iter()
+            .any(|e| matches!(e, Expect::Sync | Expect::Ready | Expect::MadeUpDeallocate));
+        if settled && self.statements.get(&name).is_some() {
+            // PostgreSQL refuses to redefine a name; so does pgrouter, in its words.
+            let message = format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(&name)
+            );
+            let e = PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, message);
+            self.made_up_errors.push_back(e.encode().freeze());
+            self.expect.push_back(Expect::MadeUpError);
+            self.client_skipping = true;
             return Ok(());
         }
         let s = self.statements.define(name, definition);

@@ -581,3 +581,50 @@ fn a_plan_the_server_reports_invalid_is_closed_and_prepared_afresh() {
     assert_eq!(sent[0], ('C', name.clone()));
     assert_eq!(sent[1], ('P', name));
 }
+
+#[test]
+fn a_second_parse_of_a_name_gets_42p05_and_the_rest_of_its_batch_is_dropped() {
+    // Found by pooled_rewrite comparing with a direct connection: pgrouter redefined the
+    // name silently, and the client heard answers PostgreSQL would never have given.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("P_0", "select 1"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    let sent = case.client(&[parse("P_0", "select 2"), bind("P_0"), execute(), sync()]);
+    assert_eq!(
+        sent,
+        vec![('S', String::new())],
+        "only the Sync reaches the server"
+    );
+    let mut out = BytesMut::new();
+    case.conversation.answer_owed(&mut out);
+    let error = wire::take_message(&mut out).unwrap().unwrap();
+    let fields = wire::error_fields(&error[5..]);
+    assert_eq!(wire::field(&fields, b'C'), Some("42P05"));
+    assert_eq!(
+        wire::field(&fields, b'M'),
+        Some("prepared statement \"P_0\" already exists")
+    );
+    let (tags, _) = case.server(&[ready(b'I')]);
+    assert_eq!(tags, "Z");
+    assert!(case.conversation.releasable());
+}
+
+#[test]
+fn after_an_error_before_the_sync_the_clients_messages_are_ignored_as_the_server_does() {
+    // Found by pooled_rewrite comparing with a direct connection: a FunctionCall and an
+    // Execute sent after the error (before the Sync) each took a ledger entry the server never
+    // answered, so the Sync's ReadyForQuery settled the wrong one and the client waited.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[bind("nope")]);
+    let (tags, _) = case.server(&[with_sqlstate("26000", "prepared statement does not exist")]);
+    assert_eq!(tags, "E");
+    let sent = case.client(&[msg(b'F', b"\0\0\0\0"), execute(), sync()]);
+    assert_eq!(
+        sent,
+        vec![('S', String::new())],
+        "ignored by the server: not sent"
+    );
+    let (tags, heard) = case.server(&[ready(b'I')]);
+    assert_eq!((tags.as_str(), heard.ready), ("Z", 1));
+    assert!(case.conversation.releasable());
+}
