@@ -18,6 +18,8 @@
 //!   server's after every message; answered as a server would (in pieces at any points), the
 //!   client hears exactly one answer per message of its own, in order (made-up ParseComplete
 //!   and CloseComplete included, answers to pgrouter's own Parses swallowed);
+//! - against a direct connection (`check_against_direct`, `server_model`): the same client
+//!   messages, errors included, give as many ReadyForQuery through pgrouter as directly;
 //! - `sql_effects`: never panics; blanks or `;` around a query change nothing; any name
 //!   written as `DEALLOCATE [PREPARE] "name"` (quotes doubled) comes back exactly, and an
 //!   unquoted one folded to lower case, whatever blanks, comments and case surround it.

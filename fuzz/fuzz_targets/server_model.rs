@@ -7,6 +7,9 @@
 //!   binds (its table is gone: 42P01), as after ActiveRecord's DROP TABLE;
 //! - `DEALLOCATE name` of a statement the server lacks fails (26000); `DISCARD ALL` and
 //!   `DEALLOCATE ALL` drop every statement.
+//!
+//! There are no transaction blocks: every Sync and simple Query ends a transaction, and its
+//! portals with it.
 
 use std::collections::HashMap;
 
@@ -54,10 +57,13 @@ impl ServerModel {
                 Ok(b"3".as_slice())
             }
             b'S' => {
+                // The transaction ends (no transaction blocks here): so do its portals.
                 self.skipping = false;
+                self.portals.clear();
                 Ok(b"Z".as_slice())
             }
             b'Q' => {
+                self.portals.clear();
                 let sql = Reader::new(body).cstr().unwrap_or_default().to_vec();
                 let run = self.run(&sql);
                 if let Err(code) = run {
