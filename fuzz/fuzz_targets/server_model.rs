@@ -9,7 +9,7 @@
 //!   `DEALLOCATE ALL` drop every statement.
 //!
 //! There are no transaction blocks: every Sync and simple Query ends a transaction, and its
-//! portals with it.
+//! portals with it (and the unnamed statement: see `end_transaction`).
 
 use std::collections::HashMap;
 
@@ -59,11 +59,11 @@ impl ServerModel {
             b'S' => {
                 // The transaction ends (no transaction blocks here): so do its portals.
                 self.skipping = false;
-                self.portals.clear();
+                self.end_transaction();
                 Ok(b"Z".as_slice())
             }
             b'Q' => {
-                self.portals.clear();
+                self.end_transaction();
                 let sql = Reader::new(body).cstr().unwrap_or_default().to_vec();
                 let run = self.run(&sql);
                 if let Err(code) = run {
@@ -81,6 +81,15 @@ impl ServerModel {
                 self.skipping = true;
             }
         }
+    }
+
+    /// A transaction ends: its portals go, and the unnamed statement too (PostgreSQL keeps it
+    /// till the next unnamed Parse, but under transaction pooling the client's next
+    /// transaction may run on another connection: relying on it is what transaction pooling
+    /// cannot give, here as with pgbouncer).
+    fn end_transaction(&mut self) {
+        self.portals.clear();
+        self.statements.remove(b"".as_slice());
     }
 
     fn fails(&self, query: &[u8]) -> Option<&'static str> {
