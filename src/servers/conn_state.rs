@@ -32,6 +32,14 @@ impl ConnState {
         }
     }
 
+    /// The server's copy of statement `id` is not to be used again (its plan went stale, or
+    /// its client closed it): it is closed before `id` is prepared here again.
+    pub fn mark_stale(&mut self, id: u64) {
+        if self.prepared.remove(&id) {
+            self.stale.insert(id);
+        }
+    }
+
     /// Records a ParameterStatus the server sent.
     pub fn note_param(&mut self, name: &str, value: &str) {
         if self.tracked.update(name, value) {

@@ -103,8 +103,7 @@ impl Conversation {
                     if let Some(Expect::Bind(Some(id)) | Expect::Describe(Some(id))) =
                         self.expect.front().copied()
                     {
-                        conn.prepared.remove(&id);
-                        conn.stale.insert(id);
+                        conn.mark_stale(id);
                     }
                 }
                 self.skip_to_sync(conn);

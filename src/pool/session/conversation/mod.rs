@@ -421,18 +421,15 @@ impl Conversation {
             return Ok(());
         }
         let s = self.statements.define(name, definition);
-        let closed = self.closed.iter().position(|id| *id == s.id);
-        if closed.map(|i| self.closed.swap_remove(i)).is_some() && conn.prepared.remove(&s.id) {
+        if let Some(i) = self.closed.iter().position(|id| *id == s.id) {
             // Closed by the client, prepared again: a fresh plan, as directly.
-            conn.stale.insert(s.id);
+            self.closed.swap_remove(i);
+            conn.mark_stale(s.id);
         }
         if conn.prepared.contains(&s.id) {
             self.expect.push_back(Expect::MadeUpParseComplete);
         } else {
-            self.close_if_stale(&s, out, conn);
-            wire::parse(out, &s.server_name, &s.definition);
-            conn.prepared.insert(s.id);
-            self.expect.push_back(Expect::Parse(Some(s.id)));
+            self.prepare(&s, out, conn, Expect::Parse(Some(s.id)));
         }
         Ok(())
     }
@@ -538,20 +535,20 @@ impl Conversation {
     /// Prepares `s` on the connection first if it is not there yet.
     fn ensure_prepared(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState) {
         if !conn.prepared.contains(&s.id) {
-            self.close_if_stale(s, out, conn);
-            wire::parse(out, &s.server_name, &s.definition);
-            conn.prepared.insert(s.id);
-            self.expect.push_back(Expect::InjectedParse(s.id));
+            self.prepare(s, out, conn, Expect::InjectedParse(s.id));
         }
     }
 
-    /// Closes the server's stale copy of `s` (its pooled name still taken) before `s` is
-    /// prepared there again.
-    fn close_if_stale(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState) {
+    /// Sends a Parse of `s` under its pooled name, answered as `expect` says; the server's
+    /// stale copy, if it holds one under that name, is closed first.
+    fn prepare(&mut self, s: &Statement, out: &mut BytesMut, conn: &mut ConnState, expect: Expect) {
         if conn.stale.remove(&s.id) {
             wire::describe_or_close(out, b'C', b'S', s.server_name.as_bytes());
             self.expect.push_back(Expect::InjectedClose);
         }
+        wire::parse(out, &s.server_name, &s.definition);
+        conn.prepared.insert(s.id);
+        self.expect.push_back(expect);
     }
 }
 
