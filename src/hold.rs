@@ -281,16 +281,7 @@ mod tests {
     use crate::topology::{Member, Role};
 
     fn member(name: &str, role: Role, wal_position: u64) -> Member {
-        Member {
-            name: name.into(),
-            addr: "127.0.0.1:1".into(),
-            role,
-            state: "running".into(),
-            wal_position: Some(wal_position),
-            noloadbalance: false,
-            timeline: Some(1),
-            api_url: None,
-        }
+        crate::topology::tests::member(name, role, "running", Some(wal_position))
     }
 
     /// A leader at WAL 10,000 and a replica 5,000 bytes behind it.

@@ -216,10 +216,11 @@ impl Failover {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub fn member(name: &str, role: Role, state: &str, pos: Option<u64>) -> Member {
+    /// A member for tests: on 127.0.0.1:5432, timeline 1, with a REST API.
+    pub(crate) fn member(name: &str, role: Role, state: &str, pos: Option<u64>) -> Member {
         Member {
             name: name.to_owned(),
             addr: format!("127.0.0.1:{}", 5432),
