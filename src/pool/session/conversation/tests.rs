@@ -1,64 +1,70 @@
 //! Client and server message sequences through the conversation, bytes out checked.
 
 use super::*;
+use crate::pool::statements::Statement;
 use crate::servers::tracked::Tracked;
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     m.extend_from_slice(body);
     m
 }
 
-fn cstrs(parts: &[&[u8]]) -> Vec<u8> {
+pub(super) fn cstrs(parts: &[&[u8]]) -> Vec<u8> {
     parts.iter().flat_map(|p| [*p, b"\0"].concat()).collect()
 }
 
-fn parse(name: &str, sql: &str) -> Vec<u8> {
+pub(super) fn parse(name: &str, sql: &str) -> Vec<u8> {
     let mut body = cstrs(&[name.as_bytes(), sql.as_bytes()]);
     body.extend_from_slice(&[0, 0]);
     msg(b'P', &body)
 }
 
-fn bind(name: &str) -> Vec<u8> {
+pub(super) fn bind(name: &str) -> Vec<u8> {
     let mut body = cstrs(&[b"", name.as_bytes()]);
     body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     msg(b'B', &body)
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     msg(b'Q', &cstrs(&[sql.as_bytes()]))
 }
 
-fn describe_statement(name: &str) -> Vec<u8> {
+pub(super) fn describe_statement(name: &str) -> Vec<u8> {
     msg(b'D', &[b"S", &cstrs(&[name.as_bytes()])[..]].concat())
 }
 
-fn close_statement(name: &str) -> Vec<u8> {
+pub(super) fn close_statement(name: &str) -> Vec<u8> {
     msg(b'C', &[b"S", &cstrs(&[name.as_bytes()])[..]].concat())
 }
 
-fn execute() -> Vec<u8> {
+pub(super) fn execute() -> Vec<u8> {
     msg(b'E', &[0, 0, 0, 0, 0])
 }
 
-fn sync() -> Vec<u8> {
+pub(super) fn sync() -> Vec<u8> {
     msg(b'S', b"")
 }
 
-fn ready(status: u8) -> Vec<u8> {
+pub(super) fn ready(status: u8) -> Vec<u8> {
     msg(b'Z', &[status])
 }
 
-fn error(severity: &str, text: &str) -> Vec<u8> {
+pub(super) fn error(severity: &str, text: &str) -> Vec<u8> {
+    error_with(severity, "42P01", text)
+}
+
+/// An ErrorResponse of `severity` with SQLSTATE `code`.
+pub(super) fn error_with(severity: &str, code: &str, text: &str) -> Vec<u8> {
     let mut body = Vec::new();
-    for (code, value) in [
+    for (c, value) in [
         (b'S', severity),
         (b'V', severity),
-        (b'C', "42P01"),
+        (b'C', code),
         (b'M', text),
     ] {
-        body.push(code);
+        body.push(c);
         body.extend_from_slice(value.as_bytes());
         body.push(0);
     }
@@ -68,7 +74,7 @@ fn error(severity: &str, text: &str) -> Vec<u8> {
 
 /// The tags of the whole messages in `bytes`, and the names in those that carry one
 /// (Parse and Bind: the statement; Describe and Close: kind and name; Query: the SQL).
-fn messages(bytes: &[u8]) -> Vec<(char, String)> {
+pub(super) fn messages(bytes: &[u8]) -> Vec<(char, String)> {
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();
     while let Some(m) = wire::take_message(&mut buf).unwrap() {
@@ -87,13 +93,13 @@ fn messages(bytes: &[u8]) -> Vec<(char, String)> {
     out
 }
 
-struct Case {
-    conversation: Conversation,
-    conn: ConnState,
+pub(super) struct Case {
+    pub(super) conversation: Conversation,
+    pub(super) conn: ConnState,
 }
 
 impl Case {
-    fn new(mode: PoolMode) -> Case {
+    pub(super) fn new(mode: PoolMode) -> Case {
         Case {
             conversation: Conversation::new(mode, Vars::new()),
             conn: ConnState::new(Tracked::default()),
@@ -101,7 +107,7 @@ impl Case {
     }
 
     /// What the client's bytes become for the server.
-    fn client(&mut self, parts: &[Vec<u8>]) -> Vec<(char, String)> {
+    pub(super) fn client(&mut self, parts: &[Vec<u8>]) -> Vec<(char, String)> {
         let mut input = BytesMut::from(&parts.concat()[..]);
         let mut out = BytesMut::new();
         let taken = self
@@ -114,7 +120,7 @@ impl Case {
     }
 
     /// What the server's bytes become for the client, fed in pieces of `chunk` bytes.
-    fn server_in_chunks(&mut self, parts: &[Vec<u8>], chunk: usize) -> (String, Heard) {
+    pub(super) fn server_in_chunks(&mut self, parts: &[Vec<u8>], chunk: usize) -> (String, Heard) {
         let all = parts.concat();
         let mut input = BytesMut::new();
         let mut out = BytesMut::new();
@@ -133,12 +139,12 @@ impl Case {
         (tags, heard)
     }
 
-    fn server(&mut self, parts: &[Vec<u8>]) -> (String, Heard) {
+    pub(super) fn server(&mut self, parts: &[Vec<u8>]) -> (String, Heard) {
         self.server_in_chunks(parts, usize::MAX)
     }
 }
 
-fn pooled_name(sql: &str) -> String {
+pub(super) fn pooled_name(sql: &str) -> String {
     let mut def = cstrs(&[sql.as_bytes()]);
     def.extend_from_slice(&[0, 0]);
     Statement::new(Bytes::from(def)).server_name
@@ -456,175 +462,4 @@ fn a_made_up_answer_waits_for_the_streamed_answer_before_it() {
         );
         assert_eq!(tags, "2C1Z", "chunk {chunk}");
     }
-}
-
-/// What the client is owed right after its messages, before any server answer.
-fn owed_now(case: &mut Case) -> String {
-    let mut out = BytesMut::new();
-    case.conversation.answer_owed(&mut out);
-    messages(&out).into_iter().map(|(t, _)| t).collect()
-}
-
-#[test]
-fn deallocate_of_a_statement_the_connection_lacks_is_answered_by_pgrouter() {
-    // ActiveRecord's disconnect sends DEALLOCATE a1 after dropping the table a1 used: a Parse
-    // of it first would fail and leave the Query unanswered, client and server waiting.
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[parse("a1", "select * from dropped"), sync()]);
-    case.server(&[msg(b'1', b""), ready(b'I')]);
-    case.conn = ConnState::new(Tracked::default());
-    let sent = case.client(&[query("DEALLOCATE a1")]);
-    assert!(sent.is_empty(), "nothing for the server: {sent:?}");
-    assert_eq!(owed_now(&mut case), "CZ");
-    assert!(case.conversation.releasable());
-    // The name is gone, as it would be directly.
-    let sent = case.client(&[bind("a1"), sync()]);
-    assert_eq!(
-        sent[0],
-        ('B', "a1".to_owned()),
-        "forwarded as is: the server says 26000"
-    );
-}
-
-#[test]
-fn a_made_up_deallocate_waits_its_turn_and_fails_in_a_failed_transaction() {
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[parse("a1", "select 1"), sync()]);
-    case.server(&[msg(b'1', b""), ready(b'I')]);
-    case.conn = ConnState::new(Tracked::default());
-    case.client(&[query("begin"), query("select nope"), query("DEALLOCATE a1")]);
-    assert_eq!(
-        owed_now(&mut case),
-        "",
-        "the queries before it are not answered yet"
-    );
-    let (tags, _) = case.server(&[
-        msg(b'C', b"BEGIN\0"),
-        ready(b'T'),
-        error("ERROR", "column does not exist"),
-        ready(b'E'),
-    ]);
-    assert_eq!(
-        tags, "CZEZEZ",
-        "25P02 in the failed transaction, then ReadyForQuery 'E'"
-    );
-}
-
-#[test]
-fn a_name_whose_parse_failed_is_not_defined_so_its_bind_gets_26000() {
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[parse("s1", "selec 1"), sync()]);
-    let (tags, _) = case.server(&[error("ERROR", "syntax error"), ready(b'I')]);
-    assert_eq!(tags, "EZ");
-    // Directly, s1 does not exist: the Bind goes to the server under the client's name and
-    // PostgreSQL answers 26000, not the Parse's 42601 again.
-    let sent = case.client(&[bind("s1"), sync()]);
-    assert_eq!(sent[0], ('B', "s1".to_owned()));
-    assert!(case.conn.prepared.is_empty());
-}
-
-fn with_sqlstate(code: &str, text: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (c, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', text)] {
-        body.push(c);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    msg(b'E', &body)
-}
-
-#[test]
-fn a_plan_the_server_reports_invalid_is_closed_and_prepared_afresh() {
-    // pgjdbc after ALTER TABLE: 0A000 at Bind, then Close of its statement and a Parse of the
-    // same text, which must reach a fresh prepare, on this connection or another.
-    let name = pooled_name("select * from t");
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[parse("S_1", "select * from t"), sync()]);
-    case.server(&[msg(b'1', b""), ready(b'I')]);
-    case.client(&[bind("S_1"), execute(), sync()]);
-    let stale = with_sqlstate("0A000", "cached plan must not change result type");
-    let (tags, _) = case.server(&[stale, ready(b'I')]);
-    assert_eq!(tags, "EZ");
-    // The same connection: its copy is closed before the Parse.
-    let sent = case.client(&[
-        close_statement("S_1"),
-        parse("S_2", "select * from t"),
-        sync(),
-    ]);
-    assert_eq!(
-        sent,
-        vec![
-            ('C', name.clone()),
-            ('P', name.clone()),
-            ('S', String::new())
-        ]
-    );
-    let (tags, _) = case.server(&[msg(b'3', b""), msg(b'1', b""), ready(b'I')]);
-    assert_eq!(
-        tags, "31Z",
-        "the injected Close's answer swallowed, the client's made up"
-    );
-    // Another connection that has the old plan too: the client closed the statement, so its
-    // next Parse of the text prepares it afresh there as well.
-    let mut other = ConnState::new(Tracked::default());
-    other.prepared.insert(
-        Statement::new(Bytes::from(
-            [&cstrs(&[b"select * from t"])[..], &[0, 0]].concat(),
-        ))
-        .id,
-    );
-    case.conn = other;
-    case.client(&[close_statement("S_2"), sync()]);
-    case.server(&[ready(b'I')]);
-    let sent = case.client(&[parse("S_3", "select * from t"), sync()]);
-    assert_eq!(sent[0], ('C', name.clone()));
-    assert_eq!(sent[1], ('P', name));
-}
-
-#[test]
-fn a_second_parse_of_a_name_gets_42p05_and_the_rest_of_its_batch_is_dropped() {
-    // Found by pooled_rewrite comparing with a direct connection: pgrouter redefined the
-    // name silently, and the client heard answers PostgreSQL would never have given.
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[parse("P_0", "select 1"), sync()]);
-    case.server(&[msg(b'1', b""), ready(b'I')]);
-    let sent = case.client(&[parse("P_0", "select 2"), bind("P_0"), execute(), sync()]);
-    assert_eq!(
-        sent,
-        vec![('S', String::new())],
-        "only the Sync reaches the server"
-    );
-    let mut out = BytesMut::new();
-    case.conversation.answer_owed(&mut out);
-    let error = wire::take_message(&mut out).unwrap().unwrap();
-    let fields = wire::error_fields(&error[5..]);
-    assert_eq!(wire::field(&fields, b'C'), Some("42P05"));
-    assert_eq!(
-        wire::field(&fields, b'M'),
-        Some("prepared statement \"P_0\" already exists")
-    );
-    let (tags, _) = case.server(&[ready(b'I')]);
-    assert_eq!(tags, "Z");
-    assert!(case.conversation.releasable());
-}
-
-#[test]
-fn after_an_error_before_the_sync_the_clients_messages_are_ignored_as_the_server_does() {
-    // Found by pooled_rewrite comparing with a direct connection: a FunctionCall and an
-    // Execute sent after the error (before the Sync) each took a ledger entry the server never
-    // answered, so the Sync's ReadyForQuery settled the wrong one and the client waited.
-    let mut case = Case::new(PoolMode::Transaction);
-    case.client(&[bind("nope")]);
-    let (tags, _) = case.server(&[with_sqlstate("26000", "prepared statement does not exist")]);
-    assert_eq!(tags, "E");
-    let sent = case.client(&[msg(b'F', b"\0\0\0\0"), execute(), sync()]);
-    assert_eq!(
-        sent,
-        vec![('S', String::new())],
-        "ignored by the server: not sent"
-    );
-    let (tags, heard) = case.server(&[ready(b'I')]);
-    assert_eq!((tags.as_str(), heard.ready), ("Z", 1));
-    assert!(case.conversation.releasable());
 }
