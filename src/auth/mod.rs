@@ -9,9 +9,9 @@
 //! - [`messages`]: the Authentication* and password ('p') messages of the wire protocol.
 //!
 //! A SCRAM secret alone cannot log in to PostgreSQL: it holds StoredKey, not ClientKey. When a
-//! client proves its password to pgrouter, [`ServerExchange::finish`] recovers that client's
-//! ClientKey; with the secret's ServerKey, salt and iteration count it forms [`ScramKeys`],
-//! which [`ClientExchange`] uses to log in to a server holding the same secret.
+//! client proves its password to pgrouter, [`scram::ServerExchange::finish`] recovers that client's
+//! ClientKey; with the secret's ServerKey, salt and iteration count it forms [`secret::ScramKeys`],
+//! which [`scram::ClientExchange`] uses to log in to a server holding the same secret.
 
 mod crypto;
 pub mod md5;

@@ -2,7 +2,7 @@
 //! message after the startup packet has, and the one error for a length that cannot frame a
 //! message or is past a limit. Everything that splits a stream into messages reads headers
 //! with [`header`] or [`header_within`]: the relay's [`Scanner`] here, and the whole-message
-//! readers of [`super::wire`] and [`super::reader`].
+//! readers of [`super::wire`] and `super::reader`.
 //!
 //! The relay forwards bytes as they come; the scanner only follows along so the session knows
 //! where messages end and can look inside the few it cares about (ReadyForQuery, BackendKeyData,
