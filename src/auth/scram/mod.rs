@@ -8,7 +8,7 @@
 //! [`ServerExchange`] (`server.rs`) checks a client against a
 //! [`ScramSecret`](crate::auth::ScramSecret) and recovers the client's ClientKey;
 //! [`ClientExchange`] (`client.rs`) logs in to PostgreSQL with a password or with
-//! [`ScramKeys`](crate::auth::ScramKeys).
+//! [`ScramKeys`](crate::auth::secret::ScramKeys).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
