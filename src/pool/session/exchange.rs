@@ -160,7 +160,7 @@ impl PooledSession {
         Ok(())
     }
 
-    pub(super) fn log_set_failure(&self, heard: &Heard) {
+    fn log_set_failure(&self, heard: &Heard) {
         if let Some(error) = &heard.set_failed {
             let peer = &self.registration.entry.peer;
             tracing::warn!(%peer, %error, "setting the client's parameters failed");

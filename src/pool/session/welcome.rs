@@ -127,18 +127,9 @@ impl PooledSession {
         if n == 0 {
             return Err(Exit::Fatal(server_gone(scope, &held.route, "closed")));
         }
-        let conn = &mut held.lease.conn.state;
-        let heard = self
-            .conversation
-            .from_server(&mut self.from_server, &mut self.to_client, conn);
-        match heard {
-            Ok(heard) => self.log_set_failure(&heard),
-            Err(broken) => {
-                return Err(Exit::Fatal(PgError::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    broken.0,
-                )))
-            }
+        if let Err(broken) = self.take_server() {
+            let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, broken.0);
+            return Err(Exit::Fatal(e));
         }
         self.to_client.clear();
         Ok(())
