@@ -19,7 +19,9 @@
 //!   idle), the transactions counter and the cancel key registration, driven by pumps over
 //!   both streams interleaved at random, equal at every step a model that applies whole
 //!   messages in the order they complete; its scanners are at a boundary exactly when the
-//!   model is; dropping it leaves no cancel key registered.
+//!   model is; dropping it leaves no cancel key registered; where it says the client stands at
+//!   a message boundary (so may be told why its session is cut, the unwritten rest dropped),
+//!   the bytes written to the client end at a message end.
 #![no_main]
 
 mod common;
@@ -220,9 +222,28 @@ impl<'a> Direction<'a> {
         self.bad.is_some_and(|pos| pos + 5 <= read)
     }
 
+    /// Whether the bytes the writer got end at a message end of the stream (or are none).
+    fn written_at_boundary(&self) -> bool {
+        let n = self.writer.written.len();
+        n == 0 || self.messages.iter().any(|m| m.end == n)
+    }
+
     fn model_at_boundary(&self) -> bool {
         let end = self.next.checked_sub(1).map_or(0, |i| self.messages[i].end);
         end == self.read
+    }
+}
+
+/// The relay tells a client why its session was cut only where `client_at_boundary` says:
+/// what the client got must then end at a message end; and it says so at least where nothing is
+/// left to write and the scanner stands at a boundary.
+fn check_client_boundary(follow: &Follow<'_>, down: &Direction<'_>) {
+    let said = follow.client_at_boundary(&down.pump);
+    if said {
+        assert!(down.written_at_boundary(), "client told at a boundary inside a message");
+    }
+    if !down.pump.pending() && follow.down_scan.at_boundary() {
+        assert!(said, "client not told at a plain boundary");
     }
 }
 
@@ -248,7 +269,10 @@ fn check_relay(client: &[u8], server: &[u8], schedule: &mut Schedule) {
         assert!(steps < 1_000_000, "pumps make no progress");
         let client_turn = down.eof || (!up.eof && schedule.next_u64() & 1 == 0);
         let dir = if client_turn { &mut up } else { &mut down };
-        let Some(range) = dir.step() else { continue };
+        let Some(range) = dir.step() else {
+            check_client_boundary(&follow, &down);
+            continue;
+        };
         let (batch, fresh) = dir.pump.batch();
         let result = if client_turn {
             follow.client_bytes(&batch[fresh..])
@@ -281,6 +305,7 @@ fn check_relay(client: &[u8], server: &[u8], schedule: &mut Schedule) {
         assert_eq!(counter.get() - before, model.transactions, "transactions");
         assert_eq!(follow.up_scan.at_boundary(), up.model_at_boundary());
         assert_eq!(follow.down_scan.at_boundary(), down.model_at_boundary());
+        check_client_boundary(&follow, &down);
         if let Some(key) = &model.key {
             // The last key sent is registered, also when it repeats the one before.
             assert_eq!(

@@ -23,6 +23,17 @@ pub struct Pump {
     fresh: usize,
 }
 
+/// How much of the batch has been written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// None of it: the writer has what came before the batch, exactly.
+    Untouched,
+    /// Some of it.
+    Partly,
+    /// All of it (or there is none); bytes kept back for the next batch are not written.
+    Done,
+}
+
 pub enum Step {
     Read(usize),
     Wrote,
@@ -79,6 +90,16 @@ impl Pump {
         self.buf[from..end].copy_from_slice(bytes);
         self.end = end;
         true
+    }
+
+    pub fn progress(&self) -> Progress {
+        if self.start == self.end {
+            Progress::Done
+        } else if self.start == 0 {
+            Progress::Untouched
+        } else {
+            Progress::Partly
+        }
     }
 
     pub fn pending(&self) -> bool {

@@ -19,7 +19,7 @@ use crate::protocol::startup::CancelKey;
 use crate::route::{Port, Route, Verdict};
 use crate::shared::Shared;
 
-pub use super::pump::{Pump, Side, Step, BATCH};
+pub use super::pump::{Progress, Pump, Side, Step, BATCH};
 
 /// Why pgrouter ends a session itself; `kind` is the metric label.
 #[derive(Debug, Clone)]
@@ -89,6 +89,8 @@ pub struct Follow<'a> {
     /// The last batch from the server ended with a whole FATAL or PANIC ErrorResponse: where it
     /// starts in the batch, and its body, for the relay to name the member in it.
     pub server_fatal: Option<(usize, Vec<u8>)>,
+    /// The server batch being relayed begins at a message boundary.
+    batch_at_boundary: bool,
     registration: Option<Registration>,
     up_bytes: IntCounter,
     down_bytes: IntCounter,
@@ -115,6 +117,7 @@ impl<'a> Follow<'a> {
             last_from_server: 0,
             terminated: false,
             server_fatal: None,
+            batch_at_boundary: true,
             registration: None,
             up_bytes: bytes("client_to_server"),
             down_bytes: bytes("server_to_client"),
@@ -147,6 +150,8 @@ impl<'a> Follow<'a> {
     #[inline]
     pub fn server_batch(&mut self, batch: &[u8], fresh: usize) -> Result<(), BadLength> {
         let data = &batch[fresh..];
+        // Bytes kept back from the last batch are the start of an ErrorResponse.
+        self.batch_at_boundary = fresh > 0 || self.down_scan.at_boundary();
         self.down_bytes.inc_by(data.len() as u64);
         let Follow {
             tx,
@@ -190,6 +195,18 @@ impl<'a> Follow<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether what the client was sent ends at a message boundary, so an error may follow it
+    /// once the rest of the batch in `down` is dropped: none of the batch was written and it
+    /// begins at one, or all of it was written and it ends at one (or only the start of an
+    /// ErrorResponse is kept back).
+    pub fn client_at_boundary(&self, down: &Pump) -> bool {
+        match down.progress() {
+            Progress::Untouched => self.batch_at_boundary,
+            Progress::Partly => false,
+            Progress::Done => down.kept() > 0 || self.down_scan.at_boundary(),
+        }
     }
 
     /// Whether a client whose server went away can be told so: the stream to it stands at a
@@ -290,9 +307,10 @@ impl Relay<'_> {
         let mut drain: Option<Draining> = None;
 
         loop {
-            let at_boundary = !down.pending() && follow.down_scan.at_boundary();
             // Checked before every step, so no byte from a member that lost its role is relayed
-            // after the topology saying so was published.
+            // after the topology saying so was published. A batch read but not yet written is
+            // dropped: the client is told why in its place when it had none of it.
+            let at_boundary = follow.client_at_boundary(&down);
             if let Some(end) = self.review(&mut roles, &mut drain, at_boundary) {
                 return end;
             }

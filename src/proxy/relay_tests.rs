@@ -237,3 +237,87 @@ fn client_lengths_past_postgres_limit_are_refused_in_any_split() {
         .unwrap();
     assert!(!scan.at_boundary());
 }
+
+/// A writer taking at most three bytes a write.
+struct Trickle(Vec<u8>);
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(3);
+        self.0.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A member that loses its role right after a batch of whole messages was read from it: the
+/// batch is dropped and the client, which had none of it, can be told why (the frozen-leader
+/// scenario once saw a bare close here). Once part of it went out, it cannot.
+#[tokio::test]
+async fn a_batch_read_but_not_yet_written_leaves_the_client_at_a_boundary() {
+    let shared = shared();
+    let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+    let mut down = Pump::new(false);
+    let mut client = Trickle(Vec::new());
+    let reply = [tagged(b'C', b"INSERT 0 1\0"), tagged(b'Z', b"I")].concat();
+    assert!(follow.client_at_boundary(&down), "nothing read yet");
+
+    let mut from_server = &reply[..];
+    assert!(matches!(
+        down.step(&mut from_server, &mut client).await,
+        Ok(Step::Read(_))
+    ));
+    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+    assert_eq!(down.progress(), Progress::Untouched);
+    assert!(follow.client_at_boundary(&down), "read, none of it written");
+
+    let mut nothing: &[u8] = &[];
+    assert!(matches!(
+        down.step(&mut nothing, &mut client).await,
+        Ok(Step::Wrote)
+    ));
+    assert_eq!(down.progress(), Progress::Partly);
+    assert!(
+        !follow.client_at_boundary(&down),
+        "three bytes of it written"
+    );
+
+    while down.pending() {
+        down.step(&mut nothing, &mut client).await.ok().unwrap();
+    }
+    assert_eq!(client.0, reply);
+    assert!(follow.client_at_boundary(&down), "all of it written");
+
+    // A batch that begins inside a message: the client stands inside it even with none of
+    // the batch written.
+    let row = tagged(b'D', b"0123456789");
+    let mut first = &row[..7];
+    down.step(&mut first, &mut client).await.ok().unwrap();
+    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+    while down.pending() {
+        down.step(&mut nothing, &mut client).await.ok().unwrap();
+    }
+    let mut rest = &row[7..];
+    down.step(&mut rest, &mut client).await.ok().unwrap();
+    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+    assert_eq!(down.progress(), Progress::Untouched);
+    assert!(
+        !follow.client_at_boundary(&down),
+        "the batch ends a message begun before it"
+    );
+}

@@ -52,8 +52,12 @@ impl PooledSession {
             if let Err(e) = write_now(&held.lease.conn.stream, &mut self.to_server) {
                 return self.abort(Lost::Server(e.to_string())).await;
             }
+            let unwritten = self.to_client.len();
             if write_now(&self.client, &mut self.to_client).is_err() {
                 return Err(Exit::ClientGone);
+            }
+            if self.to_client.len() < unwritten {
+                self.wrote_client();
             }
             let flushed = self.to_client.is_empty()
                 && self.to_server.is_empty()
@@ -83,6 +87,7 @@ impl PooledSession {
                 }
                 Event::WroteClient(Ok(n)) if n > 0 => {
                     self.to_client.advance(n);
+                    self.wrote_client();
                     unflushed.client = client_tls;
                 }
                 Event::FlushedClient => unflushed.client = false,
@@ -125,6 +130,12 @@ impl PooledSession {
             r = sr.read_buf(&mut self.from_server), if read_server => Event::ReadServer(r),
             r = cr.read_buf(&mut self.from_client), if read_client => Event::ReadClient(r),
         }
+    }
+
+    /// Some of `to_client` went out: the client stands at a message boundary when all of it
+    /// did and no message is being streamed to it.
+    fn wrote_client(&mut self) {
+        self.client_whole = self.to_client.is_empty() && !self.conversation.mid_server_message();
     }
 
     /// Hands the client's bytes to the conversation; a large message in progress is counted.

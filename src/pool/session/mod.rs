@@ -87,6 +87,9 @@ pub struct PooledSession {
     from_server: BytesMut,
     to_server: BytesMut,
     to_client: BytesMut,
+    /// What the client was written so far ends at a message boundary: `to_client` holds only
+    /// whole messages not begun, so it can be dropped and an error sent in its place.
+    client_whole: bool,
     /// An error owed to the client for a transaction pgrouter lost; given with its next message.
     owed: Option<PgError>,
     /// `pool.message_memory` taken by the large message being received, held until the
@@ -176,6 +179,7 @@ pub async fn start(
         to_server: BytesMut::new(),
         // The end of the authentication, sent with the welcome.
         to_client: unsent,
+        client_whole: true,
         owed: None,
         large: None,
         held: None,

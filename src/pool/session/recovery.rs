@@ -84,16 +84,22 @@ impl PooledSession {
             BytesMut::new()
         };
         let e = self.aborted(&lost, &held.route);
-        // Anything else the lost server said and was not yet written is dropped. If some of it
-        // was owed to the client (half a message, or whole answers from a member that lost its
-        // role), the client cannot be answered in step: close it.
-        let partial = mid_message || !self.to_client.is_empty();
+        // Anything else the lost server said and was not yet written is dropped. When the
+        // client stands at a message boundary, the units those answers ended fail with the
+        // rest; when it saw half a message, it cannot be answered in step: close it.
+        let partial = !answers_whole && !self.client_whole;
+        let dropped = if partial {
+            0
+        } else {
+            ready_messages(&self.to_client)
+        };
+        self.to_client.clear();
         let streaming = self.conversation.mid_client_message();
-        let loss = self.conversation.lose_server();
+        let mut loss = self.conversation.lose_server();
+        loss.unanswered += dropped;
         self.give_back_buffers(&mut held);
         held.lease.discard();
         if partial {
-            // The client saw half a message: there is no way to resynchronise it.
             return Err(Exit::ClientGone);
         }
         if streaming {
@@ -166,6 +172,18 @@ impl PooledSession {
     }
 }
 
+/// How many ReadyForQuery messages are among the whole messages at the front of `buf`.
+fn ready_messages(buf: &[u8]) -> usize {
+    let mut rest = buf;
+    let mut ready = 0;
+    while let Ok(Some((tag, len))) = crate::protocol::frame::header(rest) {
+        let Some(after) = rest.get(len..) else { break };
+        ready += usize::from(tag == b'Z');
+        rest = after;
+    }
+    ready
+}
+
 /// The error for a transaction whose server connection to `route`'s member was lost.
 pub(super) fn server_gone(scope: &str, route: &Route, why: &str) -> PgError {
     PgError::error(
@@ -175,4 +193,24 @@ pub(super) fn server_gone(scope: &str, route: &Route, why: &str) -> PgError {
             route.member.name
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready_messages;
+
+    #[test]
+    fn ready_messages_counts_whole_ready_for_query_only() {
+        let mut buf = bytes::BytesMut::new();
+        crate::protocol::wire::ready_for_query(&mut buf, b'I');
+        buf.extend_from_slice(b"C\0\0\0\x0fINSERT 0 1\0");
+        crate::protocol::wire::ready_for_query(&mut buf, b'T');
+        assert_eq!(ready_messages(&buf), 2);
+        assert_eq!(
+            ready_messages(&buf[..buf.len() - 1]),
+            1,
+            "the last one is cut"
+        );
+        assert_eq!(ready_messages(b""), 0);
+    }
 }
