@@ -161,9 +161,8 @@ impl Conversation {
         let head = self.expect.front().copied();
         let (settles, forward) = match (tag, head) {
             (_, Some(Expect::InjectedQuery)) => (false, false),
-            (b'1', Some(Expect::InjectedParse(_))) | (b'3', Some(Expect::InjectedClose)) => {
-                (true, false)
-            }
+            (b'1', Some(Expect::InjectedParse(_) | Expect::InjectedStandIn))
+            | (b'3', Some(Expect::InjectedClose)) => (true, false),
             (b'1', Some(Expect::Parse(_)))
             | (b'2', Some(Expect::Bind(_)))
             | (b'3', Some(Expect::Close))

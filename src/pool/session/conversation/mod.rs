@@ -29,6 +29,10 @@ use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::{Tracked, Vars, TRACKED};
 
+/// The statement an extended-protocol DEALLOCATE of a statement the server connection lacks
+/// drops instead: an empty query, which prepares even in a failed transaction.
+pub const STAND_IN: &str = "pgrouter_deallocate_stand_in";
+
 /// Past this much unsent data towards the server, client messages wait in their buffer.
 pub const BUFFER_LIMIT: usize = 256 * 1024;
 
@@ -41,6 +45,9 @@ enum Expect {
     InjectedParse(u64),
     /// A Close of a pooled name pgrouter added before preparing it afresh: not the client's.
     InjectedClose,
+    /// A Parse of [`STAND_IN`] pgrouter added for an extended-protocol DEALLOCATE of a
+    /// statement the connection lacks: not the client's.
+    InjectedStandIn,
     /// A client's Bind or Describe; `Some(id)` of a pooled statement.
     Bind(Option<u64>),
     Describe(Option<u64>),

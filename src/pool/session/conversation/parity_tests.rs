@@ -36,6 +36,64 @@ fn deallocate_of_a_statement_the_connection_lacks_is_answered_by_pgrouter() {
 }
 
 #[test]
+fn an_extended_deallocate_of_a_statement_the_connection_lacks_drops_a_stand_in() {
+    // psycopg's conn.execute("DEALLOCATE s1") (Parse, Bind, Execute, Sync) after the table s1
+    // read was dropped: directly it succeeds; preparing s1 first to drop it would fail.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s1", "select * from dropped"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.conn = ConnState::new(Tracked::default());
+    let sent = case.client(&[parse("", "DEALLOCATE s1"), bind(""), execute(), sync()]);
+    let stand_in = STAND_IN.to_owned();
+    assert_eq!(
+        sent,
+        vec![
+            ('C', stand_in.clone()),
+            ('P', stand_in.clone()),
+            ('P', String::new()),
+            ('B', String::new()),
+            ('E', String::new()),
+            ('S', String::new()),
+        ]
+    );
+    let (tags, _) = case.server(&[
+        msg(b'3', b""),
+        msg(b'1', b""),
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"DEALLOCATE\0"),
+        ready(b'I'),
+    ]);
+    assert_eq!(tags, "12CZ", "the client hears its own three answers");
+    assert!(case.conversation.releasable());
+    // s1 is gone for the client; the server was never asked to prepare it.
+    let sent = case.client(&[bind("s1"), sync()]);
+    assert_eq!(sent[0], ('B', "s1".to_owned()));
+
+    // In a failed transaction the client's Parse fails with 25P02 as it would directly; the
+    // stand-in's own Parse (an empty query) does not, so the error is the client's.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s1", "select 1"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.conn = ConnState::new(Tracked::default());
+    case.client(&[query("begin"), query("select nope")]);
+    case.server(&[
+        msg(b'C', b"BEGIN\0"),
+        ready(b'T'),
+        error("ERROR", "column does not exist"),
+        ready(b'E'),
+    ]);
+    case.client(&[parse("", "DEALLOCATE s1"), bind(""), execute(), sync()]);
+    let (tags, _) = case.server(&[
+        msg(b'3', b""),
+        msg(b'1', b""),
+        error_with("ERROR", "25P02", "current transaction is aborted"),
+        ready(b'E'),
+    ]);
+    assert_eq!(tags, "EZ");
+}
+
+#[test]
 fn a_made_up_deallocate_waits_its_turn_and_fails_in_a_failed_transaction() {
     let mut case = Case::new(PoolMode::Transaction);
     case.client(&[parse("a1", "select 1"), sync()]);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{ClientEnd, Conversation, Expect, CLOSED_KEPT};
+use super::{ClientEnd, Conversation, Expect, CLOSED_KEPT, STAND_IN};
 use crate::pool::statements::{self, sql_effects, SqlEffects, Statement};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
@@ -53,13 +53,22 @@ impl Conversation {
                 .filter(|_| self.rewrite())
                 .and_then(|target| self.statements.remove(target.as_bytes()));
             if let Some(s) = dropped {
-                // DEALLOCATE of a pooled name: drop the server's copy instead.
-                self.ensure_prepared(&s, out, conn);
-                let mut def = format!("DEALLOCATE {}", s.server_name).into_bytes();
+                // DEALLOCATE of a pooled name: drop the server's copy instead; or, when the
+                // connection lacks one, a stand-in (preparing the statement to drop it could
+                // fail, its table dropped, say, where the client's DEALLOCATE would not).
+                let target = if conn.prepared.remove(&s.id) {
+                    s.server_name.as_str()
+                } else {
+                    wire::describe_or_close(out, b'C', b'S', STAND_IN.as_bytes());
+                    self.expect.push_back(Expect::InjectedClose);
+                    wire::parse(out, STAND_IN, b"\0\0\0");
+                    self.expect.push_back(Expect::InjectedStandIn);
+                    STAND_IN
+                };
+                let mut def = format!("DEALLOCATE {target}").into_bytes();
                 def.push(0);
                 def.extend_from_slice(&definition[query.len() + 1..]);
                 wire::parse(out, "", &def);
-                conn.prepared.remove(&s.id);
             } else {
                 out.extend_from_slice(msg);
             }
