@@ -26,6 +26,9 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     /// Sessions pgrouter closed, by reason (leader_lost, replica_ineligible, drain_timeout, shutdown).
     pub sessions_drained: IntCounterVec,
+    /// Pooled server connections closed as stuck (the server waiting for its client, owing it
+    /// an answer, with nothing left to send it), by port.
+    pub pool_stuck_closed: IntCounterVec,
     /// Seconds new clients were held before being routed or refused, by port.
     pub hold_seconds: HistogramVec,
     /// Clients that closed their connection while held or in line for a server connection, by
@@ -116,6 +119,11 @@ impl Metrics {
                 "sessions_drained_total",
                 "Sessions pgrouter closed, by reason.",
                 &["reason"],
+            ),
+            pool_stuck_closed: counters(
+                "pool_stuck_closed_total",
+                "Pooled server connections closed as stuck (waiting for their client while owing it an answer), by port.",
+                &["port"],
             ),
             hold_seconds: register(
                 r,

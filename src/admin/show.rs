@@ -238,6 +238,7 @@ fn config(shared: &Shared) -> Table {
         ("pool.server_idle_timeout", d(&p.server_idle_timeout)),
         ("pool.server_lifetime", d(&p.server_lifetime)),
         ("pool.server_check_delay", d(&p.server_check_delay)),
+        ("pool.stuck_check", d(&p.stuck_check)),
         ("pool.message_memory", p.message_memory.0.to_string()),
         ("routing.hold_timeout", d(&r.hold_timeout)),
         ("routing.connect_timeout", d(&r.connect_timeout)),

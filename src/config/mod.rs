@@ -228,6 +228,10 @@ pub struct PoolConfig {
     pub server_lifetime: HumanDuration,
     /// A server connection idle longer than this is checked with an empty query before reuse.
     pub server_check_delay: HumanDuration,
+    /// A server owing a transaction its answer and silent this long, with nothing left to send
+    /// it, is looked at from a second connection (pg_stat_activity): one waiting to read from
+    /// its client is stuck and is closed, the client told. 0 turns the check off.
+    pub stuck_check: HumanDuration,
     /// Most memory pooled clients' large messages (64 KiB and over), kept whole until sent,
     /// may hold together.
     pub message_memory: ByteSize,
@@ -242,6 +246,7 @@ impl Default for PoolConfig {
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),
             server_check_delay: HumanDuration(Duration::from_secs(30)),
+            stuck_check: HumanDuration(Duration::from_secs(30)),
             message_memory: ByteSize(1 << 30),
         }
     }

@@ -2,6 +2,8 @@
 //! sockets with bounded buffers, the conversation deciding what each side's bytes become,
 //! and the member's role checked before anything it said reaches the client.
 
+use std::time::Instant;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
@@ -22,6 +24,8 @@ enum Event {
     FlushedClient,
     ReadServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
+    /// The server has been silent `pool.stuck_check` while owing an answer.
+    StuckCheck,
 }
 
 /// A TLS stream written to but not flushed yet, per side.
@@ -39,6 +43,8 @@ impl PooledSession {
         let server_tls = held.lease.conn.stream.is_tls();
         let client_tls = self.client.is_tls();
         let mut unflushed = Unflushed::default();
+        let stuck_after = self.shared.config().pool.stuck_check.0;
+        let mut silent_since = None;
         loop {
             self.take_client()?;
             // Checked before every read and write, so nothing from a member that lost its
@@ -66,8 +72,21 @@ impl PooledSession {
             if flushed && self.conversation.releasable() {
                 return Ok(Done::Idle);
             }
-            match self.next_event(&unflushed).await {
+            let stuck_at = self.stuck_check_at(stuck_after, unflushed.server, &mut silent_since);
+            match self.next_event(&unflushed, stuck_at).await {
                 Event::Signal => {}
+                Event::StuckCheck => {
+                    let stuck = self.stuck(stuck_after).await;
+                    silent_since = None;
+                    if self.server_spoke() {
+                        if let Err(Broken(why)) = self.take_server() {
+                            return self.abort(Lost::Server(why)).await;
+                        }
+                    } else if let Some(why) = stuck {
+                        self.count_stuck(&why);
+                        return self.abort(Lost::Server(why)).await;
+                    }
+                }
                 Event::WroteServer(Ok(n)) if n > 0 => {
                     self.to_server.advance(n);
                     unflushed.server = server_tls;
@@ -81,6 +100,7 @@ impl PooledSession {
                     return self.abort(Lost::Server(e.to_string())).await
                 }
                 Event::ReadServer(Ok(_)) => {
+                    silent_since = None;
                     if let Err(Broken(why)) = self.take_server() {
                         return self.abort(Lost::Server(why)).await;
                     }
@@ -100,7 +120,7 @@ impl PooledSession {
 
     /// Waits for the first of: a signal, room to write either side (or a flush owed), bytes
     /// to read from either side while the buffer they go to has room.
-    async fn next_event(&mut self, unflushed: &Unflushed) -> Event {
+    async fn next_event(&mut self, unflushed: &Unflushed, stuck_at: Option<Instant>) -> Event {
         use super::conversation::BUFFER_LIMIT;
         let read_client = self.to_server.len() < BUFFER_LIMIT;
         let read_server = self.to_client.len() < BUFFER_LIMIT;
@@ -129,7 +149,19 @@ impl PooledSession {
             },
             r = sr.read_buf(&mut self.from_server), if read_server => Event::ReadServer(r),
             r = cr.read_buf(&mut self.from_client), if read_client => Event::ReadClient(r),
+            () = sleep_until(stuck_at), if stuck_at.is_some() => Event::StuckCheck,
         }
+    }
+
+    fn count_stuck(&self, why: &str) {
+        let held = self.held.as_ref().expect("checked with a server");
+        let (peer, member) = (&self.registration.entry.peer, &held.route.member.name);
+        tracing::warn!(%peer, port = %self.port, %member, server = held.lease.conn.id, %why, "closing a stuck server connection");
+        self.shared
+            .metrics
+            .pool_stuck_closed
+            .with_label_values(&[self.port.label()])
+            .inc();
     }
 
     /// Some of `to_client` went out: the client stands at a message boundary when all of it
@@ -191,6 +223,14 @@ impl PooledSession {
                 None
             }
         }
+    }
+}
+
+/// Resolves at `at`; never without it. The timer is made when first polled.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

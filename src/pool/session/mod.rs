@@ -14,6 +14,7 @@ mod conversation;
 mod exchange;
 mod idle;
 mod recovery;
+mod stuck;
 mod welcome;
 
 pub use conversation::Conversation;

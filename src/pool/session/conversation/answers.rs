@@ -41,6 +41,9 @@ impl Conversation {
                 Err(e) => return Err(Broken(e.to_string())),
             };
             if !matches!(tag, b'Z' | b'S' | b'E') {
+                if matches!(tag, b'G' | b'W') {
+                    self.copy_in = true;
+                }
                 let forward = self.settle(tag);
                 self.server_stream_left = len;
                 self.server_stream_drop = !forward;
@@ -64,6 +67,10 @@ impl Conversation {
     ) -> Result<(), Broken> {
         let body = &msg[5..];
         let swallowing = self.expect.front() == Some(&Expect::InjectedQuery);
+        if msg[0] != b'S' {
+            // An error ends a COPY; ReadyForQuery comes after one.
+            self.copy_in = false;
+        }
         match msg[0] {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');

@@ -135,6 +135,9 @@ pub struct Conversation {
     /// pgrouter answered itself): the client's messages up to its Sync are dropped, as
     /// PostgreSQL ignores them.
     client_skipping: bool,
+    /// The server is in COPY FROM STDIN (CopyInResponse or CopyBothResponse): it waits for the
+    /// client's data, CopyDone or CopyFail.
+    copy_in: bool,
 }
 
 /// How many closed statements a client's next Parse prepares afresh.
@@ -157,6 +160,7 @@ impl Conversation {
             closed: Vec::new(),
             made_up_errors: VecDeque::new(),
             client_skipping: false,
+            copy_in: false,
         }
     }
 
@@ -204,6 +208,18 @@ impl Conversation {
         self.client_stream_left > 0
     }
 
+    /// The server owes a ReadyForQuery for what it was sent and is owed nothing: no client
+    /// message half sent, no COPY waiting for the client's data. A server that then waits to
+    /// read from its client is stuck (the driver checks, `pool.stuck_check`).
+    pub fn awaits_server(&self) -> bool {
+        self.client_stream_left == 0
+            && !self.copy_in
+            && self
+                .expect
+                .iter()
+                .any(|e| matches!(e, Expect::Sync | Expect::Ready | Expect::InjectedQuery))
+    }
+
     /// The server connection is gone: what the client is still owed, as it stands.
     pub fn lose_server(&mut self) -> Loss {
         let owes_ready =
@@ -228,6 +244,7 @@ impl Conversation {
         self.server_stream_drop = false;
         self.made_up_errors.clear();
         self.client_skipping = false;
+        self.copy_in = false;
     }
 
     /// Queues a SET for each tracked parameter where the client and the server differ.
@@ -334,6 +351,10 @@ impl Conversation {
             b'F' => (Some(Expect::Ready), None),
             b'S' => (Some(Expect::Sync), Some(false)),
             b'H' => (None, None),
+            b'c' | b'f' => {
+                self.copy_in = false;
+                (None, None)
+            }
             b'E' => (Some(Expect::Execute), Some(true)),
             b'P' => {
                 self.unsynced = true;

@@ -463,3 +463,40 @@ fn a_made_up_answer_waits_for_the_streamed_answer_before_it() {
         assert_eq!(tags, "2C1Z", "chunk {chunk}");
     }
 }
+
+#[test]
+fn the_server_is_awaited_only_when_it_owes_a_ready_and_is_owed_nothing() {
+    let mut case = Case::new(PoolMode::Transaction);
+    assert!(!case.conversation.awaits_server(), "nothing sent");
+    // An extended batch without Sync (with Flush): the server owes no ReadyForQuery yet.
+    case.client(&[parse("", "select 1"), bind(""), execute(), msg(b'H', b"")]);
+    assert!(!case.conversation.awaits_server(), "no Sync sent");
+    case.client(&[sync()]);
+    assert!(
+        case.conversation.awaits_server(),
+        "the Sync is owed its ReadyForQuery"
+    );
+    case.server(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"SELECT 1\0"),
+        ready(b'I'),
+    ]);
+    assert!(!case.conversation.awaits_server(), "answered");
+
+    // COPY FROM STDIN: the server waits for the client's data, legitimately.
+    case.client(&[query("copy t from stdin")]);
+    assert!(case.conversation.awaits_server());
+    case.server(&[msg(b'G', b"\0\0\0")]);
+    assert!(
+        !case.conversation.awaits_server(),
+        "in COPY, the client owes data"
+    );
+    case.client(&[msg(b'd', b"1\n"), msg(b'c', b"")]);
+    assert!(
+        case.conversation.awaits_server(),
+        "CopyDone sent: the server owes the rest"
+    );
+    case.server(&[msg(b'C', b"COPY 1\0"), ready(b'I')]);
+    assert!(!case.conversation.awaits_server());
+}
