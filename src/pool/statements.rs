@@ -24,9 +24,17 @@ pub struct Statement {
     pub definition: Bytes,
     /// What running it does to the session (DISCARD ALL, LISTEN, ...), applied at each Bind.
     pub effects: SqlEffects,
+    /// When the client's Parse of it came.
+    pub parsed: std::time::Instant,
 }
 
 impl Statement {
+    /// The id in a server name (`pgr_` and 16 hex digits).
+    pub fn id_of_server_name(name: &[u8]) -> Option<u64> {
+        let hex = name.strip_prefix(b"pgr_").filter(|h| h.len() == 16)?;
+        u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+
     pub fn new(definition: Bytes) -> Statement {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         definition.hash(&mut h);
@@ -37,6 +45,7 @@ impl Statement {
             server_name: format!("pgr_{id:016x}"),
             definition,
             effects,
+            parsed: std::time::Instant::now(),
         }
     }
 }
@@ -67,9 +76,19 @@ impl ClientStatements {
     }
 
     /// Forgets every name of the statement `id` (its Parse failed: PostgreSQL never defined
-    /// it).
-    pub fn remove_id(&mut self, id: u64) {
+    /// it); one of them, if it had any.
+    pub fn remove_id(&mut self, id: u64) -> Option<Bytes> {
+        let name = self.name_of(id);
         self.by_name.retain(|_, s| s.id != id);
+        name
+    }
+
+    /// A name the client gave the statement `id`.
+    pub fn name_of(&self, id: u64) -> Option<Bytes> {
+        self.by_name
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(name, _)| name.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -107,6 +126,11 @@ pub struct SqlEffects {
     /// `DEALLOCATE [PREPARE] name` of one statement, when it is the whole query: the name as
     /// PostgreSQL reads it (unquoted names folded to lower case, quoted ones kept as written).
     pub deallocate: Option<String>,
+    /// SQL-level state that outlives the transaction on the server connection and that
+    /// pgrouter does not carry to the client's next one: `PREPARE name AS ...` (not PREPARE
+    /// TRANSACTION), `DECLARE ... WITH HOLD`. Left on a shared connection, another client
+    /// could run it by name (wrong rows, no error).
+    pub session_state: bool,
 }
 
 pub fn sql_effects(sql: &[u8]) -> SqlEffects {
@@ -121,6 +145,17 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     for st in &statements {
         match st.as_slice() {
             [listen, _, ..] if word(listen, "listen") => e.listen = true,
+            [prepare, next, ..] if word(prepare, "prepare") && !word(next, "transaction") => {
+                e.session_state = true
+            }
+            [declare, rest @ ..]
+                if word(declare, "declare")
+                    && rest
+                        .windows(2)
+                        .any(|w| word(&w[0], "with") && word(&w[1], "hold")) =>
+            {
+                e.session_state = true
+            }
             [unlisten, Token::Symbol('*')] if word(unlisten, "unlisten") => e.unlisten_all = true,
             [command, all]
                 if (word(command, "deallocate") || word(command, "discard"))
@@ -319,7 +354,14 @@ fn dollar_quote_end(chars: &[char], i: usize) -> Option<usize> {
 }
 
 /// The commands whose effects `sql_effects` looks for, lowercase.
-const WORDS: [&[u8]; 4] = [b"listen", b"unlisten", b"deallocate", b"discard"];
+const WORDS: [&[u8]; 6] = [
+    b"listen",
+    b"unlisten",
+    b"deallocate",
+    b"discard",
+    b"prepare",
+    b"declare",
+];
 
 /// Bytes that start one of `WORDS`, in either case.
 const INITIALS: [bool; 256] = {
@@ -429,6 +471,25 @@ mod tests {
     /// Found by fuzz/fuzz_targets/pooled_rewrite.rs: the name was the text after the last
     /// space of the query, so a tab or newline, a second ';' or a comment after it made a
     /// wrong name ("DEALLOCATE\tx" -> "DEALLOCATE\tx", "DEALLOCATE x; ;" -> "x;").
+    #[test]
+    fn sql_prepare_and_holdable_cursors_leave_session_state() {
+        for sql in [
+            "PREPARE pgr_np_1_add (int, int) AS SELECT $1 + $2",
+            "select 1; prepare x as select 2",
+            "DECLARE \"_django_curs_1\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert!(sql_effects(sql.as_bytes()).session_state, "{sql}");
+        }
+        for sql in [
+            "PREPARE TRANSACTION 'tx1'",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "select 'prepare x as select 1'",
+            "EXECUTE x(1)",
+        ] {
+            assert!(!sql_effects(sql.as_bytes()).session_state, "{sql}");
+        }
+    }
+
     #[test]
     fn deallocate_names_whatever_the_spacing() {
         for sql in [

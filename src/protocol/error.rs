@@ -20,6 +20,7 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     /// A Parse of a statement name already in use (PostgreSQL's own).
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     /// A command in a transaction block that already failed (PostgreSQL's own).
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

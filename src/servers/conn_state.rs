@@ -1,8 +1,11 @@
 //! What the clients' conversations leave on a server connection and the next client must
 //! know: the tracked parameters it reports and the statements prepared on it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
+
+use crate::pool::statements::Statement;
 
 use super::tracked::{Tracked, Vars};
 
@@ -13,8 +16,8 @@ pub struct ConnState {
     /// here: the next client with the same ones skips the comparison. Cleared when the
     /// server reports a change.
     pub in_step: Option<(Arc<Tracked>, Vars)>,
-    /// Ids of the client statements prepared here under their pooled names.
-    pub prepared: HashSet<u64>,
+    /// Ids of the client statements prepared here under their pooled names, and when.
+    pub prepared: HashMap<u64, Instant>,
     /// Statements the server still holds under their pooled names but reported invalid
     /// (0A000, "cached plan must not change result type"): closed before they are prepared
     /// here again.
@@ -27,7 +30,7 @@ impl ConnState {
         ConnState {
             tracked,
             in_step: None,
-            prepared: HashSet::new(),
+            prepared: HashMap::new(),
             stale: HashSet::new(),
         }
     }
@@ -35,9 +38,16 @@ impl ConnState {
     /// The server's copy of statement `id` is not to be used again (its plan went stale, or
     /// its client closed it): it is closed before `id` is prepared here again.
     pub fn mark_stale(&mut self, id: u64) {
-        if self.prepared.remove(&id) {
+        if self.prepared.remove(&id).is_some() {
             self.stale.insert(id);
         }
+    }
+
+    /// Whether the copy of `s` here may run for a client: made since the client parsed it (a
+    /// copy from before may hold a plan from before a DDL the client's Parse saw; directly, a
+    /// Parse always plans afresh).
+    pub fn serves(&self, s: &Statement) -> bool {
+        self.prepared.get(&s.id).is_some_and(|at| *at >= s.parsed)
     }
 
     /// Records a ParameterStatus the server sent.

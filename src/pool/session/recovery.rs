@@ -153,7 +153,10 @@ impl PooledSession {
     /// Returns a connection to its pool, or closes it when its state is unknown.
     pub(super) async fn put_back(&mut self, mut held: Held, done: Done) {
         let clean = self.conversation.at_rest() && self.to_server.is_empty();
-        let reusable = clean && !held.retire && !self.conversation.pinned();
+        let reusable = clean
+            && !held.retire
+            && !self.conversation.pinned()
+            && !self.conversation.left_session_state();
         self.conversation.forget_server();
         self.give_back_buffers(&mut held);
         if !reusable {

@@ -3,7 +3,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{Broken, Conversation, Expect, Heard};
+use super::{Broken, Conversation, Expect, Heard, Unnamed};
+use crate::pool::statements::Statement;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::frame;
 use crate::protocol::wire;
@@ -42,7 +43,7 @@ impl Conversation {
             };
             if !matches!(tag, b'Z' | b'S' | b'E') {
                 if matches!(tag, b'G' | b'W') {
-                    self.copy_in = true;
+                    self.copy_began();
                 }
                 let forward = self.settle(tag);
                 self.server_stream_left = len;
@@ -74,7 +75,7 @@ impl Conversation {
         match msg[0] {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
-                if self.expect.pop_front() != Some(Expect::InjectedQuery) {
+                if self.settle_front() != Some(Expect::InjectedQuery) {
                     to_client.extend_from_slice(&msg);
                     heard.ready += 1;
                     heard.idle += u32::from(self.status == b'I');
@@ -114,10 +115,55 @@ impl Conversation {
                     }
                 }
                 self.skip_to_sync(conn);
-                to_client.extend_from_slice(&msg);
+                match self.in_client_names(&fields) {
+                    Some(named) => to_client.extend_from_slice(&named),
+                    None => to_client.extend_from_slice(&msg),
+                }
             }
         }
         Ok(())
+    }
+
+    /// An ErrorResponse naming a statement by its pooled name (26000, 42P05, 08P01 "bind
+    /// message supplies ..."), in the client's name for it, as PostgreSQL would have said.
+    fn in_client_names(&self, fields: &[(u8, String)]) -> Option<BytesMut> {
+        const MARK: &str = "\"pgr_";
+        if !self.rewrite() || !fields.iter().any(|(_, v)| v.contains(MARK)) {
+            return None;
+        }
+        let rename = |text: &str| {
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text;
+            while let Some(at) = rest.find(MARK) {
+                out.push_str(&rest[..at]);
+                let quoted = &rest[at + 1..];
+                let end = quoted.find('"').unwrap_or(quoted.len());
+                let client_name = Statement::id_of_server_name(&quoted.as_bytes()[..end])
+                    .and_then(|id| self.client_name(id));
+                match client_name {
+                    Some(name) => out.push_str(&format!("\"{}", String::from_utf8_lossy(&name))),
+                    None => out.push_str(&rest[at..at + 1 + end]),
+                }
+                rest = &quoted[end..];
+            }
+            out.push_str(rest);
+            out
+        };
+        let renamed: Vec<(u8, String)> = fields.iter().map(|(c, v)| (*c, rename(v))).collect();
+        let renamed: Vec<(u8, &str)> = renamed.iter().map(|(c, v)| (*c, v.as_str())).collect();
+        let mut out = BytesMut::new();
+        wire::error_response(&mut out, b'E', &renamed);
+        Some(out)
+    }
+
+    /// The client's name for statement `id`, also just after it was forgotten.
+    fn client_name(&self, id: u64) -> Option<Bytes> {
+        self.statements.name_of(id).or_else(|| {
+            self.forgotten
+                .as_ref()
+                .filter(|(forgotten, _)| *forgotten == id)
+                .map(|(_, name)| name.clone())
+        })
     }
 
     /// A tracked parameter the server reported: the client's from now on.
@@ -149,10 +195,22 @@ impl Conversation {
                 Expect::Parse(Some(id)) => {
                     conn.prepared.remove(&id);
                     // Never defined, as directly: a Bind of the name now gets 26000.
-                    self.statements.remove_id(id);
+                    if let Some(name) = self.statements.remove_id(id) {
+                        self.forgotten = Some((id, name));
+                    }
                 }
-                Expect::InjectedParse(id) => {
+                // The client's unnamed Parse failed or was skipped: it has none.
+                Expect::Parse(None) => self.unnamed_state = Unnamed::None,
+                Expect::InjectedParse(Some(id)) => {
                     conn.prepared.remove(&id);
+                }
+                Expect::InjectedParse(None) if self.unnamed_state == Unnamed::Here => {
+                    // Perhaps the client's unnamed statement prepared again: again next time.
+                    self.unnamed_state = if self.unnamed.is_empty() {
+                        Unnamed::Lost
+                    } else {
+                        Unnamed::Elsewhere
+                    };
                 }
                 Expect::MadeUpError => {
                     // The server's error came first: directly, the client hears only that.
@@ -168,8 +226,9 @@ impl Conversation {
         let head = self.expect.front().copied();
         let (settles, forward) = match (tag, head) {
             (_, Some(Expect::InjectedQuery)) => (false, false),
-            (b'1', Some(Expect::InjectedParse(_) | Expect::InjectedStandIn))
-            | (b'3', Some(Expect::InjectedClose)) => (true, false),
+            (b'1', Some(Expect::InjectedParse(_))) | (b'3', Some(Expect::InjectedClose)) => {
+                (true, false)
+            }
             (b'1', Some(Expect::Parse(_)))
             | (b'2', Some(Expect::Bind(_)))
             | (b'3', Some(Expect::Close))
@@ -178,7 +237,7 @@ impl Conversation {
             _ => (false, true),
         };
         if settles {
-            self.expect.pop_front();
+            self.settle_front();
         }
         forward
     }
@@ -191,7 +250,6 @@ impl Conversation {
         }
         while let Some(e) = self.expect.front() {
             match e {
-                Expect::MadeUpParseComplete => wire::message(to_client, b'1', |_| {}),
                 Expect::MadeUpCloseComplete => wire::message(to_client, b'3', |_| {}),
                 Expect::MadeUpError => {
                     let e = self.made_up_errors.pop_front().unwrap_or_default();
@@ -211,7 +269,7 @@ impl Conversation {
                 }
                 _ => return,
             }
-            self.expect.pop_front();
+            self.settle_front();
         }
     }
 }

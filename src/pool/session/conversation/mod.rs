@@ -29,9 +29,15 @@ use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::{Tracked, Vars, TRACKED};
 
-/// The statement an extended-protocol DEALLOCATE of a statement the server connection lacks
-/// drops instead: an empty query, which prepares even in a failed transaction.
+/// The statement an extended-protocol DEALLOCATE of a client's statement drops instead (the
+/// server knows the client's statements by pooled names, or not at all): an empty query,
+/// prepared by pgrouter before each run of the DEALLOCATE, which prepares even in a failed
+/// transaction.
 pub const STAND_IN: &str = "pgrouter_deallocate_stand_in";
+
+/// The longest unnamed Parse a client's unnamed statement is kept for, to be prepared again
+/// on the server connection of a later transaction.
+const UNNAMED_KEPT: usize = 64 * 1024;
 
 /// Past this much unsent data towards the server, client messages wait in their buffer.
 pub const BUFFER_LIMIT: usize = 256 * 1024;
@@ -41,13 +47,12 @@ pub const BUFFER_LIMIT: usize = 256 * 1024;
 enum Expect {
     /// A client's Parse; `Some(id)` when pgrouter prepared it under its pooled name.
     Parse(Option<u64>),
-    /// A Parse pgrouter added: its ParseComplete is not the client's.
-    InjectedParse(u64),
-    /// A Close of a pooled name pgrouter added before preparing it afresh: not the client's.
+    /// A Parse pgrouter added (of a pooled statement `Some(id)`, of [`STAND_IN`], of the
+    /// client's unnamed statement again): its ParseComplete is not the client's.
+    InjectedParse(Option<u64>),
+    /// A Close pgrouter added (of a pooled name before preparing it afresh, of [`STAND_IN`]):
+    /// not the client's.
     InjectedClose,
-    /// A Parse of [`STAND_IN`] pgrouter added for an extended-protocol DEALLOCATE of a
-    /// statement the connection lacks: not the client's.
-    InjectedStandIn,
     /// A client's Bind or Describe; `Some(id)` of a pooled statement.
     Bind(Option<u64>),
     Describe(Option<u64>),
@@ -61,11 +66,13 @@ enum Expect {
     /// A query pgrouter added (SET of the client's parameters): every answer is swallowed.
     InjectedQuery,
     /// Answers pgrouter gives itself once everything before them is answered.
-    MadeUpParseComplete,
     MadeUpCloseComplete,
     /// An error pgrouter answers for a client's message as PostgreSQL would (its bytes are
     /// queued in `made_up_errors`); the client's messages up to its Sync are then dropped.
     MadeUpError,
+    /// The client's CopyDone or CopyFail: nothing answers it; it marks where the Syncs the
+    /// server ignores while it takes COPY data end.
+    CopyEnd,
     /// A simple-query DEALLOCATE of a statement the connection does not have: answered as
     /// PostgreSQL answers the client's own (CommandComplete, or 25P02 in a failed
     /// transaction), then ReadyForQuery.
@@ -125,10 +132,19 @@ pub struct Conversation {
     /// Bytes of the current server message still to forward (or drop) unread.
     server_stream_left: usize,
     server_stream_drop: bool,
-    /// Statements the client closed (the last `CLOSED_KEPT`): its next Parse of one prepares
-    /// it afresh (pgjdbc closes and prepares again after 0A000 to get a new plan). A Vec, not
-    /// a set: an idle client carries it.
-    closed: Vec<u64>,
+    /// The client's unnamed statement, as its Parse was last sent (when at most
+    /// `UNNAMED_KEPT`): PostgreSQL keeps it until the next unnamed Parse or simple Query, so a
+    /// Bind in a later transaction (pgx, without its statement cache) finds it prepared again
+    /// on that transaction's server connection, never another client's.
+    unnamed: BytesMut,
+    unnamed_state: Unnamed,
+    /// The last statement forgotten when its Parse failed, with the client's name for it: an
+    /// error about it from a message already sent speaks of it by that name.
+    forgotten: Option<(u64, Bytes)>,
+    /// The transaction left SQL-level state on its server connection (PREPARE, a WITH HOLD
+    /// cursor): the connection is closed, not shared, when given back, so the state can never
+    /// answer another client; the client's later use of it gets PostgreSQL's 26000 or 34000.
+    session_state: bool,
     /// The ErrorResponses of the `MadeUpError` entries, in order.
     made_up_errors: VecDeque<Bytes>,
     /// After an error in an extended batch whose Sync has not come (the server's, or one
@@ -140,8 +156,18 @@ pub struct Conversation {
     copy_in: bool,
 }
 
-/// How many closed statements a client's next Parse prepares afresh.
-const CLOSED_KEPT: usize = 64;
+/// Where the client's unnamed statement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unnamed {
+    /// It has none (directly, a Bind of "" gets 26000).
+    None,
+    /// Prepared on the server connection it holds now.
+    Here,
+    /// Prepared on an earlier connection; `unnamed` prepares it again here.
+    Elsewhere,
+    /// Prepared on an earlier connection, too long to have been kept.
+    Lost,
+}
 
 impl Conversation {
     pub fn new(mode: PoolMode, vars: Vars) -> Conversation {
@@ -157,7 +183,10 @@ impl Conversation {
             client_stream_left: 0,
             server_stream_left: 0,
             server_stream_drop: false,
-            closed: Vec::new(),
+            unnamed: BytesMut::new(),
+            unnamed_state: Unnamed::None,
+            forgotten: None,
+            session_state: false,
             made_up_errors: VecDeque::new(),
             client_skipping: false,
             copy_in: false,
@@ -191,6 +220,11 @@ impl Conversation {
 
     pub fn pinned(&self) -> bool {
         self.pinned
+    }
+
+    /// The server connection holds SQL-level state of this client's (see `session_state`).
+    pub fn left_session_state(&self) -> bool {
+        self.session_state
     }
 
     /// The SETs pgrouter sent for the client's parameters are not all answered yet.
@@ -245,6 +279,54 @@ impl Conversation {
         self.made_up_errors.clear();
         self.client_skipping = false;
         self.copy_in = false;
+        self.session_state = false;
+        self.unnamed_state = match self.unnamed_state {
+            Unnamed::Here if self.unnamed.is_empty() => Unnamed::Lost,
+            Unnamed::Here => Unnamed::Elsewhere,
+            other => other,
+        };
+    }
+
+    /// Settles the first entry of the ledger, and the markers that follow it.
+    fn settle_front(&mut self) -> Option<Expect> {
+        let settled = self.expect.pop_front();
+        while self.expect.front() == Some(&Expect::CopyEnd) {
+            self.expect.pop_front();
+        }
+        settled
+    }
+
+    /// The server began taking COPY data for the first entry of the ledger: the Syncs the
+    /// client sent after it, up to its CopyDone or CopyFail, are ignored by PostgreSQL and
+    /// get no ReadyForQuery (tokio-postgres sends Bind, Execute, Sync before the COPY data).
+    fn copy_began(&mut self) {
+        self.copy_in = true;
+        let end = (1..self.expect.len())
+            .find(|i| self.expect[*i] == Expect::CopyEnd)
+            .unwrap_or(self.expect.len());
+        let mut i = 1;
+        let mut end = end;
+        while i < end {
+            if self.expect[i] == Expect::Sync {
+                self.expect.remove(i);
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// No batch that could still fail is unanswered: the transaction status is known.
+    fn settled(&self) -> bool {
+        !self
+            .expect
+            .iter()
+            .any(|e| matches!(e, Expect::Sync | Expect::Ready | Expect::MadeUpDeallocate))
+    }
+
+    /// The last ReadyForQuery said the transaction failed, and nothing since can change it.
+    fn aborted(&self) -> bool {
+        self.status == b'E' && self.settled()
     }
 
     /// Queues a SET for each tracked parameter where the client and the server differ.
@@ -342,6 +424,8 @@ impl Conversation {
         let (expect, unsynced) = match msg[0] {
             b'X' => return Err(ClientEnd::Terminate),
             b'Q' => {
+                // A simple Query drops the unnamed statement.
+                self.unnamed_state = Unnamed::None;
                 let sql = wire::Reader::new(&body).cstr().unwrap_or_default();
                 if self.query(sql, out, conn) {
                     return Ok(());
@@ -353,7 +437,8 @@ impl Conversation {
             b'H' => (None, None),
             b'c' | b'f' => {
                 self.copy_in = false;
-                (None, None)
+                let marks = !self.expect.is_empty();
+                (marks.then_some(Expect::CopyEnd), None)
             }
             b'E' => (Some(Expect::Execute), Some(true)),
             b'P' => {

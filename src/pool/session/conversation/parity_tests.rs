@@ -70,8 +70,8 @@ fn an_extended_deallocate_of_a_statement_the_connection_lacks_drops_a_stand_in()
     let sent = case.client(&[bind("s1"), sync()]);
     assert_eq!(sent[0], ('B', "s1".to_owned()));
 
-    // In a failed transaction the client's Parse fails with 25P02 as it would directly; the
-    // stand-in's own Parse (an empty query) does not, so the error is the client's.
+    // In a failed transaction the client's Parse goes as it is: PostgreSQL refuses it with
+    // 25P02 and s1 stays, as directly.
     let mut case = Case::new(PoolMode::Transaction);
     case.client(&[parse("s1", "select 1"), sync()]);
     case.server(&[msg(b'1', b""), ready(b'I')]);
@@ -83,14 +83,22 @@ fn an_extended_deallocate_of_a_statement_the_connection_lacks_drops_a_stand_in()
         error("ERROR", "column does not exist"),
         ready(b'E'),
     ]);
-    case.client(&[parse("", "DEALLOCATE s1"), bind(""), execute(), sync()]);
+    let sent = case.client(&[parse("", "DEALLOCATE s1"), bind(""), execute(), sync()]);
+    assert_eq!(sent[0], ('P', String::new()));
+    assert_eq!(sent.len(), 4, "no stand-in: {sent:?}");
     let (tags, _) = case.server(&[
-        msg(b'3', b""),
-        msg(b'1', b""),
         error_with("ERROR", "25P02", "current transaction is aborted"),
         ready(b'E'),
     ]);
     assert_eq!(tags, "EZ");
+    case.client(&[query("rollback")]);
+    case.server(&[msg(b'C', b"ROLLBACK\0"), ready(b'I')]);
+    let sent = case.client(&[bind("s1"), sync()]);
+    assert_eq!(
+        sent[1],
+        ('B', pooled_name("select 1")),
+        "s1 is still defined"
+    );
 }
 
 #[test]
@@ -169,6 +177,7 @@ fn a_plan_the_server_reports_invalid_is_closed_and_prepared_afresh() {
             [&cstrs(&[b"select * from t"])[..], &[0, 0]].concat(),
         ))
         .id,
+        std::time::Instant::now(),
     );
     case.conn = other;
     case.client(&[close_statement("S_2"), sync()]);
@@ -227,4 +236,218 @@ fn after_an_error_before_the_sync_the_clients_messages_are_ignored_as_the_server
     let (tags, heard) = case.server(&[ready(b'I')]);
     assert_eq!((tags.as_str(), heard.ready), ("Z", 1));
     assert!(case.conversation.releasable());
+}
+
+/// The next transaction runs on another server connection.
+fn next_connection(case: &mut Case) {
+    assert!(case.conversation.releasable());
+    case.conversation.forget_server();
+    case.conn = ConnState::new(Tracked::default());
+}
+
+#[test]
+fn the_unnamed_statement_follows_its_client_to_the_next_connection() {
+    // pgx without its statement cache: Parse "" + Describe + Sync, then Bind "" + Execute +
+    // Sync in a second round trip, which may be another transaction on another connection,
+    // where another client's unnamed statement would answer (wrong rows, no error).
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("", "select $1::int"), describe_statement(""), sync()]);
+    case.server(&[
+        msg(b'1', b""),
+        msg(b't', b"\0\0"),
+        msg(b'n', b""),
+        ready(b'I'),
+    ]);
+    next_connection(&mut case);
+    let sent = case.client(&[bind(""), execute(), sync()]);
+    let tags: String = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "PBES", "the client's unnamed Parse sent again first");
+    let (tags, _) = case.server(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"SELECT 1\0"),
+        ready(b'I'),
+    ]);
+    assert_eq!(tags, "2CZ", "its ParseComplete is not the client's");
+    // On the same connection it is there already.
+    let sent = case.client(&[bind(""), execute(), sync()]);
+    assert_eq!(sent.len(), 3);
+    case.server(&[msg(b'2', b""), msg(b'C', b"SELECT 1\0"), ready(b'I')]);
+
+    // A simple Query drops it, as directly: the next Bind of "" gets 26000.
+    case.client(&[query("select 1")]);
+    case.server(&[msg(b'C', b"SELECT 1\0"), ready(b'I')]);
+    next_connection(&mut case);
+    let sent = case.client(&[bind(""), execute(), sync()]);
+    assert_eq!(
+        sent,
+        vec![('S', String::new())],
+        "nothing runs but the Sync"
+    );
+    let (tags, _) = case.server(&[ready(b'I')]);
+    assert_eq!(tags, "EZ");
+}
+
+#[test]
+fn a_client_without_an_unnamed_statement_gets_26000_not_anothers() {
+    let mut case = Case::new(PoolMode::Transaction);
+    let sent = case.client(&[bind(""), execute(), sync()]);
+    assert_eq!(sent, vec![('S', String::new())]);
+    let mut out = BytesMut::new();
+    let heard = case
+        .conversation
+        .from_server(
+            &mut BytesMut::from(&ready(b'I')[..]),
+            &mut out,
+            &mut case.conn,
+        )
+        .unwrap();
+    assert_eq!(heard.ready, 1);
+    let fields = wire::error_fields(&out[5..]);
+    assert_eq!(wire::field(&fields, b'C'), Some("26000"));
+    assert_eq!(
+        wire::field(&fields, b'M'),
+        Some("unnamed prepared statement does not exist")
+    );
+}
+
+#[test]
+fn a_named_deallocate_of_a_clients_statement_drops_a_stand_in_each_run() {
+    // pgjdbc with prepareThreshold=1 sends DEALLOCATE "S_2" as a named statement S_4: the
+    // server knows S_2 only by its pooled name.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("S_2", "select 1"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    let sent = case.client(&[
+        parse("S_4", "DEALLOCATE \"S_2\""),
+        bind("S_4"),
+        execute(),
+        sync(),
+    ]);
+    let stand_in = STAND_IN.to_owned();
+    let tags: String = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "PCPBES");
+    assert_eq!(
+        (sent[1].1.as_str(), sent[2].1.as_str()),
+        (STAND_IN, STAND_IN)
+    );
+    let deallocate = pooled_name(&format!("DEALLOCATE {stand_in}"));
+    assert_eq!(sent[0], ('P', deallocate));
+    let (tags, _) = case.server(&[
+        msg(b'1', b""),
+        msg(b'3', b""),
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"DEALLOCATE\0"),
+        ready(b'I'),
+    ]);
+    assert_eq!(tags, "12CZ");
+    // S_2 is gone, as directly: its Bind goes under the client's name (26000).
+    let sent = case.client(&[bind("S_2"), sync()]);
+    assert_eq!(sent[0], ('B', "S_2".to_owned()));
+}
+
+#[test]
+fn errors_name_statements_as_the_client_does() {
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s3", "select $1::int"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.client(&[bind("s3"), execute(), sync()]);
+    let pooled = pooled_name("select $1::int");
+    let text = format!(
+        "bind message supplies 0 parameters, but prepared statement \"{pooled}\" requires 1"
+    );
+    let mut out = BytesMut::new();
+    let answer = [error_with("ERROR", "08P01", &text), ready(b'I')].concat();
+    case.conversation
+        .from_server(&mut BytesMut::from(&answer[..]), &mut out, &mut case.conn)
+        .unwrap();
+    let fields = wire::error_fields(&out[5..]);
+    assert_eq!(
+        wire::field(&fields, b'M'),
+        Some("bind message supplies 0 parameters, but prepared statement \"s3\" requires 1")
+    );
+
+    // A Parse skipped after an error in its batch: the Bind sent with it gets 26000 in the
+    // client's name, though the name was forgotten meanwhile.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[
+        parse("", "select 1/0"),
+        bind(""),
+        execute(),
+        parse("s9", "select 9"),
+        sync(),
+        bind("s9"),
+        execute(),
+        sync(),
+    ]);
+    let pooled = pooled_name("select 9");
+    let missing = format!("prepared statement \"{pooled}\" does not exist");
+    let mut out = BytesMut::new();
+    let answer = [
+        msg(b'1', b""),
+        msg(b'2', b""),
+        error_with("ERROR", "22012", "division by zero"),
+        ready(b'I'),
+        error_with("ERROR", "26000", &missing),
+        ready(b'I'),
+    ]
+    .concat();
+    case.conversation
+        .from_server(&mut BytesMut::from(&answer[..]), &mut out, &mut case.conn)
+        .unwrap();
+    let texts: Vec<String> = messages(&out)
+        .iter()
+        .filter(|(t, _)| *t == 'E')
+        .map(|_| String::new())
+        .collect();
+    assert_eq!(texts.len(), 2);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("prepared statement \"s9\" does not exist"),
+        "{text}"
+    );
+    assert!(!text.contains("pgr_"), "{text}");
+}
+
+#[test]
+fn syncs_sent_before_a_copy_began_are_not_answered() {
+    // tokio-postgres's copy_in: Bind, Execute, Sync; CopyInResponse; data, CopyDone, Sync.
+    // PostgreSQL ignores the first Sync (it takes COPY data): one ReadyForQuery, then the
+    // Close pgrouter answers itself must follow it, not the one before.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s1", "copy t from stdin"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.client(&[bind("s1"), execute(), sync()]);
+    let (tags, _) = case.server(&[msg(b'2', b""), msg(b'G', b"\0\0\0")]);
+    assert_eq!(tags, "2G");
+    case.client(&[msg(b'd', b"1\n"), msg(b'c', b""), sync()]);
+    case.client(&[close_statement("s1"), sync()]);
+    let (tags, _) = case.server(&[msg(b'C', b"COPY 1\0"), ready(b'I')]);
+    assert_eq!(
+        tags, "CZ3",
+        "the CloseComplete after the COPY's ReadyForQuery"
+    );
+    // The Close's Sync is the server's to answer.
+    let (tags, _) = case.server(&[ready(b'I')]);
+    assert_eq!(tags, "Z");
+    assert!(case.conversation.releasable());
+}
+
+#[test]
+fn a_deallocate_in_a_failed_transaction_is_refused_and_the_statement_stays() {
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[parse("s5", "select 1"), sync()]);
+    case.server(&[msg(b'1', b""), ready(b'I')]);
+    case.client(&[query("begin")]);
+    case.server(&[msg(b'C', b"BEGIN\0"), ready(b'T')]);
+    case.client(&[query("select nope")]);
+    case.server(&[error("ERROR", "no such column"), ready(b'E')]);
+    let sent = case.client(&[query("deallocate s5")]);
+    assert!(sent.is_empty());
+    assert_eq!(owed_now(&mut case), "EZ");
+    case.client(&[query("rollback")]);
+    case.server(&[msg(b'C', b"ROLLBACK\0"), ready(b'I')]);
+    let sent = case.client(&[bind("s5"), sync()]);
+    assert_eq!(sent[0], ('B', pooled_name("select 1")), "s5 still defined");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{ClientEnd, Conversation, Expect, CLOSED_KEPT, STAND_IN};
+use super::{ClientEnd, Conversation, Expect, Unnamed, STAND_IN, UNNAMED_KEPT};
 use crate::pool::statements::{self, sql_effects, SqlEffects, Statement};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
@@ -20,10 +20,18 @@ impl Conversation {
         let Some(target) = effects.deallocate.filter(|_| self.rewrite()) else {
             return false;
         };
+        if self.statements.get(target.as_bytes()).is_none() {
+            return false;
+        }
+        if self.aborted() {
+            // PostgreSQL refuses it (25P02) and the statement stays.
+            self.expect.push_back(Expect::MadeUpDeallocate);
+            return true;
+        }
         let Some(s) = self.statements.remove(target.as_bytes()) else {
             return false;
         };
-        if !conn.prepared.remove(&s.id) {
+        if conn.prepared.remove(&s.id).is_none() {
             // Nothing to drop on this connection. Preparing it first to drop it could fail
             // (its table dropped, say) and leave the Query unanswered: answer it here.
             self.expect.push_back(Expect::MadeUpDeallocate);
@@ -44,45 +52,34 @@ impl Conversation {
         let Some((name, definition)) = statements::split_parse(body) else {
             return Err(ClientEnd::Protocol("malformed Parse".into()));
         };
-        if name.is_empty() || !self.rewrite() {
-            let query = statements::definition_query(&definition);
-            let effects = sql_effects(query);
-            self.note_effects(&effects, conn);
-            let dropped = effects
-                .deallocate
-                .filter(|_| self.rewrite())
-                .and_then(|target| self.statements.remove(target.as_bytes()));
-            if let Some(s) = dropped {
-                // DEALLOCATE of a pooled name: drop the server's copy instead; or, when the
-                // connection lacks one, a stand-in (preparing the statement to drop it could
-                // fail, its table dropped, say, where the client's DEALLOCATE would not).
-                let target = if conn.prepared.remove(&s.id) {
-                    s.server_name.as_str()
-                } else {
-                    wire::describe_or_close(out, b'C', b'S', STAND_IN.as_bytes());
-                    self.expect.push_back(Expect::InjectedClose);
-                    wire::parse(out, STAND_IN, b"\0\0\0");
-                    self.expect.push_back(Expect::InjectedStandIn);
-                    STAND_IN
-                };
-                let mut def = format!("DEALLOCATE {target}").into_bytes();
-                def.push(0);
-                def.extend_from_slice(&definition[query.len() + 1..]);
-                wire::parse(out, "", &def);
-            } else {
-                out.extend_from_slice(msg);
-            }
+        if !self.rewrite() {
+            self.note_effects(
+                &sql_effects(statements::definition_query(&definition)),
+                conn,
+            );
+            out.extend_from_slice(msg);
             self.expect.push_back(Expect::Parse(None));
             return Ok(());
         }
-        // An earlier batch still unanswered may yet fail and leave the name undefined: then
-        // the old way (the name defined anew) is the better guess.
-        let settled = !self
-            .expect
-            .iter()
-            .any(|e| matches!(e, Expect::Sync | Expect::Ready | Expect::MadeUpDeallocate));
-        if settled && self.statements.get(&name).is_some() {
-            // PostgreSQL refuses to redefine a name; so does pgrouter, in its words.
+        let (definition, stand_in) = self.deallocating(definition);
+        if name.is_empty() {
+            self.note_effects(
+                &sql_effects(statements::definition_query(&definition)),
+                conn,
+            );
+            if stand_in {
+                self.prepare_stand_in(out);
+            }
+            let start = out.len();
+            wire::parse(out, "", &definition);
+            self.keep_unnamed(&out[start..]);
+            self.expect.push_back(Expect::Parse(None));
+            return Ok(());
+        }
+        if self.settled() && self.statements.get(&name).is_some() {
+            // PostgreSQL refuses to redefine a name; so does pgrouter, in its words. (With an
+            // earlier batch still unanswered, which may yet fail and leave the name undefined,
+            // the name is defined anew: the better guess.)
             let message = format!(
                 "prepared statement \"{}\" already exists",
                 String::from_utf8_lossy(&name)
@@ -93,18 +90,81 @@ impl Conversation {
             self.client_skipping = true;
             return Ok(());
         }
+        // A client's Parse plans afresh, as directly: a copy on this connection from before
+        // it may hold a plan from before a DDL the client has seen.
         let s = self.statements.define(name, definition);
-        if let Some(i) = self.closed.iter().position(|id| *id == s.id) {
-            // Closed by the client, prepared again: a fresh plan, as directly.
-            self.closed.swap_remove(i);
-            conn.mark_stale(s.id);
-        }
-        if conn.prepared.contains(&s.id) {
-            self.expect.push_back(Expect::MadeUpParseComplete);
-        } else {
-            self.prepare(&s, out, conn, Expect::Parse(Some(s.id)));
-        }
+        self.prepare(&s, out, conn, Expect::Parse(Some(s.id)));
         Ok(())
+    }
+
+    /// A Parse of `DEALLOCATE name` (named or not) of one of the client's statements becomes
+    /// one of [`STAND_IN`], prepared before each run of it (the server knows the client's
+    /// statement by its pooled name, or not at all), and the name is gone; as is, in a
+    /// failed transaction, where PostgreSQL refuses the Parse.
+    /// Whether it did.
+    fn deallocating(&mut self, definition: Bytes) -> (Bytes, bool) {
+        let query = statements::definition_query(&definition);
+        let target = match sql_effects(query).deallocate {
+            Some(t) if !self.aborted() && t != STAND_IN => t,
+            _ => return (definition, false),
+        };
+        if self.statements.remove(target.as_bytes()).is_none() {
+            return (definition, false);
+        }
+        let mut def = format!("DEALLOCATE {STAND_IN}").into_bytes();
+        def.push(0);
+        def.extend_from_slice(&definition[query.len() + 1..]);
+        (Bytes::from(def), true)
+    }
+
+    /// Prepares [`STAND_IN`] on the server: the DEALLOCATE that follows drops it.
+    fn prepare_stand_in(&mut self, out: &mut BytesMut) {
+        wire::describe_or_close(out, b'C', b'S', STAND_IN.as_bytes());
+        self.expect.push_back(Expect::InjectedClose);
+        wire::parse(out, STAND_IN, b"\0\0\0");
+        self.expect.push_back(Expect::InjectedParse(None));
+    }
+
+    /// Remembers the client's unnamed Parse just sent, to prepare it again in a later
+    /// transaction.
+    fn keep_unnamed(&mut self, parse: &[u8]) {
+        self.unnamed.clear();
+        if parse.len() <= UNNAMED_KEPT {
+            self.unnamed.extend_from_slice(parse);
+        } else if self.unnamed.capacity() > UNNAMED_KEPT {
+            self.unnamed = BytesMut::new();
+        }
+        self.unnamed_state = Unnamed::Here;
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: the client's own, prepared on this
+    /// connection if it was on another; false when there is none to run (answered with
+    /// PostgreSQL's 26000, or pgrouter's error when it was too long to keep).
+    fn ensure_unnamed(&mut self, out: &mut BytesMut) -> bool {
+        let e = match self.unnamed_state {
+            Unnamed::Here => return true,
+            Unnamed::Elsewhere => {
+                if statements::definition_query(&self.unnamed[6..]).starts_with(b"DEALLOCATE ") {
+                    self.prepare_stand_in(out);
+                }
+                out.extend_from_slice(&self.unnamed);
+                self.expect.push_back(Expect::InjectedParse(None));
+                self.unnamed_state = Unnamed::Here;
+                return true;
+            }
+            Unnamed::None => PgError::error(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                "unnamed prepared statement does not exist",
+            ),
+            Unnamed::Lost => PgError::error(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                format!("pgrouter: the unnamed prepared statement, over {} KiB, was not kept past its transaction: parse it again", UNNAMED_KEPT / 1024),
+            ),
+        };
+        self.made_up_errors.push_back(e.encode().freeze());
+        self.expect.push_back(Expect::MadeUpError);
+        self.client_skipping = true;
+        false
     }
 
     pub(super) fn bind(
@@ -121,12 +181,18 @@ impl Conversation {
         let id = match self.pooled_statement(name) {
             Some(s) => {
                 self.ensure_prepared(&s, out, conn);
+                if s.effects.deallocate.as_deref() == Some(STAND_IN) {
+                    self.prepare_stand_in(out);
+                }
                 wire::bind(out, portal, &s.server_name, r.rest());
                 // A named DISCARD ALL, DEALLOCATE ALL or LISTEN acts each time it runs.
                 self.note_effects(&s.effects, conn);
                 Some(s.id)
             }
             None => {
+                if name.is_empty() && self.rewrite() && !self.ensure_unnamed(out) {
+                    return Ok(());
+                }
                 out.extend_from_slice(msg);
                 None
             }
@@ -152,17 +218,10 @@ impl Conversation {
             None
         };
         let expect = match (msg[0], statement) {
-            (b'C', Some(s)) => {
+            (b'C', Some(_)) => {
                 // The client is done with its name; the server keeps the statement for other
-                // clients and later Parses of the same text (the client's own next Parse of
-                // it prepares it afresh).
+                // clients (the client's own next Parse of it prepares it afresh).
                 self.statements.remove(name);
-                if !self.closed.contains(&s.id) {
-                    if self.closed.len() == CLOSED_KEPT {
-                        self.closed.remove(0);
-                    }
-                    self.closed.push(s.id);
-                }
                 Expect::MadeUpCloseComplete
             }
             (b'D', Some(s)) => {
@@ -171,6 +230,13 @@ impl Conversation {
                 Expect::Describe(Some(s.id))
             }
             (tag, None) => {
+                let unnamed = kind == b'S' && name.is_empty() && self.rewrite();
+                if tag == b'D' && unnamed && !self.ensure_unnamed(out) {
+                    return Ok(());
+                }
+                if tag == b'C' && unnamed {
+                    self.unnamed_state = Unnamed::None;
+                }
                 out.extend_from_slice(msg);
                 if tag == b'D' {
                     Expect::Describe(None)
@@ -195,6 +261,9 @@ impl Conversation {
             self.statements.clear();
             conn.prepared.clear();
         }
+        if e.session_state && self.rewrite() {
+            self.session_state = true;
+        }
     }
 
     /// The client's statement `name` when pgrouter renames statements (transaction mode).
@@ -205,20 +274,21 @@ impl Conversation {
         self.statements.get(name)
     }
 
-    /// Prepares `s` on the connection first if it is not there yet.
+    /// Prepares `s` on the connection first unless a copy made since the client parsed it
+    /// is there.
     pub(super) fn ensure_prepared(
         &mut self,
         s: &Statement,
         out: &mut BytesMut,
         conn: &mut ConnState,
     ) {
-        if !conn.prepared.contains(&s.id) {
-            self.prepare(s, out, conn, Expect::InjectedParse(s.id));
+        if !conn.serves(s) {
+            self.prepare(s, out, conn, Expect::InjectedParse(Some(s.id)));
         }
     }
 
     /// Sends a Parse of `s` under its pooled name, answered as `expect` says; the server's
-    /// stale copy, if it holds one under that name, is closed first.
+    /// copy under that name, if it holds one, is closed first.
     pub(super) fn prepare(
         &mut self,
         s: &Statement,
@@ -226,12 +296,12 @@ impl Conversation {
         conn: &mut ConnState,
         expect: Expect,
     ) {
-        if conn.stale.remove(&s.id) {
+        if conn.prepared.remove(&s.id).is_some() | conn.stale.remove(&s.id) {
             wire::describe_or_close(out, b'C', b'S', s.server_name.as_bytes());
             self.expect.push_back(Expect::InjectedClose);
         }
         wire::parse(out, &s.server_name, &s.definition);
-        conn.prepared.insert(s.id);
+        conn.prepared.insert(s.id, std::time::Instant::now());
         self.expect.push_back(expect);
     }
 }
