@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what pgrouter's lab, tests and benches need on a Debian machine (run as root).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 # php-cli/php-pgsql, python3-psycopg and python3-asyncpg: the real drivers the pooling tests run
 # (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3. iptables: the fault
 # tests drop packets (etcd unreachable, a member cut off, half-open clients) on loopback.
+# The driver matrix (tests/drivers/README.md): pgjdbc on the JDK, ruby-pg with ActiveRecord,
+# Django on psycopg2, Go pgx v4; node-postgres below.
 packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
-  php-cli php-pgsql python3-psycopg python3-asyncpg iptables)
+  php-cli php-pgsql python3-psycopg python3-asyncpg iptables
+  libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django
+  python3-psycopg2 golang-go golang-github-jackc-pgx-v4-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +32,17 @@ command -v docker-compose >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 }
 /usr/bin/python3 -c 'import psycopg, asyncpg' || { echo "setup: psycopg or asyncpg missing" >&2; exit 1; }
+/usr/bin/python3 -c 'import django, psycopg2' || { echo "setup: django or psycopg2 missing" >&2; exit 1; }
+ruby -e 'require "active_record"; require "pg"' || { echo "setup: activerecord or ruby-pg missing" >&2; exit 1; }
+# node-postgres: Debian's node-pg (with Debian's nodejs), unless a nodejs from elsewhere is
+# installed (NodeSource's clashes with it): then the versions tests/drivers/node-pg pins, from npm.
+if [ ! -d /usr/share/nodejs/pg ] && [ ! -d tests/drivers/node-pg/node_modules/pg ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq node-pg >/dev/null 2>&1 ||
+    npm ci --silent --prefix tests/drivers/node-pg
+fi
+for bin in java go node; do
+  command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
+done
 php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' || { echo "setup: php pdo_pgsql missing" >&2; exit 1; }
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # cargo-deny reads the metadata of every platform's dependencies, which a build does not fetch.
 cargo fetch --quiet
 cargo deny --offline --log-level error check licenses bans sources
+# The driver matrix runs the lab crate's tokio-postgres driver (tests/drivers/README.md).
+cargo build -p pgrouter-lab --bins
 cargo test --workspace
 # The lab's own end-to-end tests start labs of their own; a plain `cargo test` shows them ignored.
 cargo test -p pgrouter-lab --test lab -- --ignored

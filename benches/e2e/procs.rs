@@ -55,13 +55,12 @@ pub fn start_haproxy(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
     let proc = Proc(child);
-    wait_port(port)?;
+    pgrouter_lab::pgbouncer::wait_port(port)?;
     Ok(proc)
 }
 
-/// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`. It refuses to run
-/// as root, so it is started with `-u postgres` and its directory is handed to that user.
-/// `max_client_conn` must cover W4's idle clients plus pgbench's.
+/// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`, with pgrouter's
+/// pool size. `max_client_conn` must cover W4's idle clients plus pgbench's.
 pub fn start_pgbouncer(
     dir: &Path,
     port: u16,
@@ -69,38 +68,15 @@ pub fn start_pgbouncer(
     scram_secret: &str,
     max_client_conn: usize,
 ) -> Result<Proc> {
-    let dir = dir.join("pgbouncer");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, userlist_line(scram_secret))?;
-    let config = dir.join("pgbouncer.ini");
-    std::fs::write(
-        &config,
-        format!(
-            "[databases]\npostgres = host=127.0.0.1 port={upstream} dbname=postgres\n\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-             auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
-             default_pool_size = {POOL_SIZE}\nmax_client_conn = {max_client_conn}\nlogfile = {}\npidfile = {}\n",
-            userlist.display(),
-            dir.join("pgbouncer.log").display(),
-            dir.join("pgbouncer.pid").display(),
-        ),
-    )?;
-    let (uid, gid) = postgres_ids()?;
-    for path in [&dir, &userlist, &config] {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("chown postgres {}", path.display()))?;
-    }
-    let child = Command::new("pgbouncer")
-        .args(["-u", "postgres"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log_file(&dir, "pgbouncer.stderr")?)
-        .spawn()
-        .context("starting pgbouncer (apt-get install pgbouncer)")?;
-    let proc = Proc(child);
-    wait_port(port).with_context(|| format!("pgbouncer: see {}", dir.display()))?;
-    Ok(proc)
+    let child = pgrouter_lab::pgbouncer::spawn(&pgrouter_lab::pgbouncer::Settings {
+        dir: &dir.join("pgbouncer"),
+        port,
+        upstream,
+        scram_secret,
+        pool_size: POOL_SIZE,
+        max_client_conn,
+    })?;
+    Ok(Proc(child))
 }
 
 /// pgrouter (this crate's binary) in pass-through mode with primary on `port`, replicas on
@@ -293,29 +269,7 @@ pub fn clock_ticks_per_sec() -> Result<f64> {
         .context("parsing getconf CLK_TCK")
 }
 
-pub fn wait_port(port: u16) -> Result<()> {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on {port}")
-}
-
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
     let path = dir.join(name);
     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-}
-
-/// uid and gid of the `postgres` user, from /etc/passwd.
-fn postgres_ids() -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
-    let line = passwd
-        .lines()
-        .find(|l| l.starts_with("postgres:"))
-        .context("no postgres user in /etc/passwd")?;
-    let f: Vec<&str> = line.split(':').collect();
-    let id = |i: usize| f.get(i).and_then(|s| s.parse().ok());
-    id(2).zip(id(3)).context("bad postgres line in /etc/passwd")
 }

@@ -19,6 +19,7 @@ mod etcd;
 mod http;
 mod lab;
 mod partition;
+pub mod pgbouncer;
 mod poll;
 pub mod probe;
 mod procs;

@@ -14,14 +14,17 @@
 //! (the others cannot share the lab with it), still with that closing line.
 
 mod dcs;
+mod drivers;
 mod failover;
 mod hostile;
 mod operations;
+mod parity;
 mod pooling;
 mod restarts;
 mod routing;
 mod soak;
 mod startup;
+mod stuck;
 mod support;
 mod tls;
 
@@ -99,6 +102,16 @@ const TESTS: &[(&str, TestFn)] = &[
         "pooled_drivers_pgbench_modes_and_auth_in_transaction_mode",
         |lab| Box::pin(pooling::drivers_and_pgbench(lab)),
     ),
+    ("pooled_protocol_errors_as_postgres_gives_them", |lab| {
+        Box::pin(parity::errors_side_by_side(lab))
+    }),
+    (
+        "pooled_stuck_server_connection_closed_long_query_left_alone",
+        |lab| Box::pin(stuck::stuck_server_connection(lab)),
+    ),
+    ("pooled_driver_matrix_with_a_switchover", |lab| {
+        Box::pin(drivers::matrix(lab))
+    }),
     ("pooled_planned_switchover_unseen_by_clients", |lab| {
         Box::pin(pooling::switchover_unseen(lab))
     }),

@@ -17,7 +17,7 @@ use crate::support::{
 /// A router whose two ports pool; `postgres` logs in with the SCRAM secret from pg_authid
 /// (pgrouter logs in to the servers with the key recovered from the client's proof),
 /// `app_plain` with a plain password, `pgrouter_auth` runs auth_query.
-fn pooled_router(
+pub fn pooled_router(
     lab: &Lab,
     port: u16,
     primary_mode: &str,

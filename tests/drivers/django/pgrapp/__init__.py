@@ -1,0 +1,1 @@
+"""The Django app of the driver checks: its models live in pgrapp/models.py."""
