@@ -5,8 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::pool::statements::Statement;
-
 use super::tracked::{Tracked, Vars};
 
 pub struct ConnState {
@@ -43,11 +41,11 @@ impl ConnState {
         }
     }
 
-    /// Whether the copy of `s` here may run for a client: made since the client parsed it (a
-    /// copy from before may hold a plan from before a DDL the client's Parse saw; directly, a
-    /// Parse always plans afresh).
-    pub fn serves(&self, s: &Statement) -> bool {
-        self.prepared.get(&s.id).is_some_and(|at| *at >= s.parsed)
+    /// Whether the copy of statement `id` here may run for a client that parsed it at `parsed`:
+    /// made since (a copy from before may hold a plan from before a DDL the client's Parse saw;
+    /// directly, a Parse always plans afresh).
+    pub fn serves(&self, id: u64, parsed: Instant) -> bool {
+        self.prepared.get(&id).is_some_and(|at| *at >= parsed)
     }
 
     /// Records a ParameterStatus the server sent.

@@ -282,7 +282,7 @@ impl Conversation {
         out: &mut BytesMut,
         conn: &mut ConnState,
     ) {
-        if !conn.serves(s) {
+        if !conn.serves(s.id, s.parsed) {
             self.prepare(s, out, conn, Expect::InjectedParse(Some(s.id)));
         }
     }
