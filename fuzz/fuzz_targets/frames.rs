@@ -33,8 +33,8 @@ use common::{ref_scan, ChunkedReader, ChunkedWriter, Schedule};
 use libfuzzer_sys::fuzz_target;
 use pgrouter::testing::frame::{BadLength, Scanner};
 use pgrouter::testing::limits::{CAPTURE_MAX, MAX_CLIENT_MESSAGE};
-use pgrouter::testing::startup::CancelKey;
 use pgrouter::testing::relay::{Follow, Pump, Step};
+use pgrouter::testing::startup::CancelKey;
 use pgrouter::testing::Port;
 use pgrouter::testing::Shared;
 
@@ -194,7 +194,11 @@ impl<'a> Direction<'a> {
                 assert_eq!(self.read, self.data.len());
                 // Short of what was kept back: a server stream ending inside an ErrorResponse.
                 let sent = self.data.len() - self.pump.kept();
-                assert_eq!(self.writer.written, &self.data[..sent], "bytes lost or reordered");
+                assert_eq!(
+                    self.writer.written,
+                    &self.data[..sent],
+                    "bytes lost or reordered"
+                );
                 if self.flushes {
                     assert_eq!(self.writer.unflushed, 0, "TLS data left unflushed");
                 }
@@ -240,7 +244,10 @@ impl<'a> Direction<'a> {
 fn check_client_boundary(follow: &Follow<'_>, down: &Direction<'_>) {
     let said = follow.client_at_boundary(&down.pump);
     if said {
-        assert!(down.written_at_boundary(), "client told at a boundary inside a message");
+        assert!(
+            down.written_at_boundary(),
+            "client told at a boundary inside a message"
+        );
     }
     if !down.pump.pending() && follow.down_scan.at_boundary() {
         assert!(said, "client not told at a plain boundary");
@@ -280,7 +287,10 @@ fn check_relay(client: &[u8], server: &[u8], schedule: &mut Schedule) {
             // As the relay does: a short ErrorResponse the batch ends inside is kept back.
             let result = follow.server_batch(batch, fresh);
             if let (Ok(()), Some(seen)) = (&result, follow.down_scan.partial(b'E')) {
-                assert!(dir.pump.keep_back(seen), "an ErrorResponse begun before the batch");
+                assert!(
+                    dir.pump.keep_back(seen),
+                    "an ErrorResponse begun before the batch"
+                );
             }
             result
         };

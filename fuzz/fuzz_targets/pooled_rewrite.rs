@@ -34,12 +34,12 @@ use bytes::{Bytes, BytesMut};
 use common::Schedule;
 use libfuzzer_sys::fuzz_target;
 use pgrouter::config::PoolMode;
-use pgrouter::testing::Conversation;
-use pgrouter::testing::statements::{self, sql_effects, Statement};
 use pgrouter::testing::frame;
 use pgrouter::testing::limits::MAX_WHOLE_MESSAGE;
+use pgrouter::testing::statements::{self, sql_effects, Statement};
 use pgrouter::testing::wire::{self, Reader};
 use pgrouter::testing::ConnState;
+use pgrouter::testing::Conversation;
 use pgrouter::testing::Tracked;
 
 fuzz_target!(|data: &[u8]| {
@@ -158,9 +158,14 @@ fn check_rewrite(stream: &[u8], seed: u8) {
     let mut skipping = false;
     // A batch was sent whose answers come later.
     let mut answered_later = false;
+    // The client has an unnamed statement (PostgreSQL drops it at a simple Query or a Close).
+    let mut unnamed = false;
     while let Ok(Some(msg)) = wire::take_message(&mut input) {
         let mut out = BytesMut::new();
-        if conversation.client_message(msg.clone(), &mut out, &mut conn).is_err() {
+        if conversation
+            .client_message(msg.clone(), &mut out, &mut conn)
+            .is_err()
+        {
             break;
         }
         let ignored = skipping && msg[0] != b'S';
@@ -172,7 +177,9 @@ fn check_rewrite(stream: &[u8], seed: u8) {
             && msg[0] == b'P'
             && statements::split_parse(&msg.slice(5..))
                 .is_some_and(|(name, _)| !name.is_empty() && client_view.contains_key(&name));
-        if duplicate {
+        // A Bind or Describe of the unnamed statement the client does not have: 26000.
+        let no_unnamed = !ignored && !unnamed && names_unnamed(&msg);
+        if duplicate || no_unnamed {
             owed.push(b'E');
             skipping = true;
         } else if !ignored {
@@ -185,12 +192,21 @@ fn check_rewrite(stream: &[u8], seed: u8) {
             answers.push(msg_of(Server::answers(&m)));
         }
         assert!(out.is_empty(), "pgrouter wrote a partial message");
-        if !ignored && !duplicate {
+        if !ignored && !duplicate && !no_unnamed {
             client_learns(&mut client_view, &msg);
+            match msg[0] {
+                b'P' => {
+                    unnamed |= statements::split_parse(&msg.slice(5..))
+                        .is_some_and(|(name, _)| name.is_empty())
+                }
+                b'Q' => unnamed = false,
+                b'C' if msg.get(5..7) == Some(b"S\0") => unnamed = false,
+                _ => {}
+            }
         }
         answered_later |= matches!(msg[0], b'S' | b'Q' | b'F');
         assert_eq!(
-            conn.prepared,
+            conn.prepared.keys().copied().collect::<HashSet<u64>>(),
             server.ids(),
             "pgrouter's statements differ from the server's"
         );
@@ -234,19 +250,23 @@ fn check_against_direct(stream: &[u8], seed: u8) {
     let mut schedule = Schedule::new(&[seed]);
     let mut batches = 0usize;
     // The server's answers so far, arriving in pieces.
-    let mut hear = |conversation: &mut Conversation, conn: &mut ConnState, answers: &mut BytesMut| {
-        conversation.answer_owed(&mut to_client);
-        for part in schedule.split(&answers.split()) {
-            from_server.extend_from_slice(part);
-            conversation
-                .from_server(&mut from_server, &mut to_client, conn)
-                .expect("the model's answers are well formed and never FATAL");
-        }
-        conversation.answer_owed(&mut to_client);
-    };
+    let mut hear =
+        |conversation: &mut Conversation, conn: &mut ConnState, answers: &mut BytesMut| {
+            conversation.answer_owed(&mut to_client);
+            for part in schedule.split(&answers.split()) {
+                from_server.extend_from_slice(part);
+                conversation
+                    .from_server(&mut from_server, &mut to_client, conn)
+                    .expect("the model's answers are well formed and never FATAL");
+            }
+            conversation.answer_owed(&mut to_client);
+        };
     while let Ok(Some(msg)) = wire::take_message(&mut input) {
         let mut out = BytesMut::new();
-        if conversation.client_message(msg.clone(), &mut out, &mut conn).is_err() {
+        if conversation
+            .client_message(msg.clone(), &mut out, &mut conn)
+            .is_err()
+        {
             break;
         }
         direct.answer(&msg, &mut direct_answers);
@@ -295,6 +315,20 @@ fn msg_of(tags: &[u8]) -> Vec<u8> {
     out.to_vec()
 }
 
+/// Whether `msg` is a Bind of the unnamed statement or a Describe of it.
+fn names_unnamed(msg: &Bytes) -> bool {
+    let mut r = Reader::new(&msg[5..]);
+    match msg[0] {
+        b'B' => r.cstr().and_then(|_| r.cstr()) == Some(b""),
+        b'D' => r.byte() == Some(b'S') && r.cstr() == Some(b""),
+        _ => false,
+    }
+}
+
+/// The statement DEALLOCATEs of a client's statement drop instead, and their query.
+const STAND_IN: &[u8] = b"pgrouter_deallocate_stand_in";
+const DEALLOCATE_STAND_IN: &[u8] = b"DEALLOCATE pgrouter_deallocate_stand_in";
+
 /// Checks one message pgrouter sent for the client's `msg`, and applies it to `server`.
 fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes, Bytes>) {
     // A named Parse is always renamed, though it reads the same when the client chose the
@@ -309,18 +343,37 @@ fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes
         b'P' => {
             let (name, def) = statements::split_parse(&mbody).expect("our Parse");
             if name.is_empty() {
-                // A client's unnamed Parse of DEALLOCATE <its name>, renamed.
+                // A client's unnamed Parse of DEALLOCATE <its name>: of the stand-in, which
+                // is prepared first.
                 let sql = Reader::new(&def).cstr().unwrap();
-                return deallocated(server, sql);
+                assert_eq!(sql, DEALLOCATE_STAND_IN, "an unnamed Parse rewritten");
+                assert!(
+                    server.statements.remove(STAND_IN).is_some(),
+                    "no stand-in to drop"
+                );
+                return;
+            }
+            if &name[..] == STAND_IN {
+                assert_eq!(&def[..], b"\0\0\0", "the stand-in is an empty query");
+                assert!(
+                    server.statements.insert(name.to_vec(), def).is_none(),
+                    "stand-in twice"
+                );
+                return;
             }
             let id = Statement::new(def.clone()).id;
-            assert_eq!(&name[..], server_name_of(id).as_bytes(), "name from the hash");
+            assert_eq!(
+                &name[..],
+                server_name_of(id).as_bytes(),
+                "name from the hash"
+            );
             assert!(
                 !server.statements.contains_key(&name[..]),
                 "Parse of a statement the server already has"
             );
             if let Some((client_name, client_def)) = statements::split_parse(&body) {
-                if msg[0] == b'P' && !client_name.is_empty() {
+                let stand_in = statements::definition_query(&def) == DEALLOCATE_STAND_IN;
+                if msg[0] == b'P' && !client_name.is_empty() && !stand_in {
                     assert_eq!(def, client_def, "definition changed");
                 }
             }
@@ -334,7 +387,10 @@ fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes
             let client_name = theirs.cstr().unwrap();
             assert_eq!(ours.rest(), theirs.rest(), "parameters changed");
             assert!(name.starts_with(b"pgr_"), "renamed");
-            assert!(server.statements.contains_key(name), "Bind of a missing statement");
+            assert!(
+                server.statements.contains_key(name),
+                "Bind of a missing statement"
+            );
             // The statement run is the one the client defined under its name.
             assert_eq!(
                 server.statements.get(name),
@@ -350,13 +406,21 @@ fn sent(server: &mut Server, msg: &Bytes, m: &Bytes, client_view: &HashMap<Bytes
             assert_eq!(m[5], b'S');
             let name = Reader::new(&mbody[1..]).cstr().unwrap();
             assert!(name.starts_with(b"pgr_"), "renamed");
-            assert!(server.statements.contains_key(name), "Describe of a missing statement");
+            assert!(
+                server.statements.contains_key(name),
+                "Describe of a missing statement"
+            );
         }
         b'Q' => deallocated(server, Reader::new(&mbody).cstr().unwrap()),
         b'C' => {
-            // The server's copy closed before the client's Parse prepares it afresh.
+            // The server's copy closed before the client's Parse prepares it afresh; the
+            // stand-in closed before it is prepared.
             assert_eq!(m[5], b'S');
             let name = Reader::new(&mbody[1..]).cstr().unwrap();
+            if name == STAND_IN {
+                server.statements.remove(STAND_IN);
+                return;
+            }
             assert!(name.starts_with(b"pgr_"), "a pooled name");
             assert!(
                 server.statements.remove(name).is_some(),
@@ -383,8 +447,20 @@ fn client_learns(client_view: &mut HashMap<Bytes, Bytes>, msg: &Bytes) {
     match msg[0] {
         b'P' => {
             let (name, def) = statements::split_parse(&body).unwrap();
+            let query = statements::definition_query(&def);
+            // DEALLOCATE of one of its statements: gone at the Parse, a stand-in dropped
+            // instead when it runs.
+            let target = sql_effects(query)
+                .deallocate
+                .filter(|t| t.as_bytes() != STAND_IN && client_view.contains_key(t.as_bytes()));
             if name.is_empty() {
-                forget(client_view, statements::definition_query(&def));
+                forget(client_view, query);
+            } else if let Some(target) = target {
+                client_view.remove(target.as_bytes());
+                let mut stand_in = DEALLOCATE_STAND_IN.to_vec();
+                stand_in.push(0);
+                stand_in.extend_from_slice(&def[query.len() + 1..]);
+                client_view.insert(name, Bytes::from(stand_in));
             } else {
                 client_view.insert(name, def);
             }

@@ -69,7 +69,11 @@ impl ServerModel {
                 if let Err(code) = run {
                     error(out, code);
                 }
-                Ok(if run.is_ok() { b"CZ".as_slice() } else { b"Z".as_slice() })
+                Ok(if run.is_ok() {
+                    b"CZ".as_slice()
+                } else {
+                    b"Z".as_slice()
+                })
             }
             b'F' => Ok(b"VZ".as_slice()),
             _ => Ok(b"".as_slice()),
@@ -171,6 +175,11 @@ fn plain(out: &mut BytesMut, tag: u8) {
 }
 
 fn error(out: &mut BytesMut, code: &str) {
-    let fields = [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', "failed")];
+    let fields = [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', code),
+        (b'M', "failed"),
+    ];
     wire::error_response(out, b'E', &fields);
 }

@@ -61,8 +61,8 @@ impl Conversation {
             self.expect.push_back(Expect::Parse(None));
             return Ok(());
         }
-        let (definition, stand_in) = self.deallocating(definition);
         if name.is_empty() {
+            let (definition, stand_in) = self.deallocating(definition);
             self.note_effects(
                 &sql_effects(statements::definition_query(&definition)),
                 conn,
@@ -92,6 +92,7 @@ impl Conversation {
         }
         // A client's Parse plans afresh, as directly: a copy on this connection from before
         // it may hold a plan from before a DDL the client has seen.
+        let (definition, _) = self.deallocating(definition);
         let s = self.statements.define(name, definition);
         self.prepare(&s, out, conn, Expect::Parse(Some(s.id)));
         Ok(())
