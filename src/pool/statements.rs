@@ -126,10 +126,14 @@ pub struct SqlEffects {
     /// `DEALLOCATE [PREPARE] name` of one statement, when it is the whole query: the name as
     /// PostgreSQL reads it (unquoted names folded to lower case, quoted ones kept as written).
     pub deallocate: Option<String>,
+    /// Each `PREPARE name AS ...` or `PREPARE name (types) AS ...` (not PREPARE TRANSACTION):
+    /// the name as PostgreSQL reads it, and the statement's text. pgrouter carries these to
+    /// the client's next transactions.
+    pub sql_prepares: Vec<(String, String)>,
     /// SQL-level state that outlives the transaction on the server connection and that
-    /// pgrouter does not carry to the client's next one: `PREPARE name AS ...` (not PREPARE
-    /// TRANSACTION), `DECLARE ... WITH HOLD`. Left on a shared connection, another client
-    /// could run it by name (wrong rows, no error).
+    /// pgrouter does not carry to the client's next one: a `PREPARE` of another form,
+    /// `DECLARE ... WITH HOLD`. Left on a shared connection, another client could run it by
+    /// name (wrong rows, no error).
     pub session_state: bool,
 }
 
@@ -140,11 +144,29 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
-    let statements = split_sql(&text);
+    let (statements, spans) = split_sql(&text);
     let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x == w);
-    for st in &statements {
+    for (st, span) in statements.iter().zip(&spans) {
         match st.as_slice() {
             [listen, _, ..] if word(listen, "listen") => e.listen = true,
+            [prepare, name, next, ..]
+                if word(prepare, "prepare")
+                    && !word(name, "transaction")
+                    && (word(next, "as") || matches!(next, Token::Symbol('('))) =>
+            {
+                let name = match name {
+                    Token::Word(w) => Some(w.clone()),
+                    Token::Quoted(q) if !q.is_empty() => Some(q.clone()),
+                    _ => None,
+                };
+                match name {
+                    Some(name) => {
+                        let text: String = text.chars().skip(span.start).take(span.len()).collect();
+                        e.sql_prepares.push((name, text.trim_end().to_owned()));
+                    }
+                    None => e.session_state = true,
+                }
+            }
             [prepare, next, ..] if word(prepare, "prepare") && !word(next, "transaction") => {
                 e.session_state = true
             }
@@ -210,18 +232,25 @@ fn word_char(c: char) -> bool {
 }
 
 /// Splits SQL at the semicolons outside comments, literals and quoted identifiers; the
-/// statements' tokens, empty statements left out.
-fn split_sql(text: &str) -> Vec<Vec<Token>> {
+/// statements' tokens, empty statements left out, and where each lies in `text` (in chars,
+/// from its first token to its end).
+fn split_sql(text: &str) -> (Vec<Vec<Token>>, Vec<std::ops::Range<usize>>) {
     let chars: Vec<char> = text.chars().collect();
     let at = |i: usize| chars.get(i).copied();
     let mut statements = Vec::new();
+    let mut spans = Vec::new();
     let mut current = Vec::new();
+    let mut start = 0;
     let mut i = 0;
     while let Some(c) = at(i) {
+        if current.is_empty() && !c.is_whitespace() && c != ';' {
+            start = i;
+        }
         match c {
             ';' => {
                 if !current.is_empty() {
                     statements.push(std::mem::take(&mut current));
+                    spans.push(start..i);
                 }
                 i += 1;
             }
@@ -273,8 +302,9 @@ fn split_sql(text: &str) -> Vec<Vec<Token>> {
     }
     if !current.is_empty() {
         statements.push(current);
+        spans.push(start..chars.len());
     }
-    statements
+    (statements, spans)
 }
 
 /// Where the block comment starting at `i` ends (they nest in PostgreSQL).
@@ -468,14 +498,45 @@ mod tests {
         sql_effects(sql.as_bytes()).deallocate
     }
 
-    /// Found by fuzz/fuzz_targets/pooled_rewrite.rs: the name was the text after the last
-    /// space of the query, so a tab or newline, a second ';' or a comment after it made a
-    /// wrong name ("DEALLOCATE\tx" -> "DEALLOCATE\tx", "DEALLOCATE x; ;" -> "x;").
+    #[test]
+    fn each_prepare_is_carried_with_its_own_text() {
+        for (sql, name, text) in [
+            (
+                "PREPARE pgr_np_1_add (int, int) AS SELECT $1 + $2",
+                "pgr_np_1_add",
+                "PREPARE pgr_np_1_add (int, int) AS SELECT $1 + $2",
+            ),
+            (
+                "prepare \"Q\" as select ';';",
+                "Q",
+                "prepare \"Q\" as select ';'",
+            ),
+            ("PREPARE q AS select 1", "q", "PREPARE q AS select 1"),
+        ] {
+            let e = sql_effects(sql.as_bytes());
+            assert_eq!(
+                e.sql_prepares,
+                vec![(name.to_owned(), text.to_owned())],
+                "{sql}"
+            );
+            assert!(!e.session_state, "{sql}");
+        }
+        let e = sql_effects(
+            b"create table t (id int); prepare a as select 1;  prepare b as select id from t",
+        );
+        assert_eq!(
+            e.sql_prepares,
+            vec![
+                ("a".to_owned(), "prepare a as select 1".to_owned()),
+                ("b".to_owned(), "prepare b as select id from t".to_owned())
+            ]
+        );
+    }
+
     #[test]
     fn sql_prepare_and_holdable_cursors_leave_session_state() {
         for sql in [
-            "PREPARE pgr_np_1_add (int, int) AS SELECT $1 + $2",
-            "select 1; prepare x as select 2",
+            "PREPARE x FROM y",
             "DECLARE \"_django_curs_1\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
         ] {
             assert!(sql_effects(sql.as_bytes()).session_state, "{sql}");
@@ -490,6 +551,9 @@ mod tests {
         }
     }
 
+    /// Found by fuzz/fuzz_targets/pooled_rewrite.rs: the name was the text after the last
+    /// space of the query, so a tab or newline, a second ';' or a comment after it made a
+    /// wrong name ("DEALLOCATE\tx" -> "DEALLOCATE\tx", "DEALLOCATE x; ;" -> "x;").
     #[test]
     fn deallocate_names_whatever_the_spacing() {
         for sql in [

@@ -229,6 +229,31 @@ fn cases() -> Vec<(&'static str, Vec<Step>)> {
             ]),
         ),
         (
+            "SQL PREPARE and EXECUTE across transactions",
+            steps(&[
+                &[query("prepare sp(int) as select $1 * 3")],
+                &[query("execute sp(5)")],
+                &[query("execute sp(7)")],
+                &[query("prepare sp as select 0")],
+                &[query("begin")],
+                &[query("execute sp(2)")],
+                &[query("commit")],
+                &[query("deallocate sp")],
+                &[query("execute sp(1)")],
+            ]),
+        ),
+        (
+            "SQL PREPARE over a table dropped since, deallocated both ways",
+            steps(&[
+                &[query("create table parity_dropped (id int); prepare pd1 as select id from parity_dropped; prepare pd2 as select id from parity_dropped")],
+                &[query("execute pd1")],
+                &[query("drop table parity_dropped")],
+                &[query("deallocate pd1")],
+                &[parse("", "deallocate pd2"), bind("", "", &[]), execute("", 0), sync()],
+                &[query("execute pd2")],
+            ]),
+        ),
+        (
             "an empty query and a simple-query error",
             steps(&[&[query("")], &[query("select 1; select nope; select 3")]]),
         ),

@@ -157,6 +157,7 @@ impl PooledSession {
             && !held.retire
             && !self.conversation.pinned()
             && !self.conversation.left_session_state();
+        let cleanup = self.conversation.take_sql_cleanup();
         self.conversation.forget_server();
         self.give_back_buffers(&mut held);
         if !reusable {
@@ -164,6 +165,14 @@ impl PooledSession {
             return;
         }
         let mut lease = held.lease;
+        // The client's SQL-level prepared statements leave with it; one that was not there
+        // (its PREPARE failed again) leaves the connection's state unknown: closed.
+        for sql in cleanup {
+            if lease.conn.run(&sql).await.is_err() {
+                lease.discard();
+                return;
+            }
+        }
         if matches!(done, Done::ClientLeft) && self.conversation.mode() == PoolMode::Session {
             if lease.conn.run("DISCARD ALL").await.is_err() {
                 lease.discard();

@@ -274,8 +274,16 @@ def plan_invalidated():
     sql(f"PREPARE {s} (int) AS SELECT * FROM {t} WHERE id = $1")
     expect(sql(f"EXECUTE {s}(1)"), [(1, "a")], "before ALTER")
     sql(f"ALTER TABLE {t} ADD COLUMN extra int DEFAULT 7")
-    expect_error(lambda: sql(f"EXECUTE {s}(1)"), "0A000", "EXECUTE after ALTER",
-                 "cached plan must not change result type")
+    # Directly 0A000. A pooler that prepares the statement again on the connection running
+    # this transaction (pgrouter carries SQL-level statements so) plans it afresh: the new
+    # column, which is no error the database would not give. Wrong rows or another error fail.
+    try:
+        rows = sql(f"EXECUTE {s}(1)")
+    except Exception as e:
+        if pgcode(e) != "0A000" or not (primary(e) or "").startswith("cached plan must not change result type"):
+            raise AssertionError(f"EXECUTE after ALTER: want SQLSTATE 0A000, got {one_line(e)}")
+    else:
+        expect(rows, [(1, "a", 7)], "EXECUTE after ALTER, planned afresh")
     expect(sql("SELECT 1"), [(1,)], "connection after 0A000")
     expect(status(f"DEALLOCATE {s}"), "DEALLOCATE", "DEALLOCATE")
     sql(f"PREPARE {s} (int) AS SELECT * FROM {t} WHERE id = $1")

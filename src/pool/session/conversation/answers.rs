@@ -75,7 +75,9 @@ impl Conversation {
         match msg[0] {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
-                if self.settle_front() != Some(Expect::InjectedQuery) {
+                if self.settle_front() == Some(Expect::InjectedQuery) {
+                    self.injected.pop_front();
+                } else {
                     to_client.extend_from_slice(&msg);
                     heard.ready += 1;
                     heard.idle += u32::from(self.status == b'I');
@@ -103,7 +105,11 @@ impl Conversation {
                     return Err(Broken(message.to_owned()));
                 }
                 if swallowing {
-                    heard.set_failed = Some(message.to_owned());
+                    match self.injected.front() {
+                        // The client's SQL-level statement did not prepare here again.
+                        Some(Some(name)) => self.sql.failed(name.clone()),
+                        _ => heard.set_failed = Some(message.to_owned()),
+                    }
                     return Ok(());
                 }
                 if wire::field(&fields, b'C') == Some(sqlstate::FEATURE_NOT_SUPPORTED) {

@@ -28,6 +28,7 @@ use crate::protocol::limits::MAX_CLIENT_MESSAGE;
 use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::{Tracked, Vars, TRACKED};
+use sql_prepared::SqlPrepared;
 
 /// The statement an extended-protocol DEALLOCATE of a client's statement drops instead (the
 /// server knows the client's statements by pooled names, or not at all): an empty query,
@@ -145,6 +146,11 @@ pub struct Conversation {
     /// cursor): the connection is closed, not shared, when given back, so the state can never
     /// answer another client; the client's later use of it gets PostgreSQL's 26000 or 34000.
     session_state: bool,
+    /// The client's SQL-level prepared statements, carried between transactions.
+    sql: SqlPrepared,
+    /// What each `InjectedQuery` entry in the ledger is, in order: the client's settings
+    /// (None), or one of its SQL-level statements prepared again (its name).
+    injected: VecDeque<Option<String>>,
     /// The ErrorResponses of the `MadeUpError` entries, in order.
     made_up_errors: VecDeque<Bytes>,
     /// After an error in an extended batch whose Sync has not come (the server's, or one
@@ -187,6 +193,8 @@ impl Conversation {
             unnamed_state: Unnamed::None,
             forgotten: None,
             session_state: false,
+            sql: SqlPrepared::default(),
+            injected: VecDeque::new(),
             made_up_errors: VecDeque::new(),
             client_skipping: false,
             copy_in: false,
@@ -220,6 +228,12 @@ impl Conversation {
 
     pub fn pinned(&self) -> bool {
         self.pinned
+    }
+
+    /// The queries that give the connection back without the client's SQL-level prepared
+    /// statements.
+    pub fn take_sql_cleanup(&mut self) -> Vec<String> {
+        self.sql.take_cleanup()
     }
 
     /// The server connection holds SQL-level state of this client's (see `session_state`).
@@ -280,6 +294,8 @@ impl Conversation {
         self.client_skipping = false;
         self.copy_in = false;
         self.session_state = false;
+        self.sql.forget_connection();
+        self.injected.clear();
         self.unnamed_state = match self.unnamed_state {
             Unnamed::Here if self.unnamed.is_empty() => Unnamed::Lost,
             Unnamed::Here => Unnamed::Elsewhere,
@@ -356,6 +372,7 @@ impl Conversation {
         }
         wire::query(to_server, &sets);
         self.expect.push_back(Expect::InjectedQuery);
+        self.injected.push_back(None);
     }
 
     /// Takes the client's whole messages (and streams CopyData) from `input` into
@@ -442,10 +459,16 @@ impl Conversation {
             }
             b'E' => (Some(Expect::Execute), Some(true)),
             b'P' => {
+                if !self.unsynced {
+                    self.sql_statements_for(&msg, out);
+                }
                 self.unsynced = true;
                 return self.parse(&msg, &body, out, conn);
             }
             b'B' => {
+                if !self.unsynced {
+                    self.sql_statements_for(&msg, out);
+                }
                 self.unsynced = true;
                 return self.bind(&msg, &body, out, conn);
             }
@@ -481,5 +504,6 @@ mod answers;
 #[cfg(test)]
 mod parity_tests;
 mod rewrite;
+mod sql_prepared;
 #[cfg(test)]
 mod tests;

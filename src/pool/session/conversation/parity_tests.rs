@@ -451,3 +451,128 @@ fn a_deallocate_in_a_failed_transaction_is_refused_and_the_statement_stays() {
     let sent = case.client(&[bind("s5"), sync()]);
     assert_eq!(sent[0], ('B', pooled_name("select 1")), "s5 still defined");
 }
+
+#[test]
+fn sql_prepared_statements_follow_their_client_and_are_dropped_at_release() {
+    // Django's raw PREPARE / EXECUTE in autocommit: each its own transaction, perhaps on
+    // another connection, where another client's statement of that name must never answer.
+    let mut case = Case::new(PoolMode::Transaction);
+    let prepare = "PREPARE add (int, int) AS SELECT $1 + $2";
+    let sent = case.client(&[query(prepare)]);
+    assert_eq!(sent, vec![('Q', prepare.to_owned())]);
+    case.server(&[msg(b'C', b"PREPARE\0"), ready(b'I')]);
+    assert_eq!(
+        case.conversation.take_sql_cleanup(),
+        vec!["DEALLOCATE \"add\"".to_owned()],
+        "given back without it"
+    );
+    next_connection(&mut case);
+    // A query naming it gets it prepared first; the answers to that are not the client's.
+    let sent = case.client(&[query("select 1")]);
+    assert_eq!(sent.len(), 1, "not named: nothing added");
+    case.server(&[msg(b'C', b"SELECT 1\0"), ready(b'I')]);
+    let sent = case.client(&[query("EXECUTE add(1, 2)")]);
+    assert_eq!(
+        sent,
+        vec![
+            ('Q', prepare.to_owned()),
+            ('Q', "EXECUTE add(1, 2)".to_owned())
+        ]
+    );
+    let (tags, _) = case.server(&[
+        msg(b'C', b"PREPARE\0"),
+        ready(b'I'),
+        msg(b'C', b"SELECT 1\0"),
+        ready(b'I'),
+    ]);
+    assert_eq!(tags, "CZ");
+    // Here now: not again. A second PREPARE of the name is PostgreSQL's to refuse (42P05).
+    let sent = case.client(&[query("PREPARE add AS SELECT 0")]);
+    assert_eq!(sent.len(), 1);
+    case.server(&[error_with("ERROR", "42P05", "already exists"), ready(b'I')]);
+    // DEALLOCATE of it goes to the server, which has it: nothing more to carry or drop.
+    let sent = case.client(&[query("deallocate add")]);
+    assert_eq!(sent, vec![('Q', "deallocate add".to_owned())]);
+    case.server(&[msg(b'C', b"DEALLOCATE\0"), ready(b'I')]);
+    assert!(case.conversation.take_sql_cleanup().is_empty());
+    assert!(!case.conversation.left_session_state());
+    next_connection(&mut case);
+    let sent = case.client(&[query("EXECUTE add(1, 2)")]);
+    assert_eq!(sent.len(), 1, "gone: PostgreSQL's 26000");
+}
+
+#[test]
+fn prepares_among_other_statements_are_each_carried() {
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[query("select 1; prepare x as select 2")]);
+    case.server(&[
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'C', b"PREPARE\0"),
+        ready(b'I'),
+    ]);
+    assert!(!case.conversation.left_session_state());
+    assert_eq!(
+        case.conversation.take_sql_cleanup(),
+        vec!["DEALLOCATE \"x\"".to_owned()]
+    );
+    next_connection(&mut case);
+    let sent = case.client(&[query("execute x")]);
+    assert_eq!(sent[0], ('Q', "prepare x as select 2".to_owned()));
+}
+
+#[test]
+fn a_sql_statement_whose_prepare_fails_again_is_deallocated_by_pgrouter() {
+    // PREPARE b AS SELECT * FROM t; EXECUTE b (another connection: b prepared again);
+    // DROP TABLE t; EXECUTE b (another again: its PREPARE fails); DEALLOCATE b, which
+    // directly succeeds.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[query("PREPARE b AS SELECT * FROM t")]);
+    case.server(&[msg(b'C', b"PREPARE\0"), ready(b'I')]);
+    case.conversation.take_sql_cleanup();
+    next_connection(&mut case);
+    case.client(&[query("EXECUTE b")]);
+    let (tags, heard) = case.server(&[
+        error_with("ERROR", "42P01", "relation \"t\" does not exist"),
+        ready(b'I'),
+        error_with("ERROR", "26000", "prepared statement \"b\" does not exist"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        tags, "EZ",
+        "the client's EXECUTE fails; pgrouter's PREPARE is not its"
+    );
+    assert_eq!(heard.set_failed, None, "not the client's settings failing");
+    let sent = case.client(&[query("deallocate b")]);
+    assert!(sent.is_empty(), "nothing to drop here");
+    assert_eq!(owed_now(&mut case), "CZ");
+    assert!(case.conversation.take_sql_cleanup().is_empty());
+}
+
+#[test]
+fn an_extended_deallocate_of_a_sql_statement_the_connection_lacks_drops_a_stand_in() {
+    // tokio-postgres's client.execute("DEALLOCATE x", &[]) in a later transaction, x made by
+    // SQL PREPARE over a table dropped since: preparing x again to drop it would fail.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[query(
+        "create table t (id int); prepare x as select id from t",
+    )]);
+    case.server(&[
+        msg(b'C', b"CREATE TABLE\0"),
+        msg(b'C', b"PREPARE\0"),
+        ready(b'I'),
+    ]);
+    case.conversation.take_sql_cleanup();
+    next_connection(&mut case);
+    let sent = case.client(&[
+        parse("s7", "DEALLOCATE x"),
+        describe_statement("s7"),
+        sync(),
+    ]);
+    let tags: String = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "PDS", "x is not prepared again: {sent:?}");
+    assert_eq!(sent[0].1, pooled_name(&format!("DEALLOCATE {STAND_IN}")));
+    assert!(
+        case.conversation.take_sql_cleanup().is_empty(),
+        "x is no longer the client's"
+    );
+}

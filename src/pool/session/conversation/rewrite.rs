@@ -16,8 +16,24 @@ impl Conversation {
     /// Looks at a simple Query; returns true if it was handled without sending it as is.
     pub(super) fn query(&mut self, sql: &[u8], out: &mut BytesMut, conn: &mut ConnState) -> bool {
         let effects = sql_effects(sql);
+        if !self.rewrite() {
+            self.note_effects(&effects, conn);
+            return false;
+        }
+        let sql_target = effects.deallocate.as_ref().filter(|t| self.sql.carries(t));
+        if let Some(target) = sql_target {
+            // PostgreSQL refuses it in a failed transaction and the statement stays. Else,
+            // where the connection lacks it, answered here (preparing it again to drop it
+            // could fail: its table gone, say).
+            if self.aborted() || self.sql.drop(target) {
+                return false;
+            }
+            self.expect.push_back(Expect::MadeUpDeallocate);
+            return true;
+        }
+        self.sql_statements_named(sql, out);
         self.note_effects(&effects, conn);
-        let Some(target) = effects.deallocate.filter(|_| self.rewrite()) else {
+        let Some(target) = effects.deallocate else {
             return false;
         };
         if self.statements.get(target.as_bytes()).is_none() {
@@ -42,6 +58,42 @@ impl Conversation {
         true
     }
 
+    /// Prepares here first the client's SQL-level statements that `sql` names and the
+    /// connection lacks (each its own Query, answered to pgrouter).
+    fn sql_statements_named(&mut self, sql: &[u8], out: &mut BytesMut) {
+        for (name, prepare) in self.sql.needed_by(sql) {
+            wire::message(out, b'Q', |b| wire::put_cstr(b, &prepare));
+            self.expect.push_back(Expect::InjectedQuery);
+            self.injected.push_back(Some(name));
+        }
+    }
+
+    /// Before a Parse or Bind that opens an extended batch (no Query may come inside one):
+    /// the SQL-level statements its query names, as for a simple Query (tokio-postgres sends
+    /// `EXECUTE name(...)` as a Parse, then a Bind in a later batch).
+    pub(super) fn sql_statements_for(&mut self, msg: &Bytes, out: &mut BytesMut) {
+        if !self.rewrite() || !self.sql.any() {
+            return;
+        }
+        let mut r = wire::Reader::new(&msg[5..]);
+        let definition = match msg[0] {
+            b'P' => statements::split_parse(&msg.slice(5..)).map(|(_, d)| d),
+            _ => r
+                .cstr()
+                .and(r.cstr())
+                .and_then(|name| self.pooled_statement(name))
+                .map(|s| s.definition.clone()),
+        };
+        let Some(definition) = definition else {
+            return;
+        };
+        let query = statements::definition_query(&definition);
+        // A DEALLOCATE of one needs it nowhere (`deallocating`).
+        if sql_effects(query).deallocate.is_none() {
+            self.sql_statements_named(query, out);
+        }
+    }
+
     pub(super) fn parse(
         &mut self,
         msg: &Bytes,
@@ -53,20 +105,16 @@ impl Conversation {
             return Err(ClientEnd::Protocol("malformed Parse".into()));
         };
         if !self.rewrite() {
-            self.note_effects(
-                &sql_effects(statements::definition_query(&definition)),
-                conn,
-            );
+            let query = statements::definition_query(&definition);
+            self.note_effects(&sql_effects(query), conn);
             out.extend_from_slice(msg);
             self.expect.push_back(Expect::Parse(None));
             return Ok(());
         }
         if name.is_empty() {
             let (definition, stand_in) = self.deallocating(definition);
-            self.note_effects(
-                &sql_effects(statements::definition_query(&definition)),
-                conn,
-            );
+            let query = statements::definition_query(&definition);
+            self.note_effects(&sql_effects(query), conn);
             if stand_in {
                 self.prepare_stand_in(out);
             }
@@ -110,7 +158,11 @@ impl Conversation {
             _ => return (definition, false),
         };
         if self.statements.remove(target.as_bytes()).is_none() {
-            return (definition, false);
+            // The client's SQL-level statement is dropped under its own name where the
+            // connection has it; where it lacks it, the stand-in is.
+            if !self.sql.carries(&target) || self.sql.drop(&target) {
+                return (definition, false);
+            }
         }
         let mut def = format!("DEALLOCATE {STAND_IN}").into_bytes();
         def.push(0);
@@ -186,7 +238,8 @@ impl Conversation {
                     self.prepare_stand_in(out);
                 }
                 wire::bind(out, portal, &s.server_name, r.rest());
-                // A named DISCARD ALL, DEALLOCATE ALL or LISTEN acts each time it runs.
+                // A named DISCARD ALL, DEALLOCATE ALL, LISTEN or PREPARE acts each time it
+                // runs.
                 self.note_effects(&s.effects, conn);
                 Some(s.id)
             }
@@ -251,6 +304,8 @@ impl Conversation {
         Ok(())
     }
 
+    /// What running a statement does to the session (`e`, its effects). In a failed transaction
+    /// PostgreSQL refuses it, and nothing changes.
     pub(super) fn note_effects(&mut self, e: &SqlEffects, conn: &mut ConnState) {
         if e.listen {
             self.pinned = true;
@@ -258,11 +313,23 @@ impl Conversation {
         if e.unlisten_all {
             self.pinned = false;
         }
+        if self.aborted() {
+            return;
+        }
         if e.drops_all_statements {
             self.statements.clear();
             conn.prepared.clear();
+            self.sql.clear();
         }
-        if e.session_state && self.rewrite() {
+        if !self.rewrite() {
+            return;
+        }
+        for (name, prepare) in &e.sql_prepares {
+            if !self.sql.keep(name, prepare.as_bytes()) {
+                self.session_state = true;
+            }
+        }
+        if e.session_state {
             self.session_state = true;
         }
     }
