@@ -130,9 +130,16 @@ pub struct SqlEffects {
     /// the name as PostgreSQL reads it, and the statement's text. pgrouter carries these to
     /// the client's next transactions.
     pub sql_prepares: Vec<(String, String)>,
+    /// `DECLARE name ... WITH HOLD`: the cursors that outlive their transaction (the client
+    /// keeps its server connection while one is open).
+    pub holds_cursors: Vec<String>,
+    /// `CLOSE name`.
+    pub closes_cursors: Vec<String>,
+    /// `CLOSE ALL`, `DISCARD ALL`.
+    pub closes_all_cursors: bool,
     /// SQL-level state that outlives the transaction on the server connection and that
-    /// pgrouter does not carry to the client's next one: a `PREPARE` of another form,
-    /// `DECLARE ... WITH HOLD`. Left on a shared connection, another client could run it by
+    /// pgrouter does not carry to the client's next one: a `PREPARE` or `DECLARE ... WITH
+    /// HOLD` of another form. Left on a shared connection, another client could run it by
     /// name (wrong rows, no error).
     pub session_state: bool,
 }
@@ -170,20 +177,32 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
             [prepare, next, ..] if word(prepare, "prepare") && !word(next, "transaction") => {
                 e.session_state = true
             }
-            [declare, rest @ ..]
+            [declare, name, rest @ ..]
                 if word(declare, "declare")
                     && rest
                         .windows(2)
                         .any(|w| word(&w[0], "with") && word(&w[1], "hold")) =>
             {
-                e.session_state = true
+                match name {
+                    Token::Word(w) => e.holds_cursors.push(w.clone()),
+                    Token::Quoted(q) if !q.is_empty() => e.holds_cursors.push(q.clone()),
+                    _ => e.session_state = true,
+                }
+            }
+            [close, all] if word(close, "close") && word(all, "all") => e.closes_all_cursors = true,
+            [close, Token::Word(name)] if word(close, "close") => {
+                e.closes_cursors.push(name.clone())
+            }
+            [close, Token::Quoted(name)] if word(close, "close") => {
+                e.closes_cursors.push(name.clone())
             }
             [unlisten, Token::Symbol('*')] if word(unlisten, "unlisten") => e.unlisten_all = true,
             [command, all]
                 if (word(command, "deallocate") || word(command, "discard"))
                     && word(all, "all") =>
             {
-                e.drops_all_statements = true
+                e.drops_all_statements = true;
+                e.closes_all_cursors |= word(command, "discard");
             }
             [deallocate, prepare, all]
                 if word(deallocate, "deallocate")
@@ -384,13 +403,14 @@ fn dollar_quote_end(chars: &[char], i: usize) -> Option<usize> {
 }
 
 /// The commands whose effects `sql_effects` looks for, lowercase.
-const WORDS: [&[u8]; 6] = [
+const WORDS: [&[u8]; 7] = [
     b"listen",
     b"unlisten",
     b"deallocate",
     b"discard",
     b"prepare",
     b"declare",
+    b"close",
 ];
 
 /// Bytes that start one of `WORDS`, in either case.
@@ -534,10 +554,18 @@ mod tests {
     }
 
     #[test]
-    fn sql_prepare_and_holdable_cursors_leave_session_state() {
+    fn holdable_cursors_are_followed_and_odd_forms_leave_session_state() {
+        let e = sql_effects(
+            b"DECLARE \"_django_curs_1\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1; close \"_django_curs_1\"",
+        );
+        assert_eq!(e.holds_cursors, vec!["_django_curs_1".to_owned()]);
+        assert_eq!(e.closes_cursors, vec!["_django_curs_1".to_owned()]);
+        assert!(sql_effects(b"CLOSE ALL").closes_all_cursors);
+        assert!(sql_effects(b"discard all").closes_all_cursors);
+        assert!(!sql_effects(b"deallocate all").closes_all_cursors);
         for sql in [
             "PREPARE x FROM y",
-            "DECLARE \"_django_curs_1\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+            "DECLARE 'x' CURSOR WITH HOLD FOR SELECT 1",
         ] {
             assert!(sql_effects(sql.as_bytes()).session_state, "{sql}");
         }

@@ -128,6 +128,9 @@ pub struct Conversation {
     status: u8,
     /// LISTEN: the client keeps its server connection until UNLISTEN *.
     pinned: bool,
+    /// Cursors declared WITH HOLD and not closed: they live on the server connection, so the
+    /// client keeps it (as for LISTEN) until it closes them.
+    held_cursors: Vec<String>,
     /// Bytes of the current client message still to forward unread (streamed CopyData).
     client_stream_left: usize,
     /// Bytes of the current server message still to forward (or drop) unread.
@@ -186,6 +189,7 @@ impl Conversation {
             unsynced: false,
             status: b'I',
             pinned: false,
+            held_cursors: Vec::new(),
             client_stream_left: 0,
             server_stream_left: 0,
             server_stream_drop: false,
@@ -214,7 +218,7 @@ impl Conversation {
     /// Everything sent is answered, no batch or transaction is open, nothing is half-way:
     /// a transaction-mode client can give its connection back.
     pub fn releasable(&self) -> bool {
-        self.rewrite() && self.at_rest() && !self.pinned
+        self.rewrite() && self.at_rest() && !self.pinned()
     }
 
     /// Whether the server connection is in a known, idle state another client could use.
@@ -226,8 +230,9 @@ impl Conversation {
             && self.server_stream_left == 0
     }
 
+    /// The client keeps its server connection: LISTEN, or a cursor WITH HOLD open.
     pub fn pinned(&self) -> bool {
-        self.pinned
+        self.pinned || !self.held_cursors.is_empty()
     }
 
     /// The queries that give the connection back without the client's SQL-level prepared
@@ -279,6 +284,7 @@ impl Conversation {
         };
         self.forget_server();
         self.pinned = false;
+        self.held_cursors.clear();
         self.client_stream_left = 0;
         loss
     }

@@ -576,3 +576,24 @@ fn an_extended_deallocate_of_a_sql_statement_the_connection_lacks_drops_a_stand_
         "x is no longer the client's"
     );
 }
+
+#[test]
+fn a_cursor_with_hold_keeps_the_connection_until_it_is_closed() {
+    // Django's .iterator() in autocommit: DECLARE ... WITH HOLD, then FETCH in later
+    // transactions, which must reach the server connection holding the cursor.
+    let mut case = Case::new(PoolMode::Transaction);
+    case.client(&[query(
+        "DECLARE \"c1\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+    )]);
+    case.server(&[msg(b'C', b"DECLARE CURSOR\0"), ready(b'I')]);
+    assert!(
+        !case.conversation.releasable(),
+        "kept while the cursor is open"
+    );
+    case.client(&[query("FETCH FORWARD 10 FROM \"c1\"")]);
+    case.server(&[msg(b'C', b"FETCH 1\0"), ready(b'I')]);
+    assert!(!case.conversation.releasable());
+    case.client(&[query("CLOSE \"c1\"")]);
+    case.server(&[msg(b'C', b"CLOSE CURSOR\0"), ready(b'I')]);
+    assert!(case.conversation.releasable(), "given back once closed");
+}

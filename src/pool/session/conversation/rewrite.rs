@@ -313,6 +313,13 @@ impl Conversation {
         if e.unlisten_all {
             self.pinned = false;
         }
+        if e.closes_all_cursors {
+            self.held_cursors.clear();
+        }
+        self.held_cursors.retain(|c| !e.closes_cursors.contains(c));
+        if self.rewrite() {
+            self.held_cursors.extend(e.holds_cursors.iter().cloned());
+        }
         if self.aborted() {
             return;
         }
