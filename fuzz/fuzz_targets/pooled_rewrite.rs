@@ -277,11 +277,17 @@ fn check_against_direct(stream: &[u8], seed: u8) {
         // batches is `check_rewrite`'s, without errors).
         if matches!(msg[0], b'S' | b'Q' | b'F') {
             hear(&mut conversation, &mut conn, &mut answers);
-            // Between transactions the next one may run on another server connection.
+            // Between transactions the connection is given back (what the conversation knows
+            // of it forgotten, as the session's put_back does), and the next transaction may
+            // run on another one.
             batches += 1;
-            if conversation.releasable() && (usize::from(seed) + batches) % 3 == 0 {
-                conn = ConnState::new(Tracked::default());
-                through = through.another_connection();
+            if conversation.releasable() {
+                conversation.take_sql_cleanup();
+                conversation.forget_server();
+                if (usize::from(seed) + batches) % 3 == 0 {
+                    conn = ConnState::new(Tracked::default());
+                    through = through.another_connection();
+                }
             }
         }
     }
@@ -543,12 +549,23 @@ fn check_sql(sql: &[u8]) {
 /// Whether the text ends inside a comment, literal or quoted identifier (roughly: an odd
 /// count of quotes, or a `--`/`/*`/`$` anywhere).
 fn ends_open(sql: &[u8]) -> bool {
-    let count = |c: u8| sql.iter().filter(|b| **b == c).count();
-    count(b'\'') % 2 == 1
-        || count(b'"') % 2 == 1
-        || sql.windows(2).any(|w| w == b"--" || w == b"/*")
+    if sql.windows(2).any(|w| w == b"--" || w == b"/*")
         || sql.contains(&b'$')
         || sql.contains(&b'\\')
+    {
+        return true;
+    }
+    // Inside a literal or a quoted identifier at the end (a quote inside the other kind does
+    // not count).
+    let mut open: Option<u8> = None;
+    for &b in sql {
+        match open {
+            None if b == b'\'' || b == b'"' => open = Some(b),
+            Some(q) if b == q => open = None,
+            _ => {}
+        }
+    }
+    open.is_some()
 }
 
 fn check_deallocate_names(data: &[u8], mode: u8) {

@@ -9,7 +9,8 @@
 //!   `DEALLOCATE ALL` drop every statement.
 //!
 //! There are no transaction blocks: every Sync and simple Query ends a transaction, and its
-//! portals with it (and the unnamed statement: see `end_transaction`).
+//! portals with it. The unnamed statement lasts till the next unnamed Parse or simple Query,
+//! as in PostgreSQL (pgrouter carries it to the client's next connection).
 
 use std::collections::HashMap;
 
@@ -64,6 +65,7 @@ impl ServerModel {
             }
             b'Q' => {
                 self.end_transaction();
+                self.statements.remove(b"".as_slice());
                 let sql = Reader::new(body).cstr().unwrap_or_default().to_vec();
                 let run = self.run(&sql);
                 if let Err(code) = run {
@@ -87,13 +89,9 @@ impl ServerModel {
         }
     }
 
-    /// A transaction ends: its portals go, and the unnamed statement too (PostgreSQL keeps it
-    /// till the next unnamed Parse, but under transaction pooling the client's next
-    /// transaction may run on another connection: relying on it is what transaction pooling
-    /// cannot give, here as with pgbouncer).
+    /// A transaction ends: its portals go.
     fn end_transaction(&mut self) {
         self.portals.clear();
-        self.statements.remove(b"".as_slice());
     }
 
     fn fails(&self, query: &[u8]) -> Option<&'static str> {
