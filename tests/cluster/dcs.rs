@@ -192,9 +192,14 @@ pub async fn etcd_lost_without_failsafe(lab: &Lab) -> Result<()> {
     let router = Router::start(lab, 17570, opts)?;
     let pooled = crate::restarts::pooled_router_routing(lab, 17588, "", "hold_timeout = \"2s\"\n")?;
     let leader = lab.leader()?;
-    ensure!(
-        matches!(land(router.primary).await?, Landing::Primary(p) if p == lab.pg_port(&leader))
-    );
+    // Both routers serve the leader before the outage (the pooled one has a server connection
+    // and its users' defaults then, as in service: a cold one has none to start from).
+    for port in [router.primary, pooled.primary] {
+        ensure!(
+            matches!(land(port).await?, Landing::Primary(p) if p == lab.pg_port(&leader)),
+            "port {port} does not reach the leader before the outage"
+        );
+    }
     // Clients keep arriving, through both routers, while Patroni demotes the leader: none may
     // land on the member once it runs as a replica, nor be handed its own "shutting down" or
     // "starting up", nor be refused for it: they are held, then refused for want of a leader.
