@@ -132,10 +132,10 @@ impl Conversation {
                 "prepared statement \"{}\" already exists",
                 String::from_utf8_lossy(&name)
             );
-            let e = PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, message);
-            self.made_up_errors.push_back(e.encode().freeze());
-            self.expect.push_back(Expect::MadeUpError);
-            self.client_skipping = true;
+            self.refuse(PgError::error(
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                message,
+            ));
             return Ok(());
         }
         // A client's Parse plans afresh, as directly: a copy on this connection from before
@@ -214,10 +214,16 @@ impl Conversation {
                 format!("pgrouter: the unnamed prepared statement, over {} KiB, was not kept past its transaction: parse it again", UNNAMED_KEPT / 1024),
             ),
         };
+        self.refuse(e);
+        false
+    }
+
+    /// Answers the client's message with `e` in its turn, as PostgreSQL would; its messages up
+    /// to its Sync are then dropped, as PostgreSQL ignores them.
+    fn refuse(&mut self, e: PgError) {
         self.made_up_errors.push_back(e.encode().freeze());
         self.expect.push_back(Expect::MadeUpError);
         self.client_skipping = true;
-        false
     }
 
     pub(super) fn bind(
