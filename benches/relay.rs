@@ -59,7 +59,7 @@ fn follow(c: &mut Criterion) {
                     Throughput::Bytes(stream.len() as u64)
                 });
                 group.bench_function(format!("{}/{direction}", mix.name), |b| {
-                    let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:1");
+                    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:1");
                     b.iter(|| {
                         for batch in stream.chunks(BATCH) {
                             feed(&mut follow, batch).unwrap();
@@ -76,7 +76,7 @@ fn follow(c: &mut Criterion) {
 /// A mix is whole messages, and the server's answer ends every wait the client's side starts:
 /// the relay would find its session idle after it.
 fn check(shared: &Shared, mix: &traffic::Traffic) {
-    let mut follow = Follow::new(shared, Port::Primary, "127.0.0.1:1");
+    let mut follow = Follow::new(shared, Port::PRIMARY, "127.0.0.1:1");
     follow.client_bytes(&mix.client).unwrap();
     follow.server_bytes(&mix.server).unwrap();
     let whole = follow.up_scan.at_boundary() && follow.down_scan.at_boundary();

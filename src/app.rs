@@ -16,16 +16,15 @@ use crate::config::{Config, ConfigError};
 use crate::dcs::etcd::{watch_cluster, EtcdSource};
 use crate::metrics::Metrics;
 use crate::proxy::listener;
-use crate::route::Port;
 use crate::shards::Shards;
 use crate::shared::Shared;
 use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("listen.{key}: cannot listen on {addr}: {source}")]
+    #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
-        key: &'static str,
+        key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -49,8 +48,8 @@ pub struct App {
     limits: Arc<Semaphore>,
     sessions: TaskTracker,
     shards: Arc<Shards>,
-    /// primary, replicas, admin; replaced when a reload moves them.
-    listeners: Mutex<[Option<Bound>; 3]>,
+    /// The client listeners by port number, then admin; replaced when a reload moves them.
+    listeners: Mutex<Vec<Option<Bound>>>,
     /// Serializes reloads (SIGHUP and POST /reload may race).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -62,6 +61,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
+    // etcd's view, and the same with each listener's read set: what sessions route by.
+    let (raw_tx, raw_rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
     let (tx, rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
     let source = EtcdSource {
         endpoints: config.cluster.etcd.clone(),
@@ -80,21 +81,29 @@ pub async fn run(
         shared,
         sessions: TaskTracker::new(),
         shards: Arc::new(shards),
-        listeners: Mutex::new([None, None, None]),
+        listeners: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
     });
     app.bind_changed(&app.shared.config()).await?;
     let background = [
-        tokio::spawn(watch_cluster(source, tx, metrics)),
+        tokio::spawn(watch_cluster(source, raw_tx, metrics)),
+        tokio::spawn(crate::reads::follow(raw_rx, tx, app.shared.clone())),
         tokio::spawn(observe_topology(rx, app.shared.clone())),
         tokio::spawn(reload_on_sighup(app.clone())),
         tokio::spawn(reload_on_request(app.clone())),
         tokio::spawn(crate::pool::maintain(app.shared.clone())),
     ];
     let config = app.shared.config();
+    let extra: Vec<String> = config
+        .client_listeners()
+        .iter()
+        .skip(2)
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect();
     tracing::info!(
         primary = %config.listen.primary,
         replicas = %config.listen.replicas,
+        listeners = ?extra,
         admin = %config.listen.admin,
         cluster = %config.cluster.scope,
         etcd = ?config.cluster.etcd,
@@ -124,6 +133,18 @@ impl App {
             }
             .into());
         }
+        let names = |c: &Config| -> Vec<String> { c.listeners.keys().cloned().collect() };
+        if names(&new) != names(&old) {
+            return Err(ConfigError::Invalid {
+                key: "listeners".into(),
+                reason: format!(
+                    "adding or removing a listener needs a restart (running {:?}, file has {:?})",
+                    names(&old),
+                    names(&new)
+                ),
+            }
+            .into());
+        }
         if new.runtime != old.runtime {
             tracing::warn!("runtime settings change at the next start, not on reload");
         }
@@ -146,41 +167,50 @@ impl App {
     /// Binds every listener whose address differs from what is bound now. All new sockets are
     /// bound before any old one is released, so a failure leaves everything as it was.
     async fn bind_changed(self: &Arc<Self>, config: &Config) -> Result<(), AppError> {
-        let wanted = [
-            ("primary", config.listen.primary),
-            ("replicas", config.listen.replicas),
-            ("admin", config.listen.admin),
-        ];
-        let current: Vec<Option<SocketAddr>> = self
-            .lock_listeners()
-            .iter()
-            .map(|b| b.as_ref().map(|b| b.addr))
+        // The client listeners by number (`Port`), then admin.
+        let mut wanted: Vec<(String, SocketAddr)> = config
+            .client_listeners()
+            .into_iter()
+            .map(|(name, addr)| match name {
+                "primary" | "replicas" => (format!("listen.{name}"), addr),
+                name => (format!("listeners.{name}.listen"), addr),
+            })
             .collect();
+        wanted.push(("listen.admin".to_owned(), config.listen.admin));
+        let current: Vec<Option<SocketAddr>> = {
+            let bound = self.lock_listeners();
+            (0..wanted.len())
+                .map(|i| bound.get(i).and_then(|b| b.as_ref().map(|b| b.addr)))
+                .collect()
+        };
         let mut fresh = Vec::new();
-        for (i, (key, addr)) in wanted.into_iter().enumerate() {
-            if current[i] != Some(addr) {
+        for (i, (key, addr)) in wanted.iter().enumerate() {
+            if current[i] != Some(*addr) {
                 let listener = TcpListener::bind(addr)
                     .await
-                    .map_err(|source| AppError::Bind { key, addr, source })?;
-                fresh.push((i, addr, listener));
+                    .map_err(|source| AppError::Bind {
+                        key: key.clone(),
+                        addr: *addr,
+                        source,
+                    })?;
+                fresh.push((i, *addr, listener));
             }
         }
+        let ports = self.shared.ports().to_vec();
         let mut listeners = self.lock_listeners();
+        listeners.resize_with(wanted.len(), || None);
         for (i, addr, listener) in fresh {
             let shared = self.shared.clone();
-            let task = match i {
-                0 | 1 => {
-                    let port = Port::ALL[i];
-                    tokio::spawn(listener::serve(
-                        listener,
-                        port,
-                        shared,
-                        self.limits.clone(),
-                        self.sessions.clone(),
-                        self.shards.clone(),
-                    ))
-                }
-                _ => {
+            let task = match ports.get(i) {
+                Some(port) => tokio::spawn(listener::serve(
+                    listener,
+                    *port,
+                    shared,
+                    self.limits.clone(),
+                    self.sessions.clone(),
+                    self.shards.clone(),
+                )),
+                None => {
                     let admin = crate::admin::Admin::new(shared, self.sessions.clone());
                     tokio::spawn(crate::admin::http::serve(listener, Arc::new(admin)))
                 }
@@ -218,7 +248,7 @@ impl App {
         }
     }
 
-    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, [Option<Bound>; 3]> {
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Option<Bound>>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -266,17 +296,17 @@ async fn reload_on_sighup(app: Arc<App>) {
     }
 }
 
-/// On every topology change: wake the sessions, one info line (leader moves, replicas joining
-/// or leaving reads, and why), and the per-member metrics.
+/// On every topology change: wake the sessions, one info line (leader moves, writes held or
+/// going where), and the leader metrics. Read-set changes are logged where they are judged
+/// (`crate::reads`), with the lag that moved them.
 async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Shared>) {
     let mut old = rx.borrow_and_update().clone();
     while rx.changed().await.is_ok() {
         // Sessions read the new topology themselves; this only wakes the idle ones.
         shared.signals.raise_all();
         let new = rx.borrow_and_update().clone();
-        let max_lag = shared.config().routing.max_replica_lag.0;
-        shared.metrics.observe_topology(&old, &new, max_lag);
-        let changes = describe_changes(&old, &new, max_lag);
+        shared.metrics.observe_topology(&old, &new);
+        let changes = describe_changes(&old, &new);
         if !changes.is_empty() {
             tracing::info!(cluster = %new.scope, "topology: {}", changes.join("; "));
         }
@@ -284,7 +314,7 @@ async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Sh
     }
 }
 
-pub fn describe_changes(old: &Topology, new: &Topology, max_lag: u64) -> Vec<String> {
+pub fn describe_changes(old: &Topology, new: &Topology) -> Vec<String> {
     let mut changes = Vec::new();
     let leader = |t: &Topology| t.leader.clone().unwrap_or_else(|| "none".to_owned());
     if old.leader != new.leader || !old.synced {
@@ -303,18 +333,9 @@ pub fn describe_changes(old: &Topology, new: &Topology, max_lag: u64) -> Vec<Str
             changes.push(format!("switchover to {to} announced"));
         }
     }
-    for m in new.members.values() {
-        let was = old
-            .members
-            .get(&m.name)
-            .map(|o| old.replica_eligibility(o, max_lag));
-        let now = new.replica_eligibility(m, max_lag);
-        match (was, now) {
-            (Some(Ok(())), Ok(())) => {}
-            (_, Ok(())) => changes.push(format!("replica {} in", m.name)),
-            (Some(Ok(())), Err(why)) => changes.push(format!("replica {} out ({why})", m.name)),
-            _ => {}
-        }
+    if old.sync_standbys != new.sync_standbys {
+        let names: Vec<&str> = new.sync_standbys.iter().map(String::as_str).collect();
+        changes.push(format!("synchronous standbys [{}]", names.join(", ")));
     }
     for name in old.members.keys().filter(|n| !new.members.contains_key(*n)) {
         changes.push(format!("member {name} gone"));

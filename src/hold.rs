@@ -130,9 +130,15 @@ impl<'a> Hold<'a> {
 /// Why `port` has no member now, as the client is told once the hold ran out (`held`), or
 /// at once when the cluster offers nothing worth waiting for.
 pub fn no_member(shared: &Shared, config: &Config, port: Port, why: &str, held: bool) -> PgError {
-    let role = match port {
-        Port::Primary => "no leader to route writes to",
-        Port::Replicas => "no member to route reads to",
+    let role = match (config.rules(port.index()).role, port) {
+        (crate::config::Selector::Primary, Port::PRIMARY) => {
+            "no leader to route writes to".to_owned()
+        }
+        (crate::config::Selector::Primary, _) => {
+            format!("no leader to route listener {port}'s writes to")
+        }
+        (_, Port::REPLICAS) => "no member to route reads to".to_owned(),
+        (_, _) => format!("no member to route listener {port}'s reads to"),
     };
     let waited = if held {
         format!(
@@ -161,7 +167,7 @@ pub fn without_member<T>(
     port: Port,
     why: &str,
 ) -> Attempt<T> {
-    if shared.router.holds(&config.routing, topology, port) {
+    if shared.router.holds(config, topology, port) {
         let error = no_member(shared, config, port, why, true);
         Attempt::Retry { error, soon: false }
     } else {
@@ -267,9 +273,7 @@ impl RoleCheck {
         // The epoch before the settings: a reload between the two is seen next time.
         self.config_epoch = Some(shared.config_epoch());
         let current = self.topology.borrow_and_update().clone();
-        shared
-            .router
-            .check(&shared.config().routing, &current, route)
+        shared.router.check(&current, route)
     }
 }
 
@@ -305,14 +309,24 @@ mod tests {
         Config::from_toml(&toml).unwrap()
     }
 
+    /// `cluster()` with its read sets judged under `config`, as `crate::reads` publishes it.
+    fn judged(config: &Config) -> Topology {
+        let mut t = cluster();
+        let mut judge = crate::reads::standing::Judge::default();
+        judge.judge(&t, config, 2, tokio::time::Instant::now());
+        t.reads = judge.sets().clone();
+        t
+    }
+
     #[test]
-    fn a_reload_alone_makes_a_served_session_ask_again() {
-        let (topology, views) = watch::channel(Arc::new(cluster()));
+    fn a_session_asks_again_on_a_reload_or_a_new_view() {
+        let (topology, views) = watch::channel(Arc::new(judged(&config("1MB"))));
         let shared = Shared::new(config("1MB"), views, Arc::new(Metrics::new()));
-        let route = Route {
-            member: member("pg1", Role::Replica, 5_000),
-            target: Target::Replica,
-        };
+        let route = Route::new(
+            member("pg1", Role::Replica, 5_000),
+            Target::Replica,
+            Port::REPLICAS,
+        );
         let mut roles = RoleCheck::new(&shared);
         assert_eq!(
             roles.changed(&shared, &route),
@@ -320,8 +334,10 @@ mod tests {
             "asked at first"
         );
         assert_eq!(roles.changed(&shared, &route), None, "nothing changed");
-        // The same topology, settings under which the replica lags too far.
+        // A reload: asked again (the read sets it changes come as a new view).
         shared.set_config(Arc::new(config("1kB")));
+        assert_eq!(roles.changed(&shared, &route), Some(Verdict::Keep));
+        topology.send_replace(Arc::new(judged(&config("1kB"))));
         let verdict = roles.changed(&shared, &route);
         assert!(
             matches!(&verdict, Some(Verdict::Drain(why)) if why.contains("pg1")),
@@ -329,10 +345,11 @@ mod tests {
         );
         assert_eq!(roles.changed(&shared, &route), None);
         // A new topology without the leader key: a leader route closes at once.
-        let leader = Route {
-            member: member("pg0", Role::Primary, 10_000),
-            target: Target::Leader,
-        };
+        let leader = Route::new(
+            member("pg0", Role::Primary, 10_000),
+            Target::Leader,
+            Port::PRIMARY,
+        );
         let mut roles = RoleCheck::new(&shared);
         assert_eq!(roles.changed(&shared, &leader), Some(Verdict::Keep));
         let mut lost = cluster();

@@ -56,6 +56,7 @@ pub(crate) mod metrics;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod proxy;
+pub(crate) mod reads;
 pub(crate) mod route;
 pub(crate) mod servers;
 pub(crate) mod shards;

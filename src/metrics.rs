@@ -9,6 +9,10 @@ use prometheus::{
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
+use crate::reads::standing::{LagSample, ReadSets};
+use crate::route::Port;
 use crate::topology::Topology;
 
 /// Every metric pgrouter exports; names are prefixed `pgrouter_`, units are base units.
@@ -43,6 +47,12 @@ pub struct Metrics {
     pub member_leader: IntGaugeVec,
     pub member_eligible: IntGaugeVec,
     pub member_lag_bytes: IntGaugeVec,
+    /// How long ago the leader passed the first position a replica has not replayed.
+    pub member_replay_delay_seconds: prometheus::GaugeVec,
+    /// 1 while a member serves a listener, by port (listener) and member.
+    pub member_serving: IntGaugeVec,
+    /// Members joining (`in`) or leaving (`out`) a listener's read set.
+    pub read_set_changes: IntCounterVec,
     pub paused: IntGaugeVec,
     /// Pooled modes: server connections per pool, idle or active.
     pub pool_servers: IntGaugeVec,
@@ -173,13 +183,33 @@ impl Metrics {
             ),
             member_eligible: gauges(
                 "member_eligible",
-                "1 for members eligible for reads.",
+                "1 for members serving the replicas listener.",
                 &["member"],
             ),
             member_lag_bytes: gauges(
                 "member_lag_bytes",
-                "Replication lag of each member in bytes.",
+                "Bytes a replica's replay is behind the leader, both asked in the same check.",
                 &["member"],
+            ),
+            member_replay_delay_seconds: register(
+                r,
+                prometheus::GaugeVec::new(
+                    opts(
+                        "member_replay_delay_seconds",
+                        "Seconds since the leader passed the first WAL position a replica has not replayed.",
+                    ),
+                    &["member"],
+                ),
+            ),
+            member_serving: gauges(
+                "member_serving",
+                "1 while the member serves the listener's clients.",
+                &["port", "member"],
+            ),
+            read_set_changes: counters(
+                "read_set_changes_total",
+                "Members joining (in) or leaving (out) a listener's read set.",
+                &["port", "member", "change"],
             ),
             paused: gauges("paused", "1 while the port is paused.", &["port"]),
             pool_servers: gauges(
@@ -197,8 +227,9 @@ impl Metrics {
         }
     }
 
-    /// Per-member gauges from a new topology; members that left lose their series.
-    pub fn observe_topology(&self, old: &Topology, new: &Topology, max_lag: u64) {
+    /// Leader changes and the leader gauge from a new topology; members that left lose
+    /// their series.
+    pub fn observe_topology(&self, old: &Topology, new: &Topology) {
         if old.leader != new.leader && new.leader.is_some() && old.synced {
             self.leader_changes.inc();
         }
@@ -210,20 +241,50 @@ impl Metrics {
             ] {
                 let _ = g.remove_label_values(&[name]);
             }
+            let _ = self
+                .member_replay_delay_seconds
+                .remove_label_values(&[name]);
         }
         for m in new.members.values() {
             let name = m.name.as_str();
             self.member_leader
                 .with_label_values(&[name])
                 .set(i64::from(new.holds_leader_key(name)));
-            let eligible = new.replica_eligibility(m, max_lag).is_ok();
+        }
+    }
+
+    /// Lag per member and standing per listener, after each judgement of the read sets.
+    pub fn observe_reads(
+        &self,
+        view: &Topology,
+        sets: &ReadSets,
+        latest: &BTreeMap<String, LagSample>,
+        ports: &[Port],
+    ) {
+        for m in view.members.values() {
+            let name = m.name.as_str();
+            let sample = latest.get(name);
+            let lag = match sample.and_then(|s| s.bytes) {
+                Some(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX),
+                None if view.holds_leader_key(name) => 0,
+                None => view
+                    .lag(m)
+                    .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            };
+            self.member_lag_bytes.with_label_values(&[name]).set(lag);
+            let delay = sample.and_then(|s| s.delay).unwrap_or_default();
+            self.member_replay_delay_seconds
+                .with_label_values(&[name])
+                .set(delay.as_secs_f64());
+            let serving = |port: Port| sets.get(port.index(), name).is_some_and(|s| s.serving);
             self.member_eligible
                 .with_label_values(&[name])
-                .set(i64::from(eligible));
-            let lag = new.lag(m).unwrap_or(0);
-            self.member_lag_bytes
-                .with_label_values(&[name])
-                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                .set(i64::from(serving(Port::REPLICAS)));
+            for port in ports.iter().filter(|p| **p != Port::PRIMARY) {
+                self.member_serving
+                    .with_label_values(&[port.label(), name])
+                    .set(i64::from(serving(*port)));
+            }
         }
     }
 

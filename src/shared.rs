@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reads::standing::LagSample;
 use crate::route::{Port, Router};
 use crate::servers::credentials::Credentials;
 use crate::servers::pools::Pools;
@@ -24,9 +25,13 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub topology: watch::Receiver<Arc<Topology>>,
     pub metrics: Arc<Metrics>,
+    /// The client listeners, fixed at start.
+    ports: Vec<Port>,
     /// Pause state per port: the flag relays read on every turn, the channel held clients wait on.
-    paused: [AtomicBool; 2],
-    pause: [watch::Sender<bool>; 2],
+    paused: Vec<AtomicBool>,
+    pause: Vec<watch::Sender<bool>>,
+    /// The last lag check's measurements, by member (`crate::reads`).
+    pub lags: std::sync::Mutex<std::collections::BTreeMap<String, LagSample>>,
     /// Cancelled on SIGTERM: listeners stop; sessions see `shutting_down` and drain.
     pub shutdown: CancellationToken,
     shutting_down: AtomicBool,
@@ -53,6 +58,7 @@ impl Shared {
         metrics: Arc<Metrics>,
     ) -> Shared {
         let (reloads, requests) = tokio::sync::mpsc::unbounded_channel();
+        let ports = Port::all(&config);
         Shared {
             scope: config.cluster.scope.clone(),
             config: watch::channel(Arc::new(config)).0,
@@ -61,8 +67,10 @@ impl Shared {
             cancels: CancelRegistry::default(),
             topology,
             metrics,
-            paused: [AtomicBool::new(false), AtomicBool::new(false)],
-            pause: [watch::channel(false).0, watch::channel(false).0],
+            paused: ports.iter().map(|_| AtomicBool::new(false)).collect(),
+            pause: ports.iter().map(|_| watch::channel(false).0).collect(),
+            lags: Default::default(),
+            ports,
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             signals: Signals::default(),
@@ -102,6 +110,16 @@ impl Shared {
             .take()
     }
 
+    /// The client listeners: primary, replicas, then `[listeners]` in name order.
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    /// Notified when a reload installs new settings.
+    pub fn config_changes(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+
     /// The settings in force; a reload swaps them whole.
     pub fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
@@ -122,19 +140,19 @@ impl Shared {
 
     /// True while `port` is paused: new clients and new transactions wait.
     pub fn pause_switch(&self, port: Port) -> watch::Receiver<bool> {
-        self.pause[port as usize].subscribe()
+        self.pause[port.index()].subscribe()
     }
 
     pub fn set_paused(&self, port: Port, paused: bool) {
-        self.paused[port as usize].store(paused, Ordering::Release);
-        self.pause[port as usize].send_replace(paused);
+        self.paused[port.index()].store(paused, Ordering::Release);
+        self.pause[port.index()].send_replace(paused);
         let gauge = self.metrics.paused.with_label_values(&[port.label()]);
         gauge.set(i64::from(paused));
         self.signals.raise_all();
     }
 
     pub fn is_paused(&self, port: Port) -> bool {
-        self.paused[port as usize].load(Ordering::Acquire)
+        self.paused[port.index()].load(Ordering::Acquire)
     }
 
     /// Stops the listeners and asks every session to close at its next idle point.

@@ -63,20 +63,28 @@ pub fn render(s: &Value) -> String {
         text(&s["dcs"]["connected"]),
     );
     let header = [
-        "Member",
-        "Address",
-        "Role",
-        "State",
-        "TL",
-        "Lag (bytes)",
-        "Reads",
+        "Member", "Address", "Role", "State", "TL", "Lag", "Delay", "Reads",
     ];
     let mut rows = vec![header.map(str::to_owned).to_vec()];
     for m in s["members"].as_array().into_iter().flatten() {
-        let reads = if m["eligible_for_reads"] == Value::Bool(true) {
-            "yes".to_owned()
-        } else {
-            format!("no: {}", text(&m["why_not"]))
+        let reads = match (&m["eligible_for_reads"], m["out_for_seconds"].as_f64()) {
+            (Value::Bool(true), _) => "yes".to_owned(),
+            (_, Some(out)) => format!("no for {out:.0}s: {}", text(&m["why_not"])),
+            _ => format!("no: {}", text(&m["why_not"])),
+        };
+        let mut lag = match m["lag_bytes"].as_u64() {
+            Some(b) => crate::reads::standing::bytes_text(b),
+            None => "-".to_owned(),
+        };
+        if m["lag_source"] == "etcd" {
+            lag += " (etcd)";
+        }
+        if m["replay_paused"] == Value::Bool(true) {
+            lag += " paused";
+        }
+        let delay = match m["replay_delay_seconds"].as_f64() {
+            Some(d) => format!("{d:.1}s"),
+            None => "-".to_owned(),
         };
         rows.push(vec![
             text(&m["name"]),
@@ -84,7 +92,8 @@ pub fn render(s: &Value) -> String {
             text(&m["role"]),
             text(&m["state"]),
             text(&m["timeline"]),
-            text(&m["lag_bytes"]),
+            lag,
+            delay,
             reads,
         ]);
     }
@@ -114,11 +123,14 @@ pub fn render(s: &Value) -> String {
         out += &line(row);
     }
     out += &rule;
-    for port in ["primary", "replicas"] {
-        let c = &s["clients"][port];
+    for l in s["listeners"].as_array().into_iter().flatten() {
+        let name = text(&l["name"]);
+        let c = &s["clients"][name.as_str()];
         out += &format!(
-            "{port:<8} {}: clients held {}, active {}, idle {}{}\n",
-            text(&s["listen"][port]),
+            "{name:<8} {} ({}, {}): clients held {}, active {}, idle {}{}",
+            text(&l["addr"]),
+            text(&l["role"]),
+            text(&l["balance"]),
             text(&c["held"]),
             text(&c["active"]),
             text(&c["idle"]),
@@ -128,6 +140,17 @@ pub fn render(s: &Value) -> String {
                 ""
             },
         );
+        let serving: Vec<String> = l["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["serving"] == Value::Bool(true))
+            .map(|m| format!("{} ({} sessions)", text(&m["name"]), text(&m["sessions"])))
+            .collect();
+        if l["role"] != "primary" {
+            out += &format!("; serving: {}", serving.join(", "));
+        }
+        out += "\n";
     }
     out
 }
@@ -143,9 +166,16 @@ mod tests {
             "cluster": "demo", "leader": "pg0", "writable_leader": "pg0", "dcs": {"connected": true},
             "members": [
                 {"name": "pg0", "addr": "127.0.0.1:15410", "role": "leader", "state": "running", "timeline": 1, "lag_bytes": 0, "eligible_for_reads": false, "why_not": "holds the leader key"},
-                {"name": "pg1", "addr": "127.0.0.1:15411", "role": "replica", "state": "running", "timeline": 1, "lag_bytes": 0, "eligible_for_reads": true, "why_not": null}
+                {"name": "pg1", "addr": "127.0.0.1:15411", "role": "replica", "state": "running", "timeline": 1, "lag_bytes": 0, "replay_delay_seconds": 0.0, "eligible_for_reads": true, "why_not": null},
+                {"name": "pg2", "addr": "127.0.0.1:15412", "role": "replica", "state": "running", "timeline": 1, "lag_bytes": 3145728, "replay_delay_seconds": 7.25, "replay_paused": true, "eligible_for_reads": false, "why_not": "replay delay 7.2s (max_replica_delay 2.0s), replay paused", "out_for_seconds": 4.2}
             ],
-            "listen": {"primary": "127.0.0.1:5000", "replicas": "127.0.0.1:5001"},
+            "listeners": [
+                {"name": "primary", "addr": "127.0.0.1:5000", "role": "primary", "balance": "roundrobin", "members": []},
+                {"name": "replicas", "addr": "127.0.0.1:5001", "role": "replica", "balance": "leastconn", "members": [
+                    {"name": "pg1", "serving": true, "sessions": 3},
+                    {"name": "pg2", "serving": false, "sessions": 0}
+                ]}
+            ],
             "clients": {"primary": {"held": 0, "active": 2, "idle": 5, "paused": false}, "replicas": {"held": 0, "active": 0, "idle": 1, "paused": true}}
         });
         let text = render(&status);
@@ -153,10 +183,15 @@ mod tests {
             text.starts_with("Cluster: demo (leader: pg0, writes to: pg0, etcd connected: true)\n"),
             "{text}"
         );
-        assert!(text.contains("| pg0    | 127.0.0.1:15410 | leader  | running | 1  | 0           | no: holds the leader key |"), "{text}");
-        assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0           | yes                      |"), "{text}");
+        assert!(text.contains("| pg0    | 127.0.0.1:15410 | leader  | running | 1  | 0 B           | -     | no: holds the leader key "), "{text}");
+        assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0 B           | 0.0s  | yes "), "{text}");
+        assert!(text.contains("| pg2    | 127.0.0.1:15412 | replica | running | 1  | 3.0 MB paused | 7.2s  | no for 4s: replay delay 7.2s (max_replica_delay 2.0s), replay paused |"), "{text}");
         assert!(
-            text.contains("primary  127.0.0.1:5000: clients held 0, active 2, idle 5\n"),
+            text.contains("primary  127.0.0.1:5000 (primary, roundrobin): clients held 0, active 2, idle 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("replicas 127.0.0.1:5001 (replica, leastconn): clients held 0, active 0, idle 1 (paused); serving: pg1 (3 sessions)\n"),
             "{text}"
         );
         assert!(text.contains("idle 1 (paused)"), "{text}");

@@ -1,7 +1,9 @@
 //! The cluster as pgrouter sees it: who holds the leader key, the members, and who may serve reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+use crate::reads::standing::ReadSets;
 
 /// A snapshot of one Patroni cluster, rebuilt from etcd on every change and shared read-only.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,6 +29,11 @@ pub struct Topology {
     /// While etcd is lost: the last leader, taken out because its Patroni stopped confirming
     /// that it is the primary. For messages only.
     pub unconfirmed_leader: Option<String>,
+    /// The members Patroni's `sync` key names synchronous standbys of the current leader,
+    /// while the cluster's config has `synchronous_mode` on.
+    pub sync_standbys: BTreeSet<String>,
+    /// Which members serve each listener now (`crate::reads`); empty until first judged.
+    pub reads: ReadSets,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +54,8 @@ pub struct Member {
     /// Replay position where Patroni reports it (4.x `replay_lsn`), else `xlog_location`.
     pub wal_position: Option<u64>,
     pub noloadbalance: bool,
+    /// Patroni tags as text, the way its `?tag_key=value` compares them.
+    pub tags: BTreeMap<String, String>,
     pub timeline: Option<u64>,
     /// Patroni REST API, e.g. "http://127.0.0.1:8008/patroni".
     pub api_url: Option<String>,
@@ -81,15 +90,19 @@ impl Role {
     }
 }
 
-/// Why a member cannot serve reads; shown in logs when it leaves or joins the set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a member does not serve a listener's reads; shown in logs, status and errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     IsLeader,
     NotReplica,
     NotRunning,
     NoLoadBalance,
-    UnknownLag,
-    Lagging(u64),
+    /// The listener's tag filter: which tag does not match.
+    Tag(String),
+    NotSynchronous,
+    Synchronous,
+    /// Over the listener's lag bounds (or of unknown lag) long enough: the measurement.
+    Lag(String),
 }
 
 impl fmt::Display for Ineligible {
@@ -99,8 +112,10 @@ impl fmt::Display for Ineligible {
             Ineligible::NotReplica => f.write_str("role is not replica"),
             Ineligible::NotRunning => f.write_str("not running or streaming"),
             Ineligible::NoLoadBalance => f.write_str("tagged noloadbalance"),
-            Ineligible::UnknownLag => f.write_str("lag unknown"),
-            Ineligible::Lagging(bytes) => write!(f, "lagging {bytes} bytes"),
+            Ineligible::Tag(why) => f.write_str(why),
+            Ineligible::NotSynchronous => f.write_str("not a synchronous standby"),
+            Ineligible::Synchronous => f.write_str("a synchronous standby"),
+            Ineligible::Lag(why) => f.write_str(why),
         }
     }
 }
@@ -158,42 +173,6 @@ impl Topology {
             .max(self.leader_optime)?;
         Some(leader_pos.saturating_sub(member.wal_position?))
     }
-
-    pub fn replica_eligibility(&self, member: &Member, max_lag: u64) -> Result<(), Ineligible> {
-        if self.holds_leader_key(&member.name) {
-            return Err(Ineligible::IsLeader);
-        }
-        if member.role != Role::Replica {
-            return Err(Ineligible::NotReplica);
-        }
-        if !matches!(member.state.as_str(), "running" | "streaming") {
-            return Err(Ineligible::NotRunning);
-        }
-        if member.noloadbalance {
-            return Err(Ineligible::NoLoadBalance);
-        }
-        match self.lag(member) {
-            None => Err(Ineligible::UnknownLag),
-            Some(lag) if lag > max_lag => Err(Ineligible::Lagging(lag)),
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Members that may serve reads now, in name order.
-    pub fn eligible_replicas(&self, max_lag: u64) -> impl Iterator<Item = &Member> {
-        self.members
-            .values()
-            .filter(move |m| self.replica_eligibility(m, max_lag).is_ok())
-    }
-
-    /// The `turn`-th eligible replica, round-robin; None when none is eligible.
-    pub fn pick_replica(&self, max_lag: u64, turn: usize) -> Option<&Member> {
-        let count = self.eligible_replicas(max_lag).count();
-        if count == 0 {
-            return None;
-        }
-        self.eligible_replicas(max_lag).nth(turn % count)
-    }
 }
 
 impl Failover {
@@ -228,6 +207,7 @@ pub(crate) mod tests {
             state: state.to_owned(),
             wal_position: pos,
             noloadbalance: false,
+            tags: BTreeMap::new(),
             timeline: Some(1),
             api_url: Some("http://127.0.0.1:8008/patroni".into()),
         }
@@ -247,10 +227,6 @@ pub(crate) mod tests {
         t
     }
 
-    fn names<'a>(it: impl Iterator<Item = &'a Member>) -> Vec<&'a str> {
-        it.map(|m| m.name.as_str()).collect()
-    }
-
     #[test]
     fn lag_is_leader_position_minus_replica_position() {
         let mut t = cluster();
@@ -268,39 +244,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn eligibility_rules() {
-        let mut t = cluster();
-        assert_eq!(names(t.eligible_replicas(16 << 20)), ["pg1", "pg2"]);
-        assert_eq!(names(t.eligible_replicas(5_000)), ["pg1"]);
-        let pg2 = t.members["pg2"].clone();
-        assert_eq!(
-            t.replica_eligibility(&pg2, 5_000),
-            Err(Ineligible::Lagging(10_000))
-        );
-
-        t.members.get_mut("pg1").unwrap().noloadbalance = true;
-        let pg1 = t.members["pg1"].clone();
-        assert_eq!(
-            t.replica_eligibility(&pg1, 1 << 20),
-            Err(Ineligible::NoLoadBalance)
-        );
-
-        t.members.get_mut("pg2").unwrap().state = "starting".into();
-        let pg2 = t.members["pg2"].clone();
-        assert_eq!(
-            t.replica_eligibility(&pg2, 1 << 20),
-            Err(Ineligible::NotRunning)
-        );
-
-        let pg0 = t.members["pg0"].clone();
-        assert_eq!(
-            t.replica_eligibility(&pg0, 1 << 20),
-            Err(Ineligible::IsLeader)
-        );
-        assert_eq!(t.eligible_replicas(1 << 20).count(), 0);
-    }
-
-    #[test]
     fn a_replica_still_holding_the_key_is_not_a_reader() {
         // Just promoted: the member key may still say replica while it holds the leader key.
         let mut t = cluster();
@@ -309,7 +252,7 @@ pub(crate) mod tests {
             t.writable_leader().is_none(),
             "pg1 has not finished promotion"
         );
-        assert_eq!(names(t.eligible_replicas(1 << 20)), ["pg2"]);
+        assert!(t.holds_leader_key("pg1") && !t.holds_leader_key("pg0"));
     }
 
     #[test]
@@ -338,19 +281,6 @@ pub(crate) mod tests {
         t.confirmed_primary = leader.clone();
         assert_eq!(t.writable_leader().map(|m| &m.name), leader.as_ref());
         assert!(t.promoting_leader().is_none());
-    }
-
-    #[test]
-    fn round_robin_alternates_over_eligible_replicas() {
-        let t = cluster();
-        let picks: Vec<_> = (0..4)
-            .map(|turn| t.pick_replica(1 << 20, turn).unwrap().name.as_str())
-            .collect();
-        assert_eq!(picks, ["pg1", "pg2", "pg1", "pg2"]);
-        assert!(t.pick_replica(0, 0).is_some_and(|m| m.name == "pg1"));
-        let mut none = cluster();
-        none.members.retain(|n, _| n == "pg0");
-        assert!(none.pick_replica(1 << 20, 0).is_none());
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn relay_to(server: String) -> String {
         state: "running".into(),
         wal_position: Some(0),
         noloadbalance: false,
+        tags: Default::default(),
         timeline: Some(1),
         api_url: None,
     };
@@ -70,21 +71,18 @@ async fn relay_to(server: String) -> String {
         let _keep_topology = tx;
         while let Ok((client, _)) = listener.accept().await {
             let shared = shared.clone();
-            let route = Route {
-                member: member.clone(),
-                target: Target::Leader,
-            };
+            let route = Route::new(member.clone(), Target::Leader, Port::PRIMARY);
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
                 let server = TcpStream::connect(&route.member.addr).await.unwrap();
                 let _ = server.set_nodelay(true);
                 let (mut client, mut server) = (Stream::Plain(client), Stream::Plain(server));
                 let mut state = StateGauge::new(&shared.metrics, "primary");
-                let follow = Follow::new(&shared, Port::Primary, &route.member.addr);
+                let follow = Follow::new(&shared, Port::PRIMARY, &route.member.addr);
                 Relay {
                     shared: &shared,
                     route: &route,
-                    port: Port::Primary,
+                    port: Port::PRIMARY,
                 }
                 .run(&mut client, &mut server, follow, &mut state)
                 .await;

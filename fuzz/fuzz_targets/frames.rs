@@ -259,13 +259,13 @@ fn check_relay(client: &[u8], server: &[u8], schedule: &mut Schedule) {
     let counter = shared
         .metrics
         .transactions
-        .with_label_values(&[Port::Primary.label()]);
+        .with_label_values(&[Port::PRIMARY.label()]);
     let before = counter.get();
     let flags = schedule.next_u64();
     // Client messages longer than PostgreSQL accepts are refused as soon as their header is in.
     let mut up = Direction::new(client, MAX_CLIENT_MESSAGE, flags & 1 == 1, schedule);
     let mut down = Direction::new(server, u32::MAX, flags & 2 == 2, schedule);
-    let mut follow = Follow::new(shared, Port::Primary, MEMBER);
+    let mut follow = Follow::new(shared, Port::PRIMARY, MEMBER);
     let mut model = Model {
         awaiting: 1,
         ..Model::default()

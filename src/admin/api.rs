@@ -30,11 +30,11 @@ pub fn health(admin: &Admin) -> (StatusCode, Value) {
 /// front of several routers), 503 with the reason otherwise.
 pub fn can_route(admin: &Admin, port: Port) -> (StatusCode, Value) {
     let topology = admin.shared.topology.borrow().clone();
-    let routing = admin.shared.config().routing.clone();
+    let config = admin.shared.config();
     let verdict = if admin.shared.is_paused(port) {
         Err("paused".to_owned())
     } else {
-        admin.shared.router.available(&routing, &topology, port)
+        admin.shared.router.available(&config, &topology, port)
     };
     match verdict {
         Ok(member) => (
@@ -48,38 +48,97 @@ pub fn can_route(admin: &Admin, port: Port) -> (StatusCode, Value) {
     }
 }
 
-/// The topology as this router sees it, its listeners and its clients.
+/// The topology as this router sees it: members with their lag, each listener's read set
+/// (who serves, who does not and why, since when), and the clients.
 pub fn status(admin: &Admin) -> (StatusCode, Value) {
-    let topology = admin.shared.topology.borrow().clone();
-    let config = admin.shared.config();
-    let max_lag = config.routing.max_replica_lag.0;
-    let metrics = &admin.shared.metrics;
+    let shared = &admin.shared;
+    let topology = shared.topology.borrow().clone();
+    let config = shared.config();
+    let lags = shared
+        .lags
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let metrics = &shared.metrics;
+    let now = tokio::time::Instant::now();
+    let seconds = |since| now.duration_since(since).as_secs_f64();
     let members: Vec<Value> = topology
         .members
         .values()
         .map(|m| {
-            let eligibility = topology.replica_eligibility(m, max_lag);
+            let lag = lags.get(&m.name);
+            let leader = topology.holds_leader_key(&m.name);
+            let reads = topology.reads.get(Port::REPLICAS.index(), &m.name);
             json!({
                 "name": m.name,
                 "addr": m.addr,
-                "role": if topology.holds_leader_key(&m.name) { "leader" } else { m.role.as_str() },
+                "role": if leader { "leader" } else { m.role.as_str() },
                 "state": m.state,
                 "timeline": m.timeline,
-                "lag_bytes": topology.lag(m),
-                "eligible_for_reads": eligibility.is_ok(),
-                "why_not": eligibility.err().map(|why| why.to_string()),
+                "tags": m.tags,
+                "sync_standby": topology.sync_standbys.contains(&m.name),
+                "lag_bytes": match lag {
+                    Some(s) => s.bytes,
+                    None if leader => Some(0),
+                    None => topology.lag(m),
+                },
+                "replay_delay_seconds": lag.and_then(|s| s.delay).map(|d| d.as_secs_f64()),
+                "lag_source": lag.map(|s| s.source.label()),
+                "replay_paused": lag.and_then(|s| s.paused),
+                "eligible_for_reads": reads.is_some_and(|s| s.serving),
+                "why_not": reads.and_then(|s| s.why.as_ref()).map(ToString::to_string),
+                "out_for_seconds": reads.filter(|s| !s.serving).map(|s| seconds(s.since)),
             })
         })
         .collect();
-    let clients = |port: Port| {
-        let count = |state| {
-            metrics
-                .client_connections
-                .with_label_values(&[port.label(), state])
-                .get()
-        };
-        json!({"held": count("held"), "active": count("active"), "idle": count("idle"), "paused": admin.shared.is_paused(port)})
-    };
+    let listeners: Vec<Value> = shared
+        .ports()
+        .iter()
+        .zip(config.client_listeners())
+        .map(|(port, (_, addr))| {
+            let rules = config.rules(port.index());
+            let members: Vec<Value> = topology
+                .reads
+                .port(port.index())
+                .map(|(name, s)| {
+                    let tags = topology.members.get(name).map(|m| &m.tags);
+                    json!({
+                        "name": name,
+                        "serving": s.serving,
+                        "as_leader": s.as_leader,
+                        "since_seconds": seconds(s.since),
+                        "why": s.why.as_ref().map(ToString::to_string),
+                        "sessions": shared.router.sessions(*port, name),
+                        "weight": tags.map(|t| config.weight(name, t)),
+                    })
+                })
+                .collect();
+            json!({
+                "name": port.label(),
+                "addr": addr,
+                "role": rules.role.label(),
+                "balance": rules.balance.label(),
+                "pool_mode": rules.pool_mode.label(),
+                "max_replica_lag_bytes": rules.max_lag,
+                "max_replica_delay_seconds": rules.max_delay.as_secs_f64(),
+                "members": members,
+            })
+        })
+        .collect();
+    let clients: serde_json::Map<String, Value> = shared
+        .ports()
+        .iter()
+        .map(|port| {
+            let count = |state| {
+                metrics
+                    .client_connections
+                    .with_label_values(&[port.label(), state])
+                    .get()
+            };
+            let v = json!({"held": count("held"), "active": count("active"), "idle": count("idle"), "paused": shared.is_paused(*port)});
+            (port.label().to_owned(), v)
+        })
+        .collect();
     let body = json!({
         "cluster": topology.scope,
         "dcs": {"connected": metrics.dcs_connected.get() == 1, "synced": topology.synced},
@@ -87,35 +146,48 @@ pub fn status(admin: &Admin) -> (StatusCode, Value) {
         "writable_leader": topology.writable_leader().map(|m| m.name.clone()),
         "switchover_pending": topology.failover.as_ref().map(|f| json!({"from": f.from, "to": f.to, "scheduled_at": f.scheduled_at})),
         "members": members,
+        "listeners": listeners,
         "listen": {"primary": config.listen.primary, "replicas": config.listen.replicas, "admin": config.listen.admin},
-        "clients": {"primary": clients(Port::Primary), "replicas": clients(Port::Replicas)},
+        "clients": clients,
         "sessions": admin.session_count(),
     });
     (StatusCode::OK, body)
 }
 
-/// `?port=primary`, `?port=replicas`, or both when absent.
-fn ports(query: Option<&str>) -> Result<Vec<Port>, (StatusCode, Value)> {
+/// `?port=<listener>`, or every listener when absent.
+fn ports(admin: &Admin, query: Option<&str>) -> Result<Vec<Port>, (StatusCode, Value)> {
+    let all = admin.shared.ports();
     match query {
-        None => Ok(Port::ALL.to_vec()),
-        Some(name) => Port::ALL
-            .into_iter()
+        None => Ok(all.to_vec()),
+        Some(name) => all
+            .iter()
             .find(|p| p.label() == name)
-            .map(|p| vec![p])
+            .map(|p| vec![*p])
             .ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|p| p.label()).collect();
                 (
                     StatusCode::BAD_REQUEST,
-                    json!({"error": format!("unknown port {name:?}: use primary or replicas")}),
+                    json!({"error": format!("unknown port {name:?}: use one of {names:?}")}),
                 )
             }),
     }
+}
+
+/// The listener named `name`, for `GET /listener/<name>`.
+pub fn port_named(admin: &Admin, name: &str) -> Option<Port> {
+    admin
+        .shared
+        .ports()
+        .iter()
+        .copied()
+        .find(|p| p.label() == name)
 }
 
 /// Holds new clients and new transactions on the ports, then waits (up to drain_timeout) for
 /// the transactions in flight to finish, as pgbouncer's PAUSE does (`pause.rs`). 200 once none
 /// is active; 504 if some still are (the ports stay paused either way).
 pub async fn pause(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
-    let ports = match ports(query) {
+    let ports = match ports(admin, query) {
         Ok(p) => p,
         Err(e) => return e,
     };
@@ -130,7 +202,7 @@ pub async fn pause(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
 }
 
 pub fn resume(admin: &Admin, query: Option<&str>) -> (StatusCode, Value) {
-    let ports = match ports(query) {
+    let ports = match ports(admin, query) {
         Ok(p) => p,
         Err(e) => return e,
     };

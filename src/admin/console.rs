@@ -14,7 +14,6 @@ use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::limits::MAX_WHOLE_MESSAGE;
 use crate::protocol::reader::MessageReader;
 use crate::protocol::wire;
-use crate::route::Port;
 use crate::shared::Shared;
 
 pub const DATABASE: &str = "pgrouter";
@@ -147,7 +146,7 @@ async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) -> Result<(), P
         }
         Command::Pause => pause_all(shared, out).await?,
         Command::Resume => {
-            pause::resume(shared, &Port::ALL);
+            pause::resume(shared, shared.ports());
             command_complete(out, "RESUME");
         }
         Command::Reload => {
@@ -169,7 +168,7 @@ async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) -> Result<(), P
 /// pause, and the ports stay paused until RESUME.
 async fn pause_all(shared: &Shared, out: &mut BytesMut) -> Result<(), PgError> {
     // `proxy::session` counts this session active on its port while it is open: not waited for.
-    let paused = pause::pause(shared, &Port::ALL).await;
+    let paused = pause::pause(shared, shared.ports()).await;
     if paused.active > 0 {
         let n = paused.active;
         return Err(PgError::error(
@@ -193,6 +192,7 @@ mod tests {
     use super::*;
     use crate::admin::pause::tests::{active_client, shared};
     use crate::metrics::ClientState;
+    use crate::route::Port;
 
     #[test]
     fn commands() {
@@ -205,7 +205,7 @@ mod tests {
     #[tokio::test]
     async fn pause_answers_once_the_transactions_in_flight_have_finished() {
         let shared = shared("10s");
-        let mut client = active_client(&shared, Port::Replicas);
+        let mut client = active_client(&shared, Port::REPLICAS);
         let finishes = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             client.set(ClientState::Idle);
@@ -219,15 +219,15 @@ mod tests {
         );
         let done = wire::take_message(&mut out).unwrap().unwrap();
         assert_eq!(&done[..], b"C\0\0\0\x0aPAUSE\0");
-        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
+        assert!(shared.is_paused(Port::PRIMARY) && shared.is_paused(Port::REPLICAS));
         execute(&shared, "RESUME", &mut out).await.unwrap();
-        assert!(!shared.is_paused(Port::Primary) && !shared.is_paused(Port::Replicas));
+        assert!(!shared.is_paused(Port::PRIMARY) && !shared.is_paused(Port::REPLICAS));
     }
 
     #[tokio::test]
     async fn pause_still_busy_at_drain_timeout_is_an_error_and_the_ports_stay_paused() {
         let shared = shared("300ms");
-        let _busy = active_client(&shared, Port::Primary);
+        let _busy = active_client(&shared, Port::PRIMARY);
         let mut out = BytesMut::new();
         let e = execute(&shared, "pause;", &mut out).await.unwrap_err();
         assert_eq!((e.code, e.fatal), (sqlstate::QUERY_CANCELED, false));
@@ -240,6 +240,6 @@ mod tests {
             e.message
         );
         assert!(out.is_empty());
-        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
+        assert!(shared.is_paused(Port::PRIMARY) && shared.is_paused(Port::REPLICAS));
     }
 }

@@ -63,8 +63,8 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infa
             r
         }
         (&Method::GET, "/health") => reply(api::health(&admin)),
-        (&Method::GET, "/primary") => reply(api::can_route(&admin, crate::route::Port::Primary)),
-        (&Method::GET, "/replica") => reply(api::can_route(&admin, crate::route::Port::Replicas)),
+        (&Method::GET, "/primary") => reply(api::can_route(&admin, crate::route::Port::PRIMARY)),
+        (&Method::GET, "/replica") => reply(api::can_route(&admin, crate::route::Port::REPLICAS)),
         (&Method::GET, "/status") => reply(api::status(&admin)),
         (&Method::POST, "/pause") => reply(api::pause(&admin, port).await),
         (&Method::POST, "/resume") => reply(api::resume(&admin, port)),
@@ -77,6 +77,13 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infa
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":"method not allowed"}"#.into(),
         ),
+        (&Method::GET, path) => match path
+            .strip_prefix("/listener/")
+            .and_then(|name| api::port_named(&admin, name))
+        {
+            Some(port) => reply(api::can_route(&admin, port)),
+            None => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+        },
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     };
     Ok(reply)

@@ -109,22 +109,22 @@ pub(crate) mod tests {
         let shared = shared("10s");
         let mut idle = StateGauge::new(&shared.metrics, "primary");
         idle.set(ClientState::Idle);
-        let paused = pause(&shared, &Port::ALL).await;
+        let paused = pause(&shared, &[Port::PRIMARY, Port::REPLICAS]).await;
         assert_eq!(paused.active, 0);
         assert!(paused.waited < Duration::from_secs(1), "{paused:?}");
-        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
+        assert!(shared.is_paused(Port::PRIMARY) && shared.is_paused(Port::REPLICAS));
     }
 
     #[tokio::test]
     async fn pause_waits_for_the_transaction_in_flight() {
         let shared = shared("10s");
-        let mut client = active_client(&shared, Port::Primary);
+        let mut client = active_client(&shared, Port::PRIMARY);
         let finishes = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             client.set(ClientState::Idle);
             client
         });
-        let paused = pause(&shared, &[Port::Primary]).await;
+        let paused = pause(&shared, &[Port::PRIMARY]).await;
         assert_eq!(paused.active, 0);
         assert!(paused.waited >= Duration::from_millis(300), "{paused:?}");
         assert!(paused.waited < Duration::from_secs(10), "{paused:?}");
@@ -135,24 +135,24 @@ pub(crate) mod tests {
     async fn still_busy_at_drain_timeout_pause_says_so_and_the_ports_stay_paused() {
         let shared = shared("300ms");
         let _busy = [
-            active_client(&shared, Port::Primary),
-            active_client(&shared, Port::Replicas),
+            active_client(&shared, Port::PRIMARY),
+            active_client(&shared, Port::REPLICAS),
         ];
-        let paused = pause(&shared, &Port::ALL).await;
+        let paused = pause(&shared, &[Port::PRIMARY, Port::REPLICAS]).await;
         assert_eq!(paused.active, 2);
         assert!(paused.waited >= Duration::from_millis(300), "{paused:?}");
-        assert!(shared.is_paused(Port::Primary) && shared.is_paused(Port::Replicas));
-        resume(&shared, &Port::ALL);
-        assert!(!shared.is_paused(Port::Primary) && !shared.is_paused(Port::Replicas));
+        assert!(shared.is_paused(Port::PRIMARY) && shared.is_paused(Port::REPLICAS));
+        resume(&shared, &[Port::PRIMARY, Port::REPLICAS]);
+        assert!(!shared.is_paused(Port::PRIMARY) && !shared.is_paused(Port::REPLICAS));
     }
 
     #[tokio::test]
     async fn pause_waits_only_for_the_ports_it_pauses() {
         let shared = shared("10s");
-        let _busy = active_client(&shared, Port::Replicas);
-        let paused = pause(&shared, &[Port::Primary]).await;
+        let _busy = active_client(&shared, Port::REPLICAS);
+        let paused = pause(&shared, &[Port::PRIMARY]).await;
         assert_eq!((paused.active, paused.labels()), (0, vec!["primary"]));
         assert!(paused.waited < Duration::from_secs(1), "{paused:?}");
-        assert!(!shared.is_paused(Port::Replicas));
+        assert!(!shared.is_paused(Port::REPLICAS));
     }
 }

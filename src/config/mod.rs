@@ -10,10 +10,13 @@ use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
 
+mod listeners;
 mod load;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use listeners::{Balance, ListenerConfig, Rules, Selector, TagValue, MAX_LISTENERS};
 
 /// A configuration error names the key and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,10 @@ pub struct Config {
     pub tcp: TcpConfig,
     #[serde(default)]
     pub peers: PeersConfig,
+    /// Extra client listeners by name, each serving the members a Patroni health endpoint
+    /// would select.
+    #[serde(default)]
+    pub listeners: std::collections::BTreeMap<String, ListenerConfig>,
 }
 
 /// Routers that forward each other's cancel requests for pooled clients, so a cancel works
@@ -332,8 +339,27 @@ pub enum ReplicaFallback {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
+    /// Bytes a replica's replay may be behind the leader's WAL position, both read from
+    /// their Patroni REST APIs in the same check.
     pub max_replica_lag: ByteSize,
+    /// How long ago the leader was at a WAL position the replica has not replayed yet, by
+    /// pgrouter's own clock; 0 turns the bound off. An idle primary adds no delay: a replica
+    /// that replayed everything the leader wrote is 0 behind however old its last commit.
+    pub max_replica_delay: HumanDuration,
+    /// How often each member's Patroni REST API is asked for its WAL positions.
+    pub lag_check_interval: HumanDuration,
+    /// A replica serving reads leaves a listener's set only after being over its lag bounds
+    /// (or of unknown lag) this long.
+    pub lag_out_after: HumanDuration,
+    /// A replica out for lag comes back after being within the bounds this long.
+    pub lag_in_after: HumanDuration,
     pub replica_fallback: ReplicaFallback,
+    /// How new read clients are spread over the members serving a listener.
+    pub balance: Balance,
+    /// A Patroni tag holding a member's weight (a whole number; 0 takes no new clients).
+    pub weight_tag: Option<String>,
+    /// Weights by member name, ahead of the tag; 1 when neither gives one.
+    pub weights: std::collections::BTreeMap<String, u32>,
     pub hold_timeout: HumanDuration,
     pub drain_timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
@@ -362,7 +388,14 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
             max_replica_lag: ByteSize(16 * 1024 * 1024),
+            max_replica_delay: HumanDuration(Duration::ZERO),
+            lag_check_interval: HumanDuration(Duration::from_secs(1)),
+            lag_out_after: HumanDuration(Duration::from_secs(5)),
+            lag_in_after: HumanDuration(Duration::from_secs(5)),
             replica_fallback: ReplicaFallback::Primary,
+            balance: Balance::Roundrobin,
+            weight_tag: None,
+            weights: Default::default(),
             hold_timeout: HumanDuration(Duration::from_secs(10)),
             drain_timeout: HumanDuration(Duration::from_secs(30)),
             connect_timeout: HumanDuration(Duration::from_secs(3)),
@@ -371,15 +404,6 @@ impl Default for RoutingConfig {
 }
 
 impl Config {
-    /// The pool mode of a listener.
-    pub fn pool_mode(&self, primary: bool) -> PoolMode {
-        if primary {
-            self.listen.primary_pool_mode
-        } else {
-            self.listen.replicas_pool_mode
-        }
-    }
-
     /// The etcd key prefix Patroni writes this cluster under, e.g. "/service/demo/".
     pub fn key_prefix(&self) -> String {
         format!(

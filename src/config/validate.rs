@@ -9,6 +9,7 @@ impl Config {
     pub fn validate(self) -> Result<Config, ConfigError> {
         self.validate_cluster()?;
         self.validate_listen()?;
+        self.validate_listeners()?;
         self.validate_pooling()?;
         self.validate_peers()?;
         self.validate_tls()?;

@@ -149,6 +149,7 @@ mod tests {
             state: "running".into(),
             wal_position: Some(pos),
             noloadbalance: false,
+            tags: Default::default(),
             timeline: Some(1),
             api_url,
         }
@@ -160,6 +161,7 @@ mod tests {
             role,
             state: "running".into(),
             wal_position: Some(pos),
+            replay_paused: None,
         })
     }
 
@@ -180,7 +182,10 @@ mod tests {
     }
 
     fn readers(t: &Topology, max_lag: u64) -> Vec<&str> {
-        t.eligible_replicas(max_lag)
+        // Replicas within max_lag of the leader by the positions the view holds.
+        t.members
+            .values()
+            .filter(|m| m.role == Role::Replica && t.lag(m).is_some_and(|l| l <= max_lag))
             .map(|m| m.name.as_str())
             .collect()
     }

@@ -1,6 +1,6 @@
 //! Patroni's keys under `/<namespace>/<scope>/`, read into a `Topology` (Patroni 3.0.x to 4.x).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
@@ -17,7 +17,41 @@ pub fn topology_from_keys(scope: &str, keys: &BTreeMap<String, Vec<u8>>) -> Topo
             tracing::warn!(cluster = scope, key = %key, error = %e, "ignoring unreadable Patroni key");
         }
     }
+    topology.sync_standbys = sync_standbys(keys, topology.leader.as_deref());
     topology
+}
+
+/// The synchronous standbys the `sync` key names for `leader`, while the `config` key has
+/// `synchronous_mode` on (Patroni's own `/synchronous` check: `is_synchronous_mode()` and
+/// `sync.matches(name)`). A key written for another leader names nobody.
+fn sync_standbys(keys: &BTreeMap<String, Vec<u8>>, leader: Option<&str>) -> BTreeSet<String> {
+    #[derive(Deserialize)]
+    struct Sync {
+        leader: Option<String>,
+        sync_standby: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct DcsConfig {
+        synchronous_mode: Option<serde_json::Value>,
+    }
+    let mode_on = keys
+        .get("config")
+        .and_then(|v| json::<DcsConfig>(v).ok())
+        .and_then(|c| c.synchronous_mode)
+        .is_some_and(|m| truthy(&m) || m == "quorum");
+    let sync = keys.get("sync").and_then(|v| json::<Sync>(v).ok());
+    match sync {
+        Some(Sync {
+            leader: Some(of),
+            sync_standby: Some(names),
+        }) if mode_on && Some(of.as_str()) == leader => names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => BTreeSet::new(),
+    }
 }
 
 fn apply_key(t: &mut Topology, key: &str, value: &[u8]) -> Result<(), String> {
@@ -92,6 +126,11 @@ pub fn parse_member(name: &str, value: &[u8]) -> Result<Member, String> {
         state: m.state,
         wal_position: m.replay_lsn.or(m.xlog_location).or(m.receive_lsn),
         noloadbalance: m.tags.get("noloadbalance").is_some_and(truthy),
+        tags: m
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), tag_text(v)))
+            .collect(),
         timeline: m.timeline,
         api_url: m.api_url,
     })
@@ -114,6 +153,15 @@ fn parse_failover(value: &[u8]) -> Result<Option<Failover>, String> {
         to,
         scheduled_at: f.scheduled_at,
     }))
+}
+
+/// A tag's value as Patroni's `?tag_key=value` compares it: strings as they are, anything
+/// else as lower-case text.
+fn tag_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string().to_lowercase(),
+    }
 }
 
 /// Patroni tags are YAML values: `true`, "true", "on", "yes" and 1 all mean yes.
@@ -202,6 +250,8 @@ mod tests {
         assert_eq!(replica.state, "streaming");
         assert_eq!(replica.wal_position, Some(67_000_000));
         assert!(replica.noloadbalance, "string \"true\" tag");
+        assert_eq!(replica.tags["clonefrom"], "true");
+        assert_eq!(replica.tags["noloadbalance"], "true");
         assert_eq!(replica.timeline, Some(3));
         let primary = parse_member("pg0", PATRONI_4_PRIMARY.as_bytes()).unwrap();
         assert_eq!(primary.role, Role::Primary);
@@ -229,6 +279,34 @@ mod tests {
         assert_eq!(t.leader_optime, Some(67_200_000));
         assert_eq!(t.lag(&t.members["pg1"]), Some(100_000));
         assert_eq!(t.writable_leader().unwrap().name, "pg0");
+    }
+
+    #[test]
+    fn sync_standbys_under_synchronous_mode() {
+        let base = [
+            ("leader", "pg0"),
+            ("members/pg0", PATRONI_30_LEADER),
+            ("members/pg1", PATRONI_30_REPLICA),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            topology_from_keys("demo", &keys(&all)).sync_standbys
+        };
+        let on = ("config", r#"{"synchronous_mode":true}"#);
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            with(&[on, ("sync", r#"{"leader":"pg0","sync_standby":"pg1"}"#)]),
+            names(&["pg1"])
+        );
+        assert_eq!(
+            with(&[on, ("sync", r#"{"leader":"pg0","sync_standby":"pg1,pg2"}"#)]),
+            names(&["pg1", "pg2"])
+        );
+        // Written for another leader, or synchronous_mode off: nobody.
+        assert!(with(&[on, ("sync", r#"{"leader":"pg2","sync_standby":"pg1"}"#)]).is_empty());
+        assert!(with(&[("sync", r#"{"leader":"pg0","sync_standby":"pg1"}"#)]).is_empty());
+        assert!(with(&[on, ("sync", r#"{"leader":"pg0","sync_standby":null}"#)]).is_empty());
     }
 
     #[test]

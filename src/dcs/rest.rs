@@ -34,6 +34,8 @@ pub struct Report {
     pub state: String,
     /// The primary's current WAL position, a replica's replay position.
     pub wal_position: Option<u64>,
+    /// A replica's `pg_is_wal_replay_paused()`.
+    pub replay_paused: Option<bool>,
 }
 
 impl Report {
@@ -54,6 +56,7 @@ struct Status {
 struct Xlog {
     location: Option<u64>,
     replayed_location: Option<u64>,
+    paused: Option<bool>,
 }
 
 /// True when the member's REST API reports a running, writable PostgreSQL within `timeout`.
@@ -102,15 +105,17 @@ fn parse(response: &[u8]) -> Option<Report> {
     let at = response.windows(4).position(|w| w == b"\r\n\r\n")?;
     let status: Status = serde_json::from_slice(&response[at + 4..]).ok()?;
     let role = Role::from_patroni(status.role.as_deref()?);
-    let wal_position = status.xlog.and_then(|x| match role {
-        Role::Primary => x.location,
-        _ => x.replayed_location,
-    });
+    let (wal_position, replay_paused) = match (status.xlog, role) {
+        (None, _) => (None, None),
+        (Some(x), Role::Primary) => (x.location, None),
+        (Some(x), _) => (x.replayed_location, x.paused),
+    };
     Some(Report {
         ok,
         role,
         state: status.state?,
         wal_position,
+        replay_paused,
     })
 }
 
@@ -163,9 +168,11 @@ mod tests {
                 role: Role::Primary,
                 state: "running".into(),
                 wal_position: Some(67108960),
+                replay_paused: None,
             })
         );
         assert_eq!(parse(replica).and_then(|r| r.wal_position), Some(50331648));
+        assert_eq!(parse(replica).and_then(|r| r.replay_paused), Some(true));
         assert_eq!(parse(replica).map(|r| r.role), Some(Role::Replica));
         let answered = parse(no_primary).unwrap();
         assert!(!answered.ok && !answered.is_running_primary());

@@ -22,16 +22,12 @@ use crate::topology::Topology;
 
 /// Whether `key`'s member still has the role its pool serves under `topology`, as a session
 /// there would be told (`Router::check_member`): idle connections close when it has not.
-fn keeps_role(shared: &Shared, topology: &Topology, key: &PoolKey) -> bool {
+fn keeps_role(topology: &Topology, key: &PoolKey) -> bool {
     let target = match key.target {
         TargetKey::Leader => Target::Leader,
         TargetKey::Replica => Target::Replica,
     };
-    let routing = &shared.config().routing;
-    let verdict = shared
-        .router
-        .check_member(routing, topology, &key.member, target);
-    verdict == Verdict::Keep
+    crate::route::check_member(topology, &key.member, target, None) == Verdict::Keep
 }
 
 /// Pool upkeep: at once on every topology change (idle connections to a member that lost its
@@ -48,15 +44,13 @@ pub async fn maintain(shared: Arc<Shared>) {
         let config = shared.config();
         shared
             .pools
-            .maintain(&config.pool, |key| keeps_role(&shared, &current, key));
+            .maintain(&config.pool, |key| keeps_role(&current, key));
         shared.pools.export(&shared.metrics);
         if config.pool.min_pool_size == 0 {
             continue;
         }
         for pool in shared.pools.all() {
-            if !keeps_role(&shared, &current, &pool.key)
-                || pool.open_count() >= config.pool.min_pool_size
-            {
+            if !keeps_role(&current, &pool.key) || pool.open_count() >= config.pool.min_pool_size {
                 continue;
             }
             let Some(login) = shared.credentials.login_from_file(&pool.key.user) else {

@@ -55,7 +55,7 @@ fn a_fatal_error_ending_a_batch_is_found_only_when_whole_in_it() {
     let fatal = tagged(b'E', FATAL);
     let stream = [rows.clone(), fatal.clone()].concat();
     for cut in 0..stream.len() {
-        let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+        let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
         follow.server_bytes(&stream[..cut]).unwrap();
         assert_eq!(follow.server_fatal, None, "cut {cut}: not whole yet");
         follow.server_bytes(&stream[cut..]).unwrap();
@@ -68,7 +68,7 @@ fn a_fatal_error_ending_a_batch_is_found_only_when_whole_in_it() {
         }
     }
     // An ERROR, or a FATAL followed by more, is left alone.
-    let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
     let error = tagged(b'E', b"SERROR\0VERROR\0C42P01\0Mno such table\0\0");
     follow.server_bytes(&error).unwrap();
     assert_eq!(follow.server_fatal, None);
@@ -103,7 +103,7 @@ async fn a_fatal_split_across_reads_is_named_whole() {
     ];
     for (stream, want) in cases {
         for cut in 1..stream.len() {
-            let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+            let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
             let mut down = Pump::new(false);
             let mut client = Vec::new();
             for part in [&stream[..cut], &stream[cut..]] {
@@ -161,7 +161,7 @@ fn check_backend_keys(stream: &[u8], latest: &CancelKey, replaced: Option<&Cance
     const MEMBER: &str = "127.0.0.1:5432";
     let shared = shared();
     for cut in 0..=stream.len() {
-        let mut follow = Follow::new(&shared, Port::Primary, MEMBER);
+        let mut follow = Follow::new(&shared, Port::PRIMARY, MEMBER);
         follow.server_bytes(&stream[..cut]).unwrap();
         follow.server_bytes(&stream[cut..]).unwrap();
         assert_eq!(
@@ -271,7 +271,7 @@ impl tokio::io::AsyncWrite for Trickle {
 #[tokio::test]
 async fn a_batch_read_but_not_yet_written_leaves_the_client_at_a_boundary() {
     let shared = shared();
-    let mut follow = Follow::new(&shared, Port::Primary, "127.0.0.1:5432");
+    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
     let mut down = Pump::new(false);
     let mut client = Trickle(Vec::new());
     let reply = [tagged(b'C', b"INSERT 0 1\0"), tagged(b'Z', b"I")].concat();

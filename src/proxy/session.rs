@@ -98,7 +98,7 @@ pub async fn run(
     }
     let mut state = StateGauge::new(&shared.metrics, port.label());
     state.set(ClientState::Active);
-    let mode = shared.config().pool_mode(port == Port::Primary);
+    let mode = shared.config().rules(port.index()).pool_mode;
     // Boxed: a task's future is as large as its largest state, and an idle pooled client
     // should not carry the relay's or a TLS handshake's.
     if mode.pooled() && startup.database() == crate::admin::console::DATABASE {
@@ -255,7 +255,7 @@ async fn connect(
         .run(|current, config| {
             let transport = &transport;
             async move {
-                let route = match shared.router.pick(&config.routing, &current, port) {
+                let route = match shared.router.pick(&config, &current, port) {
                     Ok(route) => route,
                     Err(why) => return without_member(shared, &config, &current, port, &why),
                 };
@@ -386,7 +386,7 @@ mod tests {
         let session = size_of::<crate::pool::session::PooledSession>();
         let task = crate::pool::session::start(
             shared,
-            Port::Primary,
+            Port::PRIMARY,
             PoolMode::Transaction,
             Stream::Plain(tcp),
             startup,
@@ -397,7 +397,7 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let outer = run(shared2, Port::Primary, tcp, None, crate::shards::MAIN);
+        let outer = run(shared2, Port::PRIMARY, tcp, None, crate::shards::MAIN);
         let outer = std::mem::size_of_val(&outer);
         println!("PooledSession {session} bytes, task future {task} bytes, client task {outer}");
         assert!(task < 2048, "task future {task} bytes");

@@ -20,6 +20,7 @@ mod hostile;
 mod operations;
 mod parity;
 mod pooling;
+mod reads;
 mod restarts;
 mod routing;
 mod soak;
@@ -173,6 +174,18 @@ const TESTS: &[(&str, TestFn)] = &[
     }),
     ("partitioned_leader_loses_no_acknowledged_write", |lab| {
         Box::pin(failover::partitioned_leader(lab))
+    }),
+    ("reads_stay_put_while_the_leader_writes_hard", |lab| {
+        Box::pin(reads::reads_stay_put_while_the_leader_writes_hard(lab))
+    }),
+    ("paused_replay_leaves_the_read_set_and_returns", |lab| {
+        Box::pin(reads::paused_replay_leaves_the_read_set_and_returns(lab))
+    }),
+    ("synchronous_port_follows_the_sync_standby", |lab| {
+        Box::pin(reads::synchronous_port_follows_the_sync_standby(lab))
+    }),
+    ("tags_weights_and_least_connections_pick_members", |lab| {
+        Box::pin(reads::tags_weights_and_least_connections_pick_members(lab))
     }),
 ];
 

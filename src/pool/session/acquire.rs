@@ -38,12 +38,12 @@ impl PooledSession {
                 {
                     c
                 }
-                _ => match shared.router.pick(&config.routing, &topology, self.port) {
+                _ => match shared.router.pick(&config, &topology, self.port) {
                     Ok(route) => self.cache_route(route, topology, config.clone()),
                     Err(why) => {
                         let e = hold::no_member(&shared, &config, self.port, &why, true);
                         let error = transaction_error(e);
-                        if !shared.router.holds(&config.routing, &topology, self.port) {
+                        if !shared.router.holds(&config, &topology, self.port) {
                             return Err(Unserved::Refused(error));
                         }
                         hold.retry(error, false).await?;
