@@ -305,7 +305,7 @@ async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Sh
         // Sessions read the new topology themselves; this only wakes the idle ones.
         shared.signals.raise_all();
         let new = rx.borrow_and_update().clone();
-        shared.metrics.observe_topology(&old, &new);
+        shared.metrics.observe_topology(&old, &new, shared.ports());
         let changes = describe_changes(&old, &new);
         if !changes.is_empty() {
             tracing::info!(cluster = %new.scope, "topology: {}", changes.join("; "));

@@ -229,7 +229,7 @@ impl Metrics {
 
     /// Leader changes and the leader gauge from a new topology; members that left lose
     /// their series.
-    pub fn observe_topology(&self, old: &Topology, new: &Topology) {
+    pub fn observe_topology(&self, old: &Topology, new: &Topology, ports: &[Port]) {
         if old.leader != new.leader && new.leader.is_some() && old.synced {
             self.leader_changes.inc();
         }
@@ -244,6 +244,9 @@ impl Metrics {
             let _ = self
                 .member_replay_delay_seconds
                 .remove_label_values(&[name]);
+            for port in ports {
+                let _ = self.member_serving.remove_label_values(&[port.label(), name]);
+            }
         }
         for m in new.members.values() {
             let name = m.name.as_str();

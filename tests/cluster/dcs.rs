@@ -449,7 +449,7 @@ pub async fn etcd_unreachable_for_the_router(lab: &Lab) -> Result<()> {
 /// so reads leave it once it lags past max_replica_lag and return once it has caught up.
 pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> {
     let opts = RouterOptions {
-        routing: "max_replica_lag = \"1MB\"\n",
+        routing: "max_replica_lag = \"1MB\"\nlag_check_interval = \"250ms\"\nlag_out_after = \"1s\"\nlag_in_after = \"1s\"\n",
         run_as: Some(ROUTER_UID),
         ..RouterOptions::default()
     };
@@ -483,6 +483,8 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
         balanced,
     )
     .await?;
+    // Patroni resumes a paused replay at its next loop unless in maintenance mode.
+    crate::reads::maintenance_mode(lab, b, true).await?;
     let blackhole = cut_off_from_etcd(lab, &router).await?;
     let result = async {
         lab.psql(b_port, "select pg_wal_replay_pause()")?;
@@ -503,7 +505,7 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
         lagged?;
         let log = router.log_text();
         ensure!(
-            log.contains(&format!("replica {b} out (lagging")),
+            log.contains(&format!("replica {b} leaves replicas: replay ")),
             "no log line about {b} lagging:\n{}",
             router.log_tail(20)
         );
@@ -527,5 +529,6 @@ pub async fn etcd_unreachable_reads_follow_replica_lag(lab: &Lab) -> Result<()> 
     }
     .await;
     drop(blackhole);
-    result
+    let unpaused = crate::reads::maintenance_mode(lab, b, false).await;
+    result.and(unpaused)
 }
