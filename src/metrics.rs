@@ -245,7 +245,9 @@ impl Metrics {
                 .member_replay_delay_seconds
                 .remove_label_values(&[name]);
             for port in ports {
-                let _ = self.member_serving.remove_label_values(&[port.label(), name]);
+                let _ = self
+                    .member_serving
+                    .remove_label_values(&[port.label(), name]);
             }
         }
         for m in new.members.values() {

@@ -187,7 +187,9 @@ mod tests {
         assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0 B           | 0.0s  | yes "), "{text}");
         assert!(text.contains("| pg2    | 127.0.0.1:15412 | replica | running | 1  | 3.0 MB paused | 7.2s  | no for 4s: replay delay 7.2s (max_replica_delay 2.0s), replay paused |"), "{text}");
         assert!(
-            text.contains("primary  127.0.0.1:5000 (primary, roundrobin): clients held 0, active 2, idle 5\n"),
+            text.contains(
+                "primary  127.0.0.1:5000 (primary, roundrobin): clients held 0, active 2, idle 5\n"
+            ),
             "{text}"
         );
         assert!(

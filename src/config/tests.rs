@@ -214,14 +214,29 @@ fn extra_listeners_with_their_rules() {
     let sync = config.rules(2);
     assert_eq!((sync.name, sync.role), ("sync", Selector::Synchronous));
     assert_eq!(sync.max_lag, 1 << 20);
-    assert_eq!(sync.max_delay, Duration::from_secs(3), "routing's by default");
+    assert_eq!(
+        sync.max_delay,
+        Duration::from_secs(3),
+        "routing's by default"
+    );
     assert_eq!(sync.balance, Balance::Leastconn);
     assert_eq!(sync.fallback, ReplicaFallback::Primary);
     let zone = config.rules(3);
     assert_eq!(zone.balance, Balance::Roundrobin);
-    assert_eq!(zone.fallback, ReplicaFallback::Reject, "extra listeners refuse by default");
-    let tags: Vec<(&str, &str)> = zone.tags.iter().map(|(k, v)| (k.as_str(), v.0.as_str())).collect();
-    assert_eq!(tags, [("nofailover", "false"), ("prio", "2"), ("zone", "b")]);
+    assert_eq!(
+        zone.fallback,
+        ReplicaFallback::Reject,
+        "extra listeners refuse by default"
+    );
+    let tags: Vec<(&str, &str)> = zone
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect();
+    assert_eq!(
+        tags,
+        [("nofailover", "false"), ("prio", "2"), ("zone", "b")]
+    );
     assert_eq!(config.rules(1).role, Selector::Replica);
     assert_eq!(config.rules(0).role, Selector::Primary);
     let no_tags = Default::default();
@@ -235,23 +250,51 @@ fn extra_listeners_with_their_rules() {
 fn bad_listeners_are_refused_with_their_key() {
     let listener = |body: &str| err(&format!("{MINIMAL}[listeners.extra]\n{body}"));
     let e = listener("listen = \"127.0.0.1:5001\"\nrole = \"replica\"\n");
-    assert_eq!(e, "listeners.extra.listen: 127.0.0.1:5001 is already listen.replicas");
+    assert_eq!(
+        e,
+        "listeners.extra.listen: 127.0.0.1:5001 is already listen.replicas"
+    );
     let e = listener("listen = \"127.0.0.1:6000\"\nrole = \"standby\"\n");
-    assert!(e.starts_with("listeners.extra.role: unknown variant `standby`"), "{e}");
+    assert!(
+        e.starts_with("listeners.extra.role: unknown variant `standby`"),
+        "{e}"
+    );
     let e = listener("listen = \"127.0.0.1:6000\"\nrole = \"replica\"\nlag = \"1MB\"\n");
-    assert!(e.starts_with("listeners.extra.lag: unknown field `lag`"), "{e}");
+    assert!(
+        e.starts_with("listeners.extra.lag: unknown field `lag`"),
+        "{e}"
+    );
     let e = listener("listen = \"127.0.0.1:6000\"\nrole = \"primary\"\ntags = { zone = \"a\" }\n");
-    assert!(e.starts_with("listeners.extra.tags: a primary listener"), "{e}");
-    let e = listener("listen = \"127.0.0.1:6000\"\nrole = \"replica\"\npool_mode = \"transaction\"\n");
-    assert!(e.starts_with("listeners.extra.pool_mode: pooled modes authenticate"), "{e}");
-    let e = err(&format!("{MINIMAL}[listeners.replicas]\nlisten = \"127.0.0.1:6000\"\nrole = \"replica\"\n"));
-    assert_eq!(e, "listeners.replicas: \"replicas\" is the name of a built-in listener");
-    let e = err(&format!("{MINIMAL}[listeners.Big]\nlisten = \"127.0.0.1:6000\"\nrole = \"replica\"\n"));
+    assert!(
+        e.starts_with("listeners.extra.tags: a primary listener"),
+        "{e}"
+    );
+    let e =
+        listener("listen = \"127.0.0.1:6000\"\nrole = \"replica\"\npool_mode = \"transaction\"\n");
+    assert!(
+        e.starts_with("listeners.extra.pool_mode: pooled modes authenticate"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[listeners.replicas]\nlisten = \"127.0.0.1:6000\"\nrole = \"replica\"\n"
+    ));
+    assert_eq!(
+        e,
+        "listeners.replicas: \"replicas\" is the name of a built-in listener"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[listeners.Big]\nlisten = \"127.0.0.1:6000\"\nrole = \"replica\"\n"
+    ));
     assert!(e.starts_with("listeners.Big: a listener's name is"), "{e}");
-    let e = err(&format!("{MINIMAL}[routing]\nlag_check_interval = \"10ms\"\n"));
+    let e = err(&format!(
+        "{MINIMAL}[routing]\nlag_check_interval = \"10ms\"\n"
+    ));
     assert_eq!(e, "routing.lag_check_interval: must be at least 50ms");
     let e = err(&format!("{MINIMAL}[routing]\nbalance = \"random\"\n"));
-    assert!(e.starts_with("routing.balance: unknown variant `random`"), "{e}");
+    assert!(
+        e.starts_with("routing.balance: unknown variant `random`"),
+        "{e}"
+    );
     let e = err(&format!("{MINIMAL}[routing.weights]\npg1 = -1\n"));
     assert!(e.starts_with("routing.weights.pg1: "), "{e}");
 }
