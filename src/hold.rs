@@ -309,10 +309,10 @@ mod tests {
         Config::from_toml(&toml).unwrap()
     }
 
-    /// `cluster()` with its read sets judged under `config`, as `crate::reads` publishes it.
+    /// `cluster()` with its read sets judged under `config`, as the read-set task publishes it.
     fn judged(config: &Config) -> Topology {
         let mut t = cluster();
-        let mut judge = crate::reads::standing::Judge::default();
+        let mut judge = crate::topology::standing::Judge::default();
         judge.judge(&t, config, 2, tokio::time::Instant::now());
         t.reads = judge.sets().clone();
         t

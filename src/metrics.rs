@@ -9,9 +9,6 @@ use prometheus::{
 use std::sync::Mutex;
 use std::time::Instant;
 
-use std::collections::BTreeMap;
-
-use crate::reads::standing::{LagSample, ReadSets};
 use crate::route::Port;
 use crate::topology::Topology;
 
@@ -255,41 +252,6 @@ impl Metrics {
             self.member_leader
                 .with_label_values(&[name])
                 .set(i64::from(new.holds_leader_key(name)));
-        }
-    }
-
-    /// Lag per member and standing per listener, after each judgement of the read sets.
-    pub fn observe_reads(
-        &self,
-        view: &Topology,
-        sets: &ReadSets,
-        latest: &BTreeMap<String, LagSample>,
-        ports: &[Port],
-    ) {
-        for m in view.members.values() {
-            let name = m.name.as_str();
-            let sample = latest.get(name);
-            let lag = match sample.and_then(|s| s.bytes) {
-                Some(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX),
-                None if view.holds_leader_key(name) => 0,
-                None => view
-                    .lag(m)
-                    .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-            };
-            self.member_lag_bytes.with_label_values(&[name]).set(lag);
-            let delay = sample.and_then(|s| s.delay).unwrap_or_default();
-            self.member_replay_delay_seconds
-                .with_label_values(&[name])
-                .set(delay.as_secs_f64());
-            let serving = |port: Port| sets.get(port.index(), name).is_some_and(|s| s.serving);
-            self.member_eligible
-                .with_label_values(&[name])
-                .set(i64::from(serving(Port::REPLICAS)));
-            for port in ports.iter().filter(|p| **p != Port::PRIMARY) {
-                self.member_serving
-                    .with_label_values(&[port.label(), name])
-                    .set(i64::from(serving(*port)));
-            }
         }
     }
 

@@ -371,7 +371,7 @@ fn no_leader_reason(topology: &Topology) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reads::standing::Judge;
+    use crate::topology::standing::Judge;
     use crate::topology::Failover;
     use tokio::time::Instant;
 

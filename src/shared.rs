@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::reads::standing::LagSample;
 use crate::route::{Port, Router};
 use crate::servers::credentials::Credentials;
 use crate::servers::pools::Pools;
 use crate::signal::Signals;
+use crate::topology::LagSample;
 use crate::topology::Topology;
 
 pub struct Shared {
@@ -30,7 +30,7 @@ pub struct Shared {
     /// Pause state per port: the flag relays read on every turn, the channel held clients wait on.
     paused: Vec<AtomicBool>,
     pause: Vec<watch::Sender<bool>>,
-    /// The last lag check's measurements, by member (`crate::reads`).
+    /// The last lag check's measurements, by member (from the read-set task).
     pub lags: std::sync::Mutex<std::collections::BTreeMap<String, LagSample>>,
     /// Cancelled on SIGTERM: listeners stop; sessions see `shutting_down` and drain.
     pub shutdown: CancellationToken,

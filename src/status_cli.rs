@@ -73,7 +73,7 @@ pub fn render(s: &Value) -> String {
             _ => format!("no: {}", text(&m["why_not"])),
         };
         let mut lag = match m["lag_bytes"].as_u64() {
-            Some(b) => crate::reads::standing::bytes_text(b),
+            Some(b) => crate::topology::bytes_text(b),
             None => "-".to_owned(),
         };
         if m["lag_source"] == "etcd" {

@@ -6,7 +6,6 @@
 //! at every lag check.
 
 pub mod probe;
-pub mod standing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +14,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::route::Port;
 use crate::shared::Shared;
+use crate::topology::standing::{bytes_text, Change, Judge, LagSample};
 use crate::topology::Topology;
 use probe::Probe;
-use standing::{bytes_text, Change, Judge, LagSample};
 
 /// Publishes `raw` (the view from etcd) on `tx` with the read sets, until `raw` is closed.
 pub async fn follow(
@@ -110,8 +110,35 @@ fn report(shared: &Shared, view: &Topology, judge: &Judge, changes: &[Change]) {
             );
         }
     }
-    metrics.observe_reads(view, judge.sets(), judge.latest(), ports);
-    *shared.lags.lock().unwrap_or_else(|p| p.into_inner()) = judge.latest().clone();
+    let (sets, latest) = (judge.sets(), judge.latest());
+    for m in view.members.values() {
+        let name = m.name.as_str();
+        let sample = latest.get(name);
+        let lag = match sample.and_then(|s| s.bytes) {
+            Some(bytes) => Some(bytes),
+            None if view.holds_leader_key(name) => Some(0),
+            None => view.lag(m),
+        };
+        let lag = lag.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        metrics.member_lag_bytes.with_label_values(&[name]).set(lag);
+        let delay = sample.and_then(|s| s.delay).unwrap_or_default();
+        metrics
+            .member_replay_delay_seconds
+            .with_label_values(&[name])
+            .set(delay.as_secs_f64());
+        let serving = |port: &Port| sets.get(port.index(), name).is_some_and(|s| s.serving);
+        metrics
+            .member_eligible
+            .with_label_values(&[name])
+            .set(i64::from(serving(&Port::REPLICAS)));
+        for port in ports.iter().filter(|p| **p != Port::PRIMARY) {
+            metrics
+                .member_serving
+                .with_label_values(&[port.label(), name])
+                .set(i64::from(serving(port)));
+        }
+    }
+    *shared.lags.lock().unwrap_or_else(|p| p.into_inner()) = latest.clone();
 }
 
 /// ", replay 1.2 kB behind, delay 0.0s" from the last check, or nothing.

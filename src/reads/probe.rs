@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::standing::{LagSample, LagSource};
 use crate::dcs::rest::{self, Report};
 use crate::topology::Topology;
+use crate::topology::{LagSample, LagSource};
 
 /// Leader positions kept for delays: about an hour at one check a second.
 const HISTORY: usize = 4096;

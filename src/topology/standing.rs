@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Ineligible, Member, Role, Topology};
 use crate::config::{Config, Rules, Selector};
-use crate::topology::{Ineligible, Member, Role, Topology};
 
 /// One member's place on one listener.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,14 +130,17 @@ struct LagVerdict {
     contrary_since: Option<Instant>,
     /// The last measurement's reason for being over, for messages.
     last_over: Option<String>,
+    /// Judged from etcd keys alone (before any check answered).
+    provisional: bool,
 }
 
 impl LagVerdict {
-    fn first(over: Option<String>) -> LagVerdict {
+    fn first(over: Option<String>, provisional: bool) -> LagVerdict {
         LagVerdict {
             within: over.is_none(),
             contrary_since: None,
             last_over: over,
+            provisional,
         }
     }
 
@@ -149,6 +152,12 @@ impl LagVerdict {
         out_after: Duration,
         in_after: Duration,
     ) {
+        // A guess from etcd keys lets a replica in at the first check within the bounds
+        // (no lag_in_after for what was never measured); out still takes lag_out_after.
+        if std::mem::take(&mut self.provisional) && over.is_none() {
+            *self = LagVerdict::first(None, false);
+            return;
+        }
         let contrary = over.is_some() == self.within;
         self.last_over = over;
         if !contrary {
@@ -260,7 +269,8 @@ impl Judge {
                     .verdicts
                     .entry((port, m.name.clone()))
                     .or_insert_with(|| {
-                        LagVerdict::first(first_measure(&self.latest, topology, m, rules))
+                        let (over, provisional) = first_measure(&self.latest, topology, m, rules);
+                        LagVerdict::first(over, provisional)
                     });
                 match verdict.within {
                     true => Ok(false),
@@ -326,21 +336,26 @@ pub fn at_once(topology: &Topology, rules: &Rules<'_>, m: &Member) -> Result<boo
 }
 
 /// A member's first verdict: from the last check if it measured the member, else from the
-/// etcd keys (before the first check has answered, as when pgrouter starts).
+/// etcd keys (before the first check has answered, as when pgrouter starts), which the first
+/// check then replaces outright: keys written at different moments may read high under writes.
 fn first_measure(
     latest: &BTreeMap<String, LagSample>,
     topology: &Topology,
     m: &Member,
     rules: &Rules<'_>,
-) -> Option<String> {
-    let etcd = || LagSample {
-        bytes: topology.lag(m),
-        delay: None,
-        source: LagSource::Etcd,
-        paused: None,
-    };
-    let sample = latest.get(&m.name).cloned().unwrap_or_else(etcd);
-    sample.over(rules.max_lag, rules.max_delay)
+) -> (Option<String>, bool) {
+    match latest.get(&m.name) {
+        Some(sample) => (sample.over(rules.max_lag, rules.max_delay), false),
+        None => {
+            let etcd = LagSample {
+                bytes: topology.lag(m),
+                delay: None,
+                source: LagSource::Etcd,
+                paused: None,
+            };
+            (etcd.over(rules.max_lag, rules.max_delay), true)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -568,6 +583,12 @@ mod tests {
         assert_eq!(
             why,
             "replay 10.0 MB behind the leader (max_replica_lag 1.0 MB)"
+        );
+        // The first check that answers decides at once: no lag_in_after for a guess from etcd.
+        let changes = judge.measured(round(sample(0, 0), sample(0, 0)), &t, &c, 2, Instant::now());
+        assert_eq!(
+            (changes[0].member.as_str(), changes[0].serving),
+            ("pg2", true)
         );
         // Unknown lag is held against a replica; an unknown delay is not.
         let unknown = LagSample {

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::reads::standing::ReadSets;
+pub mod standing;
+
+pub use standing::{bytes_text, LagSample, LagSource, ReadSets};
 
 /// A snapshot of one Patroni cluster, rebuilt from etcd on every change and shared read-only.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,7 +34,7 @@ pub struct Topology {
     /// The members Patroni's `sync` key names synchronous standbys of the current leader,
     /// while the cluster's config has `synchronous_mode` on.
     pub sync_standbys: BTreeSet<String>,
-    /// Which members serve each listener now (`crate::reads`); empty until first judged.
+    /// Which members serve each listener now (`standing`); empty until first judged.
     pub reads: ReadSets,
 }
 
