@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3. iptables: the fault
 # tests drop packets (etcd unreachable, a member cut off, half-open clients) on loopback.
 # The driver matrix (tests/drivers/README.md): pgjdbc on the JDK, ruby-pg with ActiveRecord,
-# Django on psycopg2, Go pgx v4; node-postgres below.
+# Django on psycopg2, Go pgx v4; node-postgres below. Debian's pgbouncer exporter scrapes the
+# console in the tests (its service, enabled with pgbouncer's, is stopped: the tests run it).
 packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
+  prometheus-pgbouncer-exporter
   php-cli php-pgsql python3-psycopg python3-asyncpg iptables
   libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django
   python3-psycopg2 golang-go golang-github-jackc-pgx-v4-dev)
@@ -22,7 +24,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
-for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables; do
+systemctl stop prometheus-pgbouncer-exporter 2>/dev/null || true
+for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables prometheus-pgbouncer-exporter; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
 # docker-compose validates docker/compose.yml in the tests (no container engine is needed;

@@ -281,6 +281,16 @@ fn check_against_direct(stream: &[u8], seed: u8) {
             // of it forgotten, as the session's put_back does), and the next transaction may
             // run on another one.
             batches += 1;
+            // The settings a transaction touched (DISCARD ALL) are settled as the session
+            // settles them, before the connection goes back.
+            if conversation.settings_due() {
+                let mut out = BytesMut::new();
+                conversation.settle_settings(&mut conn, &mut out);
+                while let Some(m) = wire::take_message(&mut out).expect("pgrouter wrote a bad length") {
+                    through.answer(&m, &mut answers);
+                }
+                hear(&mut conversation, &mut conn, &mut answers);
+            }
             if conversation.releasable() {
                 conversation.take_sql_cleanup();
                 conversation.forget_server();

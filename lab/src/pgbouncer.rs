@@ -37,7 +37,7 @@ pub fn spawn(s: &Settings<'_>) -> Result<Child> {
              listen_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\n\
              auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
              default_pool_size = {}\nmax_client_conn = {}\nlogfile = {}\npidfile = {}\n\
-             ignore_startup_parameters = extra_float_digits\n",
+             ignore_startup_parameters = extra_float_digits\nadmin_users = postgres\n",
             s.upstream,
             s.port,
             userlist.display(),

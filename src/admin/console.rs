@@ -18,6 +18,11 @@ use crate::shared::Shared;
 
 pub const DATABASE: &str = "pgrouter";
 
+/// The console's database names: pgrouter's own, and pgbouncer's for its tools and exporters.
+pub fn is_console(database: &str) -> bool {
+    database == DATABASE || database == "pgbouncer"
+}
+
 pub(super) fn command_complete(out: &mut BytesMut, tag: &str) {
     wire::message(out, b'C', |b| {
         b.put_slice(tag.as_bytes());
@@ -28,9 +33,15 @@ pub(super) fn command_complete(out: &mut BytesMut, tag: &str) {
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Show(String),
+    Help,
     Pause,
     Resume,
     Reload,
+    /// Server connections of a database (or all) closed once given back.
+    Reconnect(Option<String>),
+    /// Waits until the connections RECONNECT marked are closed.
+    WaitClose(Option<String>),
+    Shutdown,
 }
 
 fn parse(sql: &str) -> Result<Command, String> {
@@ -40,13 +51,28 @@ fn parse(sql: &str) -> Result<Command, String> {
         .split_whitespace()
         .map(|w| w.to_ascii_lowercase())
         .collect();
+    let db = |w: &str| w.trim_matches('"').to_owned();
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["show", "help"] => Ok(Command::Help),
         ["show", what] => Ok(Command::Show(what.to_string())),
         ["pause"] => Ok(Command::Pause),
         ["resume"] => Ok(Command::Resume),
+        ["pause" | "resume", _] => Err(
+            "pgrouter pauses and resumes whole listeners: PAUSE and RESUME take no database (POST /pause?port= names a listener)"
+                .to_owned(),
+        ),
         ["reload"] => Ok(Command::Reload),
+        ["reconnect"] => Ok(Command::Reconnect(None)),
+        ["reconnect", name] => Ok(Command::Reconnect(Some(db(name)))),
+        ["wait_close"] => Ok(Command::WaitClose(None)),
+        ["wait_close", name] => Ok(Command::WaitClose(Some(db(name)))),
+        ["shutdown"] => Ok(Command::Shutdown),
+        ["kill" | "suspend" | "disable" | "enable" | "set", ..] => Err(format!(
+            "{} is not supported by pgrouter; SHOW HELP lists the commands",
+            words[0].to_ascii_uppercase()
+        )),
         _ => Err(format!(
-            "unknown command {:?}; try SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, PAUSE, RESUME, RELOAD",
+            "unknown command {:?}; SHOW HELP lists the commands",
             sql.trim()
         )),
     }
@@ -56,10 +82,11 @@ fn parse(sql: &str) -> Result<Command, String> {
 pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str) {
     let scope = shared.scope.clone();
     let config = shared.config();
-    if !config.auth.admin_users.iter().any(|u| u == user) {
+    let admin = config.auth.admin_users.iter().any(|u| u == user);
+    if !admin && !config.auth.stats_users.iter().any(|u| u == user) {
         let e = PgError::fatal(
             sqlstate::INSUFFICIENT_PRIVILEGE,
-            format!("pgrouter: cluster \"{scope}\": user \"{user}\" is not in auth.admin_users"),
+            format!("pgrouter: cluster \"{scope}\": user \"{user}\" is not in auth.admin_users or auth.stats_users"),
         );
         tracing::info!(%peer, %user, "refused the admin console");
         let _ = client.send(&e.encode()).await;
@@ -97,7 +124,7 @@ pub async fn run(shared: Arc<Shared>, mut client: Stream, user: &str, peer: &str
                     wire::message(&mut out, b'I', |_| {});
                 }
                 for statement in statements {
-                    if let Err(e) = execute(&shared, statement, &mut out).await {
+                    if let Err(e) = execute(&shared, statement, admin, &mut out).await {
                         out.extend_from_slice(&e.encode());
                         break;
                     }
@@ -137,12 +164,68 @@ fn greet(out: &mut BytesMut) {
     wire::ready_for_query(out, b'I');
 }
 
-async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) -> Result<(), PgError> {
+async fn execute(
+    shared: &Shared,
+    sql: &str,
+    admin: bool,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
     let command =
         parse(sql).map_err(|e| PgError::error(sqlstate::SYNTAX_ERROR, format!("pgrouter: {e}")))?;
+    if !admin && !matches!(command, Command::Show(_) | Command::Help) {
+        return Err(PgError::error(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "pgrouter: auth.stats_users may only SHOW; this command takes auth.admin_users",
+        ));
+    }
     match command {
         Command::Show(what) => {
             show(shared, &what)?.encode(out, "SHOW");
+        }
+        Command::Help => {
+            wire::message(out, b'N', |b| {
+                for (code, text) in [
+                    (b'S', "NOTICE"),
+                    (b'V', "NOTICE"),
+                    (b'C', "00000"),
+                    (b'M', "Console usage"),
+                    (b'D', super::show::HELP),
+                ] {
+                    b.put_u8(code);
+                    b.put_slice(text.as_bytes());
+                    b.put_u8(0);
+                }
+                b.put_u8(0);
+            });
+            command_complete(out, "SHOW");
+        }
+        Command::Reconnect(database) => {
+            let n = shared.pools.reconnect(database.as_deref());
+            tracing::info!(database = ?database, idle_closed = n, "RECONNECT from the admin console");
+            command_complete(out, "RECONNECT");
+        }
+        Command::WaitClose(database) => {
+            let limit = shared.config().routing.drain_timeout.0;
+            let start = std::time::Instant::now();
+            while shared.pools.marked_open(database.as_deref()) > 0 {
+                if start.elapsed() > limit {
+                    return Err(PgError::error(
+                        sqlstate::QUERY_CANCELED,
+                        format!(
+                            "pgrouter: WAIT_CLOSE waited {:.1}s (routing.drain_timeout) and {} server connection(s) are still in use",
+                            limit.as_secs_f64(),
+                            shared.pools.marked_open(database.as_deref())
+                        ),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            command_complete(out, "WAIT_CLOSE");
+        }
+        Command::Shutdown => {
+            tracing::info!("SHUTDOWN from the admin console: draining sessions");
+            shared.begin_shutdown();
+            command_complete(out, "SHUTDOWN");
         }
         Command::Pause => pause_all(shared, out).await?,
         Command::Resume => {
@@ -200,6 +283,18 @@ mod tests {
         assert_eq!(parse(" PAUSE "), Ok(Command::Pause));
         assert_eq!(parse("RELOAD"), Ok(Command::Reload));
         assert!(parse("drop table x").is_err());
+        assert_eq!(parse("SHOW HELP"), Ok(Command::Help));
+        assert_eq!(
+            parse("reconnect app"),
+            Ok(Command::Reconnect(Some("app".into())))
+        );
+        assert_eq!(parse("WAIT_CLOSE"), Ok(Command::WaitClose(None)));
+        assert_eq!(parse("shutdown;"), Ok(Command::Shutdown));
+        assert!(parse("PAUSE app").unwrap_err().contains("whole listeners"));
+        assert!(parse("KILL app")
+            .unwrap_err()
+            .starts_with("KILL is not supported"));
+        assert!(is_console("pgbouncer") && is_console("pgrouter") && !is_console("app"));
     }
 
     #[tokio::test]
@@ -212,7 +307,7 @@ mod tests {
             client
         });
         let mut out = BytesMut::new();
-        execute(&shared, "PAUSE", &mut out).await.unwrap();
+        execute(&shared, "PAUSE", true, &mut out).await.unwrap();
         assert!(
             finishes.is_finished(),
             "PAUSE answered before the transaction ended"
@@ -220,7 +315,7 @@ mod tests {
         let done = wire::take_message(&mut out).unwrap().unwrap();
         assert_eq!(&done[..], b"C\0\0\0\x0aPAUSE\0");
         assert!(shared.is_paused(Port::PRIMARY) && shared.is_paused(Port::REPLICAS));
-        execute(&shared, "RESUME", &mut out).await.unwrap();
+        execute(&shared, "RESUME", true, &mut out).await.unwrap();
         assert!(!shared.is_paused(Port::PRIMARY) && !shared.is_paused(Port::REPLICAS));
     }
 
@@ -229,7 +324,9 @@ mod tests {
         let shared = shared("300ms");
         let _busy = active_client(&shared, Port::PRIMARY);
         let mut out = BytesMut::new();
-        let e = execute(&shared, "pause;", &mut out).await.unwrap_err();
+        let e = execute(&shared, "pause;", true, &mut out)
+            .await
+            .unwrap_err();
         assert_eq!((e.code, e.fatal), (sqlstate::QUERY_CANCELED, false));
         assert!(
             e.message

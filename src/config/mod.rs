@@ -242,6 +242,18 @@ pub struct PoolConfig {
     /// Most memory pooled clients' large messages (64 KiB and over), kept whole until sent,
     /// may hold together.
     pub message_memory: ByteSize,
+    /// Startup parameters (or "options") pgrouter drops instead of applying or refusing, as
+    /// pgbouncer's `ignore_startup_parameters`.
+    pub ignore_startup_parameters: Vec<String>,
+    /// Settings the server does not report whose session-level SETs pgrouter carries to every
+    /// server connection the client uses (read back once the SET's transaction is over), as
+    /// pgbouncer's `track_extra_parameters`. Settings the server reports (client_encoding,
+    /// DateStyle, TimeZone, IntervalStyle, standard_conforming_strings, application_name)
+    /// are always carried.
+    pub track_extra_parameters: Vec<String>,
+    /// The period of SHOW STATS_AVERAGES and of the stats line logged per database with
+    /// traffic, as pgbouncer's `stats_period`.
+    pub stats_period: HumanDuration,
 }
 
 impl Default for PoolConfig {
@@ -255,6 +267,9 @@ impl Default for PoolConfig {
             server_check_delay: HumanDuration(Duration::from_secs(30)),
             stuck_check: HumanDuration(Duration::from_secs(30)),
             message_memory: ByteSize(1 << 30),
+            ignore_startup_parameters: Vec::new(),
+            track_extra_parameters: vec!["search_path".to_owned()],
+            stats_period: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -323,8 +338,11 @@ pub struct AuthConfig {
     pub auth_query: Option<String>,
     /// The user auth_query runs as; its secret comes from auth_file.
     pub auth_user: Option<String>,
-    /// Users who may open the admin console (database "pgrouter").
+    /// Users who may open the admin console (database "pgrouter", or "pgbouncer" for
+    /// pgbouncer's tools) and run every command.
     pub admin_users: Vec<String>,
+    /// Users who may open the console for SHOW commands only (exporters).
+    pub stats_users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -30,6 +30,28 @@ fn keeps_role(topology: &Topology, key: &PoolKey) -> bool {
     crate::route::check_member(topology, &key.member, target, None) == Verdict::Keep
 }
 
+/// Every `pool.stats_period`: the averages SHOW STATS_AVERAGES gives, and pgbouncer's stats
+/// line for each database that had traffic.
+fn log_stats(shared: &Shared, pool: &crate::config::PoolConfig) {
+    let totals = crate::servers::stats::by_database(&shared.pools.all());
+    let mut averages = shared
+        .pools
+        .averages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let period = pool.stats_period.0;
+    let Some(busy) = averages.tick(std::time::Instant::now(), totals, period) else {
+        return;
+    };
+    for (database, a) in busy {
+        tracing::info!(
+            %database,
+            "stats: {} xacts/s, {} queries/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
+            a.xact_count, a.query_count, a.received, a.sent, a.xact_time, a.query_time, a.wait_time
+        );
+    }
+}
+
 /// Pool upkeep: at once on every topology change (idle connections to a member that lost its
 /// role close), and every second (idle timeout, lifetime, min_pool_size, pool_size changes).
 pub async fn maintain(shared: Arc<Shared>) {
@@ -46,6 +68,7 @@ pub async fn maintain(shared: Arc<Shared>) {
             .pools
             .maintain(&config.pool, |key| keeps_role(&current, key));
         shared.pools.export(&shared.metrics);
+        log_stats(&shared, &config.pool);
         if config.pool.min_pool_size == 0 {
             continue;
         }

@@ -142,12 +142,18 @@ pub struct SqlEffects {
     /// HOLD` of another form. Left on a shared connection, another client could run it by
     /// name (wrong rows, no error).
     pub session_state: bool,
+    /// `SET [SESSION] name {TO | =} value` (not LOCAL): the settings' names, lower case.
+    pub sets: Vec<String>,
+    /// `RESET name` or `SET name TO DEFAULT`: back to the session's startup value.
+    pub resets: Vec<String>,
+    /// `RESET ALL` or `DISCARD ALL`: every setting back to its startup value.
+    pub resets_all: bool,
 }
 
 pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     let mut e = SqlEffects::default();
     // Most statements mention none of the commands: no allocation for them.
-    if !mentions_any(sql) {
+    if !mentions_any(sql) && !begins_a_setting(sql) {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
@@ -203,6 +209,7 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
             {
                 e.drops_all_statements = true;
                 e.closes_all_cursors |= word(command, "discard");
+                e.resets_all |= word(command, "discard");
             }
             [deallocate, prepare, all]
                 if word(deallocate, "deallocate")
@@ -211,7 +218,35 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
             {
                 e.drops_all_statements = true
             }
+            [reset, all] if word(reset, "reset") && word(all, "all") => e.resets_all = true,
+            [reset, rest @ ..] if word(reset, "reset") => e.resets.extend(setting_name(rest)),
+            [set, rest @ ..] if word(set, "set") => {
+                let rest = match rest {
+                    [session, rest @ ..] if word(session, "session") => rest,
+                    rest => rest,
+                };
+                let Some(name) = setting_name(rest) else {
+                    continue;
+                };
+                // SET name TO DEFAULT is RESET name.
+                let value = &rest[name.matches('.').count() * 2 + 1..];
+                match value {
+                    [to, default]
+                        if (word(to, "to") || matches!(to, Token::Symbol('=')))
+                            && word(default, "default") =>
+                    {
+                        e.resets.push(name)
+                    }
+                    [to, ..] if word(to, "to") || matches!(to, Token::Symbol('=')) => {
+                        e.sets.push(name)
+                    }
+                    _ => {}
+                }
+            }
             _ => {}
+        }
+        if e.resets_all {
+            e.resets.clear();
         }
     }
     if let [only] = statements.as_slice() {
@@ -231,6 +266,60 @@ pub fn sql_effects(sql: &[u8]) -> SqlEffects {
         };
     }
     e
+}
+
+/// The setting a SET or RESET names: a word, or words joined by '.' (a custom setting), lower
+/// case; None for what is not a setting's name (LOCAL, TRANSACTION, ROLE, TIME ZONE, ...: those
+/// are transaction-scoped or not settings pgrouter carries).
+fn setting_name(tokens: &[Token]) -> Option<String> {
+    const NOT_NAMES: [&str; 7] = [
+        "local",
+        "transaction",
+        "constraints",
+        "role",
+        "session",
+        "time",
+        "characteristics",
+    ];
+    let mut name = match tokens.first()? {
+        Token::Word(w) if !NOT_NAMES.contains(&w.as_str()) => w.clone(),
+        _ => return None,
+    };
+    let mut rest = &tokens[1..];
+    while let [Token::Symbol('.'), Token::Word(w), more @ ..] = rest {
+        name.push('.');
+        name.push_str(w);
+        rest = more;
+    }
+    Some(name)
+}
+
+/// Whether a statement of `text` starts with SET or RESET (after white space, at the start
+/// or after a ';'): UPDATE's SET is passed over without splitting the text.
+fn begins_a_setting(text: &[u8]) -> bool {
+    let mut at_start = true;
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if c == b';' {
+            at_start = true;
+        } else if !c.is_ascii_whitespace() {
+            if at_start {
+                let rest = &text[i..];
+                let is = |w: &[u8]| {
+                    rest.len() > w.len()
+                        && rest[..w.len()].eq_ignore_ascii_case(w)
+                        && rest[w.len()].is_ascii_whitespace()
+                };
+                if is(b"set") || is(b"reset") {
+                    return true;
+                }
+            }
+            at_start = false;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// A token of SQL text as far as `sql_effects` cares.
@@ -443,6 +532,32 @@ fn mentions_any(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sets_and_resets_of_session_settings() {
+        let e = sql_effects(
+            b"SET search_path TO app, public; set SESSION statement_timeout = '5s'; \
+              SET LOCAL work_mem = '1MB'; SET myapp.tenant = 7; RESET timezone; SET datestyle TO DEFAULT",
+        );
+        assert_eq!(e.sets, ["search_path", "statement_timeout", "myapp.tenant"]);
+        assert_eq!(e.resets, ["timezone", "datestyle"]);
+        assert!(!e.resets_all);
+        assert!(sql_effects(b"reset all").resets_all);
+        let discard = sql_effects(b"DISCARD ALL");
+        assert!(discard.resets_all && discard.drops_all_statements);
+        for other in [
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET ROLE app",
+            "SET TIME ZONE 'UTC'",
+            "update t set x = 1",
+            "select 'set search_path to x'",
+        ] {
+            let e = sql_effects(other.as_bytes());
+            assert!(e.sets.is_empty() && e.resets.is_empty(), "{other}: {e:?}");
+        }
+        assert!(!begins_a_setting(b"UPDATE t SET a = 1"));
+        assert!(begins_a_setting(b"begin; set search_path = a"));
+    }
 
     #[test]
     fn a_statement_knows_what_running_it_does() {

@@ -18,6 +18,7 @@ pub mod sqlstate {
     /// Not allowed in (or not understood by) the admin console.
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_OBJECT: &str = "42704";
     /// A Parse of a statement name already in use (PostgreSQL's own).
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";

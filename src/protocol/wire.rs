@@ -159,6 +159,19 @@ impl<'a> Reader<'a> {
         Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
+    pub fn u16(&mut self) -> Option<u16> {
+        let bytes = self.rest.get(..2)?;
+        self.rest = &self.rest[2..];
+        Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    /// The next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.rest.get(..n)?;
+        self.rest = &self.rest[n..];
+        Some(bytes)
+    }
+
     pub fn rest(&self) -> &'a [u8] {
         self.rest
     }

@@ -101,7 +101,7 @@ pub async fn run(
     let mode = shared.config().rules(port.index()).pool_mode;
     // Boxed: a task's future is as large as its largest state, and an idle pooled client
     // should not carry the relay's or a TLS handshake's.
-    if mode.pooled() && startup.database() == crate::admin::console::DATABASE {
+    if crate::admin::console::is_console(startup.database()) {
         // Counted among the port's clients, never as running a transaction: PAUSE waits
         // for those, and a console (or an exporter polling it) must not hold it up.
         state.set(ClientState::Idle);

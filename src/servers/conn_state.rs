@@ -16,6 +16,9 @@ pub struct ConnState {
     pub in_step: Option<(Arc<Tracked>, Vars)>,
     /// Ids of the client statements prepared here under their pooled names, and when.
     pub prepared: HashMap<u64, Instant>,
+    /// Settings the server does not report that pgrouter set here for a client (carried
+    /// settings, `conversation::settings`): what the next client's must be compared with.
+    pub extra: Vec<(String, String)>,
     /// Statements the server still holds under their pooled names but reported invalid
     /// (0A000, "cached plan must not change result type"): closed before they are prepared
     /// here again.
@@ -28,6 +31,7 @@ impl ConnState {
         ConnState {
             tracked,
             in_step: None,
+            extra: Vec::new(),
             prepared: HashMap::new(),
             stale: HashSet::new(),
         }

@@ -33,6 +33,14 @@ impl Credentials {
         lock(&self.keys).clear();
     }
 
+    /// The users of the auth file, in name order.
+    pub fn user_names(&self) -> Vec<String> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut names: Vec<String> = users.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// The secret of `user` from the auth file.
     pub fn secret(&self, user: &str) -> Option<Secret> {
         self.users

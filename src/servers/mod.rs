@@ -14,4 +14,5 @@ pub mod message_memory;
 pub mod pools;
 pub mod server;
 pub mod slots;
+pub mod stats;
 pub mod tracked;

@@ -47,6 +47,15 @@ impl TargetKey {
     }
 }
 
+impl PoolStats {
+    /// A lent connection came back after `held`.
+    fn lent(&self, held: Duration) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.xact_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
 /// Counters of one pool, for SHOW POOLS / SHOW STATS and the metrics.
 #[derive(Default)]
 pub struct PoolStats {
@@ -57,11 +66,22 @@ pub struct PoolStats {
     pub opened: AtomicU64,
     /// Idle connections moved to another worker thread's event loop for a client there.
     pub moved: AtomicU64,
+    /// Bytes taken from and sent to the pool's clients while they held a connection.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Microseconds connections were lent to clients (a transaction each, in transaction
+    /// mode), and of those, the time the server owed answers.
+    pub xact_micros: AtomicU64,
+    pub query_micros: AtomicU64,
 }
 
 pub struct Pool {
     pub key: PoolKey,
     pub addr: String,
+    /// RECONNECT: connections opened before this close when given back.
+    retire_before: Mutex<Option<Instant>>,
+    /// Of those, the ones lent when RECONNECT came and not given back yet (WAIT_CLOSE).
+    retiring: AtomicUsize,
     /// Connections boxed, like a lease's: they change hands by pointer, not by copying their
     /// ~500 bytes at every checkout and release.
     slots: Slots<Box<ServerConn>>,
@@ -79,6 +99,8 @@ impl Homed for Box<ServerConn> {
 pub struct Lease {
     pub conn: Box<ServerConn>,
     slot: Slot,
+    /// When it was lent, for the pool's transaction time.
+    taken: Instant,
 }
 
 /// A slot taken from a pool; given back when dropped, unless a connection went back with it.
@@ -111,6 +133,8 @@ impl Pool {
         Pool {
             key,
             addr,
+            retire_before: Mutex::new(None),
+            retiring: AtomicUsize::new(0),
             slots: Slots::new(size),
             size: AtomicUsize::new(size),
             stats: PoolStats::default(),
@@ -146,6 +170,26 @@ impl Pool {
                 })
                 .collect()
         })
+    }
+
+    /// Whether `conn`, given back, is one RECONNECT retired (and no longer waited for).
+    fn retired(&self, conn: &ServerConn) -> bool {
+        let before = *lock(&self.retire_before);
+        let retired = before.is_some_and(|t| conn.created <= t);
+        if retired {
+            let _ = self
+                .retiring
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        retired
+    }
+
+    /// RECONNECT: idle connections close now, lent ones when given back; how many closed.
+    pub fn reconnect(&self) -> usize {
+        *lock(&self.retire_before) = Some(Instant::now());
+        self.retiring
+            .store(self.stats.active.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.close_idle(|_| true)
     }
 
     pub fn size(&self) -> usize {
@@ -204,7 +248,8 @@ impl Pool {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
             } else {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
-                return Ok((Lease { conn, slot }, None));
+                let taken = Instant::now();
+                return Ok((Lease { conn, slot, taken }, None));
             }
             idle = self.slots.pop_idle(home);
         }
@@ -225,6 +270,7 @@ impl Pool {
             Lease {
                 conn: Box::new(opened.conn),
                 slot,
+                taken: Instant::now(),
             },
             opened.derived,
         ))
@@ -268,16 +314,27 @@ impl Lease {
 
     /// Returns the connection to its pool for the next transaction.
     pub fn release(self) {
-        let Lease { mut conn, mut slot } = self;
+        let Lease {
+            mut conn,
+            mut slot,
+            taken,
+        } = self;
         conn.last_used = Instant::now();
         let pool = slot.0.take().expect("a lease holds its slot");
-        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        pool.stats.lent(conn.last_used.duration_since(taken));
+        if pool.retired(&conn) {
+            drop(slot.0.replace(pool));
+            tokio::spawn(conn.close());
+            return;
+        }
         pool.slots.put(conn);
     }
 
     /// Closes the connection (its state is unknown or its member lost its role).
     pub fn discard(self) {
-        self.pool().stats.active.fetch_sub(1, Ordering::Relaxed);
+        let pool = self.pool();
+        pool.stats.lent(self.taken.elapsed());
+        pool.retired(&self.conn);
         tokio::spawn(self.conn.close());
     }
 }
@@ -298,6 +355,10 @@ pub struct ClientEntry {
     pub peer: String,
     pub port: &'static str,
     pub since: SystemTime,
+    pub application_name: String,
+    /// When it began waiting for a server connection (micros since the Unix epoch); 0 when
+    /// it is not waiting.
+    waiting_since: AtomicU64,
     activity: std::sync::atomic::AtomicU8,
     /// Id of the server connection in use, 0 when none.
     server: AtomicU64,
@@ -305,8 +366,23 @@ pub struct ClientEntry {
 
 impl ClientEntry {
     pub fn set(&self, activity: ClientActivity, server: u64) {
-        self.activity.store(activity as u8, Ordering::Relaxed);
+        let was = self.activity.swap(activity as u8, Ordering::Relaxed);
         self.server.store(server, Ordering::Relaxed);
+        if activity == ClientActivity::Waiting && was != ClientActivity::Waiting as u8 {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64);
+            self.waiting_since.store(now, Ordering::Relaxed);
+        } else if activity != ClientActivity::Waiting {
+            self.waiting_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long it has been waiting for a server connection; None when it is not.
+    pub fn waiting_for(&self) -> Option<Duration> {
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
+        (since != 0).then(|| SystemTime::now().duration_since(at).unwrap_or_default())
     }
 
     pub fn activity(&self) -> ClientActivity {
@@ -355,6 +431,8 @@ pub struct Pools {
     next_id: AtomicU64,
     /// What pooled clients' large messages hold together.
     pub message_memory: Arc<super::message_memory::MessageMemory>,
+    /// Per-database averages over the last `pool.stats_period`.
+    pub averages: Mutex<super::stats::Averages>,
 }
 
 impl Pools {
@@ -437,6 +515,7 @@ impl Pools {
         database: &str,
         peer: &str,
         port: &'static str,
+        application_name: &str,
     ) -> ClientRegistration {
         let entry = Arc::new(ClientEntry {
             id: self.next_server_id(),
@@ -445,6 +524,8 @@ impl Pools {
             peer: peer.to_owned(),
             port,
             since: SystemTime::now(),
+            application_name: application_name.to_owned(),
+            waiting_since: AtomicU64::new(0),
             activity: Default::default(),
             server: AtomicU64::new(0),
         });
@@ -464,6 +545,24 @@ impl Pools {
     /// Closes idle connections whose pool's member no longer has the pool's role, and those
     /// past `server_idle_timeout` or `server_lifetime`; applies a changed `pool_size`.
     /// Returns how many it closed.
+    /// RECONNECT [db]: every pool of `database` (or all) retires its connections.
+    pub fn reconnect(&self, database: Option<&str>) -> usize {
+        self.all()
+            .iter()
+            .filter(|p| database.is_none_or(|d| p.key.database == d))
+            .map(|p| p.reconnect())
+            .sum()
+    }
+
+    /// Lent connections RECONNECT retired and not given back yet (WAIT_CLOSE waits for 0).
+    pub fn marked_open(&self, database: Option<&str>) -> usize {
+        self.all()
+            .iter()
+            .filter(|p| database.is_none_or(|d| p.key.database == d))
+            .map(|p| p.retiring.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn maintain(&self, config: &PoolConfig, keeps_role: impl Fn(&PoolKey) -> bool) -> usize {
         let now = Instant::now();
         let mut closed = 0;

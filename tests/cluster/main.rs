@@ -13,6 +13,7 @@
 //! A scenario stuck in a blocking call past its limit and a grace period ends the whole run
 //! (the others cannot share the lab with it), still with that closing line.
 
+mod console;
 mod dcs;
 mod drivers;
 mod failover;
@@ -23,6 +24,7 @@ mod pooling;
 mod reads;
 mod restarts;
 mod routing;
+mod settings;
 mod soak;
 mod startup;
 mod stuck;
@@ -187,6 +189,13 @@ const TESTS: &[(&str, TestFn)] = &[
     ("tags_weights_and_least_connections_pick_members", |lab| {
         Box::pin(reads::tags_weights_and_least_connections_pick_members(lab))
     }),
+    ("pooled_startup_options_and_reset_as_postgres_does", |lab| {
+        Box::pin(settings::pooled_startup_options_and_reset(lab))
+    }),
+    (
+        "console_as_pgbouncer_has_it_and_its_exporter_reads_it",
+        |lab| Box::pin(console::console_as_pgbouncer_has_it(lab)),
+    ),
 ];
 
 fn main() -> ExitCode {

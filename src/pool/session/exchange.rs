@@ -45,8 +45,23 @@ impl PooledSession {
         let mut unflushed = Unflushed::default();
         let stuck_after = self.shared.config().pool.stuck_check.0;
         let mut silent_since = None;
+        // Since when the server owes answers, for the pool's query time.
+        let mut owed_since: Option<Instant> = None;
         loop {
             self.take_client()?;
+            match (self.conversation.owes_answers(), owed_since) {
+                (true, None) => owed_since = Some(Instant::now()),
+                (false, Some(since)) => {
+                    let held = self.held.as_ref().expect("exchange runs with a server");
+                    let micros = since.elapsed().as_micros() as u64;
+                    let stats = &held.lease.pool().stats;
+                    stats
+                        .query_micros
+                        .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+                    owed_since = None;
+                }
+                _ => {}
+            }
             // Checked before every read and write, so nothing from a member that lost its
             // role reaches the client after the topology saying so was published.
             if let Some(lost) = self.check_role(&mut roles) {
@@ -69,6 +84,14 @@ impl PooledSession {
                 && self.to_server.is_empty()
                 && !unflushed.server
                 && !unflushed.client;
+            if flushed && self.conversation.settings_due() {
+                // The transaction is over: its SETs and RESETs of the client's settings are
+                // settled before the connection goes back or the next one runs.
+                let held = self.held.as_mut().expect("exchange runs with a server");
+                let conn = &mut held.lease.conn.state;
+                self.conversation.settle_settings(conn, &mut self.to_server);
+                continue;
+            }
             if flushed && self.conversation.releasable() {
                 return Ok(Done::Idle);
             }
@@ -174,11 +197,21 @@ impl PooledSession {
     fn take_client(&mut self) -> Result<(), Exit> {
         let held = self.held.as_mut().expect("exchange runs with a server");
         let conn = &mut held.lease.conn.state;
+        let (had, owed) = (self.from_client.len(), self.to_client.len());
         let taken =
             self.conversation
                 .from_client(&mut self.from_client, &mut self.to_server, conn)?;
         // Answers pgrouter gives itself go out as soon as they are due.
         self.conversation.answer_owed(&mut self.to_client);
+        let stats = &held.lease.pool().stats;
+        let received = had.saturating_sub(self.from_client.len()) as u64;
+        let sent = self.to_client.len().saturating_sub(owed) as u64;
+        stats
+            .received
+            .fetch_add(received, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .sent
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         match taken {
             Taken::All => Ok(()),
             Taken::Partial(len) => self.count_large_message(len),
@@ -186,27 +219,32 @@ impl PooledSession {
     }
 
     /// Hands the server's bytes to the conversation, and counts what they settled.
-    pub(super) fn take_server(&mut self) -> Result<(), Broken> {
+    pub(super) fn take_server(&mut self) -> Result<Heard, Broken> {
         let held = self.held.as_mut().expect("exchange runs with a server");
         let conn = &mut held.lease.conn.state;
+        let before = self.to_client.len();
         let heard =
             self.conversation
                 .from_server(&mut self.from_server, &mut self.to_client, conn)?;
+        let sent = self.to_client.len().saturating_sub(before) as u64;
+        let stats = &held.lease.pool().stats;
+        stats
+            .sent
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         if heard.ready > 0 {
             use std::sync::atomic::Ordering::Relaxed;
-            let stats = &held.lease.pool().stats;
             stats.queries.fetch_add(u64::from(heard.ready), Relaxed);
             stats.transactions.fetch_add(u64::from(heard.idle), Relaxed);
             self.transactions.inc_by(u64::from(heard.idle));
         }
         self.log_set_failure(&heard);
-        Ok(())
+        Ok(heard)
     }
 
     fn log_set_failure(&self, heard: &Heard) {
-        if let Some(error) = &heard.set_failed {
+        if let Some((code, error)) = &heard.set_failed {
             let peer = &self.registration.entry.peer;
-            tracing::warn!(%peer, %error, "setting the client's parameters failed");
+            tracing::warn!(%peer, %code, %error, "setting the client's parameters failed");
         }
     }
 

@@ -14,6 +14,7 @@ mod conversation;
 mod exchange;
 mod idle;
 mod recovery;
+mod startup_params;
 mod stuck;
 mod welcome;
 
@@ -36,7 +37,6 @@ use crate::route::{Port, Route};
 use crate::servers::message_memory::Grant;
 use crate::servers::pools::{ClientActivity, ClientRegistration, Lease};
 use crate::servers::server::Login;
-use crate::servers::tracked::TRACKED;
 use crate::shared::Shared;
 use crate::signal::Subscription;
 use crate::stream::Stream;
@@ -148,20 +148,36 @@ pub async fn start(
             return None;
         }
     };
-    let registration = shared
-        .pools
-        .register_client(&user, &database, &peer, port.label());
-    let vars = TRACKED
+    let config = shared.config();
+    let settings = match startup_params::read(
+        &startup.params,
+        &config.pool.ignore_startup_parameters,
+    ) {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::info!(%peer, %port, %user, error = %e.message, "refused a pooled client's startup parameters");
+            send_fatal(&shared, &mut client, &e).await;
+            return None;
+        }
+    };
+    let application_name = settings
+        .vars
         .iter()
-        .filter_map(|k| {
-            let v = startup
-                .params
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(k))?;
-            Some((*k, v.1.clone()))
-        })
+        .find(|(k, _)| *k == "application_name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let track = config
+        .pool
+        .track_extra_parameters
+        .iter()
+        .map(|t| t.to_ascii_lowercase())
         .collect();
+    drop(config);
     drop(startup);
+    let registration =
+        shared
+            .pools
+            .register_client(&user, &database, &peer, port.label(), &application_name);
     let metrics = &shared.metrics;
     let hold_seconds = metrics.hold_seconds.with_label_values(&[port.label()]);
     let transactions = metrics.transactions.with_label_values(&[port.label()]);
@@ -174,7 +190,7 @@ pub async fn start(
         registration,
         state,
         cancel: Arc::new(Mutex::new(None)),
-        conversation: Conversation::new(mode, vars),
+        conversation: Conversation::with_settings(mode, settings, track),
         from_client: BytesMut::new(),
         from_server: BytesMut::new(),
         to_server: BytesMut::new(),

@@ -179,6 +179,7 @@ impl PooledSession {
                 return;
             }
             lease.conn.state.prepared.clear();
+            lease.conn.state.extra.clear();
         }
         lease.release();
     }

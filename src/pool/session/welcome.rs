@@ -30,12 +30,15 @@ impl PooledSession {
             &self.registration.entry.database,
             &self.registration.entry.user,
         );
-        let fits = defaults.as_ref().is_some_and(|d| {
-            self.conversation
-                .vars
-                .iter()
-                .all(|(k, v)| d.params.get(*k) == Some(v) || tracked::reported_as_sent(k, v))
-        });
+        // Settings the server does not report are tried on a server: a bad one is refused
+        // at login, as PostgreSQL refuses it.
+        let fits = self.conversation.extra.is_empty()
+            && defaults.as_ref().is_some_and(|d| {
+                self.conversation
+                    .vars
+                    .iter()
+                    .all(|(k, v)| d.params.get(*k) == Some(v) || tracked::reported_as_sent(k, v))
+            });
         let (params, defaults) = match defaults {
             Some(d) if fits => {
                 let mut params = d.params.clone();
@@ -88,8 +91,16 @@ impl PooledSession {
         self.hold(held);
         self.sync_vars();
         self.flush_to_server().await?;
+        let mut failed = None;
         while self.conversation.setting_params() {
-            self.read_server().await?;
+            failed = failed.or(self.read_server().await?);
+        }
+        if let Some((code, message)) = failed {
+            let held = self.held.take().expect("held above");
+            // The connection's settings are half applied: closed, not shared.
+            held.lease.discard();
+            self.conversation.forget_server();
+            return Err(Exit::Fatal(setting_refused(&code, message)));
         }
         let held = self.held.take().expect("held above");
         let conn = &held.lease.conn;
@@ -118,8 +129,9 @@ impl PooledSession {
         Ok(())
     }
 
-    /// Reads and takes server messages (the answers to the SETs, before any client bytes).
-    async fn read_server(&mut self) -> Result<(), Exit> {
+    /// Reads and takes server messages (the answers to the SETs, before any client bytes);
+    /// the server's refusal of one, if it refused.
+    async fn read_server(&mut self) -> Result<Option<(String, String)>, Exit> {
         let held = self.held.as_mut().expect("held");
         let scope = &self.shared.scope;
         let n = held.lease.conn.stream.read_buf(&mut self.from_server).await;
@@ -127,11 +139,26 @@ impl PooledSession {
         if n == 0 {
             return Err(Exit::Fatal(server_gone(scope, &held.route, "closed")));
         }
-        if let Err(broken) = self.take_server() {
-            let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, broken.0);
-            return Err(Exit::Fatal(e));
-        }
+        let heard = match self.take_server() {
+            Ok(heard) => heard,
+            Err(broken) => {
+                let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, broken.0);
+                return Err(Exit::Fatal(e));
+            }
+        };
         self.to_client.clear();
-        Ok(())
+        Ok(heard.set_failed)
     }
+}
+
+/// The FATAL a client gets at login when the server refused one of its startup settings,
+/// as PostgreSQL would refuse it (unknown name, bad value, not allowed).
+fn setting_refused(code: &str, message: String) -> PgError {
+    const CODES: [&str; 5] = ["42704", "22023", "42501", "55P02", "22P02"];
+    let code = CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("22023");
+    PgError::fatal(code, message)
 }

@@ -3,6 +3,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::settings::Injected;
 use super::{Broken, Conversation, Expect, Heard, Unnamed};
 use crate::pool::statements::Statement;
 use crate::protocol::error::{sqlstate, PgError};
@@ -41,7 +42,9 @@ impl Conversation {
                 Ok(None) => return Ok(heard),
                 Err(e) => return Err(Broken(e.to_string())),
             };
-            if !matches!(tag, b'Z' | b'S' | b'E') {
+            let taken_whole =
+                matches!(tag, b'Z' | b'S' | b'E') || (tag == b'D' && self.reading_back());
+            if !taken_whole {
                 if matches!(tag, b'G' | b'W') {
                     self.copy_began();
                 }
@@ -58,7 +61,13 @@ impl Conversation {
         }
     }
 
-    /// A ReadyForQuery, ParameterStatus or ErrorResponse, taken whole.
+    /// A DataRow answering a read-back of the client's settings is next.
+    fn reading_back(&self) -> bool {
+        self.expect.front() == Some(&Expect::InjectedQuery)
+            && matches!(self.injected.front(), Some(Injected::Readback(_)))
+    }
+
+    /// A ReadyForQuery, ParameterStatus, ErrorResponse or read-back DataRow, taken whole.
     fn server_message(
         &mut self,
         msg: Bytes,
@@ -68,6 +77,12 @@ impl Conversation {
     ) -> Result<(), Broken> {
         let body = &msg[5..];
         let swallowing = self.expect.front() == Some(&Expect::InjectedQuery);
+        if msg[0] == b'D' {
+            if let Some(Injected::Readback(names)) = self.injected.front().cloned() {
+                self.read_back(&names, body, conn);
+            }
+            return Ok(());
+        }
         if msg[0] != b'S' {
             // An error ends a COPY; ReadyForQuery comes after one.
             self.copy_in = false;
@@ -90,7 +105,7 @@ impl Conversation {
                     self.note_param(&k, &v);
                     conn.note_param(&k, &v);
                 }
-                if !swallowing {
+                if !swallowing || self.injected.front() == Some(&Injected::Restore) {
                     to_client.extend_from_slice(&msg);
                 }
             }
@@ -107,8 +122,11 @@ impl Conversation {
                 if swallowing {
                     match self.injected.front() {
                         // The client's SQL-level statement did not prepare here again.
-                        Some(Some(name)) => self.sql.failed(name.clone()),
-                        _ => heard.set_failed = Some(message.to_owned()),
+                        Some(Injected::Prepare(name)) => self.sql.failed(name.clone()),
+                        _ => {
+                            let code = wire::field(&fields, b'C').unwrap_or_default();
+                            heard.set_failed = Some((code.to_owned(), message.to_owned()));
+                        }
                     }
                     return Ok(());
                 }

@@ -28,7 +28,10 @@ use crate::protocol::limits::MAX_CLIENT_MESSAGE;
 use crate::protocol::wire;
 use crate::servers::conn_state::ConnState;
 use crate::servers::tracked::{Tracked, Vars, TRACKED};
+use settings::{Injected, Touched};
 use sql_prepared::SqlPrepared;
+
+use super::startup_params::StartupSettings;
 
 /// The statement an extended-protocol DEALLOCATE of a client's statement drops instead (the
 /// server knows the client's statements by pooled names, or not at all): an empty query,
@@ -110,8 +113,9 @@ pub struct Heard {
     pub ready: u32,
     /// Of those, the ones saying idle: transactions ended.
     pub idle: u32,
-    /// The server refused the SET pgrouter sent for the client's parameters: its message.
-    pub set_failed: Option<String>,
+    /// The server refused a query pgrouter sent for the client's settings: its SQLSTATE and
+    /// message.
+    pub set_failed: Option<(String, String)>,
 }
 
 pub struct Conversation {
@@ -121,6 +125,15 @@ pub struct Conversation {
     /// reported them; the others are the `defaults` of its database and user.
     pub vars: Vars,
     pub defaults: Option<Arc<Tracked>>,
+    /// Settings the server does not report that the client carries (from its startup, and
+    /// SETs of `track`), as last known: set on every connection it uses (`settings`).
+    pub extra: Vec<(String, String)>,
+    /// The client's startup values: what RESET goes back to.
+    startup: StartupSettings,
+    /// Settings whose SETs are carried to the client's next connections (lower case).
+    track: Vec<String>,
+    /// Settings the transaction under way SET or RESET, settled once it is over.
+    touched: Touched,
     expect: VecDeque<Expect>,
     /// Extended-protocol messages sent since the last Sync: the batch is open.
     unsynced: bool,
@@ -151,9 +164,8 @@ pub struct Conversation {
     session_state: bool,
     /// The client's SQL-level prepared statements, carried between transactions.
     sql: SqlPrepared,
-    /// What each `InjectedQuery` entry in the ledger is, in order: the client's settings
-    /// (None), or one of its SQL-level statements prepared again (its name).
-    injected: VecDeque<Option<String>>,
+    /// What each `InjectedQuery` entry in the ledger is, in order.
+    injected: VecDeque<Injected>,
     /// The ErrorResponses of the `MadeUpError` entries, in order.
     made_up_errors: VecDeque<Bytes>,
     /// After an error in an extended batch whose Sync has not come (the server's, or one
@@ -180,11 +192,29 @@ enum Unnamed {
 
 impl Conversation {
     pub fn new(mode: PoolMode, vars: Vars) -> Conversation {
+        let startup = StartupSettings {
+            vars,
+            extra: Vec::new(),
+        };
+        Conversation::with_settings(mode, startup, vec!["search_path".to_owned()])
+    }
+
+    /// A conversation for a client whose startup asked for `startup`, carrying SETs of the
+    /// settings named in `track` (`pool.track_extra_parameters`).
+    pub fn with_settings(
+        mode: PoolMode,
+        startup: StartupSettings,
+        track: Vec<String>,
+    ) -> Conversation {
         Conversation {
             mode,
             statements: ClientStatements::default(),
-            vars,
+            vars: startup.vars.clone(),
             defaults: None,
+            extra: startup.extra.clone(),
+            startup,
+            track,
+            touched: Touched::default(),
             expect: VecDeque::new(),
             unsynced: false,
             status: b'I',
@@ -218,7 +248,7 @@ impl Conversation {
     /// Everything sent is answered, no batch or transaction is open, nothing is half-way:
     /// a transaction-mode client can give its connection back.
     pub fn releasable(&self) -> bool {
-        self.rewrite() && self.at_rest() && !self.pinned()
+        self.rewrite() && self.at_rest() && !self.pinned() && !self.settings_due()
     }
 
     /// Whether the server connection is in a known, idle state another client could use.
@@ -244,6 +274,11 @@ impl Conversation {
     /// The server connection holds SQL-level state of this client's (see `session_state`).
     pub fn left_session_state(&self) -> bool {
         self.session_state
+    }
+
+    /// Messages sent to the server still owe answers.
+    pub fn owes_answers(&self) -> bool {
+        !self.expect.is_empty()
     }
 
     /// The SETs pgrouter sent for the client's parameters are not all answered yet.
@@ -302,6 +337,7 @@ impl Conversation {
         self.session_state = false;
         self.sql.forget_connection();
         self.injected.clear();
+        self.touched = Touched::default();
         self.unnamed_state = match self.unnamed_state {
             Unnamed::Here if self.unnamed.is_empty() => Unnamed::Lost,
             Unnamed::Here => Unnamed::Elsewhere,
@@ -351,34 +387,37 @@ impl Conversation {
         self.status == b'E' && self.settled()
     }
 
-    /// Queues a SET for each tracked parameter where the client and the server differ.
+    /// Queues a SET for each setting where the client and the server connection differ:
+    /// tracked parameters as the server reported them, carried ones as pgrouter set them.
     pub fn sync_vars(&mut self, conn: &mut ConnState, to_server: &mut BytesMut) {
-        if let (Some(defaults), Some((d, vars))) = (&self.defaults, &conn.in_step) {
-            if Arc::ptr_eq(defaults, d) && *vars == self.vars {
-                return;
+        let mut sets = Vec::new();
+        let in_step = match (&self.defaults, &conn.in_step) {
+            (Some(defaults), Some((d, vars))) => Arc::ptr_eq(defaults, d) && *vars == self.vars,
+            _ => false,
+        };
+        if !in_step {
+            for (i, k) in TRACKED.iter().enumerate() {
+                let wanted = match self.vars.iter().find(|(name, _)| name == k) {
+                    Some((_, v)) => Some(v.as_str()),
+                    None => self.defaults.as_ref().and_then(|d| d.get(i)),
+                };
+                if let Some(wanted) = wanted.filter(|w| conn.tracked.get(i) != Some(*w)) {
+                    sets.push(format!("SET {k} = '{}'", wanted.replace('\'', "''")));
+                }
+            }
+            if sets.is_empty() {
+                conn.in_step = self.defaults.clone().map(|d| (d, self.vars.clone()));
             }
         }
-        let mut sets = String::new();
-        for (i, k) in TRACKED.iter().enumerate() {
-            let wanted = match self.vars.iter().find(|(name, _)| name == k) {
-                Some((_, v)) => Some(v.as_str()),
-                None => self.defaults.as_ref().and_then(|d| d.get(i)),
-            };
-            let Some(wanted) = wanted.filter(|w| conn.tracked.get(i) != Some(*w)) else {
-                continue;
-            };
-            if !sets.is_empty() {
-                sets.push_str("; ");
-            }
-            sets.push_str(&format!("SET {k} = '{}'", wanted.replace('\'', "''")));
+        if conn.extra != self.extra {
+            self.sync_extra(conn, &mut sets);
         }
         if sets.is_empty() {
-            conn.in_step = self.defaults.clone().map(|d| (d, self.vars.clone()));
             return;
         }
-        wire::query(to_server, &sets);
+        wire::query(to_server, &sets.join("; "));
         self.expect.push_back(Expect::InjectedQuery);
-        self.injected.push_back(None);
+        self.injected.push_back(Injected::Settings);
     }
 
     /// Takes the client's whole messages (and streams CopyData) from `input` into
@@ -510,6 +549,9 @@ mod answers;
 #[cfg(test)]
 mod parity_tests;
 mod rewrite;
+mod settings;
+#[cfg(test)]
+mod settings_tests;
 mod sql_prepared;
 #[cfg(test)]
 mod tests;

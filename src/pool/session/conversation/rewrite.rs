@@ -64,7 +64,8 @@ impl Conversation {
         for (name, prepare) in self.sql.needed_by(sql) {
             wire::message(out, b'Q', |b| wire::put_cstr(b, &prepare));
             self.expect.push_back(Expect::InjectedQuery);
-            self.injected.push_back(Some(name));
+            self.injected
+                .push_back(super::settings::Injected::Prepare(name));
         }
     }
 
@@ -329,6 +330,7 @@ impl Conversation {
         if self.aborted() {
             return;
         }
+        self.note_settings(e);
         if e.drops_all_statements {
             self.statements.clear();
             conn.prepared.clear();
