@@ -382,6 +382,8 @@ fn stats(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
                 // pgbouncer before 1.8 called the query count total_requests; older
                 // exporters still read it.
                 n(t.query_count),
+                n(t.opened),
+                n(t.moved),
             ]
         })
         .collect();
@@ -403,6 +405,8 @@ fn stats(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
             "avg_query_time",
             "avg_wait_time",
             "total_requests",
+            "total_server_opened",
+            "total_server_moved",
         ],
         rows,
     }

@@ -19,6 +19,9 @@ pub struct Totals {
     pub xact_micros: u64,
     pub query_micros: u64,
     pub wait_micros: u64,
+    /// Server connections opened, and idle ones moved to another worker thread's loop.
+    pub opened: u64,
+    pub moved: u64,
 }
 
 impl Totals {
@@ -32,6 +35,8 @@ impl Totals {
         self.xact_micros += get(&s.xact_micros);
         self.query_micros += get(&s.query_micros);
         self.wait_micros += get(&s.wait_micros);
+        self.opened += get(&s.opened);
+        self.moved += get(&s.moved);
     }
 
     fn since(&self, before: &Totals) -> Totals {
@@ -43,6 +48,8 @@ impl Totals {
             xact_micros: self.xact_micros.saturating_sub(before.xact_micros),
             query_micros: self.query_micros.saturating_sub(before.query_micros),
             wait_micros: self.wait_micros.saturating_sub(before.wait_micros),
+            opened: self.opened.saturating_sub(before.opened),
+            moved: self.moved.saturating_sub(before.moved),
         }
     }
 }
@@ -150,6 +157,7 @@ mod tests {
             xact_micros: 600 * 1500,
             query_micros: 1200 * 500,
             wait_micros: 6000,
+            ..Totals::default()
         };
         assert_eq!(
             averages.tick(

@@ -381,7 +381,7 @@ pub async fn cancel_listen_console_session(lab: &Lab) -> Result<()> {
     let out = psql(port, "admin", "console-secret", "pgrouter", "SHOW POOLS")?;
     let t = text(&out);
     ensure!(
-        out.status.success() && t.contains("|postgres|") && t.contains("|leader|"),
+        out.status.success() && t.contains("|postgres|") && t.contains("(leader)"),
         "SHOW POOLS:\n{t}"
     );
     for command in ["SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG"] {
@@ -617,13 +617,13 @@ pub async fn wait_timeout(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// cl_waiting of the leader's pool for `postgres`, from the admin console's SHOW POOLS.
+/// cl_waiting of the pool for `postgres`, from the admin console's SHOW POOLS.
 fn waiting_in_console(port: u16) -> Result<String> {
-    Ok(leader_pool_in_console(port)?.swap_remove(5))
+    Ok(leader_pool_in_console(port)?.swap_remove(3))
 }
 
-/// The leader's pool for `postgres` in the admin console's SHOW POOLS: database, user, member,
-/// role, cl_active, cl_waiting, sv_active, sv_idle, pool_size, maxwait_us.
+/// The row for `postgres` in the admin console's SHOW POOLS (pgbouncer's columns: database,
+/// user, cl_active, cl_waiting, ...; then pgrouter's members).
 fn leader_pool_in_console(port: u16) -> Result<Vec<String>> {
     let out = psql(
         port,
@@ -634,9 +634,9 @@ fn leader_pool_in_console(port: u16) -> Result<Vec<String>> {
     )?;
     let t = text(&out);
     t.lines()
-        .find(|l| l.starts_with("postgres|postgres|") && l.contains("|leader|"))
+        .find(|l| l.starts_with("postgres|postgres|") && l.contains("(leader)"))
         .map(|l| l.split('|').map(str::to_owned).collect::<Vec<_>>())
-        .filter(|fields| fields.len() == 10)
+        .filter(|fields| fields.len() == 17)
         .with_context(|| format!("no leader pool for postgres in SHOW POOLS:\n{t}"))
 }
 
@@ -694,7 +694,8 @@ pub async fn waiter_that_leaves(lab: &Lab) -> Result<()> {
         Duration::from_secs(10),
         || async {
             let pool = leader_pool_in_console(port)?;
-            Ok(pool[5] == "0" && pool[6] == "0" && pool[7] == "1")
+            // cl_waiting, sv_active, sv_idle in pgbouncer's columns.
+            Ok(pool[3] == "0" && pool[6] == "0" && pool[9] == "1")
         },
     )
     .await?;
@@ -762,10 +763,11 @@ pub async fn worker_threads_share_one_pool(lab: &Lab) -> Result<()> {
         "pgrouter",
         "SHOW STATS",
     )?);
+    // pgbouncer's 15 columns, total_requests, total_server_opened, then total_server_moved.
     let moved: u64 = stats
         .lines()
-        .find(|l| l.starts_with("postgres|postgres|"))
-        .and_then(|l| l.split('|').nth(7)?.trim().parse().ok())
+        .find(|l| l.starts_with("postgres|"))
+        .and_then(|l| l.split('|').nth(17)?.trim().parse().ok())
         .with_context(|| format!("no total_server_moved for postgres in SHOW STATS:\n{stats}"))?;
     ensure!(
         moved > 0,

@@ -285,7 +285,10 @@ impl PooledSession {
                 self.hold(held);
                 self.read_sent_client();
             }
-            Err(Unserved::Refused(e)) => return self.fail_unit(e).await,
+            Err(Unserved::Refused(e)) => {
+                self.registration.entry.set(ClientActivity::Idle, 0);
+                return self.fail_unit(e).await;
+            }
             Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
         }
         self.state.set(ClientState::Active);
