@@ -52,6 +52,7 @@ pub(crate) mod cancel;
 pub mod config;
 pub(crate) mod dcs;
 pub(crate) mod hold;
+pub mod import_pgbouncer;
 pub(crate) mod metrics;
 pub(crate) mod pool;
 pub(crate) mod protocol;

@@ -26,6 +26,23 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 when good, 2 with the key and the reason when not.
     CheckConfig,
+    /// Write a pgrouter config from a pgbouncer.ini (and its userlist), naming each setting it
+    /// cannot carry over and why; the result passes check-config.
+    ImportPgbouncer {
+        /// pgbouncer.ini
+        ini: PathBuf,
+        /// The userlist.txt to use as auth.auth_file (default: the ini's auth_file).
+        userlist: Option<PathBuf>,
+        /// The Patroni cluster's scope.
+        #[arg(long)]
+        scope: String,
+        /// An etcd endpoint of the cluster (repeat for several).
+        #[arg(long, required = true)]
+        etcd: Vec<String>,
+        /// Where to write the config (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print a running router's view of the cluster and its clients, from its /status.
     Status {
         /// Admin endpoint; default: `listen.admin` of --config, else http://127.0.0.1:8080.
@@ -56,6 +73,13 @@ fn main() -> ExitCode {
         None => None,
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::ImportPgbouncer {
+            ini,
+            userlist,
+            scope,
+            etcd,
+            output,
+        } => import_pgbouncer(&ini, userlist.as_deref(), &scope, &etcd, output.as_deref()),
         Command::Status { admin, token } => {
             let listen = config.map(|c| c.listen);
             let admin = admin.unwrap_or_else(|| {
@@ -87,6 +111,51 @@ fn main() -> ExitCode {
             run(config, cli.config)
         }
     }
+}
+
+fn import_pgbouncer(
+    ini: &std::path::Path,
+    userlist: Option<&std::path::Path>,
+    scope: &str,
+    etcd: &[String],
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(ini) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "pgrouter import-pgbouncer: cannot read {}: {e}",
+                ini.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let userlist = userlist.map(|p| p.display().to_string());
+    let imported = match pgrouter::import_pgbouncer::import(&text, userlist.as_deref(), scope, etcd)
+    {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pgrouter import-pgbouncer: {}: {e}", ini.display());
+            return ExitCode::from(2);
+        }
+    };
+    for n in &imported.not_carried {
+        eprintln!("not carried over: {n}");
+    }
+    match output {
+        None => print!("{}", imported.toml),
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &imported.toml) {
+                eprintln!(
+                    "pgrouter import-pgbouncer: cannot write {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> ExitCode {

@@ -82,3 +82,54 @@ fn the_systemd_unit_verifies() {
         "{said}"
     );
 }
+
+#[test]
+fn a_pgbouncer_ini_imports_into_a_config_that_checks() {
+    let dir = std::env::temp_dir().join(format!("pgrouter-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("imported.toml");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        .arg("import-pgbouncer")
+        .arg(fixtures.join("pgbouncer.ini"))
+        .arg(fixtures.join("userlist.txt"))
+        .args([
+            "--scope",
+            "main",
+            "--etcd",
+            "10.0.0.7:2379",
+            "--etcd",
+            "10.0.0.8:2379",
+            "-o",
+        ])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    for named in [
+        "logfile: pgrouter logs to stderr",
+        "reserve_pool_size: no pgrouter equivalent yet",
+        "[databases] nextcloud",
+        "[users] reporting",
+        "unix_socket_dir: pgrouter listens on TCP only",
+    ] {
+        assert!(said.contains(named), "{named} not named:\n{said}");
+    }
+    let imported = std::fs::read_to_string(&out_path).unwrap();
+    for carried in [
+        "primary = \"0.0.0.0:6432\"",
+        "primary_pool_mode = \"transaction\"",
+        "pool_size = 25",
+        "stats_period = \"30s\"",
+        "stats_users = [\"stats\", \"prometheus\"]",
+        "ignore_startup_parameters = [\"extra_float_digits\"]",
+    ] {
+        assert!(
+            imported.contains(carried),
+            "{carried} not carried:\n{imported}"
+        );
+    }
+    let (ok, out) = check_config("imported", &imported);
+    assert!(ok, "{out}\n{imported}");
+}

@@ -254,6 +254,20 @@ pub struct PoolConfig {
     /// The period of SHOW STATS_AVERAGES and of the stats line logged per database with
     /// traffic, as pgbouncer's `stats_period`.
     pub stats_period: HumanDuration,
+    /// A pooled client idle (between transactions) this long is closed with FATAL 57P05;
+    /// 0 never.
+    pub client_idle_timeout: HumanDuration,
+    /// A pooled client idle inside a transaction this long is closed with FATAL 25P03 and its
+    /// server connection too (its transaction rolls back); 0 never.
+    pub idle_transaction_timeout: HumanDuration,
+    /// Log each pooled client's login and its end.
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    /// Appends " - <client address>:<port>" to the application_name pooled clients give, so
+    /// pg_stat_activity shows who is behind a server connection.
+    pub application_name_add_host: bool,
+    /// What resets a session-mode server connection before the next client's session.
+    pub server_reset_query: String,
 }
 
 impl Default for PoolConfig {
@@ -270,6 +284,12 @@ impl Default for PoolConfig {
             ignore_startup_parameters: Vec::new(),
             track_extra_parameters: vec!["search_path".to_owned()],
             stats_period: HumanDuration(Duration::from_secs(60)),
+            client_idle_timeout: HumanDuration(Duration::ZERO),
+            idle_transaction_timeout: HumanDuration(Duration::ZERO),
+            log_connections: true,
+            log_disconnections: true,
+            application_name_add_host: false,
+            server_reset_query: "DISCARD ALL".to_owned(),
         }
     }
 }

@@ -130,6 +130,7 @@ impl Config {
             ("pool.query_wait_timeout", p.query_wait_timeout),
             ("pool.server_idle_timeout", p.server_idle_timeout),
             ("pool.server_lifetime", p.server_lifetime),
+            ("pool.stats_period", p.stats_period),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0.is_zero()) {
             return Err(ConfigError::invalid(key, "must be longer than 0s"));

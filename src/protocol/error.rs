@@ -30,6 +30,9 @@ pub mod sqlstate {
     /// Authentication not finished in time (PostgreSQL's own code for its authentication_timeout);
     /// a console PAUSE that gave up waiting for transactions in flight.
     pub const QUERY_CANCELED: &str = "57014";
+    /// PostgreSQL's idle_session_timeout and idle_in_transaction_session_timeout.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 }
 
 /// An error for a client; `message` should name pgrouter, the cluster and the member.

@@ -192,6 +192,11 @@ const TESTS: &[(&str, TestFn)] = &[
     ("pooled_startup_options_and_reset_as_postgres_does", |lab| {
         Box::pin(settings::pooled_startup_options_and_reset(lab))
     }),
+    ("pooled_timeouts_and_pgbouncer_session_settings", |lab| {
+        Box::pin(settings::pooled_timeouts_and_pgbouncer_session_settings(
+            lab,
+        ))
+    }),
     (
         "console_as_pgbouncer_has_it_and_its_exporter_reads_it",
         |lab| Box::pin(console::console_as_pgbouncer_has_it(lab)),

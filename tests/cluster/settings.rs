@@ -213,3 +213,88 @@ async fn cases(lab: &Lab, router: &Router, leader: u16) -> Result<()> {
     }
     Ok(())
 }
+
+/// The code of the error a connection ended with, if it ended within `within`.
+async fn ended_with(
+    ended: tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+    within: std::time::Duration,
+) -> Result<Option<String>> {
+    let end = tokio::time::timeout(within, ended)
+        .await
+        .context("the connection stayed open")?;
+    Ok(end
+        .ok()
+        .and_then(|r| r.err())
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned())))
+}
+
+/// pgbouncer's session settings: client_idle_timeout, idle_transaction_timeout,
+/// application_name_add_host, log_connections and log_disconnections.
+pub async fn pooled_timeouts_and_pgbouncer_session_settings(lab: &Lab) -> Result<()> {
+    use std::time::Duration;
+    let router = crate::restarts::pooled_router(
+        lab,
+        17648,
+        "pool_size = 2\nclient_idle_timeout = \"2s\"\nidle_transaction_timeout = \"2s\"\napplication_name_add_host = true\n",
+    )?;
+    let port = router.primary;
+    // A client idle between transactions past client_idle_timeout: FATAL 57P05.
+    let (idle, idle_end) = crate::support::connect(port, "idle-client").await?;
+    idle.simple_query("select 1").await?;
+    let code = ended_with(idle_end, Duration::from_secs(30)).await?;
+    ensure!(
+        code.as_deref() == Some("57P05"),
+        "idle client closed with {code:?}"
+    );
+    // Idle inside a transaction past idle_transaction_timeout: FATAL 25P03, and its server
+    // connection gone (the transaction rolled back, its row never seen).
+    lab.psql(
+        lab.pg_port(&lab.leader()?),
+        "drop table if exists idle_tx; create table idle_tx(x int)",
+    )?;
+    let (busy, busy_end) = crate::support::connect(port, "idle-in-tx").await?;
+    busy.simple_query("begin; insert into idle_tx values (1)")
+        .await?;
+    let code = ended_with(busy_end, Duration::from_secs(30)).await?;
+    ensure!(
+        code.as_deref() == Some("25P03"),
+        "idle-in-transaction client closed with {code:?}"
+    );
+    let leader = lab.pg_port(&lab.leader()?);
+    crate::support::eventually(
+        "the abandoned transaction rolled back",
+        Duration::from_secs(30),
+        || async {
+            crate::support::is(
+                lab.psql(leader, "select count(*) from idle_tx")?,
+                "0".to_owned(),
+            )
+        },
+    )
+    .await?;
+    // application_name_add_host: the server sees who is behind the pooled connection.
+    let (named, _end) = crate::support::connect(port, "named").await?;
+    let rows = named
+        .simple_query("select current_setting('application_name')")
+        .await?;
+    let app = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ensure!(
+        app.starts_with("named - 127.0.0.1:"),
+        "application_name on the server: {app:?}"
+    );
+    let log = router.log_text();
+    ensure!(
+        log.contains("pooled client logged in") && log.contains("pooled client left"),
+        "no connection log lines:\n{}",
+        router.log_tail(10)
+    );
+    lab.psql(leader, "drop table idle_tx")?;
+    println!("  client_idle_timeout 57P05, idle_transaction_timeout 25P03 (its insert rolled back), application_name {app:?}");
+    Ok(())
+}

@@ -12,6 +12,7 @@ use super::idle::{READ_CHUNK, READ_MIN};
 use super::recovery::{Done, Lost};
 use super::{Exit, PooledSession};
 use crate::hold::RoleCheck;
+use crate::protocol::error::{sqlstate, PgError};
 use crate::route::Verdict;
 use crate::stream::{Stream, WriteSide};
 
@@ -44,7 +45,9 @@ impl PooledSession {
         let client_tls = self.client.is_tls();
         let mut unflushed = Unflushed::default();
         let stuck_after = self.shared.config().pool.stuck_check.0;
+        let idle_tx_after = self.shared.config().pool.idle_transaction_timeout.0;
         let mut silent_since = None;
+        let mut idle_tx_since: Option<Instant> = None;
         // Since when the server owes answers, for the pool's query time.
         let mut owed_since: Option<Instant> = None;
         loop {
@@ -96,8 +99,32 @@ impl PooledSession {
                 return Ok(Done::Idle);
             }
             let stuck_at = self.stuck_check_at(stuck_after, unflushed.server, &mut silent_since);
-            match self.next_event(&unflushed, stuck_at).await {
+            let idle_tx = !idle_tx_after.is_zero()
+                && flushed
+                && self.from_client.is_empty()
+                && self.conversation.idle_in_transaction();
+            if !idle_tx {
+                idle_tx_since = None;
+            }
+            let idle_tx_at =
+                idle_tx.then(|| *idle_tx_since.get_or_insert_with(Instant::now) + idle_tx_after);
+            if idle_tx_at.is_some_and(|at| Instant::now() >= at) {
+                return Err(Exit::Fatal(PgError::fatal(
+                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                    format!(
+                        "pgrouter: cluster \"{}\": terminating connection due to idle-in-transaction timeout (pool.idle_transaction_timeout {}s)",
+                        self.shared.scope,
+                        idle_tx_after.as_secs_f64()
+                    ),
+                )));
+            }
+            let wake_at = match (stuck_at, idle_tx_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match self.next_event(&unflushed, wake_at).await {
                 Event::Signal => {}
+                Event::StuckCheck if stuck_at.is_none_or(|at| Instant::now() < at) => {}
                 Event::StuckCheck => {
                     let stuck = self.stuck(stuck_after).await;
                     silent_since = None;

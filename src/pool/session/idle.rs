@@ -19,9 +19,19 @@ const LENT_CAPACITY: usize = 2 * super::conversation::BUFFER_LIMIT;
 pub(super) const READ_MIN: usize = 4 * 1024;
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
+/// Resolves at `at`; never without it.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl PooledSession {
     /// Waits, holding no server connection, for the client's next whole message.
     pub(super) async fn idle_wait(&mut self) -> Result<(), Exit> {
+        let timeout = self.shared.config().pool.client_idle_timeout.0;
+        let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
         loop {
             if self.shared.shutting_down() {
                 return Err(Exit::Fatal(PgError::fatal(
@@ -51,6 +61,16 @@ impl PooledSession {
             }
             tokio::select! {
                 _ = self.signal.wait() => {}
+                () = until(deadline), if deadline.is_some() => {
+                    return Err(Exit::Fatal(PgError::fatal(
+                        sqlstate::IDLE_SESSION_TIMEOUT,
+                        format!(
+                            "pgrouter: cluster \"{}\": closing a client idle for pool.client_idle_timeout ({}s)",
+                            self.shared.scope,
+                            timeout.as_secs_f64()
+                        ),
+                    )));
+                }
                 r = self.client.read_buf(&mut self.from_client) => match r {
                     // A half-close after part of a message: told why, as in pass-through.
                     Ok(0) if !self.from_client.is_empty() => {

@@ -153,7 +153,21 @@ pub async fn start(
         &startup.params,
         &config.pool.ignore_startup_parameters,
     ) {
-        Ok(settings) => settings,
+        Ok(mut settings) => {
+            if config.pool.application_name_add_host {
+                let app = settings
+                    .vars
+                    .iter()
+                    .find(|(k, _)| *k == "application_name")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                settings.vars.retain(|(k, _)| *k != "application_name");
+                settings
+                    .vars
+                    .push(("application_name", format!("{app} - {peer}")));
+            }
+            settings
+        }
         Err(e) => {
             tracing::info!(%peer, %port, %user, error = %e.message, "refused a pooled client's startup parameters");
             send_fatal(&shared, &mut client, &e).await;
@@ -166,6 +180,9 @@ pub async fn start(
         .find(|(k, _)| *k == "application_name")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    if config.pool.log_connections {
+        tracing::info!(%peer, %port, %user, %database, "pooled client logged in");
+    }
     let track = config
         .pool
         .track_extra_parameters
@@ -244,6 +261,11 @@ impl PooledSession {
         };
         if let Some(held) = self.held.take() {
             Box::pin(self.put_back(held, Done::ClientLeft)).await;
+        }
+        if self.shared.config().pool.log_disconnections {
+            let entry = &self.registration.entry;
+            let seconds = entry.since.elapsed().unwrap_or_default().as_secs_f64();
+            tracing::info!(peer = %entry.peer, port = %self.port, user = %entry.user, database = %entry.database, seconds, "pooled client left");
         }
         let e = match end {
             Exit::ClientGone => return,

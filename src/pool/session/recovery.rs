@@ -174,7 +174,8 @@ impl PooledSession {
             }
         }
         if matches!(done, Done::ClientLeft) && self.conversation.mode() == PoolMode::Session {
-            if lease.conn.run("DISCARD ALL").await.is_err() {
+            let reset = self.shared.config().pool.server_reset_query.clone();
+            if lease.conn.run(&reset).await.is_err() {
                 lease.discard();
                 return;
             }

@@ -276,6 +276,15 @@ impl Conversation {
         self.session_state
     }
 
+    /// Inside a transaction with nothing owed either way: the client is idle in it.
+    pub fn idle_in_transaction(&self) -> bool {
+        self.expect.is_empty()
+            && !self.unsynced
+            && self.status != b'I'
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+    }
+
     /// Messages sent to the server still owe answers.
     pub fn owes_answers(&self) -> bool {
         !self.expect.is_empty()
