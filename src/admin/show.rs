@@ -517,11 +517,16 @@ fn totals(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
             t.wait_micros.checked_div(t.xact_count).unwrap_or(0),
         ),
     ];
+    named_rows(&["name", "value"], &rows)
+}
+
+/// A two-column table of named numbers (SHOW TOTALS, SHOW LISTS).
+fn named_rows(columns: &'static [&'static str], rows: &[(&str, impl ToString)]) -> Table {
     Table {
-        columns: &["name", "value"],
+        columns,
         rows: rows
             .iter()
-            .map(|(k, v)| vec![k.to_string(), n(v)])
+            .map(|(k, v)| vec![k.to_string(), v.to_string()])
             .collect(),
     }
 }
@@ -553,13 +558,7 @@ fn lists(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
         ("dns_queries", 0),
         ("dns_pending", 0),
     ];
-    Table {
-        columns: &["list", "items"],
-        rows: rows
-            .iter()
-            .map(|(k, v)| vec![k.to_string(), n(v)])
-            .collect(),
-    }
+    named_rows(&["list", "items"], &rows)
 }
 
 fn databases(shared: &Shared, pools: &[Arc<Pool>]) -> Table {

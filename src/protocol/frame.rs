@@ -133,6 +133,21 @@ impl Scanner {
         self.capture.then_some(5 + self.body_len)
     }
 
+    /// Bytes seen so far of the message in progress, whatever its tag; 0 at a boundary.
+    pub fn in_progress(&self) -> usize {
+        if self.header_len < 5 {
+            return self.header_len;
+        }
+        let len = u32::from_be_bytes([
+            self.header[1],
+            self.header[2],
+            self.header[3],
+            self.header[4],
+        ]);
+        let body = (len as usize).saturating_sub(4);
+        5 + body - self.left
+    }
+
     /// The body of the last whole message, if its tag is captured; empty otherwise. Read at a
     /// boundary, it belongs to the message `feed` visited last.
     pub fn last_captured(&self) -> &[u8] {

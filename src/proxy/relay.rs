@@ -212,7 +212,8 @@ impl<'a> Follow<'a> {
     /// Whether a client whose server went away can be told so: the stream to it stands at a
     /// message boundary and the server's last message was not an error of its own.
     fn can_tell(&self, down: &Pump) -> bool {
-        !down.pending() && self.down_scan.at_boundary() && self.last_from_server != b'E'
+        let at_boundary = down.kept() > 0 || self.down_scan.at_boundary();
+        !down.pending() && at_boundary && self.last_from_server != b'E'
     }
 }
 
@@ -232,10 +233,26 @@ fn server_batch(
         let (code, response) = named(scope, member, &body);
         return Ok(down.replace_tail(start, &response).then_some(code));
     }
-    if let Some(seen) = follow.down_scan.partial(b'E') {
-        down.keep_back(seen);
-    }
+    keep_back_partial(follow, down);
     Ok(None)
+}
+
+/// The longest start of a message (other than an ErrorResponse, kept whole) a batch that ends
+/// inside it keeps back for the next one.
+pub const KEEP_BACK_MAX: usize = 1024;
+
+/// Keeps back the start of a message the batch just read ends inside, when the message began
+/// in this batch: an ErrorResponse (so it is whole when looked at) or a short message of
+/// another kind. The client then stands at a message boundary while the rest is awaited, so a
+/// server that dies mid-message, or a member that loses the leader key then, can still be
+/// answered with an error instead of a cut message. Whether anything was kept.
+pub fn keep_back_partial(follow: &Follow<'_>, down: &mut Pump) -> bool {
+    let seen = match follow.down_scan.partial(b'E') {
+        Some(seen) => seen,
+        None => follow.down_scan.in_progress(),
+    };
+    (1..=KEEP_BACK_MAX.max(crate::protocol::limits::CAPTURE_MAX + 5)).contains(&seen)
+        && down.keep_back(seen)
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes after it).

@@ -304,15 +304,15 @@ async fn a_batch_read_but_not_yet_written_leaves_the_client_at_a_boundary() {
     assert!(follow.client_at_boundary(&down), "all of it written");
 
     // A batch that begins inside a message: the client stands inside it even with none of
-    // the batch written.
-    let row = tagged(b'D', b"0123456789");
-    let mut first = &row[..7];
+    // the batch written. (A short message's start would be kept back: this one is long.)
+    let row = tagged(b'D', &[b'x'; 3000]);
+    let mut first = &row[..1500];
     down.step(&mut first, &mut client).await.ok().unwrap();
     server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
     while down.pending() {
         down.step(&mut nothing, &mut client).await.ok().unwrap();
     }
-    let mut rest = &row[7..];
+    let mut rest = &row[1500..];
     down.step(&mut rest, &mut client).await.ok().unwrap();
     server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
     assert_eq!(down.progress(), Progress::Untouched);
@@ -320,4 +320,44 @@ async fn a_batch_read_but_not_yet_written_leaves_the_client_at_a_boundary() {
         !follow.client_at_boundary(&down),
         "the batch ends a message begun before it"
     );
+}
+
+/// A server gone inside a short message (a backend killed mid-send: immediate shutdown, a
+/// demotion): the start of that message is kept back, so what the client was sent ends at a
+/// boundary and it can be told why, instead of getting a cut message.
+#[tokio::test]
+async fn a_short_message_cut_by_the_server_is_kept_back_so_the_client_can_be_told() {
+    let shared = shared();
+    let rows = [
+        tagged(b'D', b"\0\x01\0\0\0\x01x"),
+        tagged(b'C', b"SELECT 1\0"),
+    ]
+    .concat();
+    let next_row = tagged(b'D', b"\0\x01\0\0\0\x05hello");
+    let stream = [rows.clone(), next_row[..7].to_vec()].concat();
+    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
+    let mut down = Pump::new(false);
+    let mut client = Vec::new();
+    let mut from_server: &[u8] = &stream;
+    assert!(matches!(
+        down.step(&mut from_server, &mut client).await,
+        Ok(Step::Read(_))
+    ));
+    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+    assert_eq!(down.kept(), 7, "the cut row's start is kept back");
+    while down.pending() {
+        let mut nothing: &[u8] = &[];
+        down.step(&mut nothing, &mut client).await.ok();
+    }
+    assert_eq!(client, rows, "only whole messages went out");
+    assert!(follow.client_at_boundary(&down));
+    // A long message cut the same way streams as it comes (it cannot be held whole).
+    let long_row = tagged(b'D', &[b'x'; 4000]);
+    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:5432");
+    let mut down = Pump::new(false);
+    let mut client = Vec::new();
+    let mut from_server: &[u8] = &long_row[..3000];
+    down.step(&mut from_server, &mut client).await.ok();
+    server_batch(&mut follow, &mut down, "demo", "pg0").unwrap();
+    assert_eq!(down.kept(), 0);
 }

@@ -104,6 +104,33 @@ async fn cases(lab: &Lab, router: &Router, leader: u16) -> Result<()> {
         "pg_sleep(3) under statement_timeout 1500: {code:?}"
     );
 
+    // psycopg 3, as Django 4.2+ passes OPTIONS {'options': ...}: every transaction of every
+    // connection sees its options over the two server connections.
+    let script = format!(
+        r#"
+import psycopg
+conns = [psycopg.connect("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres", options={OPTIONS:?}, autocommit=True) for _ in range(4)]
+for round in range(10):
+    for c in conns:
+        with c.transaction():
+            seen = c.execute("{SEEN}").fetchone()[0]
+            assert seen == {want:?}, (round, seen)
+print("ok")
+"#,
+        port = router.primary,
+    );
+    let out = pgrouter_lab::client_command("python3")
+        .args(["-c", &script])
+        .output()
+        .context("running python3 with psycopg")?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "psycopg 3 with options: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("  psycopg 3 with options, 4 connections x 10 transactions: each saw its settings");
+
     // 2. A SET of search_path is carried to the client's next transactions, not to others.
     let setter = &with[1];
     one(setter, "SET search_path TO other_app, public").await?;

@@ -155,16 +155,10 @@ pub async fn start(
     ) {
         Ok(mut settings) => {
             if config.pool.application_name_add_host {
-                let app = settings
-                    .vars
-                    .iter()
-                    .find(|(k, _)| *k == "application_name")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
+                let app = settings.var("application_name").unwrap_or_default();
+                let app = format!("{app} - {peer}");
                 settings.vars.retain(|(k, _)| *k != "application_name");
-                settings
-                    .vars
-                    .push(("application_name", format!("{app} - {peer}")));
+                settings.vars.push(("application_name", app));
             }
             settings
         }
@@ -175,11 +169,9 @@ pub async fn start(
         }
     };
     let application_name = settings
-        .vars
-        .iter()
-        .find(|(k, _)| *k == "application_name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+        .var("application_name")
+        .unwrap_or_default()
+        .to_owned();
     if config.pool.log_connections {
         tracing::info!(%peer, %port, %user, %database, "pooled client logged in");
     }

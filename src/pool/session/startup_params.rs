@@ -44,6 +44,14 @@ pub fn read(params: &[(String, String)], ignore: &[String]) -> Result<StartupSet
 }
 
 impl StartupSettings {
+    /// The value of tracked parameter `name` (spelled as in `TRACKED`), if the client gave one.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     fn set(&mut self, name: &str, value: String) -> Result<(), PgError> {
         if let Some(k) = TRACKED.iter().find(|t| t.eq_ignore_ascii_case(name)) {
             self.vars.retain(|(n, _)| n != k);
