@@ -119,7 +119,7 @@ print("ok")
 "#,
         port = router.primary,
     );
-    let out = pgrouter_lab::client_command("python3")
+    let out = pgrouter_lab::client_command("/usr/bin/python3")
         .args(["-c", &script])
         .output()
         .context("running python3 with psycopg")?;
