@@ -215,6 +215,23 @@ impl<'a> Follow<'a> {
         let at_boundary = down.kept() > 0 || self.down_scan.at_boundary();
         !down.pending() && at_boundary && self.last_from_server != b'E'
     }
+
+    /// The end of a session whose server closed or failed. When the client cannot be told,
+    /// why not is logged: what was left to write, where the stream to the client stands, and
+    /// the server's last message.
+    fn server_gone(&self, error: Option<std::io::Error>, down: &Pump) -> End {
+        let tell = self.can_tell(down);
+        if !tell {
+            tracing::debug!(
+                pending = down.pending(),
+                kept = down.kept(),
+                at_boundary = self.down_scan.at_boundary(),
+                last_from_server = %char::from(self.last_from_server),
+                "the server went away where its client cannot be told"
+            );
+        }
+        End::ServerGone { error, tell }
+    }
 }
 
 /// Follows the batch just read from the server into `down` and readies it for the client: a
@@ -364,11 +381,11 @@ impl Relay<'_> {
                     Ok(Step::Wrote) => {}
                     Ok(Step::Eof) if follow.terminated => return End::ClientClosed,
                     Ok(Step::Eof) => {
-                        return End::ServerGone { error: None, tell: follow.can_tell(&down) }
+                        return follow.server_gone(None, &down)
                     }
                     Err(Side::Read(_)) if follow.terminated => return End::ClientClosed,
                     Err(Side::Read(e)) => {
-                        return End::ServerGone { error: Some(e), tell: follow.can_tell(&down) }
+                        return follow.server_gone(Some(e), &down)
                     }
                     Err(Side::Write(e)) => return End::ClientError(e),
                 },
@@ -383,7 +400,7 @@ impl Relay<'_> {
                     Ok(Step::Eof) => return End::ClientClosed,
                     Err(Side::Read(e)) => return End::ClientError(e),
                     Err(Side::Write(e)) => {
-                        return End::ServerGone { error: Some(e), tell: follow.can_tell(&down) }
+                        return follow.server_gone(Some(e), &down)
                     }
                 },
             }
