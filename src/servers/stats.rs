@@ -39,6 +39,34 @@ impl Totals {
         self.moved += get(&s.moved);
     }
 
+    /// pgbouncer's seven totals, in the order of its STATS_TOTALS columns.
+    pub fn cells(&self) -> [u64; 7] {
+        [
+            self.xact_count,
+            self.query_count,
+            self.received,
+            self.sent,
+            self.xact_micros,
+            self.query_micros,
+            self.wait_micros,
+        ]
+    }
+
+    /// These and `other` together (SHOW TOTALS sums the databases).
+    pub fn plus(&self, other: &Totals) -> Totals {
+        Totals {
+            xact_count: self.xact_count + other.xact_count,
+            query_count: self.query_count + other.query_count,
+            received: self.received + other.received,
+            sent: self.sent + other.sent,
+            xact_micros: self.xact_micros + other.xact_micros,
+            query_micros: self.query_micros + other.query_micros,
+            wait_micros: self.wait_micros + other.wait_micros,
+            opened: self.opened + other.opened,
+            moved: self.moved + other.moved,
+        }
+    }
+
     fn since(&self, before: &Totals) -> Totals {
         Totals {
             xact_count: self.xact_count.saturating_sub(before.xact_count),
@@ -77,6 +105,19 @@ pub struct Averaged {
 }
 
 impl Averaged {
+    /// pgbouncer's seven averages, in the order of its STATS_AVERAGES columns.
+    pub fn cells(&self) -> [u64; 7] {
+        [
+            self.xact_count,
+            self.query_count,
+            self.received,
+            self.sent,
+            self.xact_time,
+            self.query_time,
+            self.wait_time,
+        ]
+    }
+
     fn of(delta: &Totals, period: Duration) -> Averaged {
         let secs = period.as_secs_f64().max(0.001);
         let per_second = |n: u64| (n as f64 / secs).round() as u64;

@@ -1,5 +1,6 @@
 //! The admin console's SHOW commands, with pgbouncer 1.18's columns: result sets in text
-//! format, read from the pools, the pooled clients and the settings in force.
+//! format, read from the pools, the pooled clients and the settings in force. The statistics
+//! tables are in `stats`, SHOW CONFIG in `config`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -8,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 
+mod config;
+mod stats;
+
 use super::console::command_complete;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
 use crate::servers::pools::{ClientActivity, Pool};
-use crate::servers::stats::by_database;
 use crate::shared::Shared;
 
 /// A result set in text format.
@@ -58,14 +61,14 @@ pub(super) fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
         "pools" => pools_table(shared, &pools),
         "clients" => clients(shared),
         "servers" => servers(shared, &pools),
-        "stats" => stats(shared, &pools),
-        "stats_totals" => stats_totals(&pools),
-        "stats_averages" => stats_averages(shared),
-        "totals" => totals(shared, &pools),
+        "stats" => stats::stats(shared, &pools),
+        "stats_totals" => stats::stats_totals(&pools),
+        "stats_averages" => stats::stats_averages(shared),
+        "totals" => stats::totals(shared, &pools),
         "lists" => lists(shared, &pools),
         "databases" => databases(shared, &pools),
         "users" => users(shared),
-        "config" => config(shared),
+        "config" => config::config(shared),
         "version" => Table {
             columns: &["version"],
             rows: vec![vec![format!("pgrouter {}", env!("CARGO_PKG_VERSION"))]],
@@ -84,7 +87,7 @@ pub(super) fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
 /// The commands, as SHOW HELP tells them.
 pub(super) const HELP: &str = "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATE\n\tSHOW LISTS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN";
 
-fn n(v: impl ToString) -> String {
+pub(super) fn n(v: impl ToString) -> String {
     v.to_string()
 }
 
@@ -353,175 +356,11 @@ fn servers(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
     }
 }
 
-fn stats(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
-    let averages = shared
-        .pools
-        .averages
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let rows = by_database(pools)
-        .into_iter()
-        .map(|(db, t)| {
-            let a = averages.last.get(&db).copied().unwrap_or_default();
-            vec![
-                db,
-                n(t.xact_count),
-                n(t.query_count),
-                n(t.received),
-                n(t.sent),
-                n(t.xact_micros),
-                n(t.query_micros),
-                n(t.wait_micros),
-                n(a.xact_count),
-                n(a.query_count),
-                n(a.received),
-                n(a.sent),
-                n(a.xact_time),
-                n(a.query_time),
-                n(a.wait_time),
-                // pgbouncer before 1.8 called the query count total_requests; older
-                // exporters still read it.
-                n(t.query_count),
-                n(t.opened),
-                n(t.moved),
-            ]
-        })
-        .collect();
-    Table {
-        columns: &[
-            "database",
-            "total_xact_count",
-            "total_query_count",
-            "total_received",
-            "total_sent",
-            "total_xact_time",
-            "total_query_time",
-            "total_wait_time",
-            "avg_xact_count",
-            "avg_query_count",
-            "avg_recv",
-            "avg_sent",
-            "avg_xact_time",
-            "avg_query_time",
-            "avg_wait_time",
-            "total_requests",
-            "total_server_opened",
-            "total_server_moved",
-        ],
-        rows,
-    }
-}
-
-const STATS_COLUMNS: &[&str] = &[
-    "database",
-    "xact_count",
-    "query_count",
-    "bytes_received",
-    "bytes_sent",
-    "xact_time",
-    "query_time",
-    "wait_time",
-];
-
-fn stats_totals(pools: &[Arc<Pool>]) -> Table {
-    let rows = by_database(pools)
-        .into_iter()
-        .map(|(db, t)| {
-            vec![
-                db,
-                n(t.xact_count),
-                n(t.query_count),
-                n(t.received),
-                n(t.sent),
-                n(t.xact_micros),
-                n(t.query_micros),
-                n(t.wait_micros),
-            ]
-        })
-        .collect();
-    Table {
-        columns: STATS_COLUMNS,
-        rows,
-    }
-}
-
-fn stats_averages(shared: &Shared) -> Table {
-    let averages = shared
-        .pools
-        .averages
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let rows = averages
-        .last
-        .iter()
-        .map(|(db, a)| {
-            vec![
-                db.clone(),
-                n(a.xact_count),
-                n(a.query_count),
-                n(a.received),
-                n(a.sent),
-                n(a.xact_time),
-                n(a.query_time),
-                n(a.wait_time),
-            ]
-        })
-        .collect();
-    Table {
-        columns: STATS_COLUMNS,
-        rows,
-    }
-}
-
-fn totals(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
-    let mut t = crate::servers::stats::Totals::default();
-    for each in by_database(pools).values() {
-        t.xact_count += each.xact_count;
-        t.query_count += each.query_count;
-        t.received += each.received;
-        t.sent += each.sent;
-        t.xact_micros += each.xact_micros;
-        t.query_micros += each.query_micros;
-        t.wait_micros += each.wait_micros;
-    }
-    let averages = shared
-        .pools
-        .averages
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let sum = |f: fn(&crate::servers::stats::Averaged) -> u64| -> u64 {
-        averages.last.values().map(f).sum()
-    };
-    let rows = [
-        ("total_xact_count", t.xact_count),
-        ("total_query_count", t.query_count),
-        ("total_client_bytes", t.received),
-        ("total_server_bytes", t.sent),
-        ("total_xact_time", t.xact_micros),
-        ("total_query_time", t.query_micros),
-        ("total_wait_time", t.wait_micros),
-        ("avg_xact_count", sum(|a| a.xact_count)),
-        ("avg_query_count", sum(|a| a.query_count)),
-        ("avg_client_bytes", sum(|a| a.received)),
-        ("avg_server_bytes", sum(|a| a.sent)),
-        (
-            "avg_xact_time",
-            t.xact_micros.checked_div(t.xact_count).unwrap_or(0),
-        ),
-        (
-            "avg_query_time",
-            t.query_micros.checked_div(t.query_count).unwrap_or(0),
-        ),
-        (
-            "avg_wait_time",
-            t.wait_micros.checked_div(t.xact_count).unwrap_or(0),
-        ),
-    ];
-    named_rows(&["name", "value"], &rows)
-}
-
 /// A two-column table of named numbers (SHOW TOTALS, SHOW LISTS).
-fn named_rows(columns: &'static [&'static str], rows: &[(&str, impl ToString)]) -> Table {
+pub(super) fn named_rows(
+    columns: &'static [&'static str],
+    rows: &[(&str, impl ToString)],
+) -> Table {
     Table {
         columns,
         rows: rows
@@ -641,103 +480,6 @@ fn state(shared: &Shared) -> Table {
             .map(|(k, v)| vec![k.to_string(), if *v { "yes" } else { "no" }.to_owned()])
             .collect(),
     }
-}
-
-fn config(shared: &Shared) -> Table {
-    let config = shared.config();
-    let defaults = crate::config::Config {
-        cluster: config.cluster.clone(),
-        listen: Default::default(),
-        routing: Default::default(),
-        pool: Default::default(),
-        auth: Default::default(),
-        tls: Default::default(),
-        upstream_tls: Default::default(),
-        log: Default::default(),
-        runtime: Default::default(),
-        tcp: Default::default(),
-        peers: Default::default(),
-        listeners: Default::default(),
-    };
-    let rows = settings(&config)
-        .into_iter()
-        .zip(settings(&defaults))
-        .map(|((key, value, changeable), (_, default, _))| {
-            vec![
-                key.to_owned(),
-                value,
-                default,
-                if changeable { "yes" } else { "no" }.to_owned(),
-            ]
-        })
-        .collect();
-    Table {
-        columns: &["key", "value", "default", "changeable"],
-        rows,
-    }
-}
-
-/// The settings SHOW CONFIG lists: key, value, and whether a reload changes it.
-fn settings(config: &crate::config::Config) -> Vec<(&'static str, String, bool)> {
-    let (l, p, r) = (&config.listen, &config.pool, &config.routing);
-    let d = |d: &crate::units::HumanDuration| format!("{}s", d.0.as_secs_f64());
-    vec![
-        ("cluster.scope", config.cluster.scope.clone(), false),
-        ("listen.primary", l.primary.to_string(), true),
-        ("listen.replicas", l.replicas.to_string(), true),
-        (
-            "listen.primary_pool_mode",
-            l.primary_pool_mode.label().to_owned(),
-            true,
-        ),
-        (
-            "listen.replicas_pool_mode",
-            l.replicas_pool_mode.label().to_owned(),
-            true,
-        ),
-        (
-            "listen.max_client_conn",
-            l.max_client_conn.to_string(),
-            true,
-        ),
-        ("pool.pool_size", p.pool_size.to_string(), true),
-        ("pool.min_pool_size", p.min_pool_size.to_string(), true),
-        ("pool.query_wait_timeout", d(&p.query_wait_timeout), true),
-        ("pool.server_idle_timeout", d(&p.server_idle_timeout), true),
-        ("pool.server_lifetime", d(&p.server_lifetime), true),
-        ("pool.server_check_delay", d(&p.server_check_delay), true),
-        ("pool.stuck_check", d(&p.stuck_check), true),
-        ("pool.message_memory", p.message_memory.0.to_string(), true),
-        (
-            "pool.ignore_startup_parameters",
-            p.ignore_startup_parameters.join(","),
-            true,
-        ),
-        (
-            "pool.track_extra_parameters",
-            p.track_extra_parameters.join(","),
-            true,
-        ),
-        ("pool.stats_period", d(&p.stats_period), true),
-        ("routing.hold_timeout", d(&r.hold_timeout), true),
-        ("routing.drain_timeout", d(&r.drain_timeout), true),
-        ("routing.connect_timeout", d(&r.connect_timeout), true),
-        (
-            "routing.max_replica_lag",
-            r.max_replica_lag.0.to_string(),
-            true,
-        ),
-        ("routing.max_replica_delay", d(&r.max_replica_delay), true),
-        ("routing.lag_check_interval", d(&r.lag_check_interval), true),
-        ("routing.balance", r.balance.label().to_owned(), true),
-        (
-            "runtime.worker_threads",
-            config.runtime.worker_threads.to_string(),
-            false,
-        ),
-        ("peers.id", config.peers.id.to_string(), true),
-        ("peers.routers", config.peers.routers.join(", "), true),
-    ]
 }
 
 #[cfg(test)]
