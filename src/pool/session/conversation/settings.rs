@@ -53,6 +53,16 @@ fn literal(text: &str) -> String {
     format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// The query that sets a carried setting for the session, taking its value as a startup
+/// parameter or `options -c` would (a list such as `search_path` as written).
+fn set_config(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        literal(name),
+        literal(value)
+    )
+}
+
 impl Conversation {
     /// The client's startup values: what RESET goes back to.
     pub fn startup(&self) -> &StartupSettings {
@@ -116,11 +126,7 @@ impl Conversation {
                 list.extend(back.cloned());
             }
             if let Some((_, value)) = back {
-                restore.push(format!(
-                    "SELECT pg_catalog.set_config({}, {}, false)",
-                    literal(name),
-                    literal(value)
-                ));
+                restore.push(set_config(name, value));
             }
         }
         if !restore.is_empty() {
@@ -169,11 +175,7 @@ impl Conversation {
     pub(super) fn sync_extra(&self, conn: &mut ConnState, sets: &mut Vec<String>) {
         for (name, value) in &self.extra {
             if !conn.extra.iter().any(|(n, v)| n == name && v == value) {
-                sets.push(format!(
-                    "SELECT pg_catalog.set_config({}, {}, false)",
-                    literal(name),
-                    literal(value)
-                ));
+                sets.push(set_config(name, value));
             }
         }
         for (name, _) in &conn.extra {
