@@ -147,7 +147,12 @@ pub fn import(
             },
             "max_client_conn" => listen.push(format!("max_client_conn = {v}")),
             "default_pool_size" => pool.push(format!("pool_size = {v}")),
-            "min_pool_size" => pool.push(format!("min_pool_size = {v}")),
+            "min_pool_size" | "reserve_pool_size" | "max_db_connections"
+            | "max_user_connections" => pool.push(format!("{key} = {v}")),
+            "reserve_pool_timeout" => match seconds(v) {
+                Some(d) => pool.push(format!("{key} = {d}")),
+                None => skip(key, "not a duration"),
+            },
             "query_wait_timeout" | "server_idle_timeout" | "server_lifetime"
             | "server_check_delay" | "stats_period" => match seconds(v) {
                 Some(d) if !d.starts_with("\"0s") => pool.push(format!("{key} = {d}")),
@@ -218,23 +223,36 @@ pub fn import(
             _ => skip(key, "no pgrouter equivalent yet"),
         }
     }
+    let mut entries_toml = String::new();
     for (section, entries) in &ini {
-        match section.as_str() {
-            "pgbouncer" => {}
-            "databases" => {
-                for (name, _) in entries {
-                    skip(
-                        &format!("[databases] {name}"),
-                        "members come from Patroni's keys in etcd; client database names reach the cluster as given (aliases, forced users and per-database pool settings are not carried yet)",
-                    );
-                }
-            }
+        let kind = match section.as_str() {
+            "pgbouncer" => continue,
+            "databases" => "databases",
+            "users" => "users",
             other => {
                 for (name, _) in entries {
                     skip(
                         &format!("[{other}] {name}"),
-                        "per-user and other sections are not carried yet",
+                        "not a pgbouncer section pgrouter knows",
                     );
+                }
+                continue;
+            }
+        };
+        for (name, value) in entries {
+            let at = format!("[{kind}] {name}");
+            if name == "*" {
+                skip(&at, "pgrouter serves every database by the name the client gives; the members come from Patroni's keys in etcd");
+                continue;
+            }
+            let lines = entry(kind, name, value, &mut |k, why| {
+                skip(&format!("{at} {k}"), why)
+            })
+            .map_err(|e| format!("{at}: {e}"))?;
+            if !lines.is_empty() {
+                let _ = writeln!(entries_toml, "\n[{kind}.{}]", quoted(name));
+                for l in lines {
+                    let _ = writeln!(entries_toml, "{l}");
                 }
             }
         }
@@ -273,9 +291,81 @@ pub fn import(
             let _ = writeln!(toml, "{l}");
         }
     }
+    toml.push_str(&entries_toml);
     Config::from_toml(&toml)
         .map_err(|e| format!("the imported config does not check: {e}\n{toml}"))?;
     Ok(Imported { toml, not_carried })
+}
+
+/// The settings of a `[databases]` or `[users]` line (`key=value ...`, values maybe quoted)
+/// as lines of its pgrouter entry; what has no place there goes to `skip`.
+fn entry(
+    kind: &str,
+    name: &str,
+    line: &str,
+    skip: &mut dyn FnMut(&str, &str),
+) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
+    for (k, v) in conninfo(line)? {
+        let number = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{k}={v}: not a whole number"))
+        };
+        match (kind, k.as_str()) {
+            ("databases", "host") => {
+                skip("host, port", "the members come from Patroni's keys in etcd")
+            }
+            ("databases", "port") => {}
+            ("databases", "dbname") if v != name => lines.push(format!("dbname = {}", quoted(&v))),
+            ("databases", "dbname") => {}
+            ("databases", "user") => lines.push(format!("user = {}", quoted(&v))),
+            ("databases", "password") => skip(
+                &k,
+                "the forced user logs in with its secret from auth.auth_file: put it there",
+            ),
+            ("databases", "reserve_pool") => lines.push(format!("reserve_pool = {}", number(&v)?)),
+            ("databases", "max_db_connections")
+            | ("users", "max_user_connections")
+            | (_, "pool_size") => lines.push(format!("{k} = {}", number(&v)?)),
+            (_, "pool_mode") => match v.as_str() {
+                "session" | "transaction" => lines.push(format!("pool_mode = \"{v}\"")),
+                "statement" => {
+                    lines.push("pool_mode = \"transaction\"".to_owned());
+                    skip(
+                        &k,
+                        "statement pooling is not supported: transaction pooling instead",
+                    );
+                }
+                _ => skip(&k, "unknown pool mode"),
+            },
+            _ => skip(&k, "not carried: pgrouter has no per-entry equivalent yet"),
+        }
+    }
+    Ok(lines)
+}
+
+/// `key=value key='a value' ...` as pgbouncer reads a `[databases]` line.
+fn conninfo(line: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once('=')
+            .ok_or_else(|| format!("{rest:?} is not key=value"))?;
+        let after = after.trim_start();
+        let (value, tail) = match after.strip_prefix('\'') {
+            Some(quoted) => {
+                let end = quoted
+                    .find('\'')
+                    .ok_or_else(|| format!("{key}: unterminated quote"))?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => after.split_at(after.find(char::is_whitespace).unwrap_or(after.len())),
+        };
+        out.push((key.trim().to_ascii_lowercase(), value.to_owned()));
+        rest = tail.trim_start();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -285,7 +375,11 @@ mod tests {
     const INI: &str = "\
 [databases]
 app = host=10.0.0.5 port=5432 dbname=app
+legacy = host=10.0.0.5 dbname=app_v1 user=svc_legacy password=x pool_size=5 pool_mode=session max_db_connections=8 reserve_pool=2 connect_query='select 1'
 * = host=10.0.0.5
+
+[users]
+reporting = pool_mode=session max_user_connections=4
 
 [pgbouncer]
 listen_addr = *
@@ -331,11 +425,29 @@ tcp_keepidle = 30
         assert_eq!(c.tcp.keepalive_idle.0.as_secs(), 30);
         let notes = imported.not_carried.join("\n");
         assert_eq!(c.pool.server_reset_query, "DISCARD ALL");
+        let legacy = &c.databases["legacy"];
+        assert_eq!(
+            (legacy.dbname.as_deref(), legacy.user.as_deref()),
+            (Some("app_v1"), Some("svc_legacy"))
+        );
+        assert_eq!(
+            (
+                legacy.pool_size,
+                legacy.max_db_connections,
+                legacy.reserve_pool
+            ),
+            (Some(5), Some(8), Some(2))
+        );
+        assert_eq!(legacy.pool_mode, Some(crate::config::PoolMode::Session));
+        assert!(!c.databases.contains_key("app"), "{}", imported.toml);
+        assert_eq!(c.users["reporting"].max_user_connections, Some(4));
         for named in [
             "logfile",
             "pidfile",
             "query_wait_timeout",
-            "[databases] app",
+            "[databases] app host, port",
+            "[databases] legacy password",
+            "[databases] legacy connect_query",
             "[databases] *",
         ] {
             assert!(notes.contains(named), "{named} not named:\n{notes}");

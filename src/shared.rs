@@ -37,6 +37,8 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Wakes running sessions when the topology, the settings, pause or shutdown change.
     pub signals: Signals,
+    /// KILL from the console.
+    pub kills: crate::signal::Kills,
     /// Server connection pools and pooled clients (pooled modes).
     pub pools: Pools,
     /// Users' secrets from auth_file (pooled modes).
@@ -74,6 +76,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             signals: Signals::default(),
+            kills: Default::default(),
             pools: Pools::default(),
             credentials: Credentials::default(),
             tls: Default::default(),

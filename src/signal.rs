@@ -1,5 +1,5 @@
-//! Wake-ups for rare control events (topology, settings, pause, shutdown) that cost a session
-//! almost nothing to poll on every data wake-up: an atomic flag and an atomic waker per
+//! Wake-ups for rare control events (topology, settings, pause, shutdown, KILL) that cost a
+//! session almost nothing to poll on every data wake-up: an atomic flag and an atomic waker per
 //! session, no lock shared between sessions.
 
 use std::collections::HashMap;
@@ -9,6 +9,28 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
+
+/// The console's KILL: when each database was last killed. A session of the database that
+/// began before that ends at its next wake-up (`Signals::raise_all` wakes it).
+#[derive(Default)]
+pub struct Kills {
+    at: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Whether any KILL was ever given: sessions look no further on every wake-up if not.
+    any: AtomicBool,
+}
+
+impl Kills {
+    pub fn kill(&self, database: &str) {
+        lock(&self.at).insert(database.to_owned(), tokio::time::Instant::now());
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Whether a session of `database` begun at `began` was killed.
+    pub fn killed(&self, database: &str, began: tokio::time::Instant) -> bool {
+        self.any.load(Ordering::Acquire)
+            && lock(&self.at).get(database).is_some_and(|at| *at >= began)
+    }
+}
 
 #[derive(Default)]
 pub struct Signal {
@@ -85,9 +107,7 @@ impl Drop for Subscription {
     }
 }
 
-fn lock(
-    m: &Mutex<HashMap<u64, Arc<Signal>>>,
-) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Signal>>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Inserts and removes cannot leave the map half-updated on a panic.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

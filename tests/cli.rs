@@ -109,9 +109,8 @@ fn a_pgbouncer_ini_imports_into_a_config_that_checks() {
     assert!(out.status.success(), "{said}");
     for named in [
         "logfile: pgrouter logs to stderr",
-        "reserve_pool_size: no pgrouter equivalent yet",
-        "[databases] nextcloud",
-        "[users] reporting",
+        "[databases] nextcloud host, port: the members come from Patroni",
+        "[databases] *: pgrouter serves every database",
         "unix_socket_dir: pgrouter listens on TCP only",
     ] {
         assert!(said.contains(named), "{named} not named:\n{said}");
@@ -124,6 +123,10 @@ fn a_pgbouncer_ini_imports_into_a_config_that_checks() {
         "stats_period = \"30s\"",
         "stats_users = [\"stats\", \"prometheus\"]",
         "ignore_startup_parameters = [\"extra_float_digits\"]",
+        "reserve_pool_size = 5",
+        "reserve_pool_timeout = \"3s\"",
+        "[databases.\"app\"]\npool_size = 50",
+        "[users.\"reporting\"]\npool_mode = \"session\"",
     ] {
         assert!(
             imported.contains(carried),

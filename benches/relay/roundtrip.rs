@@ -83,6 +83,8 @@ async fn relay_to(server: String) -> String {
                     shared: &shared,
                     route: &route,
                     port: Port::PRIMARY,
+                    database: "bench",
+                    began: tokio::time::Instant::now(),
                 }
                 .run(&mut client, &mut server, follow, &mut state)
                 .await;

@@ -42,16 +42,20 @@ enum Command {
     /// Waits until the connections RECONNECT marked are closed.
     WaitClose(Option<String>),
     Shutdown,
+    /// Ends every session of a database now, pooled and pass-through, and closes its pools'
+    /// server connections.
+    Kill(String),
 }
 
 fn parse(sql: &str) -> Result<Command, String> {
-    let words: Vec<String> = sql
+    let raw: Vec<&str> = sql
         .trim()
         .trim_end_matches(';')
         .split_whitespace()
-        .map(|w| w.to_ascii_lowercase())
         .collect();
-    let db = |w: &str| w.trim_matches('"').to_owned();
+    let words: Vec<String> = raw.iter().map(|w| w.to_ascii_lowercase()).collect();
+    // A database name as written: names are case-sensitive, commands are not.
+    let db = |_: &str| raw[1].trim_matches('"').to_owned();
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["show", "help"] => Ok(Command::Help),
         ["show", what] => Ok(Command::Show(what.to_string())),
@@ -67,7 +71,9 @@ fn parse(sql: &str) -> Result<Command, String> {
         ["wait_close"] => Ok(Command::WaitClose(None)),
         ["wait_close", name] => Ok(Command::WaitClose(Some(db(name)))),
         ["shutdown"] => Ok(Command::Shutdown),
-        ["kill" | "suspend" | "disable" | "enable" | "set", ..] => Err(format!(
+        ["kill", name] => Ok(Command::Kill(db(name))),
+        ["kill"] => Err("KILL takes a database: KILL <db>".to_owned()),
+        ["suspend" | "disable" | "enable" | "set", ..] => Err(format!(
             "{} is not supported by pgrouter; SHOW HELP lists the commands",
             words[0].to_ascii_uppercase()
         )),
@@ -222,6 +228,13 @@ async fn execute(
             }
             command_complete(out, "WAIT_CLOSE");
         }
+        Command::Kill(database) => {
+            shared.kills.kill(&database);
+            let n = shared.pools.reconnect(Some(&database));
+            shared.signals.raise_all();
+            tracing::info!(%database, idle_closed = n, "KILL from the admin console: ending the database's sessions");
+            command_complete(out, "KILL");
+        }
         Command::Shutdown => {
             tracing::info!("SHUTDOWN from the admin console: draining sessions");
             shared.begin_shutdown();
@@ -291,9 +304,13 @@ mod tests {
         assert_eq!(parse("WAIT_CLOSE"), Ok(Command::WaitClose(None)));
         assert_eq!(parse("shutdown;"), Ok(Command::Shutdown));
         assert!(parse("PAUSE app").unwrap_err().contains("whole listeners"));
-        assert!(parse("KILL app")
+        assert_eq!(parse("KILL \"App\";"), Ok(Command::Kill("App".into())));
+        assert!(parse("KILL")
             .unwrap_err()
-            .starts_with("KILL is not supported"));
+            .starts_with("KILL takes a database"));
+        assert!(parse("SUSPEND")
+            .unwrap_err()
+            .starts_with("SUSPEND is not supported"));
         assert!(is_console("pgbouncer") && is_console("pgrouter") && !is_console("app"));
     }
 

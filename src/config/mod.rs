@@ -10,12 +10,14 @@ use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
 
+mod databases;
 mod listeners;
 mod load;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use databases::{DatabaseConfig, Plan, UserConfig};
 pub use listeners::{Balance, ListenerConfig, Rules, Selector, TagValue, MAX_LISTENERS};
 
 /// A configuration error names the key and the reason.
@@ -39,7 +41,9 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `Default` only for comparing values with their defaults (SHOW CONFIG): a file must name
+/// its `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub cluster: ClusterConfig,
@@ -67,6 +71,13 @@ pub struct Config {
     /// would select.
     #[serde(default)]
     pub listeners: std::collections::BTreeMap<String, ListenerConfig>,
+    /// pgbouncer's `[databases]`: aliases, forced users and per-database pool settings for
+    /// pooled clients, by the database name clients give.
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, DatabaseConfig>,
+    /// pgbouncer's `[users]`: per-user pool settings.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, UserConfig>,
 }
 
 /// Routers that forward each other's cancel requests for pooled clients, so a cancel works
@@ -157,7 +168,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Patroni `scope`: the cluster name.
@@ -227,6 +238,14 @@ pub struct PoolConfig {
     pub pool_size: usize,
     /// Server connections kept open per pool (to the members of the current role) even when idle.
     pub min_pool_size: usize,
+    /// Extra server connections a pool may open when a client has waited
+    /// `reserve_pool_timeout` for one; 0 never.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: HumanDuration,
+    /// Most server connections to one member per database (all users together), and per
+    /// user (all databases together); 0 no limit. `[databases]` and `[users]` override them.
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
     /// A transaction waits this long for a free server connection, then gets an error.
     pub query_wait_timeout: HumanDuration,
     /// Idle server connections are closed after this.
@@ -275,6 +294,10 @@ impl Default for PoolConfig {
         PoolConfig {
             pool_size: 20,
             min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: HumanDuration(Duration::from_secs(5)),
+            max_db_connections: 0,
+            max_user_connections: 0,
             query_wait_timeout: HumanDuration(Duration::from_secs(120)),
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),

@@ -11,6 +11,7 @@ impl Config {
         self.validate_listen()?;
         self.validate_listeners()?;
         self.validate_pooling()?;
+        self.validate_databases()?;
         self.validate_peers()?;
         self.validate_tls()?;
         self.validate_tcp()?;
@@ -131,6 +132,7 @@ impl Config {
             ("pool.server_idle_timeout", p.server_idle_timeout),
             ("pool.server_lifetime", p.server_lifetime),
             ("pool.stats_period", p.stats_period),
+            ("pool.reserve_pool_timeout", p.reserve_pool_timeout),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0.is_zero()) {
             return Err(ConfigError::invalid(key, "must be longer than 0s"));

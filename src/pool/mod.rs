@@ -66,14 +66,17 @@ pub async fn maintain(shared: Arc<Shared>) {
         let config = shared.config();
         shared
             .pools
-            .maintain(&config.pool, |key| keeps_role(&current, key));
+            .maintain(&config, |key| keeps_role(&current, key));
         shared.pools.export(&shared.metrics);
         log_stats(&shared, &config.pool);
         if config.pool.min_pool_size == 0 {
             continue;
         }
         for pool in shared.pools.all() {
-            if !keeps_role(&current, &pool.key) || pool.open_count() >= config.pool.min_pool_size {
+            if !keeps_role(&current, &pool.key)
+                || pool.open_count() >= config.pool.min_pool_size
+                || !pool.has_room()
+            {
                 continue;
             }
             let Some(login) = shared.credentials.login_from_file(&pool.key.user) else {

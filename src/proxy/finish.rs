@@ -18,9 +18,9 @@ pub(super) async fn finish(
     client: &mut Stream,
     server: &mut Stream,
 ) {
-    let drained_idle = matches!(end, End::Drained(_));
+    let ends_server = matches!(end, End::Drained(_) | End::Killed { .. });
     let told = match end {
-        End::Lost { .. } | End::Drained(_) | End::DrainTimeout { .. } => {
+        End::Lost { .. } | End::Drained(_) | End::DrainTimeout { .. } | End::Killed { .. } => {
             cut(shared, route, port, peer, end)
         }
         end => failed(shared, route, port, peer, end),
@@ -28,7 +28,7 @@ pub(super) async fn finish(
     if let Some(e) = told {
         send_error(shared, client, &e).await;
     }
-    if drained_idle {
+    if ends_server {
         terminate(server).await;
     }
 }
@@ -64,6 +64,11 @@ fn cut(shared: &Shared, route: &Route, port: Port, peer: &str, end: End) -> Opti
             drained(cause.kind);
             tracing::info!(%peer, %port, %member, reason = %cause.reason, "drained idle session");
             Some(closing(&cause.reason).with_hint("Reconnect to reach an eligible member."))
+        }
+        End::Killed { at_boundary } => {
+            drained("killed");
+            tracing::info!(%peer, %port, %member, "cut session: KILL of its database from the admin console");
+            at_boundary.then(|| closing("KILL of its database from the admin console"))
         }
         End::DrainTimeout { cause, at_boundary } => {
             drained("drain_timeout");

@@ -45,6 +45,10 @@ pub enum End {
     },
     /// Closed at an idle point after the member left the eligible set, or for shutdown.
     Drained(Cause),
+    /// The console's KILL of the session's database; `at_boundary` as for `Lost`.
+    Killed {
+        at_boundary: bool,
+    },
     /// Still busy `drain_timeout` after it should have drained.
     DrainTimeout {
         cause: Cause,
@@ -299,6 +303,9 @@ pub struct Relay<'a> {
     pub shared: &'a Shared,
     pub route: &'a Route,
     pub port: Port,
+    /// The client's database, and when it connected: a KILL of it since ends the session.
+    pub database: &'a str,
+    pub began: tokio::time::Instant,
 }
 
 const SHUTDOWN: &str = "shutdown";
@@ -431,6 +438,9 @@ impl Relay<'_> {
                 }
                 Verdict::Drain(_) => {}
             }
+        }
+        if self.shared.kills.killed(self.database, self.began) {
+            return Some(End::Killed { at_boundary });
         }
         let shutting_down = self.shared.shutting_down();
         if shutting_down && drain.as_ref().is_none_or(|d| d.cause.kind != SHUTDOWN) {

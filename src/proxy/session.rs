@@ -128,6 +128,7 @@ async fn passthrough(
     mut state: StateGauge,
 ) {
     state.set(ClientState::Held);
+    let began = tokio::time::Instant::now();
     let (route, mut server, first) = match connect(&shared, port, &client, &startup.raw).await {
         Ok(connected) => connected,
         Err(Unserved::ClientLeft(waited)) => return left_waiting(&shared, port, &peer, waited),
@@ -160,6 +161,8 @@ async fn passthrough(
                 shared: &shared,
                 route: &route,
                 port,
+                database: startup.database(),
+                began,
             };
             Some(
                 relay

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::budget::{self, Admission, Budget};
 use super::server::{Endpoint, Login, ServerConn, ServerError};
 use super::slots::{Expired, Homed, Slots, Take};
 use super::tracked::Tracked;
-use crate::config::PoolConfig;
+use crate::config::{Config, PoolConfig};
 use crate::route::Target;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +21,13 @@ pub struct PoolKey {
     pub target: TargetKey,
     pub database: String,
     pub user: String,
+}
+
+/// What a connection budget counts, on one member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BudgetOf {
+    Database(String),
+    User(String),
 }
 
 /// The role a pool serves; a pool whose member loses that role has its idle connections closed.
@@ -78,6 +86,12 @@ pub struct PoolStats {
 pub struct Pool {
     pub key: PoolKey,
     pub addr: String,
+    /// The database its connections open (`key.database` unless `[databases]` aliases it).
+    pub dbname: String,
+    /// The member's budgets for the pool's database and for its user.
+    budgets: [Arc<Budget>; 2],
+    /// Connections over its pool_size it may open now, from its reserve_pool.
+    reserve_in_use: AtomicUsize,
     /// RECONNECT: connections opened before this close when given back.
     retire_before: Mutex<Option<Instant>>,
     /// Of those, the ones lent when RECONNECT came and not given back yet (WAIT_CLOSE).
@@ -124,15 +138,35 @@ pub enum CheckoutError {
         waited: Duration,
         size: usize,
     },
+    #[error(
+        "{limit} ({max}) server connections to the member are open, and none came free after waiting {waited:?}"
+    )]
+    Limit {
+        limit: &'static str,
+        max: usize,
+        waited: Duration,
+    },
     #[error("{0}")]
     Server(#[from] ServerError),
 }
 
+/// The budget names, in the order of `Pool::budgets`.
+const LIMITS: [&str; 2] = ["max_db_connections", "max_user_connections"];
+
 impl Pool {
-    fn new(key: PoolKey, addr: String, size: usize) -> Pool {
+    fn new(
+        key: PoolKey,
+        addr: String,
+        dbname: String,
+        size: usize,
+        budgets: [Arc<Budget>; 2],
+    ) -> Pool {
         Pool {
             key,
             addr,
+            dbname,
+            budgets,
+            reserve_in_use: AtomicUsize::new(0),
             retire_before: Mutex::new(None),
             retiring: AtomicUsize::new(0),
             slots: Slots::new(size),
@@ -217,6 +251,7 @@ impl Pool {
         connect_timeout: Duration,
         home: usize,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
+        let asked = Instant::now();
         let mut idle = match self.slots.take(config.query_wait_timeout.0, home) {
             Take::Now(idle) => idle,
             Take::Queued(queued) => {
@@ -253,16 +288,20 @@ impl Pool {
             }
             idle = self.slots.pop_idle(home);
         }
+        let admission = self
+            .admit(pools, asked + config.query_wait_timeout.0)
+            .await?;
         let to = Endpoint {
             id: pools.next_server_id(),
             member: &self.key.member,
             addr: &self.addr,
             user: &self.key.user,
-            database: &self.key.database,
+            database: &self.dbname,
         };
         let (login, tls) = open_with();
         let mut opened = ServerConn::open(&to, &login, connect_timeout, &tls).await?;
         opened.conn.home = home;
+        opened.conn.admission = admission;
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %self.name(), server = opened.conn.id, "opened a server connection");
@@ -274,6 +313,44 @@ impl Pool {
             },
             opened.derived,
         ))
+    }
+
+    /// Whether its member's budgets for its database and user have room for a connection.
+    pub fn has_room(&self) -> bool {
+        self.budgets
+            .iter()
+            .all(|b| b.limit() == 0 || b.open() < b.limit())
+    }
+
+    /// A place for one more connection in the member's budgets for the pool's database and
+    /// user. When one is full, an idle connection of another pool it counts is closed to make
+    /// room, and the wait for a close lasts until `until` (query_wait_timeout).
+    async fn admit(&self, pools: &Pools, until: Instant) -> Result<Admission, CheckoutError> {
+        let started = Instant::now();
+        let budgets = [&self.budgets[0], &self.budgets[1]];
+        loop {
+            let freed = [budgets[0].freed(), budgets[1].freed()];
+            let full = match budget::admit(&budgets) {
+                Ok(admission) => return Ok(admission),
+                Err(full) => full,
+            };
+            if !pools.close_one_idle(budgets[full]) && Instant::now() >= until {
+                let waited = started.elapsed();
+                self.stats
+                    .wait_micros
+                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+                return Err(CheckoutError::Limit {
+                    limit: LIMITS[full],
+                    max: budgets[full].limit(),
+                    waited,
+                });
+            }
+            let [db, user] = freed;
+            let freed = if full == 0 { db } else { user };
+            let _ =
+                tokio::time::timeout_at(until.min(Instant::now() + Duration::from_secs(1)), freed)
+                    .await;
+        }
     }
 
     /// Moves `conn` to worker thread `home`'s event loop; false when it broke on the way.
@@ -299,6 +376,22 @@ impl Pool {
             tokio::spawn(conn.close());
         }
         n
+    }
+
+    /// Reserve connections it may open now: one more each upkeep while its oldest waiter has
+    /// waited `timeout`, up to `reserve`; none once nobody waits.
+    fn reserve(&self, reserve: usize, timeout: Duration, now: Instant) -> usize {
+        let in_use = self.reserve_in_use.load(Ordering::Relaxed);
+        let wanted = match self.slots.oldest_since() {
+            None => 0,
+            Some(since) if now.duration_since(since) >= timeout && in_use < reserve => {
+                tracing::info!(pool = %self.name(), reserve_in_use = in_use + 1, reserve_pool = reserve, "a client waited reserve_pool_timeout: opening a reserve connection");
+                in_use + 1
+            }
+            Some(_) => in_use.min(reserve),
+        };
+        self.reserve_in_use.store(wanted, Ordering::Relaxed);
+        wanted
     }
 
     fn resize(&self, size: usize) {
@@ -424,6 +517,8 @@ pub struct Defaults {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Connection budgets per member and database, and per member and user.
+    budgets: Mutex<HashMap<(String, BudgetOf), Arc<Budget>>>,
     /// ParameterStatus of a fresh server connection per (database, user): the defaults a new
     /// client is told at login without borrowing a server.
     params: Mutex<HashMap<(String, String), Defaults>>,
@@ -440,21 +535,68 @@ impl Pools {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The pool for `key`, created on first use.
-    pub fn get(&self, key: PoolKey, addr: &str, size: usize) -> Arc<Pool> {
+    /// The pool for `key`, created on first use, opening `dbname` on the member at `addr`.
+    pub fn get(&self, key: PoolKey, addr: &str, dbname: &str, size: usize) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(&key) {
-            if p.addr == addr {
+            if p.addr == addr && p.dbname == dbname {
                 return p.clone();
             }
         }
-        // New, or the member moved to another address: a fresh pool (the old one's
-        // connections close as their leases end).
-        let pool = Arc::new(Pool::new(key.clone(), addr.to_owned(), size));
+        // New, or the member moved to another address, or the alias to another database: a
+        // fresh pool (the old one's connections close as their leases end).
+        let budgets = [
+            self.budget(&key.member, BudgetOf::Database(key.database.clone())),
+            self.budget(&key.member, BudgetOf::User(key.user.clone())),
+        ];
+        let pool = Arc::new(Pool::new(
+            key.clone(),
+            addr.to_owned(),
+            dbname.to_owned(),
+            size,
+            budgets,
+        ));
         if let Some(old) = pools.insert(key, pool.clone()) {
             old.close_idle(|_| true);
         }
         pool
+    }
+
+    fn budget(&self, member: &str, of: BudgetOf) -> Arc<Budget> {
+        let mut budgets = lock(&self.budgets);
+        budgets.entry((member.to_owned(), of)).or_default().clone()
+    }
+
+    /// Server connections open to `member` for `database`, or as `user`, with the limit (0
+    /// none) they are held to.
+    pub fn budget_use(&self, member: &str, of: BudgetOf) -> (usize, usize) {
+        lock(&self.budgets)
+            .get(&(member.to_owned(), of))
+            .map_or((0, 0), |b| (b.open(), b.limit()))
+    }
+
+    /// Closes the least recently used idle connection that `budget` counts; false if none is.
+    fn close_one_idle(&self, budget: &Arc<Budget>) -> bool {
+        let pools = self.all();
+        let sharing = pools
+            .iter()
+            .filter(|p| p.budgets.iter().any(|b| Arc::ptr_eq(b, budget)));
+        let oldest = sharing
+            .filter_map(|p| {
+                let used = p
+                    .slots
+                    .with_idle(|idle| idle.iter().map(|c| c.last_used).min())?;
+                Some((used, p))
+            })
+            .min_by_key(|(used, _)| *used);
+        let Some((used, pool)) = oldest else {
+            return false;
+        };
+        let n = pool.close_idle(|c| c.last_used == used);
+        if n > 0 {
+            tracing::debug!(pool = %pool.name(), "closed an idle server connection to make room under a connection limit");
+        }
+        n > 0
     }
 
     /// Remembers what a fresh server connection reported; the same values as already
@@ -542,9 +684,6 @@ impl Pools {
         v
     }
 
-    /// Closes idle connections whose pool's member no longer has the pool's role, and those
-    /// past `server_idle_timeout` or `server_lifetime`; applies a changed `pool_size`.
-    /// Returns how many it closed.
     /// RECONNECT [db]: every pool of `database` (or all) retires its connections.
     pub fn reconnect(&self, database: Option<&str>) -> usize {
         self.all()
@@ -563,15 +702,24 @@ impl Pools {
             .sum()
     }
 
-    pub fn maintain(&self, config: &PoolConfig, keeps_role: impl Fn(&PoolKey) -> bool) -> usize {
+    /// Closes idle connections whose pool's member no longer has the pool's role, and those
+    /// past `server_idle_timeout` or `server_lifetime`; applies changed pool sizes and
+    /// connection limits, and the reserve pools. Returns how many it closed.
+    pub fn maintain(&self, all: &Config, keeps_role: impl Fn(&PoolKey) -> bool) -> usize {
+        let config = &all.pool;
         let now = Instant::now();
         let mut closed = 0;
         for pool in self.all() {
             // query_wait_timeout, to the second; the rest of the line looks at its clients.
             pool.slots.expire(now);
             pool.slots.nudge_waiting();
-            if pool.size.load(Ordering::Relaxed) != config.pool_size {
-                pool.resize(config.pool_size);
+            let plan = all.plan(&pool.key.database, &pool.key.user);
+            pool.budgets[0].set_limit(plan.max_db_connections);
+            pool.budgets[1].set_limit(plan.max_user_connections);
+            let reserve = pool.reserve(plan.reserve_pool, config.reserve_pool_timeout.0, now);
+            let size = plan.pool_size + reserve;
+            if pool.size.load(Ordering::Relaxed) != size {
+                pool.resize(size);
             }
             if !keeps_role(&pool.key) {
                 let n = pool.close_idle(|_| true);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::stream::Stream;
 use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::time::{timeout, Instant};
 
 use super::conn_state::ConnState;
@@ -90,6 +91,8 @@ pub struct ServerConn {
     pub home: usize,
     /// Lent to the client holding the connection.
     pub buffers: Buffers,
+    /// Its place in the member's connection budgets (`budget`), given back once it closed.
+    pub admission: super::budget::Admission,
 }
 
 /// Buffers a server connection lends to the client holding it: they keep their capacity from
@@ -316,6 +319,7 @@ impl ServerConn {
             last_used: now,
             home: crate::shards::MAIN,
             buffers: Buffers::default(),
+            admission: Default::default(),
         }
     }
 
@@ -428,11 +432,20 @@ impl ServerConn {
         matches!(timeout(limit, self.run("")).await, Ok(Ok(())))
     }
 
-    /// Says goodbye so the server does not log an unexpected EOF.
+    /// Says goodbye so the server does not log an unexpected EOF, and waits (up to a second)
+    /// for it to close its end: its backend has left pg_stat_activity by then, so the
+    /// connection's place in the member's budgets is given back only once the member no longer
+    /// counts it.
     pub async fn close(mut self) {
         let mut out = BytesMut::new();
         wire::terminate(&mut out);
-        let _ = timeout(Duration::from_secs(1), self.stream.send(&out)).await;
+        let _ = timeout(Duration::from_secs(1), async {
+            self.stream.send(&out).await?;
+            let mut rest = [0u8; 4096];
+            while self.stream.read(&mut rest).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
     }
 }
 

@@ -175,6 +175,11 @@ impl<T: Homed> Slots<T> {
         self.lock().waiting.len()
     }
 
+    /// When the oldest waiter came, if any waits.
+    pub fn oldest_since(&self) -> Option<Instant> {
+        self.lock().waiting.iter().map(|w| w.since).min()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Every change is made whole under the lock: a panic elsewhere cannot tear it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -8,17 +8,7 @@ pub(super) fn config(shared: &Shared) -> Table {
     let config = shared.config();
     let defaults = Config {
         cluster: config.cluster.clone(),
-        listen: Default::default(),
-        routing: Default::default(),
-        pool: Default::default(),
-        auth: Default::default(),
-        tls: Default::default(),
-        upstream_tls: Default::default(),
-        log: Default::default(),
-        runtime: Default::default(),
-        tcp: Default::default(),
-        peers: Default::default(),
-        listeners: Default::default(),
+        ..Default::default()
     };
     let rows = settings(&config)
         .into_iter()
@@ -80,6 +70,48 @@ fn settings(config: &Config) -> Vec<(&'static str, String, bool)> {
             true,
         ),
         ("pool.stats_period", d(&p.stats_period), true),
+        (
+            "pool.reserve_pool_size",
+            p.reserve_pool_size.to_string(),
+            true,
+        ),
+        (
+            "pool.reserve_pool_timeout",
+            d(&p.reserve_pool_timeout),
+            true,
+        ),
+        (
+            "pool.max_db_connections",
+            p.max_db_connections.to_string(),
+            true,
+        ),
+        (
+            "pool.max_user_connections",
+            p.max_user_connections.to_string(),
+            true,
+        ),
+        ("pool.client_idle_timeout", d(&p.client_idle_timeout), true),
+        (
+            "pool.idle_transaction_timeout",
+            d(&p.idle_transaction_timeout),
+            true,
+        ),
+        ("pool.log_connections", p.log_connections.to_string(), true),
+        (
+            "pool.log_disconnections",
+            p.log_disconnections.to_string(),
+            true,
+        ),
+        (
+            "pool.application_name_add_host",
+            p.application_name_add_host.to_string(),
+            true,
+        ),
+        (
+            "pool.server_reset_query",
+            p.server_reset_query.clone(),
+            true,
+        ),
         ("routing.hold_timeout", d(&r.hold_timeout), true),
         ("routing.drain_timeout", d(&r.drain_timeout), true),
         ("routing.connect_timeout", d(&r.connect_timeout), true),

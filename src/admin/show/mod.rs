@@ -85,7 +85,7 @@ pub(super) fn show(shared: &Shared, what: &str) -> Result<Table, PgError> {
 }
 
 /// The commands, as SHOW HELP tells them.
-pub(super) const HELP: &str = "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATE\n\tSHOW LISTS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN";
+pub(super) const HELP: &str = "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATE\n\tSHOW LISTS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE\n\tRESUME\n\tRECONNECT [<db>]\n\tKILL <db>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN";
 
 pub(super) fn n(v: impl ToString) -> String {
     v.to_string()
@@ -406,6 +406,7 @@ fn databases(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
     let leader = topology.writable_leader().map(|m| m.addr.clone());
     let (host, port) = leader.as_deref().map(split_addr).unwrap_or_default();
     let mut names: BTreeSet<String> = pools.iter().map(|p| p.key.database.clone()).collect();
+    names.extend(config.databases.keys().cloned());
     for c in shared.pools.clients() {
         names.insert(c.database.clone());
     }
@@ -418,17 +419,20 @@ fn databases(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
                 .filter(|p| p.key.database == db)
                 .map(|p| p.open_count())
                 .sum();
+            let entry = config.databases.get(&db);
+            let plan = config.plan(&db, "");
+            let mode = plan.pool_mode.unwrap_or(config.listen.primary_pool_mode);
             vec![
                 db.clone(),
                 host.clone(),
                 port.clone(),
-                db,
-                String::new(),
-                n(config.pool.pool_size),
+                plan.dbname.to_owned(),
+                entry.and_then(|e| e.user.clone()).unwrap_or_default(),
+                n(plan.pool_size),
                 n(config.pool.min_pool_size),
-                n(0),
-                config.listen.primary_pool_mode.label().to_owned(),
-                n(0),
+                n(plan.reserve_pool),
+                mode.label().to_owned(),
+                n(plan.max_db_connections),
                 n(current),
                 n(u8::from(paused)),
                 n(0),
@@ -456,13 +460,22 @@ fn databases(shared: &Shared, pools: &[Arc<Pool>]) -> Table {
 }
 
 fn users(shared: &Shared) -> Table {
+    let config = shared.config();
     let mut names: BTreeSet<String> = shared.credentials.user_names().into_iter().collect();
+    names.extend(config.users.keys().cloned());
     for c in shared.pools.clients() {
         names.insert(c.user.clone());
     }
+    let mode = |u: &str| config.users.get(u).and_then(|u| u.pool_mode);
     Table {
         columns: &["name", "pool_mode"],
-        rows: names.into_iter().map(|u| vec![u, String::new()]).collect(),
+        rows: names
+            .into_iter()
+            .map(|u| {
+                let mode = mode(&u).map(|m| m.label().to_owned()).unwrap_or_default();
+                vec![u, mode]
+            })
+            .collect(),
     }
 }
 

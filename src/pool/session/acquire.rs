@@ -76,17 +76,18 @@ impl PooledSession {
         topology: Arc<Topology>,
         config: Arc<Config>,
     ) -> Box<RouteCache> {
-        let entry = &self.registration.entry;
+        let database = &self.registration.entry.database;
+        let plan = config.plan(database, &self.server_user);
         let key = PoolKey {
             member: route.member.name.clone(),
             target: route.target.into(),
-            database: entry.database.clone(),
-            user: entry.user.clone(),
+            database: database.clone(),
+            user: self.server_user.clone(),
         };
         let pool = self
             .shared
             .pools
-            .get(key, &route.member.addr, config.pool.pool_size);
+            .get(key, &route.member.addr, plan.dbname, plan.pool_size);
         Box::new(RouteCache {
             topology,
             config,
@@ -99,7 +100,7 @@ impl PooledSession {
     /// the client's words otherwise.
     async fn checkout(&self, pool: &Arc<Pool>, route: &Route, config: &Config) -> Attempt<Lease> {
         let shared = &self.shared;
-        let user = &self.registration.entry.user;
+        let user = &self.server_user;
         let open_with = || {
             (
                 shared.credentials.login(user, &self.login),
@@ -135,6 +136,20 @@ impl PooledSession {
                         waited.as_secs_f64()
                     ),
                 ))
+            }
+            Err(CheckoutError::Limit {
+                limit,
+                max,
+                waited,
+            }) => {
+                let database = &self.registration.entry.database;
+                return Attempt::Refuse(PgError::error(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!(
+                        "pgrouter: cluster \"{scope}\": no server connection for \"{user}\" to database \"{database}\" on member \"{member}\" after {:.1}s: {limit} ({max}) are open and busy",
+                        waited.as_secs_f64()
+                    ),
+                ));
             }
             Err(CheckoutError::Server(e)) => e,
         };

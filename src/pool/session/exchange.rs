@@ -70,6 +70,7 @@ impl PooledSession {
             if let Some(lost) = self.check_role(&mut roles) {
                 return self.abort(lost).await;
             }
+            self.killed()?;
             // What fits in the sockets now goes without a select round (plain TCP; TLS
             // records go through the select, which flushes them).
             let held = self.held.as_mut().expect("exchange runs with a server");

@@ -33,6 +33,7 @@ impl PooledSession {
         let timeout = self.shared.config().pool.client_idle_timeout.0;
         let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
         loop {
+            self.killed()?;
             if self.shared.shutting_down() {
                 return Err(Exit::Fatal(PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,

@@ -76,7 +76,10 @@ pub struct PooledSession {
     shared: Arc<Shared>,
     port: Port,
     client: Stream,
+    /// How server connections log in, and as whom: the client's user, or the forced user of
+    /// its `[databases]` entry.
     login: Login,
+    server_user: String,
     registration: ClientRegistration,
     state: StateGauge,
     signal: Subscription,
@@ -102,6 +105,8 @@ pub struct PooledSession {
     route_cache: Option<Box<RouteCache>>,
     /// The worker thread the session runs on: server connections are taken from it first.
     home: usize,
+    /// When it logged in: a KILL of its database after that ends it.
+    began: tokio::time::Instant,
     /// This port's series, looked up once.
     hold_seconds: prometheus::Histogram,
     transactions: prometheus::IntCounter,
@@ -149,6 +154,27 @@ pub async fn start(
         }
     };
     let config = shared.config();
+    let plan = config.plan(&database, &user);
+    let mode = plan.pool_mode.unwrap_or(mode);
+    let server_user = plan.user.to_owned();
+    let login = match plan.forced {
+        false => login,
+        true => match shared.credentials.login_from_file(&server_user) {
+            Some(login) => login,
+            None => {
+                let e = PgError::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!(
+                        "pgrouter: cluster \"{}\": database \"{database}\" logs in to the members as user \"{server_user}\" (databases.{database}.user), and auth.auth_file has no secret for \"{server_user}\"",
+                        shared.scope
+                    ),
+                );
+                tracing::warn!(%peer, %port, %user, %database, forced_user = %server_user, "refused a pooled client: its database's forced user has no secret in auth.auth_file");
+                send_fatal(&shared, &mut client, &e).await;
+                return None;
+            }
+        },
+    };
     let settings = match startup_params::read(
         &startup.params,
         &config.pool.ignore_startup_parameters,
@@ -196,6 +222,7 @@ pub async fn start(
         port,
         client,
         login,
+        server_user,
         registration,
         state,
         cancel: Arc::new(Mutex::new(None)),
@@ -211,6 +238,7 @@ pub async fn start(
         held: None,
         route_cache: None,
         home: crate::shards::MAIN,
+        began: tokio::time::Instant::now(),
         hold_seconds,
         transactions,
     }))
@@ -334,6 +362,22 @@ impl PooledSession {
             let conn = &mut held.lease.conn.state;
             self.conversation.sync_vars(conn, &mut self.to_server);
         }
+    }
+
+    /// The console's KILL of the client's database, given since it logged in: the FATAL it
+    /// ends with.
+    fn killed(&self) -> Result<(), Exit> {
+        let database = &self.registration.entry.database;
+        if !self.shared.kills.killed(database, self.began) {
+            return Ok(());
+        }
+        Err(Exit::Fatal(PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!(
+                "pgrouter: cluster \"{}\": closing the session: KILL \"{database}\" from the admin console",
+                self.shared.scope
+            ),
+        )))
     }
 
     fn left_waiting(&self, waited: std::time::Duration) -> Exit {

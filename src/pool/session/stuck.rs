@@ -40,19 +40,17 @@ impl PooledSession {
     pub(super) async fn stuck(&self, silent: Duration) -> Option<String> {
         let held = self.held.as_ref()?;
         let conn = &held.lease.conn;
-        let key = &held.lease.pool().key;
+        let pool = held.lease.pool();
         let shared = &self.shared;
         let limit = shared.config().routing.connect_timeout.0;
         let to = Endpoint {
             id: shared.pools.next_server_id(),
             member: &conn.member,
             addr: &conn.addr,
-            user: &key.user,
-            database: &key.database,
+            user: &pool.key.user,
+            database: &pool.dbname,
         };
-        let login = shared
-            .credentials
-            .login(&self.registration.entry.user, &self.login);
+        let login = shared.credentials.login(&self.server_user, &self.login);
         let asked = async {
             let mut side = ServerConn::open(&to, &login, limit, &shared.transport())
                 .await?

@@ -26,10 +26,10 @@ impl PooledSession {
     pub(super) async fn welcome(&mut self, key: &CancelKey) -> Result<(), Exit> {
         // AuthenticationOk and what came before it, from `start`.
         let mut out = std::mem::take(&mut self.to_client);
-        let defaults = self.shared.pools.params(
-            &self.registration.entry.database,
-            &self.registration.entry.user,
-        );
+        let defaults = self
+            .shared
+            .pools
+            .params(&self.registration.entry.database, &self.server_user);
         // Settings the server does not report are tried on a server: a bad one is refused
         // at login, as PostgreSQL refuses it.
         let fits = self.conversation.extra.is_empty()
@@ -112,7 +112,7 @@ impl PooledSession {
         }
         let defaults = self.shared.pools.remember_params(
             &self.registration.entry.database,
-            &self.registration.entry.user,
+            &self.server_user,
             conn.initial.clone(),
         );
         self.put_back(held, Done::Idle).await;
