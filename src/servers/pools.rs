@@ -12,7 +12,7 @@ use super::budget::{self, Admission, Budget};
 use super::server::{Endpoint, Login, ServerConn, ServerError};
 use super::slots::{Expired, Homed, Slots, Take};
 use super::tracked::Tracked;
-use crate::config::{Config, PoolConfig};
+use crate::config::{Config, Plan, PoolConfig};
 use crate::route::Target;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -535,11 +535,11 @@ impl Pools {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The pool for `key`, created on first use, opening `dbname` on the member at `addr`.
-    pub fn get(&self, key: PoolKey, addr: &str, dbname: &str, size: usize) -> Arc<Pool> {
+    /// The pool for `key`, created on first use on the member at `addr` as `plan` says.
+    pub fn get(&self, key: PoolKey, addr: &str, plan: &Plan) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(&key) {
-            if p.addr == addr && p.dbname == dbname {
+            if p.addr == addr && p.dbname == plan.dbname {
                 return p.clone();
             }
         }
@@ -549,11 +549,13 @@ impl Pools {
             self.budget(&key.member, BudgetOf::Database(key.database.clone())),
             self.budget(&key.member, BudgetOf::User(key.user.clone())),
         ];
+        budgets[0].set_limit(plan.max_db_connections);
+        budgets[1].set_limit(plan.max_user_connections);
         let pool = Arc::new(Pool::new(
             key.clone(),
             addr.to_owned(),
-            dbname.to_owned(),
-            size,
+            plan.dbname.to_owned(),
+            plan.pool_size,
             budgets,
         ));
         if let Some(old) = pools.insert(key, pool.clone()) {

@@ -18,6 +18,7 @@ mod dcs;
 mod drivers;
 mod failover;
 mod hostile;
+mod limits;
 mod operations;
 mod parity;
 mod pooling;
@@ -200,6 +201,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "console_as_pgbouncer_has_it_and_its_exporter_reads_it",
         |lab| Box::pin(console::console_as_pgbouncer_has_it(lab)),
+    ),
+    (
+        "pooled_database_and_user_limits_hold_under_load_and_kill",
+        |lab| Box::pin(limits::pooled_limits_and_database_entries(lab)),
     ),
 ];
 

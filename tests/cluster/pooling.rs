@@ -25,6 +25,20 @@ pub fn pooled_router(
     pool_size: u32,
     hold_timeout: &str,
 ) -> Result<Router> {
+    let modes = (primary_mode, replicas_mode);
+    pooled_router_with(lab, port, modes, pool_size, hold_timeout, "", "")
+}
+
+/// [`pooled_router`] with more `[pool]` settings and more sections after the rest.
+pub fn pooled_router_with(
+    lab: &Lab,
+    port: u16,
+    (primary_mode, replicas_mode): (&str, &str),
+    pool_size: u32,
+    hold_timeout: &str,
+    pool_extra: &str,
+    tail: &str,
+) -> Result<Router> {
     let leader = lab.pg_port(&lab.leader()?);
     lab.psql(
         leader,
@@ -52,7 +66,7 @@ pub fn pooled_router(
         "primary_pool_mode = \"{primary_mode}\"\nreplicas_pool_mode = \"{replicas_mode}\"\n"
     );
     let sections = format!(
-        "[pool]\npool_size = {pool_size}\n\n[auth]\nauth_file = \"{}\"\nauth_user = \"pgrouter_auth\"\nauth_query = \"select usename, passwd from public.pgrouter_lookup($1)\"\nadmin_users = [\"admin\"]\n",
+        "[pool]\npool_size = {pool_size}\n{pool_extra}\n[auth]\nauth_file = \"{}\"\nauth_user = \"pgrouter_auth\"\nauth_query = \"select usename, passwd from public.pgrouter_lookup($1)\"\nadmin_users = [\"admin\"]\n{tail}",
         userlist.display()
     );
     let routing = format!("hold_timeout = \"{hold_timeout}\"\ndrain_timeout = \"5s\"\n");
@@ -85,7 +99,7 @@ fn text(out: &Output) -> String {
 }
 
 /// pgbench ran to its end with every transaction committed and no client aborted.
-fn pgbench_clean(what: &str, out: &Output) -> Result<u64> {
+pub fn pgbench_clean(what: &str, out: &Output) -> Result<u64> {
     let t = text(out);
     ensure!(out.status.success(), "{what}: pgbench failed:\n{t}");
     ensure!(

@@ -84,10 +84,7 @@ impl PooledSession {
             database: database.clone(),
             user: self.server_user.clone(),
         };
-        let pool = self
-            .shared
-            .pools
-            .get(key, &route.member.addr, plan.dbname, plan.pool_size);
+        let pool = self.shared.pools.get(key, &route.member.addr, &plan);
         Box::new(RouteCache {
             topology,
             config,
