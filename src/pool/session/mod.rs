@@ -127,9 +127,11 @@ pub async fn start(
     let user = startup.user().to_owned();
     let database = startup.database().to_owned();
     let limit = shared.config().listen.startup_timeout.0;
+    // auth_query runs in the database server connections open (an alias's dbname).
+    let dbname = shared.config().plan(&database, &user).dbname.to_owned();
     let auth = Box::pin(timeout(
         limit,
-        authenticate(&shared, &mut client, &user, &database),
+        authenticate(&shared, &mut client, &user, &dbname),
     ));
     let Passed { login, unsent } = match auth.await {
         Ok(Ok(passed)) => passed,
