@@ -64,15 +64,20 @@ pub async fn run(
     // etcd's view, and the same with each listener's read set: what sessions route by.
     let (raw_tx, raw_rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
     let (tx, rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
-    let source = EtcdSource {
-        endpoints: config.cluster.etcd.clone(),
-        prefix: config.key_prefix(),
-        scope: config.cluster.scope.clone(),
-    };
+    let (access, rest) = crate::dcs::access::load(&config.cluster)?;
     let users = load_users(&config)?;
     let tls = crate::tls::Transport::load(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
+    let source = EtcdSource {
+        endpoints: shared.config().cluster.etcd.clone(),
+        prefix: shared.config().key_prefix(),
+        scope: shared.config().cluster.scope.clone(),
+        access,
+        rest: rest.clone(),
+        health: shared.dcs_health.clone(),
+    };
+    let _ = shared.rest.set(rest);
     shared.credentials.set_users(users);
     shared.set_transport(tls);
     let app = Arc::new(App {
@@ -251,6 +256,15 @@ impl App {
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Option<Bound>>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Reads and checks every file the config names (auth file, TLS certificates and keys, etcd's
+/// and the REST APIs' CAs and client certificates), as `check-config` and a start do.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    load_users(config)?;
+    crate::tls::Transport::load(config)?;
+    crate::dcs::access::load(&config.cluster)?;
+    Ok(())
 }
 
 /// The auth file's users (none without one); an unreadable or malformed file is refused

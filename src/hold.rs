@@ -148,6 +148,17 @@ pub fn no_member(shared: &Shared, config: &Config, port: Port, why: &str, held: 
     } else {
         String::new()
     };
+    // What keeps the DCS from being read (TLS, credentials, no keys), when something does.
+    let (why, hint) = match shared.dcs_health.problem() {
+        Some(problem) => (
+            format!("{why} ({problem})"),
+            "pgrouter cannot read the cluster's state from its DCS; /health says why.",
+        ),
+        None => (
+            why.to_owned(),
+            "Patroni is electing or promoting a leader; retry shortly.",
+        ),
+    };
     PgError::fatal(
         sqlstate::CANNOT_CONNECT_NOW,
         format!(
@@ -155,7 +166,7 @@ pub fn no_member(shared: &Shared, config: &Config, port: Port, why: &str, held: 
             shared.scope
         ),
     )
-    .with_hint("Patroni is electing or promoting a leader; retry shortly.")
+    .with_hint(hint)
 }
 
 /// The attempt's outcome when the router has no member for `port`: wait for the topology

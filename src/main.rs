@@ -102,6 +102,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Command::CheckConfig => {
+            let config = config.expect("checked above");
+            let path = cli.config.clone().unwrap_or_default();
+            if let Err(e) = pgrouter::app::check_files(&config) {
+                eprintln!("pgrouter: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
             println!("{}: ok", cli.config.unwrap_or_default().display());
             ExitCode::SUCCESS
         }

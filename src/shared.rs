@@ -37,6 +37,10 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Wakes running sessions when the topology, the settings, pause or shutdown change.
     pub signals: Signals,
+    /// How members' Patroni REST APIs are asked (HTTPS settings), set at start.
+    pub rest: std::sync::OnceLock<crate::dcs::rest::RestClient>,
+    /// What keeps the DCS view from being read, for /health and /status.
+    pub dcs_health: Arc<crate::dcs::DcsHealth>,
     /// KILL from the console.
     pub kills: crate::signal::Kills,
     /// Server connection pools and pooled clients (pooled modes).
@@ -76,6 +80,8 @@ impl Shared {
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             signals: Signals::default(),
+            rest: Default::default(),
+            dcs_health: Default::default(),
             kills: Default::default(),
             pools: Pools::default(),
             credentials: Credentials::default(),
@@ -83,6 +89,10 @@ impl Shared {
             reloads,
             reload_requests: std::sync::Mutex::new(Some(requests)),
         }
+    }
+
+    pub fn rest(&self) -> crate::dcs::rest::RestClient {
+        self.rest.get().cloned().unwrap_or_default()
     }
 
     pub fn transport(&self) -> crate::tls::Transport {

@@ -62,6 +62,9 @@ pub fn render(s: &Value) -> String {
         text(&s["writable_leader"]),
         text(&s["dcs"]["connected"]),
     );
+    if let Some(problem) = s["dcs"]["problem"].as_str() {
+        out.push_str(&format!("DCS problem: {problem}\n"));
+    }
     let header = [
         "Member", "Address", "Role", "State", "TL", "Lag", "Delay", "Reads",
     ];
@@ -183,6 +186,9 @@ mod tests {
             text.starts_with("Cluster: demo (leader: pg0, writes to: pg0, etcd connected: true)\n"),
             "{text}"
         );
+        assert!(!text.contains("DCS problem"), "{text}");
+        let troubled = json!({"cluster": "demo", "dcs": {"connected": false, "problem": "TLS with etcd failed (cluster.etcd_ca, etcd_cert, etcd_key): bad"}});
+        assert!(render(&troubled).contains("\nDCS problem: TLS with etcd failed (cluster.etcd_ca"));
         assert!(text.contains("| pg0    | 127.0.0.1:15410 | leader  | running | 1  | 0 B           | -     | no: holds the leader key "), "{text}");
         assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0 B           | 0.0s  | yes "), "{text}");
         assert!(text.contains("| pg2    | 127.0.0.1:15412 | replica | running | 1  | 3.0 MB paused | 7.2s  | no for 4s: replay delay 7.2s (max_replica_delay 2.0s), replay paused |"), "{text}");

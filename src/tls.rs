@@ -40,7 +40,7 @@ struct Upstream {
     server_name: Option<String>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -51,7 +51,10 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+pub(crate) fn read_certs(
+    key: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let data = std::fs::read(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
@@ -66,7 +69,7 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
     Ok(certs)
 }
 
-fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
+pub(crate) fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(key, path)? {
         roots
@@ -74,6 +77,15 @@ fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
             .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
     }
     Ok(roots)
+}
+
+/// The PEM private key at `path`, the error naming `key`.
+pub(crate) fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let data = std::fs::read(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
+        .ok_or_else(|| invalid(key, format!("{}: no PEM private key in it", path.display())))
 }
 
 impl Transport {

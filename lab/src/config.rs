@@ -38,10 +38,10 @@ name: {name}
 restapi:
   listen: {api}
   connect_address: {api}
-
+{restapi_tls}
 etcd3:
   hosts: {etcd}
-
+{etcd_tls}
 bootstrap:
   dcs:
     ttl: {ttl}
@@ -109,6 +109,44 @@ tags: {tags}
         socket_dir = p(&member_dir),
         repl_user = REPLICATION.0,
         tags = tags,
+        restapi_tls = restapi_tls(spec),
+        etcd_tls = etcd_tls(spec),
+    )
+}
+
+/// The secured lab's `restapi:` TLS keys (Patroni also presents `certfile` to other members).
+fn restapi_tls(spec: &LabSpec) -> String {
+    let (Some(secure), Some(tls)) = (&spec.secure, spec.tls()) else {
+        return String::new();
+    };
+    let (cert, key) = tls.cert("server");
+    let verify = if secure.verify_client {
+        "  verify_client: required\n"
+    } else {
+        ""
+    };
+    format!(
+        "  certfile: {}\n  keyfile: {}\n  cafile: {}\n{verify}",
+        p(&cert),
+        p(&key),
+        p(&tls.ca())
+    )
+}
+
+/// The secured lab's `etcd3:` TLS and credentials keys.
+fn etcd_tls(spec: &LabSpec) -> String {
+    let Some(tls) = spec.tls() else {
+        return String::new();
+    };
+    let (cert, key) = tls.cert("patroni");
+    let (user, password) = crate::spec::ETCD_PATRONI;
+    format!(
+        "  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n  username: {}\n  password: {}\n",
+        p(&tls.ca()),
+        p(&cert),
+        p(&key),
+        q(user),
+        q(password)
     )
 }
 

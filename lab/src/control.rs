@@ -2,7 +2,6 @@
 
 use crate::config::effective_tags;
 use crate::etcd;
-use crate::http;
 use crate::lab::Lab;
 use crate::partition;
 use crate::poll::wait_for;
@@ -191,9 +190,15 @@ impl Lab {
     /// reports success.
     pub fn switchover_via_rest(&self, candidate: &str) -> Result<()> {
         let leader = self.leader()?;
-        let addr = format!("127.0.0.1:{}", self.api_port(&leader));
         let body = serde_json::json!({"leader": leader, "candidate": candidate}).to_string();
-        let resp = http::post_json(&addr, "/switchover", &body, Duration::from_secs(60))?;
+        let at = self.index(&leader)?;
+        let resp = self.rest(
+            at,
+            "POST",
+            "/switchover",
+            Some(&body),
+            Duration::from_secs(60),
+        )?;
         ensure!(
             resp.status == 200,
             "switchover {leader} -> {candidate}: HTTP {}: {}",
@@ -212,9 +217,15 @@ impl Lab {
     pub fn reinit_replicas_not_streaming(&self) -> Result<Vec<String>> {
         let (_, missing) = crate::status::not_streaming(&self.cluster()?)?;
         for member in &missing {
-            let addr = format!("127.0.0.1:{}", self.api_port(member));
             let body = serde_json::json!({"force": true}).to_string();
-            let resp = http::post_json(&addr, "/reinitialize", &body, Duration::from_secs(60))?;
+            let at = self.index(member)?;
+            let resp = self.rest(
+                at,
+                "POST",
+                "/reinitialize",
+                Some(&body),
+                Duration::from_secs(60),
+            )?;
             ensure!(
                 resp.status == 200,
                 "reinitialize {member}: HTTP {}: {}",
@@ -228,11 +239,13 @@ impl Lab {
     /// Patches the cluster's dynamic configuration through Patroni's `PATCH /config`, e.g.
     /// `{"failsafe_mode": true}`; members apply it on their next HA cycle.
     pub fn patch_dcs_config(&self, patch: &Value) -> Result<()> {
-        let addr = format!("127.0.0.1:{}", self.api_port(&self.leader()?));
-        let resp = http::patch_json(
-            &addr,
+        let at = self.index(&self.leader()?)?;
+        let patch_text = patch.to_string();
+        let resp = self.rest(
+            at,
+            "PATCH",
             "/config",
-            &patch.to_string(),
+            Some(&patch_text),
             Duration::from_secs(10),
         )?;
         ensure!(

@@ -63,6 +63,10 @@ impl Lab {
         }
         let owner = procs::postgres_owner()?;
         lay_out(&spec, owner)?;
+        if let Some(tls) = spec.tls() {
+            tls.make()
+                .context("making the secured lab's certificates")?;
+        }
         let lab = Lab {
             state: Mutex::new(State {
                 etcd: (0..ETCD_MEMBERS).map(|_| None).collect(),
@@ -75,6 +79,9 @@ impl Lab {
             owner,
         };
         lab.start_etcd_members(&[0, 1, 2], ETCD_TIMEOUT.min(remaining(deadline)))?;
+        if lab.spec.secure.is_some() {
+            crate::etcd::enable_auth(&lab.spec).context("turning on etcd's RBAC")?;
+        }
         lab.spawn_patroni(0)?;
         wait_for(remaining(deadline), Duration::from_millis(250), || {
             lab.check_children()?;
@@ -122,6 +129,47 @@ impl Lab {
     /// `["pg0", "pg1", "pg2"]`.
     pub fn member_names(&self) -> Vec<String> {
         (0..MEMBERS).map(member_name).collect()
+    }
+
+    /// The value of etcd key `key` (as etcd's root user in the secured lab), `None` if absent.
+    pub(crate) fn etcd_value(&self, key: &str) -> Result<Option<String>> {
+        let addr = self.running_etcd()?;
+        let tls = self.spec.tls();
+        let mut to = crate::http::Target {
+            addr: &addr,
+            tls: tls.as_ref(),
+            token: None,
+        };
+        let token = match &tls {
+            Some(_) => Some(crate::etcd::root_token(&to)?),
+            None => None,
+        };
+        to.token = token.as_deref();
+        crate::etcd::read(&to, key)
+    }
+
+    /// Sends `method path` with a JSON `body` to `member`'s Patroni REST API (HTTPS with the
+    /// lab's client certificate in the secured lab).
+    pub(crate) fn rest(
+        &self,
+        member_index: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        timeout: Duration,
+    ) -> Result<crate::http::Response> {
+        let addr = format!("127.0.0.1:{}", self.spec.api_port(member_index));
+        let tls = self.spec.tls();
+        let to = crate::http::Target {
+            addr: &addr,
+            tls: tls.as_ref(),
+            token: None,
+        };
+        match (method, body) {
+            ("GET", _) => crate::http::get(&to, path, timeout),
+            ("PATCH", Some(b)) => crate::http::patch_json(&to, path, b, timeout),
+            (_, b) => crate::http::post_json(&to, path, b.unwrap_or("{}"), timeout),
+        }
     }
 
     /// PostgreSQL port of `member`. Panics on an unknown member name.

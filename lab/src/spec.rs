@@ -25,7 +25,25 @@ pub struct LabSpec {
     pub loop_wait: u32,
     /// Patroni `retry_timeout` (seconds): DCS and PostgreSQL retry budget.
     pub retry_timeout: u32,
+    /// TLS and RBAC everywhere (`Secure`); `None` is the plain lab.
+    pub secure: Option<Secure>,
 }
+
+/// The secured lab: etcd serves TLS only and wants client certificates
+/// (`--client-cert-auth`) and RBAC users; Patroni reaches it with its `etcd3:` TLS and
+/// credentials keys, and serves its REST API over HTTPS (`restapi.certfile`).
+#[derive(Debug, Clone, Default)]
+pub struct Secure {
+    /// Patroni's REST APIs also require a client certificate (`verify_client: required`).
+    pub verify_client: bool,
+}
+
+/// etcd users of the secured lab (name, password): `root`; `patroni` (root role); `pgrouter`,
+/// with read on `<namespace>/<scope>/` only; `nobody`, with no role.
+pub const ETCD_ROOT: (&str, &str) = ("root", "root-secret");
+pub const ETCD_PATRONI: (&str, &str) = ("patroni", "patroni-secret");
+pub const ETCD_PGROUTER: (&str, &str) = ("pgrouter", "pgrouter-secret");
+pub const ETCD_NOBODY: (&str, &str) = ("nobody", "nobody-secret");
 
 impl LabSpec {
     /// Defaults: scope "demo", namespace "/service", ttl 10, loop_wait 2, retry_timeout 5.
@@ -38,7 +56,15 @@ impl LabSpec {
             ttl: 10,
             loop_wait: 2,
             retry_timeout: 5,
+            secure: None,
         }
+    }
+
+    /// The secured lab's certificates, when it is one.
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        self.secure
+            .as_ref()
+            .map(|_| crate::tls::TlsFiles::new(&self.dir))
     }
 
     /// Every port the lab listens on, with what it is for.
@@ -64,7 +90,7 @@ impl LabSpec {
         self.base_port + 2 * index as u16 + 1
     }
 
-    /// `127.0.0.1:<client port>` of every etcd member.
+    /// `127.0.0.1:<client port>` of every etcd member (https in the secured lab).
     pub(crate) fn etcd_endpoints(&self) -> Vec<String> {
         (0..ETCD_MEMBERS)
             .map(|i| format!("127.0.0.1:{}", self.etcd_client_port(i)))

@@ -1,8 +1,6 @@
 //! Reading the cluster's state (Patroni REST `/cluster`, etcd member keys) and waiting on it.
 
 use crate::client::psql_with_timeout;
-use crate::etcd;
-use crate::http;
 use crate::lab::Lab;
 use crate::poll::wait_for;
 use anyhow::{anyhow, bail, Context, Result};
@@ -156,12 +154,14 @@ impl Lab {
         let mut errors = Vec::new();
         for i in (0..n).map(|k| (first + k) % n) {
             let addr = format!("127.0.0.1:{}", self.spec().api_port(i));
-            let res = http::get(&addr, "/cluster", REST_TIMEOUT).and_then(|r| {
-                if r.status != 200 {
-                    bail!("HTTP {}: {}", r.status, r.body);
-                }
-                parse_cluster(&r.body)
-            });
+            let res = self
+                .rest(i, "GET", "/cluster", None, REST_TIMEOUT)
+                .and_then(|r| {
+                    if r.status != 200 {
+                        bail!("HTTP {}: {}", r.status, r.body);
+                    }
+                    parse_cluster(&r.body)
+                });
             match res {
                 Ok(members) => {
                     self.state().preferred = i;
@@ -224,7 +224,7 @@ impl Lab {
     pub fn member_key(&self, member: &str) -> Result<Option<Value>> {
         self.index(member)?;
         let key = self.spec().member_key(member);
-        let Some(raw) = etcd::get(&self.running_etcd()?, &key)? else {
+        let Some(raw) = self.etcd_value(&key)? else {
             return Ok(None);
         };
         let v = serde_json::from_str(&raw).with_context(|| format!("{key}: bad JSON {raw:?}"))?;
@@ -233,12 +233,12 @@ impl Lab {
 
     /// The value of the cluster's DCS key `suffix` (e.g. `failsafe`), `None` if absent.
     pub fn dcs_value(&self, suffix: &str) -> Result<Option<String>> {
-        etcd::get(&self.running_etcd()?, &self.spec().dcs_key(suffix))
+        self.etcd_value(&self.spec().dcs_key(suffix))
     }
 
     /// The member named by the DCS leader key, `None` if the key is absent.
     pub(crate) fn leader_key_holder(&self) -> Result<Option<String>> {
-        etcd::get(&self.running_etcd()?, &self.spec().leader_key())
+        self.etcd_value(&self.spec().leader_key())
     }
 }
 

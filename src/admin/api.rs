@@ -17,11 +17,23 @@ pub fn health(admin: &Admin) -> (StatusCode, Value) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let problem = admin.shared.dcs_health.problem();
+    let reason = (!healthy).then(|| {
+        problem.clone().unwrap_or_else(|| {
+            if !dcs_connected || !topology.synced {
+                "no view of the cluster from etcd yet".to_owned()
+            } else {
+                "no member holds Patroni's leader key".to_owned()
+            }
+        })
+    });
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
         "cluster": topology.scope,
         "dcs_connected": dcs_connected,
+        "dcs_problem": problem,
         "leader": topology.leader,
+        "reason": reason,
     });
     (status, body)
 }
@@ -141,7 +153,7 @@ pub fn status(admin: &Admin) -> (StatusCode, Value) {
         .collect();
     let body = json!({
         "cluster": topology.scope,
-        "dcs": {"connected": metrics.dcs_connected.get() == 1, "synced": topology.synced},
+        "dcs": {"connected": metrics.dcs_connected.get() == 1, "synced": topology.synced, "problem": admin.shared.dcs_health.problem()},
         "leader": topology.leader,
         "writable_leader": topology.writable_leader().map(|m| m.name.clone()),
         "switchover_pending": topology.failover.as_ref().map(|f| json!({"from": f.from, "to": f.to, "scheduled_at": f.scheduled_at})),

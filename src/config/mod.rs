@@ -176,8 +176,31 @@ pub struct ClusterConfig {
     /// Patroni `namespace`, "/service" unless the cluster says otherwise.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// etcd v3 endpoints, `host:port` or `http://host:port`.
+    /// etcd v3 endpoints, `host:port`, `http://host:port` or `https://host:port`.
     pub etcd: Vec<String>,
+    /// PEM CA certificates etcd's server certificates must chain to (Patroni's `etcd3.cacert`):
+    /// TLS to every endpoint (bare `host:port` ones become https).
+    #[serde(default)]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key for etcd's `--client-cert-auth` (`etcd3.cert`, `etcd3.key`).
+    #[serde(default)]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd RBAC user and password (`etcd3.username`, `etcd3.password`); the user needs read on
+    /// `<namespace>/<scope>/` only.
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<String>,
+    /// For members whose Patroni REST API is HTTPS (`restapi.certfile`): the PEM CA its
+    /// certificate chains to, and a client certificate and key for `verify_client`.
+    #[serde(default)]
+    pub rest_ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub rest_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub rest_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

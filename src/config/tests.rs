@@ -298,3 +298,41 @@ fn bad_listeners_are_refused_with_their_key() {
     let e = err(&format!("{MINIMAL}[routing.weights]\npg1 = -1\n"));
     assert!(e.starts_with("routing.weights.pg1: "), "{e}");
 }
+
+#[test]
+fn etcd_tls_and_credentials_are_checked_by_key() {
+    let cluster = |extra: &str| {
+        format!("[cluster]\nscope = \"demo\"\netcd = [\"https://10.0.0.1:2379\"]\n{extra}")
+    };
+    let e = err(&cluster(""));
+    assert!(
+        e.starts_with("cluster.etcd_ca: https://10.0.0.1:2379 is https"),
+        "{e}"
+    );
+    let plain =
+        "[cluster]\nscope = \"demo\"\netcd = [\"http://10.0.0.1:2379\"]\netcd_ca = \"/ca.pem\"\n";
+    let e = err(plain);
+    assert!(
+        e.starts_with("cluster.etcd: http://10.0.0.1:2379 is plain http"),
+        "{e}"
+    );
+    let e = err(&cluster("etcd_ca = \"/ca.pem\"\netcd_cert = \"/c.pem\"\n"));
+    assert!(
+        e.starts_with("cluster.etcd_key: cluster.etcd_cert and cluster.etcd_key go together"),
+        "{e}"
+    );
+    let e = err(&cluster("etcd_ca = \"/ca.pem\"\nrest_key = \"/k.pem\"\n"));
+    assert!(e.starts_with("cluster.rest_cert: "), "{e}");
+    let e = err(&cluster(
+        "etcd_ca = \"/ca.pem\"\netcd_username = \"pgrouter\"\n",
+    ));
+    assert!(
+        e.starts_with("cluster.etcd_password: cluster.etcd_username needs"),
+        "{e}"
+    );
+    let e = err(&cluster("etcd_ca = \"/ca.pem\"\netcd_password = \"x\"\n"));
+    assert!(e.starts_with("cluster.etcd_username: "), "{e}");
+    let bare = "[cluster]\nscope = \"demo\"\netcd = [\"10.0.0.1:2379\"]\netcd_ca = \"/ca.pem\"\netcd_cert = \"/c.pem\"\netcd_key = \"/k.pem\"\netcd_username = \"u\"\netcd_password = \"p\"\n";
+    let config = Config::from_toml(bare).unwrap();
+    assert_eq!(config.cluster.etcd_username.as_deref(), Some("u"));
+}

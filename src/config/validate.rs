@@ -54,7 +54,54 @@ impl Config {
                 format!("{bad:?} is not host:port or http(s)://host:port"),
             ));
         }
-        Ok(())
+        let tls = c.etcd_ca.is_some() || c.etcd_cert.is_some();
+        if let Some(https) = c.etcd.iter().find(|e| e.starts_with("https://")) {
+            if c.etcd_ca.is_none() {
+                return Err(ConfigError::invalid(
+                    "cluster.etcd_ca",
+                    format!("{https} is https: set cluster.etcd_ca to the PEM CA that signed etcd's certificates"),
+                ));
+            }
+        }
+        if let Some(plain) = c.etcd.iter().find(|e| tls && e.starts_with("http://")) {
+            return Err(ConfigError::invalid(
+                "cluster.etcd",
+                format!("{plain} is plain http, but cluster.etcd_ca or etcd_cert asks for TLS: write https:// (or host:port)"),
+            ));
+        }
+        if c.etcd_cert.is_some() && c.etcd_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.etcd_ca",
+                "a client certificate (cluster.etcd_cert) is for TLS: set the CA that signed etcd's certificates too",
+            ));
+        }
+        for (a, b, key) in [
+            (&c.etcd_cert, &c.etcd_key, "cluster.etcd_cert"),
+            (&c.rest_cert, &c.rest_key, "cluster.rest_cert"),
+        ] {
+            if a.is_some() != b.is_some() {
+                let key_key = key.replace("_cert", "_key");
+                return Err(ConfigError::invalid(
+                    if a.is_none() { key } else { &key_key },
+                    format!("{key} and {key_key} go together: a client certificate and its key"),
+                ));
+            }
+        }
+        match (&c.etcd_username, &c.etcd_password) {
+            (Some(u), _) if u.is_empty() => Err(ConfigError::invalid(
+                "cluster.etcd_username",
+                "must not be empty",
+            )),
+            (Some(_), None) => Err(ConfigError::invalid(
+                "cluster.etcd_password",
+                "cluster.etcd_username needs its password",
+            )),
+            (None, Some(_)) => Err(ConfigError::invalid(
+                "cluster.etcd_username",
+                "cluster.etcd_password is set without a user",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate_listen(&self) -> Result<(), ConfigError> {

@@ -7,17 +7,21 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::access::EtcdAccess;
 use super::patroni::topology_from_keys;
-use super::{outage, rest};
+use super::rest::RestClient;
+use super::{outage, DcsHealth};
 use crate::metrics::Metrics;
 use crate::topology::{Member, Topology};
 
 /// How often a promoting leader's REST API is asked whether it is done.
 const PROMOTION_POLL: Duration = Duration::from_millis(100);
+/// How often an empty prefix (no Patroni keys) is warned about again.
+const EMPTY_WARNING: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -29,13 +33,77 @@ pub enum DcsError {
     WatchEnded,
 }
 
-/// Where to find one Patroni cluster in etcd.
-#[derive(Debug, Clone)]
+/// Where to find one Patroni cluster in etcd, and how to reach it and its members.
+#[derive(Clone)]
 pub struct EtcdSource {
     pub endpoints: Vec<String>,
     /// "/service/demo/"
     pub prefix: String,
     pub scope: String,
+    pub access: EtcdAccess,
+    pub rest: RestClient,
+    /// Where what keeps the view from being read is told.
+    pub health: Arc<DcsHealth>,
+}
+
+impl EtcdSource {
+    /// What went wrong reading etcd, in an operator's words: TLS, credentials, permission or
+    /// reachability, with the keys to look at.
+    fn explain(&self, err: &DcsError) -> String {
+        let DcsError::Etcd(e) = err else {
+            return err.to_string();
+        };
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        let lower = chain.to_ascii_lowercase();
+        let user = self.access.user();
+        if lower.contains("permission denied") {
+            format!(
+                "etcd user \"{}\" may not read {} (grant its role read on that prefix): {chain}",
+                user.unwrap_or(""),
+                self.prefix
+            )
+        } else if lower.contains("authentication failed") || lower.contains("invalid auth token") {
+            format!(
+                "etcd refused cluster.etcd_username \"{}\" and its password: {chain}",
+                user.unwrap_or("")
+            )
+        } else if lower.contains("user name is empty") || lower.contains("user name not found") {
+            format!("etcd requires authentication: set cluster.etcd_username and cluster.etcd_password: {chain}")
+        } else if ["certificate", "tls", "handshake", "ssl", "alert"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            format!("TLS with etcd failed (cluster.etcd_ca, etcd_cert, etcd_key): {chain}")
+        } else if self.access.tls()
+            && (lower.contains("connection closed") || lower.contains("canceled"))
+        {
+            // TLS 1.3: a server that refuses the client's certificate says so after the
+            // handshake, and the alert may be lost in the close.
+            format!("TLS with etcd failed: etcd closed the connection after the handshake, as it does when it refuses the client certificate (cluster.etcd_cert, etcd_key): {chain}")
+        } else {
+            format!("cannot read etcd at {}: {chain}", self.endpoints.join(", "))
+        }
+    }
+
+    /// Tells `health` whether the prefix holds Patroni's keys; warns when it holds none.
+    fn check_keys(&self, keys: &BTreeMap<String, Vec<u8>>) {
+        if !keys.is_empty() {
+            self.health.set(None);
+            return;
+        }
+        let problem = format!(
+            "no Patroni keys under {} in etcd: check cluster.scope and cluster.namespace against Patroni's scope and namespace; a Patroni with an `etcd:` section (etcd's v2 API) writes where pgrouter, which reads v3 as Patroni's `etcd3:` does, cannot see",
+            self.prefix
+        );
+        tracing::warn!(cluster = %self.scope, "{problem}");
+        self.health.set(Some(problem));
+    }
 }
 
 /// Runs until the receiver side is gone.
@@ -61,13 +129,15 @@ pub async fn watch_cluster(
         first = false;
         let synced = tokio::select! {
             synced = reconnect(&source, &mut backoff, &mut preferred) => synced,
-            never = outage::guard(&source.scope, &tx, lost_leader) => match never {},
+            never = outage::guard(&source.scope, &source.rest, &tx, lost_leader) => match never {},
         };
         let Err(err) = watch_from(&source, &tx, &metrics, &mut backoff, synced, after_loss).await;
         metrics.dcs_connected.set(0);
+        let error = source.explain(&err);
+        source.health.set(Some(error.clone()));
         tracing::warn!(
             cluster = %source.scope,
-            error = %err,
+            %error,
             "lost the etcd view; keeping the last leader while its Patroni confirms it, and reconnecting"
         );
     }
@@ -93,9 +163,11 @@ async fn reconnect(source: &EtcdSource, backoff: &mut Backoff, preferred: &mut u
             Ok(synced) => return synced,
             Err(err) => {
                 delay = backoff.next_delay();
+                let error = source.explain(&err);
+                source.health.set(Some(error.clone()));
                 tracing::warn!(
                     cluster = %source.scope,
-                    error = %err,
+                    %error,
                     retry_in_ms = delay.as_millis() as u64,
                     "cannot read the cluster from etcd"
                 );
@@ -126,12 +198,7 @@ async fn read_cluster_anywhere(
 }
 
 async fn read_cluster(source: &EtcdSource, endpoints: &[String]) -> Result<Synced, DcsError> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    let mut client = Client::connect(endpoints, Some(options)).await?;
+    let mut client = Client::connect(endpoints, Some(source.access.options())).await?;
     let resp = client
         .get(
             source.prefix.as_str(),
@@ -175,6 +242,8 @@ async fn watch_from(
     metrics.dcs_event_seen();
     publish(source, tx, &keys, &mut promotion);
     tracing::info!(cluster = %source.scope, revision, keys = keys.len(), "read cluster state from etcd");
+    source.check_keys(&keys);
+    let mut warned_empty = tokio::time::Instant::now();
 
     let mut stream = client
         .watch(
@@ -190,12 +259,22 @@ async fn watch_from(
     metrics.dcs_connected.set(1);
     loop {
         let promoting = tx.borrow().promoting_leader().cloned();
+        let recheck = warned_empty + EMPTY_WARNING;
         tokio::select! {
             resp = stream.message() => {
+                let was_empty = keys.is_empty();
                 apply_events(&source.prefix, resp?.ok_or(DcsError::WatchEnded)?, &mut keys)?;
                 metrics.dcs_event_seen();
+                if was_empty != keys.is_empty() {
+                    source.check_keys(&keys);
+                    warned_empty = tokio::time::Instant::now();
+                }
             }
-            name = confirm_promotion(promoting) => {
+            () = tokio::time::sleep_until(recheck), if keys.is_empty() => {
+                source.check_keys(&keys);
+                warned_empty = tokio::time::Instant::now();
+            }
+            name = confirm_promotion(&source.rest, promoting) => {
                 tracing::info!(cluster = %source.scope, member = %name, "new leader confirmed writable by its Patroni REST API");
                 promotion.confirmed = Some(name);
             }
@@ -236,7 +315,7 @@ fn apply_events(
 }
 
 /// Resolves with the member's name once its REST API reports it writable; never without one.
-async fn confirm_promotion(promoting: Option<Member>) -> String {
+async fn confirm_promotion(rest: &RestClient, promoting: Option<Member>) -> String {
     let Some(Member {
         name,
         api_url: Some(api_url),
@@ -247,7 +326,7 @@ async fn confirm_promotion(promoting: Option<Member>) -> String {
     };
     loop {
         tokio::time::sleep(PROMOTION_POLL).await;
-        if rest::is_writable(&api_url, PROMOTION_POLL * 5).await {
+        if rest.is_writable(&api_url, PROMOTION_POLL * 5).await {
             return name;
         }
     }

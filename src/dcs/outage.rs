@@ -8,8 +8,9 @@
 //! lag keeps being measured: against the furthest position a running primary reported, which
 //! is kept when the leader is taken out. A member that does not answer has no known position,
 //! so it serves no reads until it answers again, as it would once its member key expired. A
-//! member whose REST API pgrouter cannot ask (none, or HTTPS) keeps what its member key said;
-//! a leader without one is not confirmed, so it is taken out at the first check.
+//! member whose REST API pgrouter cannot ask (none, or HTTPS without `cluster.rest_ca`) keeps
+//! what its member key said; a leader without one is not confirmed, so it is taken out at the
+//! first check.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::rest::{self, Report};
+use super::rest::{Report, RestClient};
 use crate::topology::{Role, Topology};
 
 /// How often the members' Patroni are asked while etcd is lost, and how long each has to answer.
@@ -29,6 +30,7 @@ const ANSWER: Duration = Duration::from_secs(1);
 /// Patroni confirms it. Never resolves; dropped when etcd can be read again.
 pub async fn guard(
     scope: &str,
+    rest: &RestClient,
     tx: &watch::Sender<Arc<Topology>>,
     leader: Option<String>,
 ) -> Infallible {
@@ -40,7 +42,7 @@ pub async fn guard(
             .values()
             .map(|m| (m.name.clone(), m.api_url.clone()))
             .collect();
-        let reports = ask_all(members, leader.as_deref()).await;
+        let reports = ask_all(rest, members, leader.as_deref()).await;
         let confirmed = leader
             .as_ref()
             .and_then(|l| reports.get(l))
@@ -78,12 +80,13 @@ pub async fn guard(
 /// `/primary`, the others for `/patroni`; `None` for one that did not answer in time. Members
 /// without one are left out: their member keys stay the view.
 async fn ask_all(
+    rest: &RestClient,
     members: Vec<(String, Option<String>)>,
     leader: Option<&str>,
 ) -> BTreeMap<String, Option<Report>> {
     let mut asks = tokio::task::JoinSet::new();
     for (name, api_url) in members {
-        let Some(url) = api_url.filter(|u| rest::can_ask(u)) else {
+        let Some(url) = api_url.filter(|u| rest.can_ask(u)) else {
             continue;
         };
         let path = if leader == Some(name.as_str()) {
@@ -91,7 +94,8 @@ async fn ask_all(
         } else {
             "/patroni"
         };
-        asks.spawn(async move { (name, rest::ask(&url, path, ANSWER).await) });
+        let rest = rest.clone();
+        asks.spawn(async move { (name, rest.ask(&url, path, ANSWER).await) });
     }
     let mut reports = BTreeMap::new();
     while let Some(joined) = asks.join_next().await {
@@ -266,7 +270,7 @@ mod tests {
             ),
             ("pg1".to_owned(), None),
         ];
-        let reports = ask_all(members, Some("pg0")).await;
+        let reports = ask_all(&RestClient::default(), members, Some("pg0")).await;
         assert!(reports.is_empty());
         let view = view_at_loss();
         let next = refreshed(&view, Some("pg0"), false, &reports);
@@ -308,7 +312,9 @@ mod tests {
         topology.leader_optime = Some(1000);
         topology.members.insert("pg0".into(), leader);
         let (tx, mut rx) = watch::channel(Arc::new(topology));
-        let guard = tokio::spawn(async move { guard("demo", &tx, Some("pg0".into())).await });
+        let guard = tokio::spawn(async move {
+            guard("demo", &RestClient::default(), &tx, Some("pg0".into())).await
+        });
         let mut seen = Vec::new();
         for _ in 0..3 {
             let status = answered.recv().await.unwrap();

@@ -15,8 +15,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::topology::Role;
@@ -59,42 +61,94 @@ struct Xlog {
     paused: Option<bool>,
 }
 
-/// True when the member's REST API reports a running, writable PostgreSQL within `timeout`.
-/// Any failure (no api_url, https, refused, slow, unreadable) is false: the member key decides.
-pub async fn is_writable(api_url: &str, timeout: Duration) -> bool {
-    ask(api_url, "/patroni", timeout)
-        .await
-        .is_some_and(|r| r.is_running_primary())
+/// Asks members' Patroni REST APIs: plain HTTP, or HTTPS when `cluster.rest_ca` is set (with a
+/// client certificate for `restapi.verify_client` when `cluster.rest_cert` is).
+#[derive(Clone, Default)]
+pub struct RestClient {
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
-/// Asks `GET path` of the Patroni whose `api_url` is given; `None` when it does not answer
-/// with a status within `timeout` (no api_url, https, refused, slow, unreadable).
-pub async fn ask(api_url: &str, path: &str, timeout: Duration) -> Option<Report> {
-    let authority = http_authority(api_url)?;
-    let ask = async {
-        let mut stream = TcpStream::connect(authority).await?;
+impl RestClient {
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> RestClient {
+        RestClient {
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+        }
+    }
+
+    /// True when the member's REST API reports a running, writable PostgreSQL within
+    /// `timeout`. Any failure (no api_url, refused, slow, unreadable) is false: the member key
+    /// decides.
+    pub async fn is_writable(&self, api_url: &str, timeout: Duration) -> bool {
+        self.ask(api_url, "/patroni", timeout)
+            .await
+            .is_some_and(|r| r.is_running_primary())
+    }
+
+    /// Asks `GET path` of the Patroni whose `api_url` is given; `None` when it does not answer
+    /// with a status within `timeout` (no api_url, https without `cluster.rest_ca`, refused,
+    /// a failed TLS handshake, slow, unreadable: logged at debug).
+    pub async fn ask(&self, api_url: &str, path: &str, timeout: Duration) -> Option<Report> {
+        let (https, authority) = endpoint(api_url)?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
-        std::io::Result::Ok(response)
-    };
-    match tokio::time::timeout(timeout, ask).await {
-        Ok(Ok(response)) => parse(&response),
-        _ => None,
+        let ask = async {
+            let tcp = TcpStream::connect(authority).await?;
+            if !https {
+                return exchange(tcp, &request).await;
+            }
+            let Some(tls) = &self.tls else {
+                return Err(std::io::Error::other("https without cluster.rest_ca"));
+            };
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(std::io::Error::other)?;
+            exchange(tls.connect(name, tcp).await?, &request).await
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(response)) => parse(&response),
+            Ok(Err(e)) => {
+                tracing::debug!(%api_url, error = %e, "Patroni REST API did not answer");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether `api_url` is one pgrouter can ask: http with a port, or https with a CA.
+    pub fn can_ask(&self, api_url: &str) -> bool {
+        endpoint(api_url).is_some_and(|(https, _)| !https || self.tls.is_some())
     }
 }
 
-/// Whether `api_url` is one pgrouter can ask (plain HTTP with a port).
-pub fn can_ask(api_url: &str) -> bool {
-    http_authority(api_url).is_some()
+/// Sends `request` and reads the answer to its end. An HTTP/1.0 server may close a TLS stream
+/// without close_notify once it answered: what came before counts.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    match (&mut stream)
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut response)
+        .await
+    {
+        Ok(_) => Ok(response),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// "http://127.0.0.1:8008/patroni" -> "127.0.0.1:8008".
-fn http_authority(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("http://")?;
+/// "http://127.0.0.1:8008/patroni" -> (false, "127.0.0.1:8008"); https gives true.
+fn endpoint(url: &str) -> Option<(bool, &str)> {
+    let (https, rest) = match url.strip_prefix("http://") {
+        Some(rest) => (false, rest),
+        None => (true, url.strip_prefix("https://")?),
+    };
     let authority = rest.split('/').next()?;
-    authority.contains(':').then_some(authority)
+    authority.contains(':').then_some((https, authority))
 }
 
 fn parse(response: &[u8]) -> Option<Report> {
@@ -130,15 +184,18 @@ mod tests {
     #[test]
     fn urls_and_responses() {
         assert_eq!(
-            http_authority("http://127.0.0.1:8008/patroni"),
-            Some("127.0.0.1:8008")
+            endpoint("http://127.0.0.1:8008/patroni"),
+            Some((false, "127.0.0.1:8008"))
         );
         assert_eq!(
-            http_authority("http://[::1]:8008/patroni"),
-            Some("[::1]:8008")
+            endpoint("http://[::1]:8008/patroni"),
+            Some((false, "[::1]:8008"))
         );
-        assert_eq!(http_authority("https://h:8008/patroni"), None);
-        assert_eq!(http_authority("http://h/patroni"), None);
+        assert_eq!(endpoint("https://h:8008/patroni"), Some((true, "h:8008")));
+        assert_eq!(endpoint("http://h/patroni"), None);
+        assert_eq!(endpoint("ftp://h:1/"), None);
+        let plain = RestClient::default();
+        assert!(plain.can_ask("http://h:8008/patroni") && !plain.can_ask("https://h:8008/patroni"));
         let running_primary = |r: &[u8]| parse(r).is_some_and(|r| r.is_running_primary());
         assert!(running_primary(PROMOTED.as_bytes()));
         assert!(!running_primary(PROMOTING.as_bytes()));
@@ -197,9 +254,10 @@ mod tests {
                 s.write_all(answer.as_bytes()).await.unwrap();
             }
         });
-        assert!(is_writable(&url, Duration::from_secs(5)).await);
-        assert!(!is_writable(&url, Duration::from_secs(5)).await);
-        let confirmed = ask(&url, "/primary", Duration::from_secs(5)).await;
+        let rest = RestClient::default();
+        assert!(rest.is_writable(&url, Duration::from_secs(5)).await);
+        assert!(!rest.is_writable(&url, Duration::from_secs(5)).await);
+        let confirmed = rest.ask(&url, "/primary", Duration::from_secs(5)).await;
         assert!(confirmed.is_some_and(|r| r.is_running_primary()));
         server.await.unwrap();
     }

@@ -66,13 +66,14 @@ async fn check_lag(
     out: mpsc::Sender<BTreeMap<String, LagSample>>,
 ) {
     let mut probe = Probe::default();
+    let rest = shared.rest();
     loop {
         let interval = shared.config().routing.lag_check_interval.0;
         let started = Instant::now();
         let view = raw.borrow().clone();
         // A slow answer may take the whole interval, and never less than a second.
         let timeout = interval.max(Duration::from_secs(1));
-        if let Some(samples) = probe.check(&view, timeout).await {
+        if let Some(samples) = probe.check(&view, &rest, timeout).await {
             if out.send(samples).await.is_err() {
                 return;
             }

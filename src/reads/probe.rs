@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::dcs::rest::{self, Report};
+use crate::dcs::rest::{Report, RestClient};
 use crate::topology::Topology;
 use crate::topology::{LagSample, LagSource};
 
@@ -34,6 +34,7 @@ impl Probe {
     pub async fn check(
         &mut self,
         topology: &Topology,
+        rest: &RestClient,
         timeout: Duration,
     ) -> Option<BTreeMap<String, LagSample>> {
         let leader = topology.leader.clone()?;
@@ -43,7 +44,8 @@ impl Probe {
                 continue;
             };
             let name = m.name.clone();
-            asks.spawn(async move { (name, rest::ask(&url, "/patroni", timeout).await) });
+            let rest = rest.clone();
+            asks.spawn(async move { (name, rest.ask(&url, "/patroni", timeout).await) });
         }
         let mut reports = BTreeMap::new();
         while let Some(done) = asks.join_next().await {

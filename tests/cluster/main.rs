@@ -25,6 +25,7 @@ mod pooling;
 mod reads;
 mod restarts;
 mod routing;
+mod secured;
 mod settings;
 mod soak;
 mod startup;
@@ -206,6 +207,12 @@ const TESTS: &[(&str, TestFn)] = &[
         "pooled_database_and_user_limits_hold_under_load_and_kill",
         |lab| Box::pin(limits::pooled_limits_and_database_entries(lab)),
     ),
+    ("a_scope_without_patroni_keys_is_reported", |lab| {
+        Box::pin(secured::empty_prefix_is_reported(lab))
+    }),
+    ("secured_etcd_tls_rbac_and_https_rest_api", |lab| {
+        Box::pin(secured::secured_etcd_and_https_rest(lab))
+    }),
 ];
 
 fn main() -> ExitCode {

@@ -25,6 +25,8 @@ const ADMIN_OFFSET: u16 = 2000;
 
 pub struct RouterOptions<'a> {
     pub scope: &'a str,
+    /// More `[cluster]` keys (etcd TLS and credentials, REST TLS).
+    pub cluster_extra: &'a str,
     pub routing: &'a str,
     pub listen_extra: &'a str,
     /// More sections ([pool], [auth]) after [routing].
@@ -40,6 +42,7 @@ impl Default for RouterOptions<'_> {
     fn default() -> Self {
         RouterOptions {
             scope: SCOPE,
+            cluster_extra: "",
             routing: "hold_timeout = \"30s\"\ndrain_timeout = \"5s\"\n",
             listen_extra: "",
             sections: "",
@@ -58,8 +61,9 @@ impl Router {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nscope = \"{scope}\"\netcd = [{etcd}]\n\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}\n{sections}",
+                "[cluster]\nscope = \"{scope}\"\netcd = [{etcd}]\n{cluster_extra}\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{rport}\"\nadmin = \"127.0.0.1:{aport}\"\n{extra}\n[routing]\n{routing}\n{sections}",
                 scope = opts.scope,
+                cluster_extra = opts.cluster_extra,
                 etcd = lab.etcd_toml_list(),
                 rport = port + 1,
                 aport = port + ADMIN_OFFSET,
