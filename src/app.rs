@@ -12,8 +12,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Source;
 use crate::config::{Config, ConfigError};
 use crate::dcs::etcd::{watch_cluster, EtcdSource};
+use crate::dcs::rest_source::{poll_cluster, RestSource};
 use crate::metrics::Metrics;
 use crate::proxy::listener;
 use crate::shards::Shards;
@@ -69,13 +71,31 @@ pub async fn run(
     let tls = crate::tls::Transport::load(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
-    let source = EtcdSource {
-        endpoints: shared.config().cluster.etcd.clone(),
-        prefix: shared.config().key_prefix(),
-        scope: shared.config().cluster.scope.clone(),
-        access,
-        rest: rest.clone(),
-        health: shared.dcs_health.clone(),
+    let cluster = shared.config().cluster.clone();
+    let watcher = match cluster.source {
+        Source::Etcd => tokio::spawn(watch_cluster(
+            EtcdSource {
+                endpoints: cluster.etcd.clone(),
+                prefix: shared.config().key_prefix(),
+                scope: cluster.scope.clone(),
+                access,
+                rest: rest.clone(),
+                health: shared.dcs_health.clone(),
+            },
+            raw_tx,
+            metrics,
+        )),
+        Source::Patroni => tokio::spawn(poll_cluster(
+            RestSource {
+                scope: cluster.scope.clone(),
+                urls: cluster.patroni.clone(),
+                interval: cluster.poll_interval.0,
+                rest: rest.clone(),
+                health: shared.dcs_health.clone(),
+            },
+            raw_tx,
+            metrics,
+        )),
     };
     let _ = shared.rest.set(rest);
     shared.credentials.set_users(users);
@@ -91,7 +111,7 @@ pub async fn run(
     });
     app.bind_changed(&app.shared.config()).await?;
     let background = [
-        tokio::spawn(watch_cluster(source, raw_tx, metrics)),
+        watcher,
         tokio::spawn(crate::reads::follow(raw_rx, tx, app.shared.clone())),
         tokio::spawn(observe_topology(rx, app.shared.clone())),
         tokio::spawn(reload_on_sighup(app.clone())),

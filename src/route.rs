@@ -198,7 +198,7 @@ impl Router {
         turn: usize,
     ) -> Result<(&'t Member, Target), String> {
         if !topology.synced {
-            return Err("no view of the cluster from etcd yet".to_owned());
+            return Err("no view of the cluster yet".to_owned());
         }
         let leader = || {
             topology

@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 /// A duration written with a unit: `ms`, `s`, `m` or `h` (e.g. "250ms", "10s", "1.5m").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HumanDuration(pub Duration);
 
 /// A byte count written with an optional unit: B, kB/KB/KiB, MB/MiB, GB/GiB (powers of 1024,

@@ -39,9 +39,7 @@ restapi:
   listen: {api}
   connect_address: {api}
 {restapi_tls}
-etcd3:
-  hosts: {etcd}
-{etcd_tls}
+{dcs}
 bootstrap:
   dcs:
     ttl: {ttl}
@@ -95,7 +93,7 @@ tags: {tags}
         namespace = q(&spec.namespace),
         name = q(&name),
         api = q(&api),
-        etcd = q(&etcd),
+        dcs = dcs_section(spec, &etcd),
         pg = q(&pg),
         ttl = spec.ttl,
         loop_wait = spec.loop_wait,
@@ -110,7 +108,6 @@ tags: {tags}
         repl_user = REPLICATION.0,
         tags = tags,
         restapi_tls = restapi_tls(spec),
-        etcd_tls = etcd_tls(spec),
     )
 }
 
@@ -131,6 +128,18 @@ fn restapi_tls(spec: &LabSpec) -> String {
         p(&key),
         p(&tls.ca())
     )
+}
+
+/// Patroni's DCS section: `etcd3:` (with the secured lab's TLS and credentials), or
+/// `zookeeper:`.
+fn dcs_section(spec: &LabSpec, etcd: &str) -> String {
+    match spec.dcs {
+        crate::spec::Dcs::Etcd => format!("etcd3:\n  hosts: {}\n{}", q(etcd), etcd_tls(spec)),
+        crate::spec::Dcs::ZooKeeper => format!(
+            "zookeeper:\n  hosts: [{}]\n",
+            q(&format!("127.0.0.1:{}", spec.zookeeper_port()))
+        ),
+    }
 }
 
 /// The secured lab's `etcd3:` TLS and credentials keys.

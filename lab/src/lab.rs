@@ -38,6 +38,8 @@ pub(crate) struct State {
     pub frozen_leader: Vec<bool>,
     /// Per member: the iptables rules of `cut_off_member`, until `reconnect_member`.
     pub cut_off: Vec<Vec<partition::IptablesRule>>,
+    /// The ZooKeeper lab's ZooKeeper.
+    pub zookeeper: Option<Child>,
 }
 
 impl Lab {
@@ -74,13 +76,22 @@ impl Lab {
                 preferred: 0,
                 frozen_leader: vec![false; MEMBERS],
                 cut_off: (0..MEMBERS).map(|_| Vec::new()).collect(),
+                zookeeper: None,
             }),
             spec,
             owner,
         };
-        lab.start_etcd_members(&[0, 1, 2], ETCD_TIMEOUT.min(remaining(deadline)))?;
-        if lab.spec.secure.is_some() {
-            crate::etcd::enable_auth(&lab.spec).context("turning on etcd's RBAC")?;
+        match lab.spec.dcs {
+            crate::spec::Dcs::Etcd => {
+                lab.start_etcd_members(&[0, 1, 2], ETCD_TIMEOUT.min(remaining(deadline)))?;
+                if lab.spec.secure.is_some() {
+                    crate::etcd::enable_auth(&lab.spec).context("turning on etcd's RBAC")?;
+                }
+            }
+            crate::spec::Dcs::ZooKeeper => {
+                let zk = crate::zookeeper::start(&lab.spec, ETCD_TIMEOUT.min(remaining(deadline)))?;
+                lab.state().zookeeper = Some(zk);
+            }
         }
         lab.spawn_patroni(0)?;
         wait_for(remaining(deadline), Duration::from_millis(250), || {
@@ -307,6 +318,9 @@ impl Lab {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         for child in state.etcd.iter_mut().filter_map(Option::take) {
             kill_child(child);
+        }
+        if let Some(zk) = state.zookeeper.take() {
+            kill_child(zk);
         }
         procs::kill_all_under(&self.spec.dir, Duration::from_secs(5));
         (0..MEMBERS).for_each(|i| partition::remove_group(&self.spec, i));

@@ -27,11 +27,12 @@ mod spec;
 pub mod stats;
 mod status;
 pub mod tls;
+mod zookeeper;
 
 pub use client::{client_command, run_psql};
 pub use etcd::get as etcd_get;
 pub use lab::Lab;
 pub use partition::IptablesRule;
 pub use procs::libpq_variables;
-pub use spec::{LabSpec, Secure, ETCD_NOBODY, ETCD_PATRONI, ETCD_PGROUTER, ETCD_ROOT};
+pub use spec::{Dcs, LabSpec, Secure, ETCD_NOBODY, ETCD_PATRONI, ETCD_PGROUTER, ETCD_ROOT};
 pub use status::MemberStatus;

@@ -27,6 +27,18 @@ pub struct LabSpec {
     pub retry_timeout: u32,
     /// TLS and RBAC everywhere (`Secure`); `None` is the plain lab.
     pub secure: Option<Secure>,
+    /// The DCS Patroni runs on.
+    pub dcs: Dcs,
+}
+
+/// The DCS of a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dcs {
+    /// Three etcd members (v3 API), the default.
+    #[default]
+    Etcd,
+    /// One standalone ZooKeeper on the lab's first port (Patroni's `zookeeper:`).
+    ZooKeeper,
 }
 
 /// The secured lab: etcd serves TLS only and wants client certificates
@@ -57,7 +69,13 @@ impl LabSpec {
             loop_wait: 2,
             retry_timeout: 5,
             secure: None,
+            dcs: Dcs::Etcd,
         }
+    }
+
+    /// The ZooKeeper lab's client port: the first of the lab's range.
+    pub(crate) fn zookeeper_port(&self) -> u16 {
+        self.base_port
     }
 
     /// The secured lab's certificates, when it is one.
@@ -70,9 +88,14 @@ impl LabSpec {
     /// Every port the lab listens on, with what it is for.
     pub(crate) fn ports(&self) -> Vec<(u16, String)> {
         let mut ports = Vec::new();
-        for i in 0..ETCD_MEMBERS {
-            ports.push((self.etcd_client_port(i), format!("etcd{i} client")));
-            ports.push((self.etcd_peer_port(i), format!("etcd{i} peer")));
+        match self.dcs {
+            Dcs::Etcd => {
+                for i in 0..ETCD_MEMBERS {
+                    ports.push((self.etcd_client_port(i), format!("etcd{i} client")));
+                    ports.push((self.etcd_peer_port(i), format!("etcd{i} peer")));
+                }
+            }
+            Dcs::ZooKeeper => ports.push((self.zookeeper_port(), "ZooKeeper".to_owned())),
         }
         for i in 0..MEMBERS {
             let name = member_name(i);

@@ -238,7 +238,15 @@ impl Lab {
 
     /// The member named by the DCS leader key, `None` if the key is absent.
     pub(crate) fn leader_key_holder(&self) -> Result<Option<String>> {
-        self.etcd_value(&self.spec().leader_key())
+        match self.spec().dcs {
+            crate::spec::Dcs::Etcd => self.etcd_value(&self.spec().leader_key()),
+            // What the members' REST APIs say the DCS holds.
+            crate::spec::Dcs::ZooKeeper => Ok(self
+                .cluster()?
+                .iter()
+                .find(|m| m.is_leader())
+                .map(|m| m.name.clone())),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ pub fn health(admin: &Admin) -> (StatusCode, Value) {
     let reason = (!healthy).then(|| {
         problem.clone().unwrap_or_else(|| {
             if !dcs_connected || !topology.synced {
-                "no view of the cluster from etcd yet".to_owned()
+                "no view of the cluster yet".to_owned()
             } else {
                 "no member holds Patroni's leader key".to_owned()
             }

@@ -176,8 +176,21 @@ pub struct ClusterConfig {
     /// Patroni `namespace`, "/service" unless the cluster says otherwise.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Where the cluster's state comes from: Patroni's keys in etcd (watched), or the
+    /// members' Patroni REST APIs (polled), for Consul, ZooKeeper, Kubernetes and Raft.
+    #[serde(default)]
+    pub source: Source,
     /// etcd v3 endpoints, `host:port`, `http://host:port` or `https://host:port`.
+    #[serde(default)]
     pub etcd: Vec<String>,
+    /// `source = "patroni"`: the members' REST API addresses (`http(s)://host:8008`); members
+    /// `/cluster` names beyond these are asked too.
+    #[serde(default)]
+    pub patroni: Vec<String>,
+    /// `source = "patroni"`: how often every member is asked; a member that does not confirm
+    /// it is the running primary within one interval takes no writes.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
     /// PEM CA certificates etcd's server certificates must chain to (Patroni's `etcd3.cacert`):
     /// TLS to every endpoint (bare `host:port` ones become https).
     #[serde(default)]
@@ -447,6 +460,21 @@ pub struct RoutingConfig {
     pub hold_timeout: HumanDuration,
     pub drain_timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
+}
+
+fn default_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+
+/// Where the cluster's state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Patroni's keys in etcd v3, watched: pgrouter knows the leader the moment Patroni does.
+    #[default]
+    Etcd,
+    /// The members' Patroni REST APIs, polled every `poll_interval`: any DCS Patroni runs on.
+    Patroni,
 }
 
 fn default_namespace() -> String {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, PeersConfig, SslMode, TlsMode};
+use super::{Config, ConfigError, PeersConfig, Source, SslMode, TlsMode};
 
 impl Config {
     /// Checks every value, section by section; the first error found names its key.
@@ -42,10 +42,39 @@ impl Config {
                 "must start with '/' (Patroni's default is \"/service\")",
             ));
         }
-        if c.etcd.is_empty() {
+        match c.source {
+            Source::Etcd if c.etcd.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "cluster.etcd",
+                    "needs at least one endpoint (or cluster.source = \"patroni\" with cluster.patroni)",
+                ));
+            }
+            Source::Patroni if c.patroni.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "cluster.patroni",
+                    "cluster.source = \"patroni\" needs the members' REST API addresses, e.g. [\"http://10.0.0.1:8008\"]",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(bad) = c.patroni.iter().find(|u| !valid_rest_url(u)) {
             return Err(ConfigError::invalid(
-                "cluster.etcd",
-                "needs at least one endpoint",
+                "cluster.patroni",
+                format!("{bad:?} is not http(s)://host:port"),
+            ));
+        }
+        if let Some(https) = c.patroni.iter().find(|u| u.starts_with("https://")) {
+            if c.rest_ca.is_none() {
+                return Err(ConfigError::invalid(
+                    "cluster.rest_ca",
+                    format!("{https} is https: set cluster.rest_ca to the PEM CA that signed the REST APIs' certificates"),
+                ));
+            }
+        }
+        if c.poll_interval.0 < Duration::from_millis(50) {
+            return Err(ConfigError::invalid(
+                "cluster.poll_interval",
+                "must be at least 50ms",
             ));
         }
         if let Some(bad) = c.etcd.iter().find(|e| !valid_endpoint(e)) {
@@ -301,6 +330,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn valid_rest_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    valid_endpoint(rest.trim_end_matches('/'))
 }
 
 fn valid_endpoint(endpoint: &str) -> bool {

@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod outage;
 pub mod patroni;
 pub mod rest;
+pub mod rest_source;
 
 use std::sync::Mutex;
 

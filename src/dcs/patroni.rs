@@ -136,6 +136,44 @@ pub fn parse_member(name: &str, value: &[u8]) -> Result<Member, String> {
     })
 }
 
+/// A member as an entry of Patroni's `GET /cluster` answer shows it (`name`, `role`, `state`,
+/// `host`, `port`, `api_url`, `timeline`, `tags`). Its role there is the DCS's view (`leader`,
+/// `sync_standby`, `replica`); whether it is a running primary is asked of its own Patroni.
+pub fn member_from_cluster_entry(entry: &serde_json::Value) -> Option<Member> {
+    let name = entry["name"].as_str()?;
+    let host = entry["host"].as_str()?;
+    let port = entry["port"].as_u64()?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let role = match entry["role"].as_str()? {
+        "leader" | "master" | "primary" => Role::Primary,
+        "standby_leader" => Role::StandbyLeader,
+        "replica" | "sync_standby" | "quorum_standby" => Role::Replica,
+        _ => Role::Other,
+    };
+    let tags = entry["tags"].as_object();
+    Some(Member {
+        name: name.to_owned(),
+        addr: format!("{host}:{port}"),
+        role,
+        state: entry["state"].as_str().unwrap_or("unknown").to_owned(),
+        wal_position: None,
+        noloadbalance: tags
+            .and_then(|t| t.get("noloadbalance"))
+            .is_some_and(truthy),
+        tags: tags
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), tag_text(v)))
+            .collect(),
+        timeline: entry["timeline"].as_u64(),
+        api_url: entry["api_url"].as_str().map(str::to_owned),
+    })
+}
+
 fn parse_failover(value: &[u8]) -> Result<Option<Failover>, String> {
     // Patroni writes an empty value when it clears the key without deleting it.
     if value.iter().all(u8::is_ascii_whitespace) {

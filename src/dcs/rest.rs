@@ -88,7 +88,37 @@ impl RestClient {
     /// with a status within `timeout` (no api_url, https without `cluster.rest_ca`, refused,
     /// a failed TLS handshake, slow, unreadable: logged at debug).
     pub async fn ask(&self, api_url: &str, path: &str, timeout: Duration) -> Option<Report> {
-        let (https, authority) = endpoint(api_url)?;
+        match self.fetch(api_url, path, timeout).await {
+            Ok(response) => parse(&response),
+            Err(e) => {
+                tracing::debug!(%api_url, %path, error = %e, "Patroni REST API did not answer");
+                None
+            }
+        }
+    }
+
+    /// `GET path`'s JSON body, when the answer is 200.
+    pub async fn get_json(
+        &self,
+        api_url: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let response = self.fetch(api_url, path, timeout).await?;
+        if response.get(8..12) != Some(b" 200") {
+            let line = response.split(|b| *b == b'\r').next().unwrap_or_default();
+            return Err(format!("answered {}", String::from_utf8_lossy(line)));
+        }
+        let at = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("a response without a body")?;
+        serde_json::from_slice(&response[at + 4..]).map_err(|e| format!("not JSON: {e}"))
+    }
+
+    /// The raw answer to `GET path`, within `timeout`.
+    async fn fetch(&self, api_url: &str, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+        let (https, authority) = endpoint(api_url).ok_or("not http(s)://host:port")?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
         let ask = async {
             let tcp = TcpStream::connect(authority).await?;
@@ -105,12 +135,9 @@ impl RestClient {
             exchange(tls.connect(name, tcp).await?, &request).await
         };
         match tokio::time::timeout(timeout, ask).await {
-            Ok(Ok(response)) => parse(&response),
-            Ok(Err(e)) => {
-                tracing::debug!(%api_url, error = %e, "Patroni REST API did not answer");
-                None
-            }
-            Err(_) => None,
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 

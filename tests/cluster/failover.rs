@@ -15,7 +15,7 @@ use crate::support::{
     ProbeReport, Refusals, Router, RouterOptions, SCOPE,
 };
 
-fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
+pub(crate) fn create_table(lab: &Lab, leader: &str, table: &str) -> Result<()> {
     lab.psql(
         lab.pg_port(leader),
         &format!("drop table if exists {table}; create table {table}(id bigint primary key, at timestamptz default clock_timestamp())"),
@@ -60,7 +60,7 @@ fn nothing_lost_one_named_error(
     Ok(())
 }
 
-fn summary(event: &str, r: &ProbeReport) {
+pub(crate) fn summary(event: &str, r: &ProbeReport) {
     println!(
         "  {event}: longest write gap {:.2}s, {} query errors, {} connect errors, {} connections, {} rows acknowledged",
         r.longest_gap.as_secs_f64(),

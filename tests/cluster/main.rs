@@ -32,6 +32,7 @@ mod startup;
 mod stuck;
 mod support;
 mod tls;
+mod zookeeper;
 
 mod runner;
 
@@ -212,6 +213,9 @@ const TESTS: &[(&str, TestFn)] = &[
     }),
     ("secured_etcd_tls_rbac_and_https_rest_api", |lab| {
         Box::pin(secured::secured_etcd_and_https_rest(lab))
+    }),
+    ("zookeeper_cluster_read_through_patroni_rest_apis", |lab| {
+        Box::pin(zookeeper::zookeeper_cluster_through_rest_apis(lab))
     }),
 ];
 
