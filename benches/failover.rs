@@ -4,7 +4,9 @@
 //! markdown table of write gaps, errors and lost rows, and pgrouter's route-switch latency
 //! (etcd event to routing by it) from its histogram.
 //!
-//! Run: `cargo bench --bench failover` (as root; add `-- --rounds 3` to repeat each event).
+//! Run: `cargo bench --bench failover` (as root; add `-- --rounds 3` to repeat each event;
+//! `-- --dcs zookeeper` runs the same events on a lab whose Patroni uses ZooKeeper, which
+//! pgrouter reads through the members' REST APIs, `cluster.source = "patroni"`).
 
 // Shared with the e2e bench; the pgbouncer and CPU helpers are not used here.
 #[allow(dead_code)]
@@ -35,8 +37,17 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or(Ok(1), |n| n.parse())
         .context("--rounds takes a number")?;
+    let zookeeper = args
+        .iter()
+        .position(|a| a == "--dcs")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|d| d == "zookeeper");
     let dir = std::env::temp_dir().join("pgrouter-bench-failover");
-    let lab = Lab::start(LabSpec::new(&dir, BASE_PORT))?;
+    let mut spec = LabSpec::new(&dir, BASE_PORT);
+    if zookeeper {
+        spec.dcs = pgrouter_lab::Dcs::ZooKeeper;
+    }
+    let lab = Lab::start(spec)?;
     let _router = procs::start_pgrouter(&lab, &dir, PGROUTER_PORT)?;
     let secret = lab.psql(
         lab.pg_port(&lab.leader()?),
@@ -68,10 +79,18 @@ fn main() -> Result<()> {
             }
         }
     }
-    println!("\nPatroni ttl {} s, loop_wait {} s; HAProxy: inter 1s fall 2 rise 2, on-marked-down shutdown-sessions\n", lab.spec().ttl, lab.spec().loop_wait);
+    let source = if zookeeper {
+        "Patroni on ZooKeeper; pgrouter polls the members' REST APIs every 250 ms"
+    } else {
+        "Patroni on etcd; pgrouter watches its keys"
+    };
+    println!("\n{source}; Patroni ttl {} s, loop_wait {} s; HAProxy: inter 1s fall 2 rise 2, on-marked-down shutdown-sessions\n", lab.spec().ttl, lab.spec().loop_wait);
     println!("{table}");
+    // The route-switch histogram times etcd events; the REST source has none.
     for (name, port) in [("pgrouter", PGROUTER_PORT), ("pgrouter-txn", POOLED_PORT)] {
-        println!("{name}: {}", route_switch(port + 2)?);
+        if !zookeeper {
+            println!("{name}: {}", route_switch(port + 2)?);
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Django on psycopg2, Go pgx v4; node-postgres below. Debian's pgbouncer exporter scrapes the
 # console in the tests (its service, enabled with pgbouncer's, is stopped: the tests run it).
 packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
-  prometheus-pgbouncer-exporter
+  prometheus-pgbouncer-exporter zookeeperd python3-kazoo openssl curl
   php-cli php-pgsql python3-psycopg python3-asyncpg iptables
   libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django
   python3-psycopg2 golang-go golang-github-jackc-pgx-v4-dev)
@@ -25,7 +25,10 @@ if ((${#missing[@]})); then
 fi
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
 systemctl stop prometheus-pgbouncer-exporter 2>/dev/null || true
-for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables prometheus-pgbouncer-exporter; do
+# ZooKeeper (with python3-kazoo, Patroni's client for it) runs the lab of Patroni on another DCS;
+# openssl makes the secured lab's certificates, curl speaks HTTPS to its etcd and REST APIs.
+systemctl stop zookeeper 2>/dev/null || true
+for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables prometheus-pgbouncer-exporter openssl curl; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
 # docker-compose validates docker/compose.yml in the tests (no container engine is needed;
@@ -34,6 +37,8 @@ command -v docker-compose >/dev/null || {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 }
+[ -f /usr/share/java/zookeeper.jar ] || { echo "setup: ZooKeeper missing after install" >&2; exit 1; }
+/usr/bin/python3 -c 'import kazoo' || { echo "setup: python3-kazoo missing" >&2; exit 1; }
 /usr/bin/python3 -c 'import psycopg, asyncpg' || { echo "setup: psycopg or asyncpg missing" >&2; exit 1; }
 /usr/bin/python3 -c 'import django, psycopg2' || { echo "setup: django or psycopg2 missing" >&2; exit 1; }
 ruby -e 'require "active_record"; require "pg"' || { echo "setup: activerecord or ruby-pg missing" >&2; exit 1; }

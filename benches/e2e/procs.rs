@@ -124,10 +124,25 @@ fn spawn_pgrouter(
     listen_extra: &str,
 ) -> Result<Proc> {
     let config = dir.join(format!("{name}.toml"));
+    // A lab on another DCS is read through its members' REST APIs.
+    let source = match lab.spec().dcs {
+        pgrouter_lab::Dcs::Etcd => String::new(),
+        _ => {
+            let apis: Vec<String> = lab
+                .member_names()
+                .iter()
+                .map(|m| format!("\"http://127.0.0.1:{}\"", lab.api_port(m)))
+                .collect();
+            format!(
+                "source = \"patroni\"\npatroni = [{}]\npoll_interval = \"250ms\"\n",
+                apis.join(", ")
+            )
+        }
+    };
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nscope = \"{}\"\netcd = [{}]\n[routing]\nhold_timeout = \"30s\"\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n{listen_extra}",
+            "[cluster]\nscope = \"{}\"\netcd = [{}]\n{source}[routing]\nhold_timeout = \"30s\"\n[listen]\nprimary = \"127.0.0.1:{port}\"\nreplicas = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n{listen_extra}",
             lab.spec().scope,
             lab.etcd_toml_list(),
             port + 1,
