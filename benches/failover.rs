@@ -105,11 +105,14 @@ fn route_switch(admin: u16) -> Result<String> {
     s.read_to_string(&mut page)?;
     let mut buckets = Vec::new();
     let mut count = 0.0;
+    // Series carry a `cluster` label: `..._bucket{cluster="demo",le="0.001"} 3`.
     for line in page.lines() {
-        if let Some(rest) = line.strip_prefix("pgrouter_route_switch_seconds_bucket{le=\"") {
-            let (le, n) = rest.split_once("\"} ").context("bucket line")?;
+        if let Some(rest) = line.strip_prefix("pgrouter_route_switch_seconds_bucket{") {
+            let (_, after) = rest.split_once("le=\"").context("bucket line")?;
+            let (le, n) = after.split_once("\"} ").context("bucket line")?;
             buckets.push((le.to_owned(), n.trim().parse::<f64>()?));
-        } else if let Some(n) = line.strip_prefix("pgrouter_route_switch_seconds_count ") {
+        } else if let Some(rest) = line.strip_prefix("pgrouter_route_switch_seconds_count") {
+            let n = rest.rsplit_once(' ').context("count line")?.1;
             count = n.trim().parse()?;
         }
     }

@@ -1,26 +1,29 @@
 //! The running router: wires the etcd watcher, the topology observer, the client listeners and
 //! the admin endpoint; reloads its config; shuts down by draining sessions.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Source;
 use crate::config::{Config, ConfigError};
-use crate::dcs::etcd::{watch_cluster, EtcdSource};
-use crate::dcs::rest_source::{poll_cluster, RestSource};
-use crate::metrics::Metrics;
+use crate::dcs::etcd::EtcdConnections;
 use crate::proxy::listener;
 use crate::shards::Shards;
 use crate::shared::Shared;
-use crate::topology::Topology;
+
+mod cluster;
+
+pub use cluster::describe_changes;
+use cluster::Instance;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -46,14 +49,26 @@ struct Bound {
 
 pub struct App {
     config_path: Option<PathBuf>,
+    /// The first cluster's (`[cluster]`).
     pub shared: Arc<Shared>,
     limits: Arc<Semaphore>,
     sessions: TaskTracker,
     shards: Arc<Shards>,
-    /// The client listeners by port number, then admin; replaced when a reload moves them.
+    /// The first cluster's client listeners by port number, then admin; replaced when a
+    /// reload moves them.
     listeners: Mutex<Vec<Option<Bound>>>,
     /// Serializes reloads (SIGHUP and POST /reload may race).
     reloading: tokio::sync::Mutex<()>,
+    /// Further clusters (`[clusters.<name>]`), by that name.
+    others: Mutex<BTreeMap<String, Instance>>,
+    /// The further clusters as the admin endpoint sees them, by scope.
+    admin_others: crate::admin::Others,
+    /// Every cluster's metrics, each series labelled with its cluster.
+    registry: Registry,
+    /// etcd connections, shared by clusters that use the same etcd.
+    connections: Arc<EtcdConnections>,
+    /// The first cluster's tasks.
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Runs the router until `shutdown` completes, then drains sessions for up to drain_timeout.
@@ -62,63 +77,34 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    // etcd's view, and the same with each listener's read set: what sessions route by.
-    let (raw_tx, raw_rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
-    let (tx, rx) = watch::channel(Arc::new(Topology::empty(&config.cluster.scope)));
-    let (access, rest) = crate::dcs::access::load(&config.cluster)?;
     let users = load_users(&config)?;
     let tls = crate::tls::Transport::load(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
-    let shared = Arc::new(Shared::new(config, rx.clone(), metrics.clone()));
-    let cluster = shared.config().cluster.clone();
-    let watcher = match cluster.source {
-        Source::Etcd => tokio::spawn(watch_cluster(
-            EtcdSource {
-                endpoints: cluster.etcd.clone(),
-                prefix: shared.config().key_prefix(),
-                scope: cluster.scope.clone(),
-                access,
-                rest: rest.clone(),
-                health: shared.dcs_health.clone(),
-            },
-            raw_tx,
-            metrics,
-        )),
-        Source::Patroni => tokio::spawn(poll_cluster(
-            RestSource {
-                scope: cluster.scope.clone(),
-                urls: cluster.patroni.clone(),
-                interval: cluster.poll_interval.0,
-                rest: rest.clone(),
-                health: shared.dcs_health.clone(),
-            },
-            raw_tx,
-            metrics,
-        )),
-    };
-    let _ = shared.rest.set(rest);
-    shared.credentials.set_users(users);
-    shared.set_transport(tls);
+    let registry = Registry::new();
+    let connections = Arc::new(EtcdConnections::default());
+    let first = cluster::start(config.clone(), &registry, &connections, users, tls)?;
     let app = Arc::new(App {
         config_path,
-        limits: Arc::new(Semaphore::new(shared.config().listen.max_client_conn)),
-        shared,
+        limits: Arc::new(Semaphore::new(config.listen.max_client_conn)),
+        shared: first.shared,
         sessions: TaskTracker::new(),
         shards: Arc::new(shards),
         listeners: Mutex::new(Vec::new()),
         reloading: tokio::sync::Mutex::new(()),
+        others: Mutex::new(BTreeMap::new()),
+        admin_others: Default::default(),
+        registry,
+        connections,
+        background: Mutex::new(first.background),
     });
-    app.bind_changed(&app.shared.config()).await?;
-    let background = [
-        watcher,
-        tokio::spawn(crate::reads::follow(raw_rx, tx, app.shared.clone())),
-        tokio::spawn(observe_topology(rx, app.shared.clone())),
+    app.bind_changed(&config).await?;
+    for name in config.clusters.keys() {
+        app.add_cluster(name, &config).await?;
+    }
+    lock(&app.background).extend([
         tokio::spawn(reload_on_sighup(app.clone())),
-        tokio::spawn(reload_on_request(app.clone())),
-        tokio::spawn(crate::pool::maintain(app.shared.clone())),
-    ];
-    let config = app.shared.config();
+        tokio::spawn(reload_on_request(app.clone(), app.shared.clone())),
+    ]);
     let extra: Vec<String> = config
         .client_listeners()
         .iter()
@@ -131,13 +117,15 @@ pub async fn run(
         listeners = ?extra,
         admin = %config.listen.admin,
         cluster = %config.cluster.scope,
+        source = ?config.cluster.source,
         etcd = ?config.cluster.etcd,
+        clusters = ?config.clusters.keys().collect::<Vec<_>>(),
         workers = app.shards.count(),
         "pgrouter listening"
     );
     shutdown.await;
     app.drain().await;
-    for task in background {
+    for task in lock(&app.background).drain(..) {
         task.abort();
     }
     Ok(())
@@ -145,7 +133,8 @@ pub async fn run(
 
 impl App {
     /// Re-reads the config file: validated first, so a bad file changes nothing. Routing and
-    /// limits apply at once; moved listeners rebind without touching existing sessions.
+    /// limits apply at once; moved listeners rebind without touching existing sessions;
+    /// clusters added to `[clusters]` start, removed ones drain as a shutdown does.
     pub async fn reload(self: &Arc<Self>) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
@@ -155,6 +144,17 @@ impl App {
             return Err(ConfigError::Invalid {
                 key: "cluster".into(),
                 reason: "changing the cluster or etcd endpoints needs a restart".into(),
+            }
+            .into());
+        }
+        if let Some((name, _)) = new
+            .clusters
+            .iter()
+            .find(|(name, c)| old.clusters.get(*name).is_some_and(|o| o != *c))
+        {
+            return Err(ConfigError::Invalid {
+                key: format!("clusters.{name}"),
+                reason: "a running cluster's settings change by removing it (one reload) and adding it back (another), or with a restart".into(),
             }
             .into());
         }
@@ -175,18 +175,130 @@ impl App {
         }
         let users = load_users(&new)?;
         let tls = crate::tls::Transport::load(&new)?;
-        self.bind_changed(&new).await?;
-        self.shared.credentials.set_users(users);
-        self.shared.set_transport(tls);
+        for c in new.clusters.values() {
+            crate::dcs::access::load(c)?;
+        }
+        // New clusters first, then moved listeners: a failure takes back what this reload
+        // started and leaves the rest as it was.
+        let added: Vec<&String> = new
+            .clusters
+            .keys()
+            .filter(|n| !old.clusters.contains_key(*n))
+            .collect();
+        for (i, name) in added.iter().enumerate() {
+            if let Err(e) = self.add_cluster(name, &new).await {
+                for name in &added[..i] {
+                    self.remove_cluster(name, "its start was undone: the reload failed");
+                }
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.bind_changed(&new).await {
+            for name in &added {
+                self.remove_cluster(name, "its start was undone: the reload failed");
+            }
+            return Err(e);
+        }
+        for name in old
+            .clusters
+            .keys()
+            .filter(|n| !new.clusters.contains_key(*n))
+        {
+            self.remove_cluster(name, "it was removed from pgrouter's config");
+        }
         let (was, now) = (old.listen.max_client_conn, new.listen.max_client_conn);
         if now > was {
             self.limits.add_permits(now - was);
         } else {
             self.limits.forget_permits(was - now);
         }
+        for (name, instance) in lock(&self.others).iter() {
+            let Some(config) = new.for_cluster(name) else {
+                continue;
+            };
+            instance.shared.credentials.set_users(users.clone());
+            instance.shared.set_transport(tls.clone());
+            instance.shared.set_config(Arc::new(config));
+        }
+        self.shared.credentials.set_users(users);
+        self.shared.set_transport(tls);
         self.shared.set_config(Arc::new(new));
         tracing::info!(path = %path.display(), "config reloaded");
         Ok(())
+    }
+
+    /// Starts serving `[clusters.<name>]` of `config`: its listeners bound first (an error
+    /// names the key), then its view, sessions and tasks.
+    /// (Boxed as `Send`: a reload adds clusters, and a cluster's console can ask for reloads.)
+    fn add_cluster<'a>(
+        self: &'a Arc<Self>,
+        name: &'a str,
+        config: &'a Config,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), AppError>> + Send + 'a>> {
+        Box::pin(async move {
+            let derived = config
+                .for_cluster(name)
+                .expect("a validated [clusters] entry");
+            let mut bound = Vec::new();
+            for (port, addr) in [
+                ("primary", derived.listen.primary),
+                ("replicas", derived.listen.replicas),
+            ] {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind {
+                        key: format!("clusters.{name}.{port}"),
+                        addr,
+                        source,
+                    })?;
+                bound.push(listener);
+            }
+            let users = load_users(&derived)?;
+            let tls = crate::tls::Transport::load(&derived)?;
+            let started = cluster::start(derived, &self.registry, &self.connections, users, tls)?;
+            let shared = started.shared;
+            let sessions = TaskTracker::new();
+            let mut tasks = started.background;
+            for (listener, port) in bound.into_iter().zip(shared.ports().to_vec()) {
+                tasks.push(tokio::spawn(listener::serve(
+                    listener,
+                    port,
+                    shared.clone(),
+                    self.limits.clone(),
+                    sessions.clone(),
+                    self.shards.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(reload_on_request(
+                self.clone(),
+                shared.clone(),
+            )));
+            let admin = crate::admin::Admin::new(shared.clone(), sessions.clone());
+            lock(&self.admin_others).insert(shared.scope.clone(), admin);
+            tracing::info!(cluster = %shared.scope, name, primary = %shared.config().listen.primary, replicas = %shared.config().listen.replicas, "serving a further cluster");
+            lock(&self.others).insert(
+                name.to_owned(),
+                Instance {
+                    shared,
+                    sessions,
+                    tasks,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Stops serving `[clusters.<name>]`: its sessions drain as in a shutdown, told `why`.
+    fn remove_cluster(&self, name: &str, why: &str) {
+        let Some(instance) = lock(&self.others).remove(name) else {
+            return;
+        };
+        lock(&self.admin_others).remove(&instance.shared.scope);
+        let reason = format!(
+            "cluster \"{}\" is no longer served: {why}",
+            instance.shared.scope
+        );
+        instance.remove(reason);
     }
 
     /// Binds every listener whose address differs from what is bound now. All new sockets are
@@ -236,8 +348,9 @@ impl App {
                     self.shards.clone(),
                 )),
                 None => {
-                    let admin = crate::admin::Admin::new(shared, self.sessions.clone());
-                    tokio::spawn(crate::admin::http::serve(listener, Arc::new(admin)))
+                    let first = crate::admin::Admin::new(shared, self.sessions.clone());
+                    let endpoint = crate::admin::Endpoint::new(first, self.admin_others.clone());
+                    tokio::spawn(crate::admin::http::serve(listener, Arc::new(endpoint)))
                 }
             };
             if let Some(old) = listeners[i].replace(Bound { addr, task }) {
@@ -259,17 +372,36 @@ impl App {
         );
         self.shared.begin_shutdown();
         self.sessions.close();
-        if tokio::time::timeout(drain_timeout + Duration::from_secs(2), self.sessions.wait())
+        let others: Vec<(Arc<Shared>, TaskTracker)> = lock(&self.others)
+            .values()
+            .map(|i| (i.shared.clone(), i.sessions.clone()))
+            .collect();
+        for (shared, sessions) in &others {
+            shared.begin_shutdown();
+            sessions.close();
+        }
+        let all = async {
+            self.sessions.wait().await;
+            for (_, sessions) in &others {
+                sessions.wait().await;
+            }
+        };
+        if tokio::time::timeout(drain_timeout + Duration::from_secs(2), all)
             .await
             .is_err()
         {
             tracing::warn!(
-                sessions = self.sessions.len(),
+                sessions = self.sessions.len() + others.iter().map(|(_, s)| s.len()).sum::<usize>(),
                 "sessions still open after drain_timeout"
             );
         }
         for bound in self.lock_listeners().iter().flatten() {
             bound.task.abort();
+        }
+        for instance in lock(&self.others).values() {
+            for task in &instance.tasks {
+                task.abort();
+            }
         }
     }
 
@@ -303,9 +435,10 @@ fn load_users(
     }
 }
 
-/// Reloads asked for by the admin console's RELOAD and the admin endpoint's POST /reload.
-async fn reload_on_request(app: Arc<App>) {
-    let Some(mut requests) = app.shared.take_reload_requests() else {
+/// Reloads asked for through `shared`'s cluster: the admin console's RELOAD and the admin
+/// endpoint's POST /reload.
+async fn reload_on_request(app: Arc<App>, shared: Arc<Shared>) {
+    let Some(mut requests) = shared.take_reload_requests() else {
         return;
     };
     while let Some(reply) = requests.recv().await {
@@ -330,49 +463,7 @@ async fn reload_on_sighup(app: Arc<App>) {
     }
 }
 
-/// On every topology change: wake the sessions, one info line (leader moves, writes held or
-/// going where), and the leader metrics. Read-set changes are logged where they are judged
-/// (`crate::reads`), with the lag that moved them.
-async fn observe_topology(mut rx: watch::Receiver<Arc<Topology>>, shared: Arc<Shared>) {
-    let mut old = rx.borrow_and_update().clone();
-    while rx.changed().await.is_ok() {
-        // Sessions read the new topology themselves; this only wakes the idle ones.
-        shared.signals.raise_all();
-        let new = rx.borrow_and_update().clone();
-        shared.metrics.observe_topology(&old, &new, shared.ports());
-        let changes = describe_changes(&old, &new);
-        if !changes.is_empty() {
-            tracing::info!(cluster = %new.scope, "topology: {}", changes.join("; "));
-        }
-        old = new;
-    }
-}
-
-pub fn describe_changes(old: &Topology, new: &Topology) -> Vec<String> {
-    let mut changes = Vec::new();
-    let leader = |t: &Topology| t.leader.clone().unwrap_or_else(|| "none".to_owned());
-    if old.leader != new.leader || !old.synced {
-        changes.push(format!("leader {} -> {}", leader(old), leader(new)));
-    }
-    let writable = |t: &Topology| t.writable_leader().map(|m| m.name.clone());
-    if writable(old) != writable(new) {
-        match writable(new) {
-            Some(name) => changes.push(format!("writes go to {name}")),
-            None => changes.push("writes held".to_owned()),
-        }
-    }
-    if old.failover.is_none() {
-        if let Some(f) = &new.failover {
-            let to = f.to.as_deref().unwrap_or("any member");
-            changes.push(format!("switchover to {to} announced"));
-        }
-    }
-    if old.sync_standbys != new.sync_standbys {
-        let names: Vec<&str> = new.sync_standbys.iter().map(String::as_str).collect();
-        changes.push(format!("synchronous standbys [{}]", names.join(", ")));
-    }
-    for name in old.members.keys().filter(|n| !new.members.contains_key(*n)) {
-        changes.push(format!("member {name} gone"));
-    }
-    changes
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Inserts, removals and drains only: a panic cannot leave these half-changed.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

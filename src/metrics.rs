@@ -12,9 +12,12 @@ use std::time::Instant;
 use crate::route::Port;
 use crate::topology::Topology;
 
-/// Every metric pgrouter exports; names are prefixed `pgrouter_`, units are base units.
+/// Every metric pgrouter exports for one cluster; names are prefixed `pgrouter_`, units are
+/// base units. Clusters share one registry, each series labelled with its `cluster`.
 pub struct Metrics {
     registry: Registry,
+    /// What this cluster registered, to take out when the cluster is removed.
+    registered: Mutex<Vec<Box<dyn Collector>>>,
     /// Client connections by port (primary, replicas) and state (held, active, idle).
     pub client_connections: IntGaugeVec,
     /// Server connections by member.
@@ -59,41 +62,60 @@ pub struct Metrics {
     dcs_last_event: Mutex<Option<Instant>>,
 }
 
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(format!("pgrouter_{name}"), help)
-}
-
 /// Registers a metric built from constant names and labels; a failure is a programming error.
 fn register<M: Collector + Clone + 'static>(
     registry: &Registry,
+    registered: &Mutex<Vec<Box<dyn Collector>>>,
     metric: prometheus::Result<M>,
 ) -> M {
     let metric = metric.expect("valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric");
+    registered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(metric.clone()));
     metric
 }
 
 impl Metrics {
+    /// A cluster's metrics in a registry of their own, unlabelled (tests).
     pub fn new() -> Metrics {
-        let registry = Registry::new();
+        Metrics::in_registry(&Registry::new(), None)
+    }
+
+    /// Cluster `cluster`'s metrics in `registry`, every series labelled `cluster`.
+    pub fn in_registry(registry: &Registry, cluster: Option<&str>) -> Metrics {
+        let registry = registry.clone();
+        let registered = Mutex::new(Vec::new());
+        let labelled = |o: Opts| match cluster {
+            Some(c) => o.const_label("cluster", c),
+            None => o,
+        };
+        let opts = |name: &str, help: &str| labelled(Opts::new(format!("pgrouter_{name}"), help));
         let r = &registry;
-        let gauges = |name, help, labels| register(r, IntGaugeVec::new(opts(name, help), labels));
+        let reg = &registered;
+        let gauges =
+            |name, help, labels| register(r, reg, IntGaugeVec::new(opts(name, help), labels));
         let counters =
-            |name, help, labels| register(r, IntCounterVec::new(opts(name, help), labels));
+            |name, help, labels| register(r, reg, IntCounterVec::new(opts(name, help), labels));
+        let histogram = |name: &str, help: &str| HistogramOpts {
+            common_opts: opts(name, help),
+            buckets: Vec::new(),
+        };
         // Hold times: from a millisecond to the longest hold_timeout in use.
         let hold_buckets = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
-        let hold_opts = HistogramOpts::new(
-            "pgrouter_hold_seconds",
+        let hold_opts = histogram(
+            "hold_seconds",
             "Seconds new clients were held waiting for a member, by port.",
         );
         // Route switches: the router's own part is well under a millisecond.
         let switch_buckets = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
-        let switch_opts = HistogramOpts::new(
-            "pgrouter_route_switch_seconds",
+        let switch_opts = histogram(
+            "route_switch_seconds",
             "Seconds from receiving an etcd event that changes the leader to routing by it.",
         );
         Metrics {
@@ -134,6 +156,7 @@ impl Metrics {
             ),
             hold_seconds: register(
                 r,
+                reg,
                 HistogramVec::new(hold_opts.buckets(hold_buckets), &["port"]),
             ),
             clients_left_waiting: counters(
@@ -143,6 +166,7 @@ impl Metrics {
             ),
             leader_changes: register(
                 r,
+                reg,
                 IntCounter::with_opts(opts(
                     "leader_changes_total",
                     "Times the leader key changed holder.",
@@ -150,10 +174,12 @@ impl Metrics {
             ),
             route_switch_seconds: register(
                 r,
+                reg,
                 Histogram::with_opts(switch_opts.buckets(switch_buckets)),
             ),
             dcs_connected: register(
                 r,
+                reg,
                 IntGauge::with_opts(opts(
                     "dcs_connected",
                     "1 while the etcd watch is live, else 0.",
@@ -161,6 +187,7 @@ impl Metrics {
             ),
             pooled_message_bytes: register(
                 r,
+                reg,
                 IntGauge::with_opts(opts(
                     "pooled_message_bytes",
                     "Bytes of pool.message_memory held by pooled clients' large messages (64 KiB and over), every second.",
@@ -168,6 +195,7 @@ impl Metrics {
             ),
             dcs_last_event_age_seconds: register(
                 r,
+                reg,
                 prometheus::Gauge::with_opts(opts(
                     "dcs_last_event_age_seconds",
                     "Seconds since the last etcd read or watch event.",
@@ -190,6 +218,7 @@ impl Metrics {
             ),
             member_replay_delay_seconds: register(
                 r,
+                reg,
                 prometheus::GaugeVec::new(
                     opts(
                         "member_replay_delay_seconds",
@@ -220,7 +249,20 @@ impl Metrics {
                 &["member", "role", "database", "user"],
             ),
             dcs_last_event: Mutex::new(None),
+            registered,
             registry,
+        }
+    }
+
+    /// Takes this cluster's series out of the shared registry (the cluster was removed).
+    pub fn unregister(&self) {
+        for c in self
+            .registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = self.registry.unregister(c);
         }
     }
 
@@ -263,8 +305,8 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Sets the gauges computed at scrape time.
+    pub fn refresh(&self) {
         if let Some(at) = *self
             .dcs_last_event
             .lock()
@@ -273,6 +315,12 @@ impl Metrics {
             self.dcs_last_event_age_seconds
                 .set(at.elapsed().as_secs_f64());
         }
+    }
+
+    /// The Prometheus text exposition of every metric in the registry: every cluster's
+    /// (`refresh` each first).
+    pub fn encode(&self) -> String {
+        self.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Cancelled on SIGTERM: listeners stop; sessions see `shutting_down` and drain.
     pub shutdown: CancellationToken,
     shutting_down: AtomicBool,
+    /// Why sessions are being closed when it is not pgrouter stopping (a cluster removed).
+    shutdown_reason: std::sync::OnceLock<String>,
     /// Wakes running sessions when the topology, the settings, pause or shutdown change.
     pub signals: Signals,
     /// How members' Patroni REST APIs are asked (HTTPS settings), set at start.
@@ -79,6 +81,7 @@ impl Shared {
             ports,
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
+            shutdown_reason: Default::default(),
             signals: Signals::default(),
             rest: Default::default(),
             dcs_health: Default::default(),
@@ -177,5 +180,18 @@ impl Shared {
 
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Ends the cluster's sessions as a shutdown does, for `reason` (a reload removed it).
+    pub fn begin_shutdown_because(&self, reason: String) {
+        let _ = self.shutdown_reason.set(reason);
+        self.begin_shutdown();
+    }
+
+    /// What sessions closed by the shutdown are told.
+    pub fn shutdown_reason(&self) -> &str {
+        self.shutdown_reason
+            .get()
+            .map_or("pgrouter is shutting down", String::as_str)
     }
 }

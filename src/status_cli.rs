@@ -11,8 +11,16 @@ pub fn print_status(admin: &str, token: Option<&str>) -> Result<(), String> {
     let body = get(admin, "/status", token)?;
     let status: Value =
         serde_json::from_str(&body).map_err(|e| format!("{admin}/status is not JSON: {e}"))?;
-    print!("{}", render(&status));
+    print!("{}", render_all(&status));
     Ok(())
+}
+
+/// Every cluster the router serves, one table after another (`clusters` when several).
+pub fn render_all(status: &Value) -> String {
+    match status["clusters"].as_array() {
+        Some(clusters) => clusters.iter().map(render).collect::<Vec<_>>().join("\n"),
+        None => render(status),
+    }
 }
 
 fn get(admin: &str, path: &str, token: Option<&str>) -> Result<String, String> {
@@ -189,6 +197,10 @@ mod tests {
         assert!(!text.contains("DCS problem"), "{text}");
         let troubled = json!({"cluster": "demo", "dcs": {"connected": false, "problem": "TLS with etcd failed (cluster.etcd_ca, etcd_cert, etcd_key): bad"}});
         assert!(render(&troubled).contains("\nDCS problem: TLS with etcd failed (cluster.etcd_ca"));
+        let two = json!({"cluster": "demo", "clusters": [status.clone(), troubled]});
+        let both = render_all(&two);
+        assert_eq!(both.matches("Cluster: demo (").count(), 2, "{both}");
+        assert!(both.contains("DCS problem"), "{both}");
         assert!(text.contains("| pg0    | 127.0.0.1:15410 | leader  | running | 1  | 0 B           | -     | no: holds the leader key "), "{text}");
         assert!(text.contains("| pg1    | 127.0.0.1:15411 | replica | running | 1  | 0 B           | 0.0s  | yes "), "{text}");
         assert!(text.contains("| pg2    | 127.0.0.1:15412 | replica | running | 1  | 3.0 MB paused | 7.2s  | no for 4s: replay delay 7.2s (max_replica_delay 2.0s), replay paused |"), "{text}");

@@ -82,6 +82,7 @@ impl Lab {
             owner,
         };
         match lab.spec.dcs {
+            crate::spec::Dcs::Etcd if lab.spec.external_etcd.is_some() => {}
             crate::spec::Dcs::Etcd => {
                 lab.start_etcd_members(&[0, 1, 2], ETCD_TIMEOUT.min(remaining(deadline)))?;
                 if lab.spec.secure.is_some() {
@@ -131,6 +132,12 @@ impl Lab {
 
     /// The client endpoint of a running etcd member, for the lab's own reads.
     pub(crate) fn running_etcd(&self) -> Result<String> {
+        if let Some(external) = &self.spec.external_etcd {
+            return external
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("no external etcd"));
+        }
         let state = self.state();
         let running = state.etcd.iter().position(Option::is_some);
         let i = running.ok_or_else(|| anyhow!("no etcd member is running"))?;

@@ -29,6 +29,9 @@ pub struct LabSpec {
     pub secure: Option<Secure>,
     /// The DCS Patroni runs on.
     pub dcs: Dcs,
+    /// Another lab's etcd endpoints to use instead of starting etcd: two Patroni clusters
+    /// (two scopes) in one etcd.
+    pub external_etcd: Option<Vec<String>>,
 }
 
 /// The DCS of a lab.
@@ -70,6 +73,7 @@ impl LabSpec {
             retry_timeout: 5,
             secure: None,
             dcs: Dcs::Etcd,
+            external_etcd: None,
         }
     }
 
@@ -89,6 +93,7 @@ impl LabSpec {
     pub(crate) fn ports(&self) -> Vec<(u16, String)> {
         let mut ports = Vec::new();
         match self.dcs {
+            Dcs::Etcd if self.external_etcd.is_some() => {}
             Dcs::Etcd => {
                 for i in 0..ETCD_MEMBERS {
                     ports.push((self.etcd_client_port(i), format!("etcd{i} client")));
@@ -115,6 +120,9 @@ impl LabSpec {
 
     /// `127.0.0.1:<client port>` of every etcd member (https in the secured lab).
     pub(crate) fn etcd_endpoints(&self) -> Vec<String> {
+        if let Some(external) = &self.external_etcd {
+            return external.clone();
+        }
         (0..ETCD_MEMBERS)
             .map(|i| format!("127.0.0.1:{}", self.etcd_client_port(i)))
             .collect()

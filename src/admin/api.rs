@@ -4,7 +4,7 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::{pause, Admin};
+use super::{pause, Admin, Endpoint};
 use crate::route::Port;
 
 /// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
@@ -35,6 +35,42 @@ pub fn health(admin: &Admin) -> (StatusCode, Value) {
         "leader": topology.leader,
         "reason": reason,
     });
+    (status, body)
+}
+
+/// Every cluster's health: 200 only when each is healthy. With one cluster the body is its
+/// own; with several, the first's with `clusters` listing each (`?cluster=` asks one).
+pub fn health_all(endpoint: &Endpoint) -> (StatusCode, Value) {
+    let (status, mut body) = health(&endpoint.first);
+    let others = endpoint.others();
+    if others.is_empty() {
+        return (status, body);
+    }
+    let mut all_ok = status == StatusCode::OK;
+    let mut clusters = vec![body.clone()];
+    for other in &others {
+        let (s, b) = health(other);
+        all_ok &= s == StatusCode::OK;
+        clusters.push(b);
+    }
+    body["clusters"] = Value::Array(clusters);
+    if all_ok {
+        (StatusCode::OK, body)
+    } else {
+        body["status"] = json!("unavailable");
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+/// The first cluster's status, with `clusters` holding every cluster's when there are several.
+pub fn status_all(endpoint: &Endpoint) -> (StatusCode, Value) {
+    let (status, mut body) = self::status(&endpoint.first);
+    let others = endpoint.others();
+    if !others.is_empty() {
+        let mut clusters = vec![body.clone()];
+        clusters.extend(others.iter().map(|o| self::status(o).1));
+        body["clusters"] = Value::Array(clusters);
+    }
     (status, body)
 }
 

@@ -14,9 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::{api, Admin};
+use super::{api, Admin, Endpoint};
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Endpoint>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -41,8 +41,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infallible> {
-    if !authorized(&admin, &req) {
+async fn handle(endpoint: Arc<Endpoint>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    if !authorized(&endpoint.first, &req) {
         let mut reply = json(
             StatusCode::UNAUTHORIZED,
             r#"{"error":"missing or wrong bearer token"}"#.into(),
@@ -52,23 +52,37 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infa
             .insert("www-authenticate", "Bearer".parse().expect("static header"));
         return Ok(reply);
     }
-    let port = req.uri().query().and_then(|q| q.strip_prefix("port="));
+    let query = req.uri().query();
+    let port = param(query, "port");
+    let scope = param(query, "cluster");
+    let Some(admin) = endpoint.cluster(scope) else {
+        let body = serde_json::json!({"error": format!("pgrouter serves no cluster {:?}", scope.unwrap_or_default())});
+        return Ok(json(StatusCode::NOT_FOUND, body.to_string()));
+    };
+    let admin = &admin;
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(admin.shared.metrics.encode())));
+            for other in endpoint.others() {
+                other.shared.metrics.refresh();
+            }
+            let mut r = Response::new(Full::new(Bytes::from(
+                endpoint.first.shared.metrics.encode(),
+            )));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 "text/plain; version=0.0.4".parse().expect("static header"),
             );
             r
         }
-        (&Method::GET, "/health") => reply(api::health(&admin)),
-        (&Method::GET, "/primary") => reply(api::can_route(&admin, crate::route::Port::PRIMARY)),
-        (&Method::GET, "/replica") => reply(api::can_route(&admin, crate::route::Port::REPLICAS)),
-        (&Method::GET, "/status") => reply(api::status(&admin)),
-        (&Method::POST, "/pause") => reply(api::pause(&admin, port).await),
-        (&Method::POST, "/resume") => reply(api::resume(&admin, port)),
-        (&Method::POST, "/reload") => reply(api::reload(&admin).await),
+        (&Method::GET, "/health") if scope.is_none() => reply(api::health_all(&endpoint)),
+        (&Method::GET, "/health") => reply(api::health(admin)),
+        (&Method::GET, "/primary") => reply(api::can_route(admin, crate::route::Port::PRIMARY)),
+        (&Method::GET, "/replica") => reply(api::can_route(admin, crate::route::Port::REPLICAS)),
+        (&Method::GET, "/status") if scope.is_none() => reply(api::status_all(&endpoint)),
+        (&Method::GET, "/status") => reply(api::status(admin)),
+        (&Method::POST, "/pause") => reply(api::pause(admin, port).await),
+        (&Method::POST, "/resume") => reply(api::resume(admin, port)),
+        (&Method::POST, "/reload") => reply(api::reload(admin).await),
         (
             _,
             "/metrics" | "/health" | "/primary" | "/replica" | "/status" | "/pause" | "/resume"
@@ -79,14 +93,21 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Reply, Infa
         ),
         (&Method::GET, path) => match path
             .strip_prefix("/listener/")
-            .and_then(|name| api::port_named(&admin, name))
+            .and_then(|name| api::port_named(admin, name))
         {
-            Some(port) => reply(api::can_route(&admin, port)),
+            Some(port) => reply(api::can_route(admin, port)),
             None => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
         },
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     };
     Ok(reply)
+}
+
+/// The value of `name` in a query string (`port=primary&cluster=billing`).
+fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
@@ -124,6 +145,17 @@ fn json(status: StatusCode, body: String) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(
+            param(Some("port=primary&cluster=billing"), "cluster"),
+            Some("billing")
+        );
+        assert_eq!(param(Some("port=primary"), "port"), Some("primary"));
+        assert_eq!(param(Some("portx=1"), "port"), None);
+        assert_eq!(param(None, "port"), None);
+    }
 
     #[test]
     fn token_comparison() {

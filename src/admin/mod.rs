@@ -14,7 +14,8 @@ pub mod http;
 pub mod pause;
 mod show;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::task::TaskTracker;
 
@@ -37,5 +38,39 @@ impl Admin {
     /// Client sessions running now.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// The clusters further to the first one, by scope; the app adds and removes them.
+pub type Others = Arc<Mutex<BTreeMap<String, Admin>>>;
+
+/// What the admin endpoint serves: the first cluster (`[cluster]`), and the further ones
+/// (`[clusters.<name>]`) that `?cluster=<scope>` picks.
+pub struct Endpoint {
+    pub first: Admin,
+    others: Others,
+}
+
+impl Endpoint {
+    pub fn new(first: Admin, others: Others) -> Endpoint {
+        Endpoint { first, others }
+    }
+
+    /// The cluster `scope` names (the first when None); None for a scope not served.
+    pub fn cluster(&self, scope: Option<&str>) -> Option<Admin> {
+        match scope {
+            None => Some(self.first.clone()),
+            Some(s) if s == self.first.shared.scope => Some(self.first.clone()),
+            Some(s) => self.lock().get(s).cloned(),
+        }
+    }
+
+    /// The further clusters, by scope.
+    pub fn others(&self) -> Vec<Admin> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Admin>> {
+        self.others.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
 
+mod cluster;
 mod databases;
 mod listeners;
 mod load;
@@ -17,6 +18,7 @@ mod load;
 mod tests;
 mod validate;
 
+pub use cluster::{ClusterConfig, Source};
 pub use databases::{DatabaseConfig, Plan, UserConfig};
 pub use listeners::{Balance, ListenerConfig, Rules, Selector, TagValue, MAX_LISTENERS};
 
@@ -78,6 +80,9 @@ pub struct Config {
     /// pgbouncer's `[users]`: per-user pool settings.
     #[serde(default)]
     pub users: std::collections::BTreeMap<String, UserConfig>,
+    /// Further Patroni clusters, each with its own source and client ports (and pools).
+    #[serde(default)]
+    pub clusters: std::collections::BTreeMap<String, ClusterConfig>,
 }
 
 /// Routers that forward each other's cancel requests for pooled clients, so a cancel works
@@ -166,54 +171,6 @@ impl Default for LogConfig {
             level: "info".to_owned(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// Patroni `scope`: the cluster name.
-    pub scope: String,
-    /// Patroni `namespace`, "/service" unless the cluster says otherwise.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Where the cluster's state comes from: Patroni's keys in etcd (watched), or the
-    /// members' Patroni REST APIs (polled), for Consul, ZooKeeper, Kubernetes and Raft.
-    #[serde(default)]
-    pub source: Source,
-    /// etcd v3 endpoints, `host:port`, `http://host:port` or `https://host:port`.
-    #[serde(default)]
-    pub etcd: Vec<String>,
-    /// `source = "patroni"`: the members' REST API addresses (`http(s)://host:8008`); members
-    /// `/cluster` names beyond these are asked too.
-    #[serde(default)]
-    pub patroni: Vec<String>,
-    /// `source = "patroni"`: how often every member is asked; a member that does not confirm
-    /// it is the running primary within one interval takes no writes.
-    #[serde(default = "default_poll_interval")]
-    pub poll_interval: HumanDuration,
-    /// PEM CA certificates etcd's server certificates must chain to (Patroni's `etcd3.cacert`):
-    /// TLS to every endpoint (bare `host:port` ones become https).
-    #[serde(default)]
-    pub etcd_ca: Option<std::path::PathBuf>,
-    /// PEM client certificate and key for etcd's `--client-cert-auth` (`etcd3.cert`, `etcd3.key`).
-    #[serde(default)]
-    pub etcd_cert: Option<std::path::PathBuf>,
-    #[serde(default)]
-    pub etcd_key: Option<std::path::PathBuf>,
-    /// etcd RBAC user and password (`etcd3.username`, `etcd3.password`); the user needs read on
-    /// `<namespace>/<scope>/` only.
-    #[serde(default)]
-    pub etcd_username: Option<String>,
-    #[serde(default)]
-    pub etcd_password: Option<String>,
-    /// For members whose Patroni REST API is HTTPS (`restapi.certfile`): the PEM CA its
-    /// certificate chains to, and a client certificate and key for `verify_client`.
-    #[serde(default)]
-    pub rest_ca: Option<std::path::PathBuf>,
-    #[serde(default)]
-    pub rest_cert: Option<std::path::PathBuf>,
-    #[serde(default)]
-    pub rest_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -460,25 +417,6 @@ pub struct RoutingConfig {
     pub hold_timeout: HumanDuration,
     pub drain_timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
-}
-
-fn default_poll_interval() -> HumanDuration {
-    HumanDuration(Duration::from_millis(500))
-}
-
-/// Where the cluster's state comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// Patroni's keys in etcd v3, watched: pgrouter knows the leader the moment Patroni does.
-    #[default]
-    Etcd,
-    /// The members' Patroni REST APIs, polled every `poll_interval`: any DCS Patroni runs on.
-    Patroni,
-}
-
-fn default_namespace() -> String {
-    "/service".to_owned()
 }
 
 impl Default for ListenConfig {

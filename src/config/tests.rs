@@ -140,7 +140,10 @@ fn bad_values_are_refused_with_key_and_reason() {
         "{e}"
     );
     let e = err("[cluster]\nscope = \"demo\"\netcd = []\n");
-    assert_eq!(e, "cluster.etcd: needs at least one endpoint");
+    assert_eq!(
+        e,
+        "cluster.etcd: needs at least one endpoint (or cluster.source = \"patroni\" with cluster.patroni)"
+    );
     let e = err(&format!(
         "{MINIMAL}[listen]\nprimary_pool_mode = \"transaction\"\n"
     ));
@@ -198,7 +201,10 @@ fn bad_values_are_refused_with_key_and_reason() {
     ));
     assert!(e.starts_with("line 6: duplicate key"), "{e}");
     let e = err("[cluster]\nscope = \"demo\"\n");
-    assert!(e.contains("missing field `etcd`"), "{e}");
+    assert!(
+        e.starts_with("cluster.etcd: needs at least one endpoint"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -335,4 +341,48 @@ fn etcd_tls_and_credentials_are_checked_by_key() {
     let bare = "[cluster]\nscope = \"demo\"\netcd = [\"10.0.0.1:2379\"]\netcd_ca = \"/ca.pem\"\netcd_cert = \"/c.pem\"\netcd_key = \"/k.pem\"\netcd_username = \"u\"\netcd_password = \"p\"\n";
     let config = Config::from_toml(bare).unwrap();
     assert_eq!(config.cluster.etcd_username.as_deref(), Some("u"));
+}
+
+#[test]
+fn further_clusters_need_their_own_ports_and_scope() {
+    let two = |extra: &str| {
+        format!("{MINIMAL}[clusters.billing]\nscope = \"billing\"\netcd = [\"127.0.0.1:2379\"]\n{extra}")
+    };
+    let e = err(&two(""));
+    assert!(
+        e.starts_with("clusters.billing.primary: a further cluster needs"),
+        "{e}"
+    );
+    let e = err(&two(
+        "primary = \"127.0.0.1:5000\"\nreplicas = \"127.0.0.1:6001\"\n",
+    ));
+    assert!(
+        e.starts_with("clusters.billing.primary: 127.0.0.1:5000 is already listen.primary"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[clusters.b]\nscope = \"demo\"\netcd = [\"h:1\"]\nprimary = \"127.0.0.1:6000\"\nreplicas = \"127.0.0.1:6001\"\n"));
+    assert!(
+        e.starts_with("clusters.b.scope: cluster \"demo\" is already served"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[clusters.b]\nscope = \"b\"\netcd = [\"https://h:1\"]\nprimary = \"127.0.0.1:6000\"\nreplicas = \"127.0.0.1:6001\"\n"));
+    assert!(
+        e.starts_with("clusters.b.etcd_ca: https://h:1 is https: set clusters.b.etcd_ca"),
+        "{e}"
+    );
+    let e = err("[cluster]\nscope = \"demo\"\netcd = [\"h:1\"]\nprimary = \"127.0.0.1:6000\"\n");
+    assert!(
+        e.starts_with("cluster.primary: the first cluster's ports are listen.primary"),
+        "{e}"
+    );
+    let config = Config::from_toml(&two(
+        "primary = \"127.0.0.1:6000\"\nreplicas = \"127.0.0.1:6001\"\n",
+    ))
+    .unwrap();
+    let billing = config.for_cluster("billing").unwrap();
+    assert_eq!(billing.cluster.scope, "billing");
+    assert_eq!(billing.key_prefix(), "/service/billing/");
+    assert_eq!(billing.listen.primary.to_string(), "127.0.0.1:6000");
+    assert!(billing.clusters.is_empty() && billing.cluster.primary.is_none());
+    assert_eq!(billing.listen.admin, config.listen.admin);
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, PeersConfig, Source, SslMode, TlsMode};
+use super::{Config, ConfigError, PeersConfig, SslMode, TlsMode};
 
 impl Config {
     /// Checks every value, section by section; the first error found names its key.
@@ -29,108 +29,14 @@ impl Config {
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
-        let c = &self.cluster;
-        if c.scope.is_empty() || c.scope.contains('/') {
+        self.cluster.validate("cluster")?;
+        if self.cluster.primary.is_some() || self.cluster.replicas.is_some() {
             return Err(ConfigError::invalid(
-                "cluster.scope",
-                "must be a non-empty Patroni scope without '/'",
+                "cluster.primary",
+                "the first cluster's ports are listen.primary and listen.replicas; primary and replicas are for [clusters.<name>]",
             ));
         }
-        if !c.namespace.starts_with('/') {
-            return Err(ConfigError::invalid(
-                "cluster.namespace",
-                "must start with '/' (Patroni's default is \"/service\")",
-            ));
-        }
-        match c.source {
-            Source::Etcd if c.etcd.is_empty() => {
-                return Err(ConfigError::invalid(
-                    "cluster.etcd",
-                    "needs at least one endpoint (or cluster.source = \"patroni\" with cluster.patroni)",
-                ));
-            }
-            Source::Patroni if c.patroni.is_empty() => {
-                return Err(ConfigError::invalid(
-                    "cluster.patroni",
-                    "cluster.source = \"patroni\" needs the members' REST API addresses, e.g. [\"http://10.0.0.1:8008\"]",
-                ));
-            }
-            _ => {}
-        }
-        if let Some(bad) = c.patroni.iter().find(|u| !valid_rest_url(u)) {
-            return Err(ConfigError::invalid(
-                "cluster.patroni",
-                format!("{bad:?} is not http(s)://host:port"),
-            ));
-        }
-        if let Some(https) = c.patroni.iter().find(|u| u.starts_with("https://")) {
-            if c.rest_ca.is_none() {
-                return Err(ConfigError::invalid(
-                    "cluster.rest_ca",
-                    format!("{https} is https: set cluster.rest_ca to the PEM CA that signed the REST APIs' certificates"),
-                ));
-            }
-        }
-        if c.poll_interval.0 < Duration::from_millis(50) {
-            return Err(ConfigError::invalid(
-                "cluster.poll_interval",
-                "must be at least 50ms",
-            ));
-        }
-        if let Some(bad) = c.etcd.iter().find(|e| !valid_endpoint(e)) {
-            return Err(ConfigError::invalid(
-                "cluster.etcd",
-                format!("{bad:?} is not host:port or http(s)://host:port"),
-            ));
-        }
-        let tls = c.etcd_ca.is_some() || c.etcd_cert.is_some();
-        if let Some(https) = c.etcd.iter().find(|e| e.starts_with("https://")) {
-            if c.etcd_ca.is_none() {
-                return Err(ConfigError::invalid(
-                    "cluster.etcd_ca",
-                    format!("{https} is https: set cluster.etcd_ca to the PEM CA that signed etcd's certificates"),
-                ));
-            }
-        }
-        if let Some(plain) = c.etcd.iter().find(|e| tls && e.starts_with("http://")) {
-            return Err(ConfigError::invalid(
-                "cluster.etcd",
-                format!("{plain} is plain http, but cluster.etcd_ca or etcd_cert asks for TLS: write https:// (or host:port)"),
-            ));
-        }
-        if c.etcd_cert.is_some() && c.etcd_ca.is_none() {
-            return Err(ConfigError::invalid(
-                "cluster.etcd_ca",
-                "a client certificate (cluster.etcd_cert) is for TLS: set the CA that signed etcd's certificates too",
-            ));
-        }
-        for (a, b, key) in [
-            (&c.etcd_cert, &c.etcd_key, "cluster.etcd_cert"),
-            (&c.rest_cert, &c.rest_key, "cluster.rest_cert"),
-        ] {
-            if a.is_some() != b.is_some() {
-                let key_key = key.replace("_cert", "_key");
-                return Err(ConfigError::invalid(
-                    if a.is_none() { key } else { &key_key },
-                    format!("{key} and {key_key} go together: a client certificate and its key"),
-                ));
-            }
-        }
-        match (&c.etcd_username, &c.etcd_password) {
-            (Some(u), _) if u.is_empty() => Err(ConfigError::invalid(
-                "cluster.etcd_username",
-                "must not be empty",
-            )),
-            (Some(_), None) => Err(ConfigError::invalid(
-                "cluster.etcd_password",
-                "cluster.etcd_username needs its password",
-            )),
-            (None, Some(_)) => Err(ConfigError::invalid(
-                "cluster.etcd_username",
-                "cluster.etcd_password is set without a user",
-            )),
-            _ => Ok(()),
-        }
+        self.validate_clusters()
     }
 
     fn validate_listen(&self) -> Result<(), ConfigError> {
@@ -274,7 +180,7 @@ impl Config {
         if let Some(bad) = p
             .routers
             .iter()
-            .find(|r| r.contains("://") || !valid_endpoint(r))
+            .find(|r| r.contains("://") || !super::cluster::valid_endpoint(r))
         {
             return Err(ConfigError::invalid(
                 "peers.routers",
@@ -329,26 +235,5 @@ impl Config {
             ));
         }
         Ok(())
-    }
-}
-
-fn valid_rest_url(url: &str) -> bool {
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    valid_endpoint(rest.trim_end_matches('/'))
-}
-
-fn valid_endpoint(endpoint: &str) -> bool {
-    let rest = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .unwrap_or(endpoint);
-    match rest.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
     }
 }

@@ -15,6 +15,8 @@ use crate::tls::{provider, read_certs, read_key, read_roots};
 pub struct EtcdAccess {
     tls: Option<TlsOptions>,
     user: Option<(String, String)>,
+    /// The files and user it was made from: clusters with the same share a connection.
+    id: String,
 }
 
 impl EtcdAccess {
@@ -40,6 +42,10 @@ impl EtcdAccess {
     /// Whether connections to etcd use TLS.
     pub fn tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -101,7 +107,11 @@ pub fn load(c: &ClusterConfig) -> Result<(EtcdAccess, RestClient), ConfigError> 
             RestClient::new(Some(Arc::new(config)))
         }
     };
-    Ok((EtcdAccess { tls, user }, rest))
+    let id = format!(
+        "{:?} {:?} {:?} {:?}",
+        c.etcd_ca, c.etcd_cert, c.etcd_username, c.etcd_password
+    );
+    Ok((EtcdAccess { tls, user, id }, rest))
 }
 
 #[cfg(test)]

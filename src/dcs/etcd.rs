@@ -44,6 +44,37 @@ pub struct EtcdSource {
     pub rest: RestClient,
     /// Where what keeps the view from being read is told.
     pub health: Arc<DcsHealth>,
+    /// The router's etcd clients, shared with its other clusters.
+    pub connections: Arc<EtcdConnections>,
+}
+
+/// The etcd clients of every cluster one router serves: one per endpoint and access (TLS
+/// files, user), so clusters in one etcd share its connection, gRPC carrying their reads and
+/// watches side by side.
+#[derive(Default)]
+pub struct EtcdConnections {
+    clients: tokio::sync::Mutex<std::collections::HashMap<(String, String), Client>>,
+}
+
+impl EtcdConnections {
+    /// The client for `endpoint`, connected now if there is none.
+    async fn client(&self, endpoint: &str, access: &EtcdAccess) -> Result<Client, DcsError> {
+        let key = (endpoint.to_owned(), access.id().to_owned());
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = Client::connect([endpoint], Some(access.options())).await?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Drops the client for `endpoint` after a failure: the next read connects afresh (a
+    /// cluster still holding it keeps it until its own read fails).
+    async fn forget(&self, endpoint: &str, access: &EtcdAccess) {
+        let key = (endpoint.to_owned(), access.id().to_owned());
+        self.clients.lock().await.remove(&key);
+    }
 }
 
 impl EtcdSource {
@@ -133,6 +164,10 @@ pub async fn watch_cluster(
         };
         let Err(err) = watch_from(&source, &tx, &metrics, &mut backoff, synced, after_loss).await;
         metrics.dcs_connected.set(0);
+        source
+            .connections
+            .forget(&source.endpoints[preferred], &source.access)
+            .await;
         let error = source.explain(&err);
         source.health.set(Some(error.clone()));
         tracing::warn!(
@@ -185,20 +220,24 @@ async fn read_cluster_anywhere(
     let count = source.endpoints.len();
     let mut last = None;
     for i in (0..count).map(|k| (*preferred + k) % count) {
-        match read_cluster(source, std::slice::from_ref(&source.endpoints[i])).await {
+        let endpoint = &source.endpoints[i];
+        match read_cluster(source, endpoint).await {
             Ok(synced) => {
                 *preferred = i;
                 return Ok(synced);
             }
-            Err(e) => last = Some(e),
+            Err(e) => {
+                source.connections.forget(endpoint, &source.access).await;
+                last = Some(e);
+            }
         }
     }
     // Validation refuses a config without an endpoint, so one was tried.
     Err(last.expect("cluster.etcd has at least one endpoint"))
 }
 
-async fn read_cluster(source: &EtcdSource, endpoints: &[String]) -> Result<Synced, DcsError> {
-    let mut client = Client::connect(endpoints, Some(source.access.options())).await?;
+async fn read_cluster(source: &EtcdSource, endpoint: &str) -> Result<Synced, DcsError> {
+    let mut client = source.connections.client(endpoint, &source.access).await?;
     let resp = client
         .get(
             source.prefix.as_str(),

@@ -444,7 +444,7 @@ impl Relay<'_> {
         }
         let shutting_down = self.shared.shutting_down();
         if shutting_down && drain.as_ref().is_none_or(|d| d.cause.kind != SHUTDOWN) {
-            *drain = Some(self.drain_from_now(shutdown_cause()));
+            *drain = Some(self.drain_from_now(shutdown_cause(self.shared)));
         }
         None
     }
@@ -458,10 +458,10 @@ impl Relay<'_> {
     }
 }
 
-fn shutdown_cause() -> Cause {
+fn shutdown_cause(shared: &Shared) -> Cause {
     Cause {
         kind: SHUTDOWN,
-        reason: "pgrouter is shutting down".into(),
+        reason: shared.shutdown_reason().into(),
     }
 }
 

@@ -13,6 +13,7 @@
 //! A scenario stuck in a blocking call past its limit and a grace period ends the whole run
 //! (the others cannot share the lab with it), still with that closing line.
 
+mod clusters;
 mod console;
 mod dcs;
 mod drivers;
@@ -216,6 +217,9 @@ const TESTS: &[(&str, TestFn)] = &[
     }),
     ("zookeeper_cluster_read_through_patroni_rest_apis", |lab| {
         Box::pin(zookeeper::zookeeper_cluster_through_rest_apis(lab))
+    }),
+    ("two_clusters_behind_one_router", |lab| {
+        Box::pin(clusters::two_clusters_behind_one_router(lab))
     }),
 ];
 

@@ -243,11 +243,34 @@ pub fn http(method: &str, port: u16, path: &str, token: Option<&str>) -> Result<
 /// The value of one series (name with labels, exactly as exposed) in a Prometheus text page;
 /// an error when the page has no such series (a renamed metric or label must fail a check,
 /// not read as 0).
+/// Every series carries its cluster's label (`cluster="demo"`): `series` names it without.
 pub fn metric(text: &str, series: &str) -> Result<f64> {
     text.lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(without_cluster_label)
+        .filter_map(|l| Some(l.strip_prefix(series)?.strip_prefix(' ')?.to_owned()))
         .find_map(|v| v.trim().parse().ok())
         .with_context(|| format!("no series {series} on the metrics page"))
+}
+
+/// A metrics line without its `cluster` label: `m{cluster="demo",port="p"} 1` reads as
+/// `m{port="p"} 1`, `m{cluster="demo"} 1` as `m 1`.
+fn without_cluster_label(line: &str) -> String {
+    let Some(at) = line.find("cluster=\"") else {
+        return line.to_owned();
+    };
+    let end = line[at + 9..]
+        .find('"')
+        .map_or(line.len(), |e| at + 9 + e + 1);
+    let (before, after) = (&line[..at], &line[end..]);
+    match (before.ends_with('{'), after.strip_prefix(',')) {
+        (true, Some(rest)) => format!("{before}{rest}"),
+        (true, None) => format!(
+            "{}{}",
+            &before[..before.len() - 1],
+            after.trim_start_matches('}')
+        ),
+        (false, _) => format!("{}{after}", before.trim_end_matches(',')),
+    }
 }
 
 /// Sends raw bytes as a client and returns what the router answers before closing (up to 5 s).

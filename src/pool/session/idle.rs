@@ -38,8 +38,9 @@ impl PooledSession {
                 return Err(Exit::Fatal(PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     format!(
-                        "pgrouter: cluster \"{}\": pgrouter is shutting down",
-                        self.shared.scope
+                        "pgrouter: cluster \"{}\": {}",
+                        self.shared.scope,
+                        self.shared.shutdown_reason()
                     ),
                 )));
             }
