@@ -112,10 +112,19 @@ impl EtcdSource {
         {
             format!("TLS with etcd failed (cluster.etcd_ca, etcd_cert, etcd_key): {chain}")
         } else if self.access.tls()
-            && (lower.contains("connection closed") || lower.contains("canceled"))
+            && [
+                "connection closed",
+                "canceled",
+                "broken pipe",
+                "connection reset",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
         {
             // TLS 1.3: a server that refuses the client's certificate says so after the
-            // handshake, and the alert may be lost in the close.
+            // handshake, and the alert may be lost in the close (seen as a closed stream, a
+            // canceled request, a broken pipe or a reset). A stopped etcd refuses the connect
+            // instead.
             format!("TLS with etcd failed: etcd closed the connection after the handshake, as it does when it refuses the client certificate (cluster.etcd_cert, etcd_key): {chain}")
         } else {
             format!("cannot read etcd at {}: {chain}", self.endpoints.join(", "))
