@@ -136,14 +136,7 @@ async fn steps(lab: &Lab, second: &Lab, router: &Router) -> Result<()> {
         .filter_map(|c| c["cluster"].as_str())
         .collect();
     ensure!(scopes == ["demo", "second"], "/status clusters: {scopes:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgrouter"))
-        .args([
-            "status",
-            "--admin",
-            &format!("http://127.0.0.1:{}", router.admin),
-        ])
-        .output()?;
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = router.status_printed()?;
     ensure!(
         printed.contains("Cluster: demo") && printed.contains("Cluster: second"),
         "pgrouter status:\n{printed}"

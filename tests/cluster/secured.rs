@@ -205,14 +205,7 @@ async fn refuses_with(router: &Router, said: &str) -> Result<()> {
     let status: Value = serde_json::from_str(&body)?;
     let problem = status["dcs"]["problem"].as_str().unwrap_or_default();
     ensure!(problem.contains(said), "/status: {body}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgrouter"))
-        .args([
-            "status",
-            "--admin",
-            &format!("http://127.0.0.1:{}", router.admin),
-        ])
-        .output()?;
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = router.status_printed()?;
     ensure!(
         printed.contains("DCS problem: ") && printed.contains(said),
         "pgrouter status:\n{printed}"

@@ -104,6 +104,18 @@ impl Router {
         Ok(router)
     }
 
+    /// What `pgrouter status` prints for this router.
+    pub fn status_printed(&self) -> Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+            .args([
+                "status",
+                "--admin",
+                &format!("http://127.0.0.1:{}", self.admin),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.log.with_file_name("pgrouter.toml")
     }
