@@ -1,12 +1,14 @@
-//! End-to-end bench (TARGETS.md W1-W5): direct, HAProxy, pgbouncer -> HAProxy, pgrouter
-//! (pass-through) and pgrouter-txn (pgrouter in transaction pooling mode) side by side on one lab,
+//! End-to-end bench (TARGETS.md W1-W5): direct, HAProxy, pgbouncer -> HAProxy (the seeds'
+//! layout, two hops), pgbouncer-1hop (pgbouncer directly on the leader, the pooled anchor),
+//! pgrouter (pass-through) and pgrouter-txn (pgrouter in transaction pooling mode) side by
+//! side on one lab,
 //! targets alternated within every round. Prints markdown tables and writes them to
 //! benches/results/e2e-<UTC date>[-quick].md (never over an existing file), with SVG plots of W1
 //! tps against clients when the ladder has more than one client count.
 //!
 //! Run: `cargo bench --bench e2e -- [--quick] [--rounds N] [--duration SECS] [--only w1,w2,w3,w4,w5]
-//! [--targets direct,HAProxy,pgbouncer,pgrouter,pgrouter-txn] [--clients 16,150] [--churn 1,16]
-//! [--idle N]` (as root). A target that does not start (or, for pgrouter-txn, does not pool) is
+//! [--targets direct,HAProxy,pgbouncer,pgbouncer-1hop,pgrouter,pgrouter-txn] [--clients 16,150]
+//! [--modes simple,prepared] [--churn 1,16] [--idle N]` (as root). A target that does not start (or, for pgrouter-txn, does not pool) is
 //! reported as failed in every table; the others run.
 
 #[path = "e2e/idle.rs"]
@@ -37,8 +39,17 @@ const PGBOUNCER_PORT: u16 = 18801;
 const PGROUTER_PORT: u16 = 18802;
 /// pgrouter in transaction mode: primary, replicas and admin on this port and the next two.
 const PGROUTER_TXN_PORT: u16 = 18805;
+/// pgbouncer straight on the leader: one hop, as pgrouter is.
+const PGBOUNCER_1HOP_PORT: u16 = 18808;
 
-const TARGETS: [&str; 5] = ["direct", "HAProxy", "pgbouncer", "pgrouter", "pgrouter-txn"];
+const TARGETS: [&str; 6] = [
+    "direct",
+    "HAProxy",
+    "pgbouncer",
+    "pgbouncer-1hop",
+    "pgrouter",
+    "pgrouter-txn",
+];
 const WORKLOADS: [&str; 5] = ["w1", "w2", "w3", "w4", "w5"];
 
 struct Opts {
@@ -49,6 +60,8 @@ struct Opts {
     targets: Vec<&'static str>,
     clients: Vec<u32>,
     churn: Vec<u32>,
+    /// W1's pgbench protocol modes.
+    modes: Vec<&'static str>,
     idle: usize,
     /// Some flag narrowed the run: its results file says so and it draws no plots over the
     /// published ones.
@@ -65,6 +78,7 @@ impl Opts {
             "--targets",
             "--clients",
             "--churn",
+            "--modes",
             "--idle",
         ];
         let mut it = args.iter();
@@ -119,7 +133,7 @@ impl Opts {
                 .filter(|a| wanted.contains(&a.to_lowercase()))
                 .collect())
         };
-        let partial = ["--only", "--targets", "--clients", "--churn"]
+        let partial = ["--only", "--targets", "--clients", "--churn", "--modes"]
             .iter()
             .any(|f| args.iter().any(|a| a == f));
         Ok(Opts {
@@ -133,6 +147,7 @@ impl Opts {
                 if quick { &[16, 150] } else { &[1, 16, 64, 150] },
             )?,
             churn: numbers("--churn", if quick { &[16] } else { &[1, 16] })?,
+            modes: names("--modes", &workloads::MODES)?,
             idle: number("--idle", if quick { 2000 } else { 10000 })? as usize,
             partial,
         })
@@ -188,8 +203,22 @@ fn main() -> Result<()> {
         .then(|| {
             procs::start_pgbouncer(
                 &work,
+                "pgbouncer",
                 PGBOUNCER_PORT,
                 HAPROXY_PORT,
+                &secret,
+                max_client_conn,
+            )
+        })
+        .transpose()?;
+    let pgbouncer_1hop = opts
+        .wants("pgbouncer-1hop")
+        .then(|| {
+            procs::start_pgbouncer(
+                &work,
+                "pgbouncer-1hop",
+                PGBOUNCER_1HOP_PORT,
+                leader_port,
                 &secret,
                 max_client_conn,
             )
@@ -217,6 +246,10 @@ fn main() -> Result<()> {
             ("pgbouncer", Some(h), Some(b), ..) => {
                 target(name, PGBOUNCER_PORT, &[("pgbouncer", b), ("HAProxy", h)])
             }
+            ("pgbouncer-1hop", ..) => match &pgbouncer_1hop {
+                Some(b) => target(name, PGBOUNCER_1HOP_PORT, &[("pgbouncer", b)]),
+                None => unreachable!("{name} was started above"),
+            },
             ("pgrouter", _, _, Some(r), _) => target(name, PGROUTER_PORT, &[("pgrouter", r)]),
             ("pgrouter-txn", .., Some(Ok(r))) => {
                 target(name, PGROUTER_TXN_PORT, &[("pgrouter-txn", r)])
@@ -234,7 +267,7 @@ fn main() -> Result<()> {
         if t.failed.is_some() {
             continue;
         }
-        let pooled = matches!(t.name, "pgbouncer" | "pgrouter-txn");
+        let pooled = matches!(t.name, "pgbouncer" | "pgbouncer-1hop" | "pgrouter-txn");
         let checked = procs::wait_primary(t.name, t.port).and_then(|()| {
             if !pooled {
                 return Ok(());
@@ -274,6 +307,7 @@ fn main() -> Result<()> {
         duration: opts.duration,
         clients: opts.clients.clone(),
         churn_clients: opts.churn.clone(),
+        modes: opts.modes.clone(),
         work,
         clk_tck: procs::clock_ticks_per_sec()?,
         idle: opts.idle,

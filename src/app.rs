@@ -416,6 +416,9 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     load_users(config)?;
     crate::tls::Transport::load(config)?;
     crate::dcs::access::load(&config.cluster)?;
+    for c in config.clusters.values() {
+        crate::dcs::access::load(c)?;
+    }
     Ok(())
 }
 

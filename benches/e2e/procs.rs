@@ -59,17 +59,19 @@ pub fn start_haproxy(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
-/// pgbouncer in transaction mode on `port`, in front of HAProxy on `upstream`, with pgrouter's
-/// pool size. `max_client_conn` must cover W4's idle clients plus pgbench's.
+/// pgbouncer in transaction mode on `port` (its files in `dir/name`), in front of `upstream`
+/// (HAProxy, or the leader itself), with pgrouter's pool size. `max_client_conn` must cover
+/// W4's idle clients plus pgbench's.
 pub fn start_pgbouncer(
     dir: &Path,
+    name: &str,
     port: u16,
     upstream: u16,
     scram_secret: &str,
     max_client_conn: usize,
 ) -> Result<Proc> {
     let child = pgrouter_lab::pgbouncer::spawn(&pgrouter_lab::pgbouncer::Settings {
-        dir: &dir.join("pgbouncer"),
+        dir: &dir.join(name),
         port,
         upstream,
         scram_secret,

@@ -115,6 +115,8 @@ pub struct Bench {
     pub duration: u32,
     pub clients: Vec<u32>,
     pub churn_clients: Vec<u32>,
+    /// W1's pgbench protocol modes (of `MODES`).
+    pub modes: Vec<&'static str>,
     pub work: PathBuf,
     pub clk_tck: f64,
     /// W4: idle clients to open per target.
@@ -126,7 +128,8 @@ pub struct Bench {
 impl Bench {
     /// W1: `pgbench -n -S -M <mode> -c <clients> -j 2 -T <duration>`.
     pub fn w1(&self) -> Result<Table<(&'static str, u32)>> {
-        let keys: Vec<_> = MODES
+        let keys: Vec<_> = self
+            .modes
             .iter()
             .flat_map(|m| self.clients.iter().map(move |c| (*m, *c)))
             .collect();

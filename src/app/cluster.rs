@@ -86,10 +86,12 @@ pub(super) struct Instance {
 }
 
 impl Instance {
-    /// Ends the cluster as a shutdown does: its listeners stop, its sessions drain (told
-    /// `reason`) for up to drain_timeout, then its tasks stop and its series leave /metrics.
+    /// Ends the cluster as a shutdown does: its series leave /metrics at once (so it can be
+    /// added back by the next reload), its listeners stop, its sessions drain (told `reason`)
+    /// for up to drain_timeout, then its tasks stop.
     pub fn remove(self, reason: String) {
         tracing::info!(cluster = %self.shared.scope, sessions = self.sessions.len(), %reason, "removing a cluster: draining its sessions");
+        self.shared.metrics.unregister();
         self.shared.begin_shutdown_because(reason);
         self.sessions.close();
         let drain = self.shared.config().routing.drain_timeout.0;
@@ -99,7 +101,6 @@ impl Instance {
             for task in self.tasks {
                 task.abort();
             }
-            self.shared.metrics.unregister();
             tracing::info!(cluster = %self.shared.scope, "cluster removed");
         });
     }
