@@ -1,17 +1,19 @@
-//! The server connection pools, one per (member, role, database, user), and the registry of
-//! pooled clients the console lists.
+//! The server connection pools, one per (member, role, database, user), and the member's
+//! connection budgets they open within.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::budget::{self, Admission, Budget};
+use super::clients::{ClientEntry, ClientRegistration, Clients};
+use super::defaults::KnownDefaults;
 use super::server::{Endpoint, Login, ServerConn, ServerError};
 use super::slots::{Expired, Homed, Slots, Take};
-use super::tracked::Tracked;
+use super::stats::PoolStats;
 use crate::config::{Config, Plan, PoolConfig};
 use crate::route::Target;
 
@@ -53,34 +55,6 @@ impl TargetKey {
             TargetKey::Replica => "replica",
         }
     }
-}
-
-impl PoolStats {
-    /// A lent connection came back after `held`.
-    fn lent(&self, held: Duration) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-        self.xact_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
-/// Counters of one pool, for SHOW POOLS / SHOW STATS and the metrics.
-#[derive(Default)]
-pub struct PoolStats {
-    pub active: AtomicUsize,
-    pub transactions: AtomicU64,
-    pub queries: AtomicU64,
-    pub wait_micros: AtomicU64,
-    pub opened: AtomicU64,
-    /// Idle connections moved to another worker thread's event loop for a client there.
-    pub moved: AtomicU64,
-    /// Bytes taken from and sent to the pool's clients while they held a connection.
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
-    /// Microseconds connections were lent to clients (a transaction each, in transaction
-    /// mode), and of those, the time the server owed answers.
-    pub xact_micros: AtomicU64,
-    pub query_micros: AtomicU64,
 }
 
 pub struct Pool {
@@ -432,88 +406,6 @@ impl Lease {
     }
 }
 
-/// What a pooled client is doing, for SHOW CLIENTS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ClientActivity {
-    Idle = 0,
-    Waiting = 1,
-    Active = 2,
-}
-
-pub struct ClientEntry {
-    pub id: u64,
-    pub user: String,
-    pub database: String,
-    pub peer: String,
-    pub port: &'static str,
-    pub since: SystemTime,
-    pub application_name: String,
-    /// When it began waiting for a server connection (micros since the Unix epoch); 0 when
-    /// it is not waiting.
-    waiting_since: AtomicU64,
-    activity: std::sync::atomic::AtomicU8,
-    /// Id of the server connection in use, 0 when none.
-    server: AtomicU64,
-}
-
-impl ClientEntry {
-    pub fn set(&self, activity: ClientActivity, server: u64) {
-        let was = self.activity.swap(activity as u8, Ordering::Relaxed);
-        self.server.store(server, Ordering::Relaxed);
-        if activity == ClientActivity::Waiting && was != ClientActivity::Waiting as u8 {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(1, |d| d.as_micros() as u64);
-            self.waiting_since.store(now, Ordering::Relaxed);
-        } else if activity != ClientActivity::Waiting {
-            self.waiting_since.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// How long it has been waiting for a server connection; None when it is not.
-    pub fn waiting_for(&self) -> Option<Duration> {
-        let since = self.waiting_since.load(Ordering::Relaxed);
-        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
-        (since != 0).then(|| SystemTime::now().duration_since(at).unwrap_or_default())
-    }
-
-    pub fn activity(&self) -> ClientActivity {
-        match self.activity.load(Ordering::Relaxed) {
-            1 => ClientActivity::Waiting,
-            2 => ClientActivity::Active,
-            _ => ClientActivity::Idle,
-        }
-    }
-
-    pub fn server(&self) -> u64 {
-        self.server.load(Ordering::Relaxed)
-    }
-}
-
-/// Removes the client from the registry when its session ends.
-pub struct ClientRegistration {
-    pub entry: Arc<ClientEntry>,
-    clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
-}
-
-impl Drop for ClientRegistration {
-    fn drop(&mut self) {
-        lock(&self.clients).remove(&self.entry.id);
-    }
-}
-
-/// ParameterStatus values by name.
-pub type Params = Arc<HashMap<String, String>>;
-
-/// What a fresh server connection for a (database, user) reports: every ParameterStatus, told
-/// to a new client at login, and the tracked ones by position.
-#[derive(Clone)]
-pub struct Defaults {
-    pub params: Params,
-    pub tracked: Arc<Tracked>,
-}
-
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
@@ -521,8 +413,8 @@ pub struct Pools {
     budgets: Mutex<HashMap<(String, BudgetOf), Arc<Budget>>>,
     /// ParameterStatus of a fresh server connection per (database, user): the defaults a new
     /// client is told at login without borrowing a server.
-    params: Mutex<HashMap<(String, String), Defaults>>,
-    clients: Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>,
+    pub defaults: KnownDefaults,
+    clients: Clients,
     next_id: AtomicU64,
     /// What pooled clients' large messages hold together.
     pub message_memory: Arc<super::message_memory::MessageMemory>,
@@ -569,14 +461,6 @@ impl Pools {
         budgets.entry((member.to_owned(), of)).or_default().clone()
     }
 
-    /// Server connections open to `member` for `database`, or as `user`, with the limit (0
-    /// none) they are held to.
-    pub fn budget_use(&self, member: &str, of: BudgetOf) -> (usize, usize) {
-        lock(&self.budgets)
-            .get(&(member.to_owned(), of))
-            .map_or((0, 0), |b| (b.open(), b.limit()))
-    }
-
     /// Closes the least recently used idle connection that `budget` counts; false if none is.
     fn close_one_idle(&self, budget: &Arc<Budget>) -> bool {
         let pools = self.all();
@@ -599,28 +483,6 @@ impl Pools {
             tracing::debug!(pool = %pool.name(), "closed an idle server connection to make room under a connection limit");
         }
         n > 0
-    }
-
-    /// Remembers what a fresh server connection reported; the same values as already
-    /// remembered give back the shared copy, which every client using them holds.
-    pub fn remember_params(&self, database: &str, user: &str, params: Params) -> Defaults {
-        let mut known = lock(&self.params);
-        let key = (database.to_owned(), user.to_owned());
-        if let Some(d) = known.get(&key).filter(|d| d.params == params) {
-            return d.clone();
-        }
-        let defaults = Defaults {
-            tracked: Arc::new(Tracked::from_params(&params)),
-            params,
-        };
-        known.insert(key, defaults.clone());
-        defaults
-    }
-
-    pub fn params(&self, database: &str, user: &str) -> Option<Defaults> {
-        lock(&self.params)
-            .get(&(database.to_owned(), user.to_owned()))
-            .cloned()
     }
 
     /// Sets the per-pool gauges.
@@ -661,29 +523,13 @@ impl Pools {
         port: &'static str,
         application_name: &str,
     ) -> ClientRegistration {
-        let entry = Arc::new(ClientEntry {
-            id: self.next_server_id(),
-            user: user.to_owned(),
-            database: database.to_owned(),
-            peer: peer.to_owned(),
-            port,
-            since: SystemTime::now(),
-            application_name: application_name.to_owned(),
-            waiting_since: AtomicU64::new(0),
-            activity: Default::default(),
-            server: AtomicU64::new(0),
-        });
-        lock(&self.clients).insert(entry.id, entry.clone());
-        ClientRegistration {
-            entry,
-            clients: self.clients.clone(),
-        }
+        let id = self.next_server_id();
+        self.clients
+            .register(id, user, database, peer, port, application_name)
     }
 
     pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
-        let mut v: Vec<_> = lock(&self.clients).values().cloned().collect();
-        v.sort_by_key(|c| c.id);
-        v
+        self.clients.all()
     }
 
     /// RECONNECT [db]: every pool of `database` (or all) retires its connections.

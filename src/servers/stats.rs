@@ -3,11 +3,39 @@
 //! give them and its periodic stats line logs them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pools::Pool;
+
+impl PoolStats {
+    /// A lent connection came back after `held`.
+    pub(super) fn lent(&self, held: Duration) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.xact_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one pool, for SHOW POOLS / SHOW STATS and the metrics.
+#[derive(Default)]
+pub struct PoolStats {
+    pub active: AtomicUsize,
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    pub wait_micros: AtomicU64,
+    pub opened: AtomicU64,
+    /// Idle connections moved to another worker thread's event loop for a client there.
+    pub moved: AtomicU64,
+    /// Bytes taken from and sent to the pool's clients while they held a connection.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Microseconds connections were lent to clients (a transaction each, in transaction
+    /// mode), and of those, the time the server owed answers.
+    pub xact_micros: AtomicU64,
+    pub query_micros: AtomicU64,
+}
 
 /// Counters since start: transactions, queries, bytes from and to clients, microseconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

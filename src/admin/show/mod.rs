@@ -15,7 +15,8 @@ mod stats;
 use super::console::command_complete;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::wire;
-use crate::servers::pools::{ClientActivity, Pool};
+use crate::servers::clients::ClientActivity;
+use crate::servers::pools::Pool;
 use crate::shared::Shared;
 
 /// A result set in text format.

@@ -11,7 +11,7 @@ use crate::metrics::ClientState;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::startup::CancelKey;
 use crate::protocol::wire;
-use crate::servers::pools::{Defaults, Params};
+use crate::servers::defaults::{Defaults, Params};
 use crate::servers::tracked;
 
 use super::recovery::{server_gone, Done};
@@ -29,7 +29,8 @@ impl PooledSession {
         let defaults = self
             .shared
             .pools
-            .params(&self.registration.entry.database, &self.server_user);
+            .defaults
+            .get(&self.registration.entry.database, &self.server_user);
         // Settings the server does not report are tried on a server: a bad one is refused
         // at login, as PostgreSQL refuses it.
         let fits = self.conversation.extra.is_empty()
@@ -110,7 +111,7 @@ impl PooledSession {
                 params.insert(k.to_string(), v.to_owned());
             }
         }
-        let defaults = self.shared.pools.remember_params(
+        let defaults = self.shared.pools.defaults.remember(
             &self.registration.entry.database,
             &self.server_user,
             conn.initial.clone(),
