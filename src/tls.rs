@@ -85,7 +85,7 @@ pub(crate) fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>,
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
-        .ok_or_else(|| invalid(key, format!("{}: no PEM private key in it", path.display())))
+        .ok_or_else(|| invalid(key, format!("{}: no PEM private key", path.display())))
 }
 
 impl Transport {
@@ -96,15 +96,7 @@ impl Transport {
             (TlsMode::Disable, _, _) => None,
             (_, Some(cert), Some(key)) => {
                 let certs = read_certs("tls.cert", cert)?;
-                let data = std::fs::read(key).map_err(|e| {
-                    invalid("tls.key", format!("cannot read {}: {e}", key.display()))
-                })?;
-                let private: PrivateKeyDer<'static> =
-                    rustls_pemfile::private_key(&mut data.as_slice())
-                        .map_err(|e| invalid("tls.key", format!("{}: {e}", key.display())))?
-                        .ok_or_else(|| {
-                            invalid("tls.key", format!("{}: no PEM private key", key.display()))
-                        })?;
+                let private = read_key("tls.key", key)?;
                 let builder = rustls::ServerConfig::builder_with_provider(provider())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| invalid("tls", e.to_string()))?;

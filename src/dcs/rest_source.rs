@@ -192,18 +192,22 @@ fn view(
             None => m.wal_position = None,
         }
     }
-    let confirmed: Vec<&String> = reports
-        .iter()
-        .filter(|(_, r)| r.as_ref().is_some_and(Report::is_running_primary))
-        .map(|(name, _)| name)
-        .collect();
-    if let [leader] = confirmed.as_slice() {
-        t.leader = Some((*leader).clone());
+    if let [leader] = confirming(reports).as_slice() {
+        t.leader = Some((*leader).to_owned());
         t.confirmed_primary = t.leader.clone();
         t.leader_optime = t.members.get(*leader).and_then(|m| m.wal_position);
         t.sync_standbys = sync.clone();
     }
     t
+}
+
+/// The members whose Patroni confirmed, in the round, that it is the running primary.
+fn confirming(reports: &BTreeMap<String, Option<Report>>) -> Vec<&str> {
+    reports
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_some_and(Report::is_running_primary))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// Why `view` has no leader, for /health, /status and clients' errors; None when it has one.
@@ -216,11 +220,7 @@ fn no_leader_problem(
     if view.leader.is_some() || !view.synced {
         return None;
     }
-    let confirming: Vec<&str> = reports
-        .iter()
-        .filter(|(_, r)| r.as_ref().is_some_and(Report::is_running_primary))
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let confirming = confirming(reports);
     if confirming.len() > 1 {
         return Some(format!(
             "members {} all say they are the running primary: no writes until one stops",

@@ -33,11 +33,21 @@ impl Budget {
     }
 
     /// Counts one more connection if the limit allows it.
+    /// Whether `open` connections leave room for one more.
+    fn allows(&self, open: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || open < limit
+    }
+
+    /// Whether it has room for one more connection now.
+    pub fn has_room(&self) -> bool {
+        self.allows(self.open())
+    }
+
     fn try_take(&self) -> bool {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                let limit = self.limit.load(Ordering::Relaxed);
-                (limit == 0 || n < limit).then_some(n + 1)
+                self.allows(n).then_some(n + 1)
             })
             .is_ok()
     }

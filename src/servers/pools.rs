@@ -291,9 +291,7 @@ impl Pool {
 
     /// Whether its member's budgets for its database and user have room for a connection.
     pub fn has_room(&self) -> bool {
-        self.budgets
-            .iter()
-            .all(|b| b.limit() == 0 || b.open() < b.limit())
+        self.budgets.iter().all(|b| b.has_room())
     }
 
     /// A place for one more connection in the member's budgets for the pool's database and
