@@ -58,12 +58,16 @@ pub struct Hold<'a> {
 }
 
 impl<'a> Hold<'a> {
+    /// Holds the client that arrived `arrived` (the caller's clock reading: one per
+    /// transaction serves all that time it).
     pub async fn begin(
         shared: &Shared,
         port: Port,
         client: &'a Stream,
+        arrived: Instant,
     ) -> Result<Hold<'a>, Unserved> {
-        let arrived = Instant::now();
+        // The hold starts after a pause.
+        let mut started = arrived;
         if shared.is_paused(port) {
             let mut paused = shared.pause_switch(port);
             while *paused.borrow_and_update() {
@@ -73,15 +77,21 @@ impl<'a> Hold<'a> {
                     None => return Err(Unserved::ClientLeft(arrived.elapsed())),
                 }
             }
+            started = Instant::now();
         }
         let config = shared.config();
         Ok(Hold {
             client,
             arrived,
-            deadline: Instant::now() + config.routing.hold_timeout.0,
+            deadline: started + config.routing.hold_timeout.0,
             config,
             topology: shared.topology.clone(),
         })
+    }
+
+    /// When the client arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
     }
 
     /// The topology and the settings to try under now.

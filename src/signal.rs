@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
@@ -44,20 +44,26 @@ impl Signal {
         self.waker.wake();
     }
 
+    /// Ready once the signal has been raised since the last time it was; the task is woken
+    /// when it is raised otherwise. A plain load first: raises are rare, and a load leaves
+    /// the flag's cache line shared.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let take =
+            || self.raised.load(Ordering::Relaxed) && self.raised.swap(false, Ordering::Acquire);
+        if take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Raised between the check and the registration: do not miss it.
+        if take() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// Resolves once the signal has been raised since the last time it resolved.
     pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.raised.swap(false, Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // Raised between the check and the registration: do not miss it.
-            if self.raised.swap(false, Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_wait(cx)).await
     }
 }
 
@@ -98,6 +104,10 @@ impl Signals {
 impl Subscription {
     pub async fn wait(&self) {
         self.signal.wait().await
+    }
+
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll_wait(cx)
     }
 }
 

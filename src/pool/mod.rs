@@ -95,6 +95,7 @@ pub async fn maintain(shared: Arc<Shared>) {
                         &config.pool,
                         timeout,
                         crate::shards::MAIN,
+                        tokio::time::Instant::now(),
                     )
                     .await
                 {

@@ -153,7 +153,7 @@ pub struct SqlEffects {
 pub fn sql_effects(sql: &[u8]) -> SqlEffects {
     let mut e = SqlEffects::default();
     // Most statements mention none of the commands: no allocation for them.
-    if !mentions_any(sql) && !begins_a_setting(sql) {
+    if !worth_reading(sql) {
         return e;
     }
     let text = String::from_utf8_lossy(sql);
@@ -292,34 +292,6 @@ fn setting_name(tokens: &[Token]) -> Option<String> {
         rest = more;
     }
     Some(name)
-}
-
-/// Whether a statement of `text` starts with SET or RESET (after white space, at the start
-/// or after a ';'): UPDATE's SET is passed over without splitting the text.
-fn begins_a_setting(text: &[u8]) -> bool {
-    let mut at_start = true;
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        if c == b';' {
-            at_start = true;
-        } else if !c.is_ascii_whitespace() {
-            if at_start {
-                let rest = &text[i..];
-                let is = |w: &[u8]| {
-                    rest.len() > w.len()
-                        && rest[..w.len()].eq_ignore_ascii_case(w)
-                        && rest[w.len()].is_ascii_whitespace()
-                };
-                if is(b"set") || is(b"reset") {
-                    return true;
-                }
-            }
-            at_start = false;
-        }
-        i += 1;
-    }
-    false
 }
 
 /// A token of SQL text as far as `sql_effects` cares.
@@ -502,31 +474,70 @@ const WORDS: [&[u8]; 7] = [
     b"close",
 ];
 
-/// Bytes that start one of `WORDS`, in either case.
-const INITIALS: [bool; 256] = {
-    let mut t = [false; 256];
+/// Bytes that can be part of a word, as `split_sql` reads words.
+const WORD: u8 = 1;
+/// Bytes that start one of `WORDS`, in either case (and are word bytes too).
+const INITIAL: u8 = 2;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80 {
+            t[c] = WORD;
+        }
+        c += 1;
+    }
     let mut i = 0;
     while i < WORDS.len() {
-        t[WORDS[i][0] as usize] = true;
-        t[WORDS[i][0].to_ascii_uppercase() as usize] = true;
+        t[WORDS[i][0] as usize] |= INITIAL;
+        t[WORDS[i][0].to_ascii_uppercase() as usize] |= INITIAL;
         i += 1;
     }
     t
 };
 
-/// Whether `text` has one of `WORDS` where a word starts (as `split_sql` reads words), ASCII
-/// case-insensitively, in one pass: this runs on every statement a pooled client sends, and
-/// most bytes are passed over after one lookup.
-fn mentions_any(text: &[u8]) -> bool {
-    let word_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    text.iter().enumerate().any(|(i, &c)| {
-        INITIALS[usize::from(c)]
-            && (i == 0 || !word_byte(text[i - 1]))
-            && WORDS.iter().any(|w| {
-                text.get(i..i + w.len())
-                    .is_some_and(|t| t.eq_ignore_ascii_case(w))
-            })
-    })
+/// Whether `text` may have an effect `sql_effects` looks for: one of `WORDS` where a word
+/// starts, or a statement beginning with SET or RESET (after white space, at the start or
+/// after a ';'; UPDATE's SET is passed over), ASCII case-insensitively. This runs on every
+/// statement a pooled client sends, so each loop does little per byte.
+fn worth_reading(text: &[u8]) -> bool {
+    let starts =
+        |rest: &[u8], w: &[u8]| rest.len() > w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
+    let setting = |statement: &[u8]| {
+        let s = statement.trim_ascii_start();
+        (starts(s, b"set") && s[3].is_ascii_whitespace())
+            || (starts(s, b"reset") && s[5].is_ascii_whitespace())
+    };
+    if setting(text) {
+        return true;
+    }
+    let class = |i: usize| CLASSES[usize::from(text[i])];
+    let (n, mut i) = (text.len(), 0);
+    while i < n {
+        // Between words: a ';' ends a statement.
+        while i < n && class(i) == 0 {
+            if text[i] == b';' && setting(&text[i + 1..]) {
+                return true;
+            }
+            i += 1;
+        }
+        // A word starts at i: only its first byte is looked at, the rest skipped.
+        if i < n && class(i) & INITIAL != 0 {
+            let rest = &text[i..];
+            if WORDS
+                .iter()
+                .any(|w| starts(rest, w) || rest.eq_ignore_ascii_case(w))
+            {
+                return true;
+            }
+        }
+        while i < n && class(i) != 0 {
+            i += 1;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -555,8 +566,17 @@ mod tests {
             let e = sql_effects(other.as_bytes());
             assert!(e.sets.is_empty() && e.resets.is_empty(), "{other}: {e:?}");
         }
-        assert!(!begins_a_setting(b"UPDATE t SET a = 1"));
-        assert!(begins_a_setting(b"begin; set search_path = a"));
+        assert!(!worth_reading(b"UPDATE t SET a = 1"));
+        assert!(worth_reading(b"begin; set search_path = a"));
+        assert!(worth_reading(b"  ;\n RESET\tx"));
+        assert!(!worth_reading(
+            b"select reclose, xlisten from t where asset = 1"
+        ));
+        assert!(worth_reading(b"select 1;\nLISTEN jobs"));
+        assert!(worth_reading(b"select x from t; close c"));
+        assert!(!worth_reading(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 7;"
+        ));
     }
 
     #[test]
@@ -576,11 +596,11 @@ mod tests {
 
     #[test]
     fn the_prefilter_finds_the_commands_only_where_words_start() {
-        assert!(mentions_any(b"LISTEN jobs"));
-        assert!(mentions_any(b"select 1;Discard all"));
-        assert!(mentions_any(b"/* x */deallocate p"));
-        assert!(!mentions_any(b"select abalance from t where aid = 1"));
-        assert!(!mentions_any(
+        assert!(worth_reading(b"LISTEN jobs"));
+        assert!(worth_reading(b"select 1;Discard all"));
+        assert!(worth_reading(b"/* x */deallocate p"));
+        assert!(!worth_reading(b"select abalance from t where aid = 1"));
+        assert!(!worth_reading(
             b"select xlisten, _discard, $deallocate, \xc3\xa9listen"
         ));
         assert!(sql_effects(b"select 1;\nlisten jobs").listen);

@@ -253,7 +253,7 @@ async fn connect(
     startup: &[u8],
 ) -> Result<(Route, Stream, Vec<u8>), Unserved> {
     let transport = shared.transport();
-    let hold = Hold::begin(shared, port, client).await?;
+    let hold = Hold::begin(shared, port, client, tokio::time::Instant::now()).await?;
     let (connected, waited) = hold
         .run(|current, config| {
             let transport = &transport;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 type Registry = Arc<Mutex<HashMap<u64, Arc<ClientEntry>>>>;
 
@@ -29,6 +29,7 @@ impl Clients {
             peer: peer.to_owned(),
             port,
             since: SystemTime::now(),
+            registered: Instant::now(),
             application_name: application_name.to_owned(),
             waiting_since: AtomicU64::new(0),
             activity: Default::default(),
@@ -65,9 +66,11 @@ pub struct ClientEntry {
     pub peer: String,
     pub port: &'static str,
     pub since: SystemTime,
+    /// `since` on the monotonic clock: what `waiting_since` counts from.
+    registered: Instant,
     pub application_name: String,
-    /// When it began waiting for a server connection (micros since the Unix epoch); 0 when
-    /// it is not waiting.
+    /// When it began waiting for a server connection (micros after `registered`, plus one);
+    /// 0 when it is not waiting.
     waiting_since: AtomicU64,
     activity: std::sync::atomic::AtomicU8,
     /// Id of the server connection in use, 0 when none.
@@ -75,14 +78,15 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
-    pub fn set(&self, activity: ClientActivity, server: u64) {
+    /// What it does now; `at` is the time it began waiting (read once by the caller, who
+    /// uses it too), when `activity` is `Waiting`.
+    pub fn set(&self, activity: ClientActivity, server: u64, at: Option<Instant>) {
         let was = self.activity.swap(activity as u8, Ordering::Relaxed);
         self.server.store(server, Ordering::Relaxed);
         if activity == ClientActivity::Waiting && was != ClientActivity::Waiting as u8 {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(1, |d| d.as_micros() as u64);
-            self.waiting_since.store(now, Ordering::Relaxed);
+            let at = at.map_or(Duration::ZERO, |at| at.duration_since(self.registered));
+            self.waiting_since
+                .store(at.as_micros() as u64 + 1, Ordering::Relaxed);
         } else if activity != ClientActivity::Waiting {
             self.waiting_since.store(0, Ordering::Relaxed);
         }
@@ -91,8 +95,8 @@ impl ClientEntry {
     /// How long it has been waiting for a server connection; None when it is not.
     pub fn waiting_for(&self) -> Option<Duration> {
         let since = self.waiting_since.load(Ordering::Relaxed);
-        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
-        (since != 0).then(|| SystemTime::now().duration_since(at).unwrap_or_default())
+        let at = self.registered + Duration::from_micros(since.saturating_sub(1));
+        (since != 0).then(|| at.elapsed())
     }
 
     pub fn activity(&self) -> ClientActivity {

@@ -2,6 +2,7 @@
 //! client is held (`crate::hold`) while there is none.
 
 use std::sync::Arc;
+use tokio::time::Instant;
 
 use super::{Held, PooledSession};
 use crate::config::Config;
@@ -25,9 +26,12 @@ pub(super) struct RouteCache {
 impl PooledSession {
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
-    pub(super) async fn acquire(&mut self) -> Result<Held, Unserved> {
+    /// `arrived`: when the client's message came.
+    pub(super) async fn acquire(&mut self, arrived: Instant) -> Result<Held, Unserved> {
         let shared = self.shared.clone();
-        let mut hold = Hold::begin(&shared, self.port, &self.client).await?;
+        let mut hold = Hold::begin(&shared, self.port, &self.client, arrived).await?;
+        // When this try began: the arrival for the first, read again after a wait.
+        let mut asked = arrived;
         loop {
             let (topology, config) = hold.view();
             let config = config.clone();
@@ -46,16 +50,18 @@ impl PooledSession {
                         if !shared.router.holds(&config, &topology, self.port) {
                             return Err(Unserved::Refused(error));
                         }
-                        hold.retry(error, false).await?;
+                        Box::pin(hold.retry(error, false)).await?;
+                        asked = Instant::now();
                         continue;
                     }
                 },
             };
             let (pool, route) = (cached.pool.clone(), cached.route.clone());
             self.route_cache = Some(cached);
-            match self.checkout(&pool, &route, &config).await {
+            match self.checkout(&pool, &route, &config, asked).await {
                 Attempt::Served(lease) => {
-                    self.hold_seconds.observe(hold.waited().as_secs_f64());
+                    let waited = lease.taken().duration_since(hold.arrived());
+                    self.hold_seconds.observe(waited.as_secs_f64());
                     let retire = false;
                     return Ok(Held {
                         lease,
@@ -63,7 +69,10 @@ impl PooledSession {
                         retire,
                     });
                 }
-                Attempt::Retry { error, soon } => hold.retry(error, soon).await?,
+                Attempt::Retry { error, soon } => {
+                    Box::pin(hold.retry(error, soon)).await?;
+                    asked = Instant::now();
+                }
                 Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
                 Attempt::Left => return Err(Unserved::ClientLeft(hold.waited())),
             }
@@ -95,7 +104,13 @@ impl PooledSession {
 
     /// A connection from `pool`, unless the client leaves while in line; what went wrong in
     /// the client's words otherwise.
-    async fn checkout(&self, pool: &Arc<Pool>, route: &Route, config: &Config) -> Attempt<Lease> {
+    async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        route: &Route,
+        config: &Config,
+        asked: Instant,
+    ) -> Attempt<Lease> {
         let shared = &self.shared;
         let user = &self.server_user;
         let open_with = || {
@@ -110,6 +125,7 @@ impl PooledSession {
             &config.pool,
             config.routing.connect_timeout.0,
             self.home,
+            asked,
         );
         // Pinned here: the checkout is large, and moving it costs a copy.
         tokio::pin!(checkout);

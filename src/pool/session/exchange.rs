@@ -5,7 +5,10 @@
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio_util::io::poll_read_buf;
 
 use super::conversation::{Broken, Heard, Taken};
 use super::idle::{READ_CHUNK, READ_MIN};
@@ -14,7 +17,7 @@ use super::{Exit, PooledSession};
 use crate::hold::RoleCheck;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::route::Verdict;
-use crate::stream::{Stream, WriteSide};
+use crate::stream::Stream;
 
 /// What woke the exchange.
 enum Event {
@@ -27,6 +30,16 @@ enum Event {
     ReadClient(std::io::Result<usize>),
     /// The server has been silent `pool.stuck_check` while owing an answer.
     StuckCheck,
+}
+
+/// The clock read once per turn of the loop, when first asked: a turn's timings share it.
+#[derive(Default)]
+pub(super) struct TurnClock(Option<Instant>);
+
+impl TurnClock {
+    pub(super) fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
 }
 
 /// A TLS stream written to but not flushed yet, per side.
@@ -51,12 +64,13 @@ impl PooledSession {
         // Since when the server owes answers, for the pool's query time.
         let mut owed_since: Option<Instant> = None;
         loop {
+            let mut clock = TurnClock::default();
             self.take_client()?;
             match (self.conversation.owes_answers(), owed_since) {
-                (true, None) => owed_since = Some(Instant::now()),
+                (true, None) => owed_since = Some(clock.now()),
                 (false, Some(since)) => {
                     let held = self.held.as_ref().expect("exchange runs with a server");
-                    let micros = since.elapsed().as_micros() as u64;
+                    let micros = clock.now().duration_since(since).as_micros() as u64;
                     let stats = &held.lease.pool().stats;
                     stats
                         .query_micros
@@ -68,14 +82,14 @@ impl PooledSession {
             // Checked before every read and write, so nothing from a member that lost its
             // role reaches the client after the topology saying so was published.
             if let Some(lost) = self.check_role(&mut roles) {
-                return self.abort(lost).await;
+                return Box::pin(self.abort(lost)).await;
             }
             self.killed()?;
             // What fits in the sockets now goes without a select round (plain TCP; TLS
             // records go through the select, which flushes them).
             let held = self.held.as_mut().expect("exchange runs with a server");
             if let Err(e) = write_now(&held.lease.conn.stream, &mut self.to_server) {
-                return self.abort(Lost::Server(e.to_string())).await;
+                return Box::pin(self.abort(Lost::Server(e.to_string()))).await;
             }
             let unwritten = self.to_client.len();
             if write_now(&self.client, &mut self.to_client).is_err() {
@@ -99,7 +113,8 @@ impl PooledSession {
             if flushed && self.conversation.releasable() {
                 return Ok(Done::Idle);
             }
-            let stuck_at = self.stuck_check_at(stuck_after, unflushed.server, &mut silent_since);
+            let stuck_at =
+                self.stuck_check_at(stuck_after, unflushed.server, &mut silent_since, &mut clock);
             let idle_tx = !idle_tx_after.is_zero()
                 && flushed
                 && self.from_client.is_empty()
@@ -108,8 +123,8 @@ impl PooledSession {
                 idle_tx_since = None;
             }
             let idle_tx_at =
-                idle_tx.then(|| *idle_tx_since.get_or_insert_with(Instant::now) + idle_tx_after);
-            if idle_tx_at.is_some_and(|at| Instant::now() >= at) {
+                idle_tx.then(|| *idle_tx_since.get_or_insert_with(|| clock.now()) + idle_tx_after);
+            if idle_tx_at.is_some_and(|at| clock.now() >= at) {
                 return Err(Exit::Fatal(PgError::fatal(
                     sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
                     format!(
@@ -127,15 +142,15 @@ impl PooledSession {
                 Event::Signal => {}
                 Event::StuckCheck if stuck_at.is_none_or(|at| Instant::now() < at) => {}
                 Event::StuckCheck => {
-                    let stuck = self.stuck(stuck_after).await;
+                    let stuck = Box::pin(self.stuck(stuck_after)).await;
                     silent_since = None;
                     if self.server_spoke() {
                         if let Err(Broken(why)) = self.take_server() {
-                            return self.abort(Lost::Server(why)).await;
+                            return Box::pin(self.abort(Lost::Server(why))).await;
                         }
                     } else if let Some(why) = stuck {
                         self.count_stuck(&why);
-                        return self.abort(Lost::Server(why)).await;
+                        return Box::pin(self.abort(Lost::Server(why))).await;
                     }
                 }
                 Event::WroteServer(Ok(n)) if n > 0 => {
@@ -145,15 +160,15 @@ impl PooledSession {
                 Event::FlushedServer => unflushed.server = false,
                 Event::WroteServer(Ok(_)) | Event::ReadServer(Ok(0)) => {
                     let lost = Lost::Server("the server closed the connection".into());
-                    return self.abort(lost).await;
+                    return Box::pin(self.abort(lost)).await;
                 }
                 Event::WroteServer(Err(e)) | Event::ReadServer(Err(e)) => {
-                    return self.abort(Lost::Server(e.to_string())).await
+                    return Box::pin(self.abort(Lost::Server(e.to_string()))).await
                 }
                 Event::ReadServer(Ok(_)) => {
                     silent_since = None;
                     if let Err(Broken(why)) = self.take_server() {
-                        return self.abort(Lost::Server(why)).await;
+                        return Box::pin(self.abort(Lost::Server(why))).await;
                     }
                 }
                 Event::WroteClient(Ok(n)) if n > 0 => {
@@ -170,9 +185,12 @@ impl PooledSession {
     }
 
     /// Waits for the first of: a signal, room to write either side (or a flush owed), bytes
-    /// to read from either side while the buffer they go to has room.
+    /// to read from either side while the buffer they go to has room, the stuck check.
+    /// Polled by hand, in that order: both directions of a socket are polled one after the
+    /// other through the one `&mut`, so a TLS stream is not split each turn.
     async fn next_event(&mut self, unflushed: &Unflushed, stuck_at: Option<Instant>) -> Event {
         use super::conversation::BUFFER_LIMIT;
+        use std::task::Poll;
         let read_client = self.to_server.len() < BUFFER_LIMIT;
         let read_server = self.to_client.len() < BUFFER_LIMIT;
         for buf in [&mut self.from_client, &mut self.from_server] {
@@ -181,27 +199,54 @@ impl PooledSession {
             }
         }
         let held = self.held.as_mut().expect("exchange runs with a server");
-        let (mut sr, mut sw) = held.lease.conn.stream.halves();
-        let (mut cr, mut cw) = self.client.halves();
+        let server = &mut held.lease.conn.stream;
+        let client = &mut self.client;
         let write_server = !self.to_server.is_empty() || unflushed.server;
         let write_client = !self.to_client.is_empty() || unflushed.client;
-        tokio::select! {
-            biased;
-            _ = self.signal.wait() => Event::Signal,
-            r = push(&mut sw, &self.to_server), if write_server => match r {
-                Ok(None) => Event::FlushedServer,
-                Ok(Some(n)) => Event::WroteServer(Ok(n)),
-                Err(e) => Event::WroteServer(Err(e)),
-            },
-            r = push(&mut cw, &self.to_client), if write_client => match r {
-                Ok(None) => Event::FlushedClient,
-                Ok(Some(n)) => Event::WroteClient(Ok(n)),
-                Err(e) => Event::WroteClient(Err(e)),
-            },
-            r = sr.read_buf(&mut self.from_server), if read_server => Event::ReadServer(r),
-            r = cr.read_buf(&mut self.from_client), if read_client => Event::ReadClient(r),
-            () = sleep_until(stuck_at), if stuck_at.is_some() => Event::StuckCheck,
-        }
+        let (to_server, to_client) = (&self.to_server, &self.to_client);
+        let (from_server, from_client) = (&mut self.from_server, &mut self.from_client);
+        let signal = &self.signal;
+        let mut timer = stuck_at.map(|at| arm(&mut self.timer, at));
+        std::future::poll_fn(|cx| {
+            if signal.poll_wait(cx).is_ready() {
+                return Poll::Ready(Event::Signal);
+            }
+            if write_server {
+                if let Poll::Ready(r) = poll_push(server, cx, to_server) {
+                    return Poll::Ready(match r {
+                        Ok(None) => Event::FlushedServer,
+                        Ok(Some(n)) => Event::WroteServer(Ok(n)),
+                        Err(e) => Event::WroteServer(Err(e)),
+                    });
+                }
+            }
+            if write_client {
+                if let Poll::Ready(r) = poll_push(client, cx, to_client) {
+                    return Poll::Ready(match r {
+                        Ok(None) => Event::FlushedClient,
+                        Ok(Some(n)) => Event::WroteClient(Ok(n)),
+                        Err(e) => Event::WroteClient(Err(e)),
+                    });
+                }
+            }
+            if read_server {
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, from_server) {
+                    return Poll::Ready(Event::ReadServer(r));
+                }
+            }
+            if read_client {
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, from_client) {
+                    return Poll::Ready(Event::ReadClient(r));
+                }
+            }
+            if let Some(timer) = timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::StuckCheck);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     fn count_stuck(&self, why: &str) {
@@ -292,12 +337,25 @@ impl PooledSession {
     }
 }
 
-/// Resolves at `at`; never without it. The timer is made when first polled.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// How late the session's timer may fire: a deadline that moved by less keeps the timer as
+/// it is, so transactions under load do not each put a timer in the runtime's wheel and
+/// take it out again. The stuck check (`pool.stuck_check`) and the idle-in-transaction
+/// timeout are enforced up to this late, as pgbouncer's once-a-second janitor does.
+const TIMER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The session's timer, set to fire between `at` and `at + TIMER_SLACK`. A timer left set
+/// when the exchange ends fires once while the client idles, which it ignores.
+fn arm(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    at: Instant,
+) -> Pin<&mut tokio::time::Sleep> {
+    let at = tokio::time::Instant::from_std(at);
+    match timer {
+        Some(t) if t.deadline() >= at && t.deadline() <= at + TIMER_SLACK => {}
+        Some(t) => t.as_mut().reset(at + TIMER_SLACK),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at + TIMER_SLACK))),
     }
+    timer.as_mut().expect("set above").as_mut()
 }
 
 /// Writes what a plain socket takes of `buf` without waiting; leaves TLS streams alone.
@@ -317,11 +375,16 @@ fn write_now(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
 }
 
 /// Writes some of `buf`, or flushes (TLS) once it is all written: `None` when flushed.
-async fn push(w: &mut WriteSide<'_>, buf: &[u8]) -> std::io::Result<Option<usize>> {
-    use tokio::io::AsyncWriteExt;
+fn poll_push(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+    buf: &[u8],
+) -> std::task::Poll<std::io::Result<Option<usize>>> {
+    use tokio::io::AsyncWrite;
+    let stream = Pin::new(stream);
     if buf.is_empty() {
-        w.flush().await.map(|()| None)
+        stream.poll_flush(cx).map_ok(|()| None)
     } else {
-        w.write(buf).await.map(Some)
+        stream.poll_write(cx, buf).map_ok(Some)
     }
 }

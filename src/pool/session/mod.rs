@@ -104,6 +104,8 @@ pub struct PooledSession {
     /// transaction.
     held: Option<Held>,
     route_cache: Option<Box<RouteCache>>,
+    /// The exchange's timer (stuck check, idle in transaction), kept between transactions.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The worker thread the session runs on: server connections are taken from it first.
     home: usize,
     /// When it logged in: a KILL of its database after that ends it.
@@ -240,6 +242,7 @@ pub async fn start(
         large: None,
         held: None,
         route_cache: None,
+        timer: None,
         home: crate::shards::MAIN,
         began: tokio::time::Instant::now(),
         hold_seconds,
@@ -318,21 +321,26 @@ impl PooledSession {
     /// Runs the unit of work the client started on a server connection, and gives it back.
     async fn transaction(&mut self) -> Result<(), Exit> {
         if let Some(e) = self.owed.take() {
-            return self.fail_unit(e).await;
+            return Box::pin(self.fail_unit(e)).await;
         }
-        self.registration.entry.set(ClientActivity::Waiting, 0);
+        // The one clock reading the way to a server connection takes.
+        let arrived = tokio::time::Instant::now();
+        let entry = &self.registration.entry;
+        entry.set(ClientActivity::Waiting, 0, Some(arrived.into_std()));
         self.state.set(ClientState::Held);
-        match self.acquire().await {
+        match self.acquire(arrived).await {
             Ok(held) => {
                 let conn = &held.lease.conn;
-                self.registration.entry.set(ClientActivity::Active, conn.id);
+                self.registration
+                    .entry
+                    .set(ClientActivity::Active, conn.id, None);
                 *lock(&self.cancel) = Some((conn.addr.clone(), conn.key.clone()));
                 self.hold(held);
                 self.read_sent_client();
             }
             Err(Unserved::Refused(e)) => {
-                self.registration.entry.set(ClientActivity::Idle, 0);
-                return self.fail_unit(e).await;
+                self.registration.entry.set(ClientActivity::Idle, 0, None);
+                return Box::pin(self.fail_unit(e)).await;
             }
             Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
         }
@@ -340,14 +348,14 @@ impl PooledSession {
         self.sync_vars();
         let done = self.exchange().await;
         *lock(&self.cancel) = None;
-        self.registration.entry.set(ClientActivity::Idle, 0);
+        self.registration.entry.set(ClientActivity::Idle, 0, None);
         self.state.set(ClientState::Idle);
         let held = self.held.take();
         let done = match done {
             Ok(done) => done,
             Err(e) => {
                 if let Some(held) = held {
-                    self.put_back(held, Done::ClientLeft).await;
+                    Box::pin(self.put_back(held, Done::ClientLeft)).await;
                 }
                 return Err(e);
             }

@@ -168,14 +168,14 @@ impl PooledSession {
         // The client's SQL-level prepared statements leave with it; one that was not there
         // (its PREPARE failed again) leaves the connection's state unknown: closed.
         for sql in cleanup {
-            if lease.conn.run(&sql).await.is_err() {
+            if Box::pin(lease.conn.run(&sql)).await.is_err() {
                 lease.discard();
                 return;
             }
         }
         if matches!(done, Done::ClientLeft) && self.conversation.mode() == PoolMode::Session {
             let reset = self.shared.config().pool.server_reset_query.clone();
-            if lease.conn.run(&reset).await.is_err() {
+            if Box::pin(lease.conn.run(&reset)).await.is_err() {
                 lease.discard();
                 return;
             }

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::exchange::TurnClock;
 use super::idle::{READ_CHUNK, READ_MIN};
 use super::PooledSession;
 use crate::servers::server::{Endpoint, ServerConn};
@@ -22,6 +23,7 @@ impl PooledSession {
         after: Duration,
         server_unflushed: bool,
         silent_since: &mut Option<Instant>,
+        clock: &mut TurnClock,
     ) -> Option<Instant> {
         if after.is_zero()
             || server_unflushed
@@ -31,7 +33,7 @@ impl PooledSession {
             *silent_since = None;
             return None;
         }
-        Some(*silent_since.get_or_insert_with(Instant::now) + after)
+        Some(*silent_since.get_or_insert_with(|| clock.now()) + after)
     }
 
     /// Whether the held server waits to read from its client, asked of pg_stat_activity from

@@ -84,7 +84,7 @@ impl PooledSession {
     /// reports, and the defaults of the client's database and user remembered from it.
     async fn params_from_server(&mut self) -> Result<(Params, Defaults), Exit> {
         self.state.set(ClientState::Held);
-        let held = match self.acquire().await {
+        let held = match self.acquire(tokio::time::Instant::now()).await {
             Ok(held) => held,
             Err(Unserved::Refused(e)) => return Err(Exit::Fatal(PgError { fatal: true, ..e })),
             Err(Unserved::ClientLeft(waited)) => return Err(self.left_waiting(waited)),
