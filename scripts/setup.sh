@@ -55,5 +55,6 @@ php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' || { echo "setup: php pdo_
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
-# cargo-deny checks licenses, bans and sources of every dependency in the tests.
+# cargo-deny checks advisories (offline, scripts/advisory-db.sh), licenses, bans and sources of
+# every dependency in the tests.
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --quiet

@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# Advisories need the RustSec database from GitHub, out of reach here (see deny.toml).
 # cargo-deny reads the metadata of every platform's dependencies, which a build does not fetch.
 cargo fetch --quiet
-cargo deny --offline --log-level error check licenses bans sources
+cargo fetch --quiet --manifest-path fuzz/Cargo.toml
+# Advisories from the RustSec snapshot beside the checkout (../shared/advisory-db), copied where
+# deny.toml's db-path says; offline, nothing fetched. The fuzz crate has a lock file of its own.
+scripts/advisory-db.sh
+cargo deny --offline --log-level error check advisories licenses bans sources
+cargo deny --offline --log-level error --manifest-path fuzz/Cargo.toml check advisories
 # The driver matrix runs the lab crate's tokio-postgres driver (tests/drivers/README.md).
 cargo build -p pgrouter-lab --bins
 cargo test --workspace

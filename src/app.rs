@@ -69,6 +69,8 @@ pub struct App {
     connections: Arc<EtcdConnections>,
     /// The first cluster's tasks.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// The admin endpoint's TLS acceptor in force (`listen.admin_tls`), replaced on reload.
+    admin_tls: tokio::sync::watch::Sender<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 /// Runs the router until `shutdown` completes, then drains sessions for up to drain_timeout.
@@ -79,6 +81,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let users = load_users(&config)?;
     let tls = crate::tls::Transport::load(&config)?;
+    let admin_tls = crate::admin::tls::acceptor(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let registry = Registry::new();
     let connections = Arc::new(EtcdConnections::default());
@@ -96,6 +99,7 @@ pub async fn run(
         registry,
         connections,
         background: Mutex::new(first.background),
+        admin_tls: tokio::sync::watch::Sender::new(admin_tls),
     });
     app.bind_changed(&config).await?;
     for name in config.clusters.keys() {
@@ -121,8 +125,10 @@ pub async fn run(
         etcd = ?config.cluster.etcd,
         clusters = ?config.clusters.keys().collect::<Vec<_>>(),
         workers = app.shards.count(),
+        admin_tls = config.listen.admin_tls,
         "pgrouter listening"
     );
+    warn_admin_in_clear(&config);
     shutdown.await;
     app.drain().await;
     for task in lock(&app.background).drain(..) {
@@ -175,6 +181,7 @@ impl App {
         }
         let users = load_users(&new)?;
         let tls = crate::tls::Transport::load(&new)?;
+        let admin_tls = crate::admin::tls::acceptor(&new)?;
         for c in new.clusters.values() {
             crate::dcs::access::load(c)?;
         }
@@ -222,6 +229,9 @@ impl App {
         }
         self.shared.credentials.set_users(users);
         self.shared.set_transport(tls);
+        // Connections accepted from now on use the new certificate (or none).
+        self.admin_tls.send_replace(admin_tls);
+        warn_admin_in_clear(&new);
         self.shared.set_config(Arc::new(new));
         tracing::info!(path = %path.display(), "config reloaded");
         Ok(())
@@ -350,7 +360,11 @@ impl App {
                 None => {
                     let first = crate::admin::Admin::new(shared, self.sessions.clone());
                     let endpoint = crate::admin::Endpoint::new(first, self.admin_others.clone());
-                    tokio::spawn(crate::admin::http::serve(listener, Arc::new(endpoint)))
+                    tokio::spawn(crate::admin::http::serve(
+                        listener,
+                        Arc::new(endpoint),
+                        self.admin_tls.subscribe(),
+                    ))
                 }
             };
             if let Some(old) = listeners[i].replace(Bound { addr, task }) {
@@ -415,11 +429,23 @@ impl App {
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     load_users(config)?;
     crate::tls::Transport::load(config)?;
+    crate::admin::tls::acceptor(config)?;
     crate::dcs::access::load(&config.cluster)?;
     for c in config.clusters.values() {
         crate::dcs::access::load(c)?;
     }
     Ok(())
+}
+
+/// A token sent in clear beyond this host is worth a warning at every start and reload.
+fn warn_admin_in_clear(config: &Config) {
+    let l = &config.listen;
+    if l.admin_token.is_some() && !l.admin_tls && !l.admin.ip().is_loopback() {
+        tracing::warn!(
+            admin = %l.admin,
+            "the admin endpoint is plain HTTP off loopback: its bearer token crosses the network in clear (set listen.admin_tls)"
+        );
+    }
 }
 
 /// The auth file's users (none without one); an unreadable or malformed file is refused

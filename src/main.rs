@@ -57,6 +57,9 @@ enum Command {
         /// Bearer token; default: `listen.admin_token` of --config.
         #[arg(long, env = "PGROUTER_ADMIN_TOKEN")]
         token: Option<String>,
+        /// PEM CA certificate the admin endpoint's certificate must chain to (https URLs).
+        #[arg(long, env = "PGROUTER_ADMIN_CA")]
+        cacert: Option<PathBuf>,
     },
 }
 
@@ -86,16 +89,23 @@ fn main() -> ExitCode {
             etcd,
             output,
         } => import_pgbouncer(&ini, userlist.as_deref(), &scope, &etcd, output.as_deref()),
-        Command::Status { admin, token } => {
+        Command::Status {
+            admin,
+            token,
+            cacert,
+        } => {
             let listen = config.map(|c| c.listen);
-            let admin = admin.unwrap_or_else(|| {
-                let addr = listen
-                    .as_ref()
-                    .map_or("127.0.0.1:8080".to_owned(), |l| l.admin.to_string());
-                format!("http://{addr}")
+            let admin = admin.unwrap_or_else(|| match &listen {
+                None => "http://127.0.0.1:8080".to_owned(),
+                // A local admin certificate names localhost (README, Operations).
+                Some(l) if l.admin_tls && local(l.admin.ip()) => {
+                    format!("https://localhost:{}", l.admin.port())
+                }
+                Some(l) if l.admin_tls => format!("https://{}", l.admin),
+                Some(l) => format!("http://{}", l.admin),
             });
             let token = token.or_else(|| listen.and_then(|l| l.admin_token));
-            match pgrouter::status_cli::print_status(&admin, token.as_deref()) {
+            match pgrouter::status_cli::print_status(&admin, token.as_deref(), cacert.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pgrouter status: {e}");
@@ -128,6 +138,11 @@ fn main() -> ExitCode {
             run(config, cli.config)
         }
     }
+}
+
+/// Whether the admin endpoint bound to `ip` is reached on this host's loopback.
+fn local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 fn import_pgbouncer(

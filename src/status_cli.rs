@@ -1,14 +1,19 @@
-//! `pgrouter status`: fetch a router's /status and print it as a patronictl-like table.
+//! `pgrouter status`: fetch a router's /status (over HTTPS with `--cacert` when the admin
+//! endpoint has `listen.admin_tls`) and print it as a patronictl-like table.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// Fetches `<admin>/status` and prints the cluster, members and clients.
-pub fn print_status(admin: &str, token: Option<&str>) -> Result<(), String> {
-    let body = get(admin, "/status", token)?;
+/// Fetches `<admin>/status` and prints the cluster, members and clients. `admin` is
+/// `http://host:port`, `https://host:port` (the certificate checked against `ca`, for the
+/// host named) or `host:port`.
+pub fn print_status(admin: &str, token: Option<&str>, ca: Option<&Path>) -> Result<(), String> {
+    let body = get(admin, "/status", token, ca)?;
     let status: Value =
         serde_json::from_str(&body).map_err(|e| format!("{admin}/status is not JSON: {e}"))?;
     print!("{}", render_all(&status));
@@ -23,12 +28,13 @@ pub fn render_all(status: &Value) -> String {
     }
 }
 
-fn get(admin: &str, path: &str, token: Option<&str>) -> Result<String, String> {
-    let authority = admin
-        .strip_prefix("http://")
-        .unwrap_or(admin)
-        .trim_end_matches('/');
-    let mut stream =
+fn get(admin: &str, path: &str, token: Option<&str>, ca: Option<&Path>) -> Result<String, String> {
+    let (https, authority) = match admin.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, admin.strip_prefix("http://").unwrap_or(admin)),
+    };
+    let authority = authority.trim_end_matches('/');
+    let stream =
         TcpStream::connect(authority).map_err(|e| format!("cannot reach {authority}: {e}"))?;
     let timeout = Some(Duration::from_secs(5));
     stream
@@ -39,13 +45,12 @@ fn get(admin: &str, path: &str, token: Option<&str>) -> Result<String, String> {
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+    let response = if https {
+        let ca = ca.ok_or("https needs --cacert: the CA that signed the admin certificate")?;
+        exchange(tls_stream(authority, ca, stream)?, &request)?
+    } else {
+        exchange(stream, &request)?
+    };
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or("malformed HTTP answer")?;
@@ -54,6 +59,45 @@ fn get(admin: &str, path: &str, token: Option<&str>) -> Result<String, String> {
         return Err(format!("{authority}{path} answered {status}: {body}"));
     }
     Ok(body.to_owned())
+}
+
+/// Sends `request` and reads the answer to the end of the connection.
+fn exchange(mut stream: impl Read + Write, request: &str) -> Result<String, String> {
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A TLS peer that closed without close_notify after a whole answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(format!("reading the answer: {e}")),
+    }
+    String::from_utf8(response).map_err(|e| format!("the answer is not UTF-8: {e}"))
+}
+
+/// TLS over `tcp` to `authority` ("host:port"), its certificate checked against `ca` for host.
+fn tls_stream(
+    authority: &str,
+    ca: &Path,
+    tcp: TcpStream,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    let roots = crate::tls::read_roots("--cacert", ca).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| format!("TLS with {authority}: {e}"))?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// The table: one line per member, then clients per port.

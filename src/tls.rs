@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,11 +56,10 @@ pub(crate) fn read_certs(
     key: &str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let data = std::fs::read(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(key, path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+        .map_err(|e| pem_error(key, path, e))?;
     if certs.is_empty() {
         return Err(invalid(
             key,
@@ -67,6 +67,14 @@ pub(crate) fn read_certs(
         ));
     }
     Ok(certs)
+}
+
+/// A PEM file's error, naming the config key and the file.
+fn pem_error(key: &str, path: &Path, e: pem::Error) -> ConfigError {
+    match e {
+        pem::Error::Io(e) => invalid(key, format!("cannot read {}: {e}", path.display())),
+        e => invalid(key, format!("{}: {e}", path.display())),
+    }
 }
 
 pub(crate) fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
@@ -81,11 +89,10 @@ pub(crate) fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, Config
 
 /// The PEM private key at `path`, the error naming `key`.
 pub(crate) fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    let data = std::fs::read(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
-        .ok_or_else(|| invalid(key, format!("{}: no PEM private key", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => invalid(key, format!("{}: no PEM private key", path.display())),
+        e => pem_error(key, path, e),
+    })
 }
 
 impl Transport {
@@ -285,6 +292,46 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:5432"), "127.0.0.1");
         assert_eq!(host_of("[::1]:5432"), "::1");
         assert_eq!(host_of("db1.example:5432"), "db1.example");
+    }
+
+    #[test]
+    fn pem_files_read_and_refused_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("pgrouter-tls-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (chain, key_path, empty, broken) = (
+            dir.join("chain.crt"),
+            dir.join("a.key"),
+            dir.join("empty.pem"),
+            dir.join("broken.pem"),
+        );
+        std::fs::write(&chain, format!("{}{}", cert.pem(), cert.pem())).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&empty, "not PEM\n").unwrap();
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        assert_eq!(read_certs("k", &chain).unwrap().len(), 2);
+        assert!(matches!(
+            read_key("k", &key_path).unwrap(),
+            PrivateKeyDer::Pkcs8(_)
+        ));
+        let e = read_certs("tls.cert", &empty).unwrap_err().to_string();
+        assert!(e.ends_with("empty.pem: no PEM certificate in it"), "{e}");
+        let e = read_key("tls.key", &chain).unwrap_err().to_string();
+        assert!(e.ends_with("chain.crt: no PEM private key"), "{e}");
+        let e = read_certs("tls.cert", &broken).unwrap_err().to_string();
+        assert!(
+            e.starts_with("tls.cert: ") && e.contains("missing section end marker"),
+            "{e}"
+        );
+        let e = read_key("tls.key", &dir.join("none.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tls.key: cannot read "), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

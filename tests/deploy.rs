@@ -314,11 +314,16 @@ fn prometheus_config_is_valid() {
     assert!(out.status.success(), "{}", output_text(&out));
 }
 
-/// The keepalived examples check the local router's /primary on the admin port the config uses.
+/// The keepalived examples check the local router's /primary on the admin port the config uses,
+/// over HTTPS (tests/cluster/balancers.rs runs the command against a router).
 #[test]
 fn keepalived_tracks_the_routers_primary_endpoint() {
     let config = Config::load(&root().join("config/ha-vip/pgrouter.toml")).unwrap();
-    let url = format!("http://127.0.0.1:{}/primary", config.listen.admin.port());
+    assert!(
+        config.listen.admin_tls,
+        "the ha-vip admin endpoint is off loopback: HTTPS"
+    );
+    let url = format!("https://localhost:{}/primary", config.listen.admin.port());
     for file in [
         "config/ha-vip/keepalived-db1.conf",
         "config/ha-vip/keepalived-db2.conf",

@@ -1,66 +1,11 @@
-//! What the admin endpoint answers: health, routability per port, status, pause and resume,
-//! reload. Each returns an HTTP status and a JSON body; `http.rs` does the wire.
+//! What the admin endpoint answers besides its checks (`checks.rs`): status, pause and
+//! resume, reload. Each returns an HTTP status and a JSON body; `http.rs` does the wire.
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::{pause, Admin, Endpoint};
 use crate::route::Port;
-
-/// 200 when the router has a live etcd view and knows a leader, 503 otherwise.
-pub fn health(admin: &Admin) -> (StatusCode, Value) {
-    let topology = admin.shared.topology.borrow().clone();
-    let dcs_connected = admin.shared.metrics.dcs_connected.get() == 1;
-    let healthy = dcs_connected && topology.synced && topology.leader.is_some();
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let problem = admin.shared.dcs_health.problem();
-    let reason = (!healthy).then(|| {
-        problem.clone().unwrap_or_else(|| {
-            if !dcs_connected || !topology.synced {
-                "no view of the cluster yet".to_owned()
-            } else {
-                "no member holds Patroni's leader key".to_owned()
-            }
-        })
-    });
-    let body = json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "cluster": topology.scope,
-        "dcs_connected": dcs_connected,
-        "dcs_problem": problem,
-        "leader": topology.leader,
-        "reason": reason,
-    });
-    (status, body)
-}
-
-/// Every cluster's health: 200 only when each is healthy. With one cluster the body is its
-/// own; with several, the first's with `clusters` listing each (`?cluster=` asks one).
-pub fn health_all(endpoint: &Endpoint) -> (StatusCode, Value) {
-    let (status, mut body) = health(&endpoint.first);
-    let others = endpoint.others();
-    if others.is_empty() {
-        return (status, body);
-    }
-    let mut all_ok = status == StatusCode::OK;
-    let mut clusters = vec![body.clone()];
-    for other in &others {
-        let (s, b) = health(other);
-        all_ok &= s == StatusCode::OK;
-        clusters.push(b);
-    }
-    body["clusters"] = Value::Array(clusters);
-    if all_ok {
-        (StatusCode::OK, body)
-    } else {
-        body["status"] = json!("unavailable");
-        (StatusCode::SERVICE_UNAVAILABLE, body)
-    }
-}
 
 /// The first cluster's status, with `clusters` holding every cluster's when there are several.
 pub fn status_all(endpoint: &Endpoint) -> (StatusCode, Value) {
@@ -74,30 +19,8 @@ pub fn status_all(endpoint: &Endpoint) -> (StatusCode, Value) {
     (status, body)
 }
 
-/// 200 when a new client on `port` would be routed now (for keepalived or HAProxy checks in
-/// front of several routers), 503 with the reason otherwise.
-pub fn can_route(admin: &Admin, port: Port) -> (StatusCode, Value) {
-    let topology = admin.shared.topology.borrow().clone();
-    let config = admin.shared.config();
-    let verdict = if admin.shared.is_paused(port) {
-        Err("paused".to_owned())
-    } else {
-        admin.shared.router.available(&config, &topology, port)
-    };
-    match verdict {
-        Ok(member) => (
-            StatusCode::OK,
-            json!({"port": port.label(), "member": member}),
-        ),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"port": port.label(), "error": why}),
-        ),
-    }
-}
-
 /// The topology as this router sees it: members with their lag, each listener's read set
-/// (who serves, who does not and why, since when), and the clients.
+/// (who serves, who does not and why, since when), the clients and the pools.
 pub fn status(admin: &Admin) -> (StatusCode, Value) {
     let shared = &admin.shared;
     let topology = shared.topology.borrow().clone();
@@ -187,6 +110,13 @@ pub fn status(admin: &Admin) -> (StatusCode, Value) {
             (port.label().to_owned(), v)
         })
         .collect();
+    let pools = shared.pools.all();
+    let pools = json!({
+        "count": pools.len(),
+        "servers": pools.iter().map(|p| p.open_count()).sum::<usize>(),
+        "idle": pools.iter().map(|p| p.idle_count()).sum::<usize>(),
+        "waiting": pools.iter().map(|p| p.waiting()).sum::<usize>(),
+    });
     let body = json!({
         "cluster": topology.scope,
         "dcs": {"connected": metrics.dcs_connected.get() == 1, "synced": topology.synced, "problem": admin.shared.dcs_health.problem()},
@@ -197,6 +127,7 @@ pub fn status(admin: &Admin) -> (StatusCode, Value) {
         "listeners": listeners,
         "listen": {"primary": config.listen.primary, "replicas": config.listen.replicas, "admin": config.listen.admin},
         "clients": clients,
+        "pools": pools,
         "sessions": admin.session_count(),
     });
     (StatusCode::OK, body)
@@ -219,16 +150,6 @@ fn ports(admin: &Admin, query: Option<&str>) -> Result<Vec<Port>, (StatusCode, V
                 )
             }),
     }
-}
-
-/// The listener named `name`, for `GET /listener/<name>`.
-pub fn port_named(admin: &Admin, name: &str) -> Option<Port> {
-    admin
-        .shared
-        .ports()
-        .iter()
-        .copied()
-        .find(|p| p.label() == name)
 }
 
 /// Holds new clients and new transactions on the ports, then waits (up to drain_timeout) for

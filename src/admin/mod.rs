@@ -1,18 +1,24 @@
 //! Administration: the HTTP admin endpoint and the admin console, and what both answer.
 //!
-//! - `http`: the admin endpoint (hyper): routes and the bearer token.
-//! - `api`: what the endpoint answers: health, routability per port, status, pause, resume,
-//!   reload.
+//! - `http`: the admin endpoint (hyper, HTTPS with `tls`): the wire and the bearer token.
+//! - `routes`: which answer a request asks for (methods, Patroni's aliases), without state.
+//! - `checks`: health and whether a listener can route, for load balancers and keepalived.
+//! - `api`: status, pause, resume, reload; `page`: the HTML status page at `/`.
+//! - `tls`: the admin endpoint's certificate (`listen.admin_tls`).
 //! - `console`: the pgbouncer-style admin console, the virtual database "pgrouter" on a pooled
 //!   port (SHOW, PAUSE, RESUME, RELOAD).
 //! - `show`: the tables the console's SHOW commands answer.
 //! - `pause`: PAUSE and RESUME, the same for both: PAUSE waits for the transactions in flight.
 
 pub mod api;
+pub mod checks;
 pub mod console;
 pub mod http;
+mod page;
 pub mod pause;
+pub mod routes;
 mod show;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -184,10 +184,18 @@ pub struct ListenConfig {
     pub startup_timeout: HumanDuration,
     /// Client connections beyond this get FATAL 53300.
     pub max_client_conn: usize,
-    /// Admin HTTP endpoint: /metrics, /health, /primary, /replica, /status, /pause, /resume, /reload.
+    /// Admin HTTP endpoint: the status page, /metrics, the health checks (/health, /primary,
+    /// /replica, Patroni's aliases), /status, /pause, /resume, /reload.
     pub admin: SocketAddr,
     /// Bearer token the admin endpoint requires; mandatory when `admin` is not on loopback.
     pub admin_token: Option<String>,
+    /// Serve the admin endpoint over HTTPS only, so its token and answers do not cross the
+    /// network in clear: with `admin_cert` and `admin_key`, else `[tls]`'s cert and key.
+    pub admin_tls: bool,
+    /// PEM certificate chain of the admin endpoint (with `admin_tls`).
+    pub admin_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `admin_cert`.
+    pub admin_key: Option<std::path::PathBuf>,
     /// How clients of the primary port reach the server: see [`PoolMode`].
     pub primary_pool_mode: PoolMode,
     /// How clients of the replicas port reach the server.
@@ -428,6 +436,9 @@ impl Default for ListenConfig {
             max_client_conn: 10_000,
             admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            admin_tls: false,
+            admin_cert: None,
+            admin_key: None,
             primary_pool_mode: PoolMode::Passthrough,
             replicas_pool_mode: PoolMode::Passthrough,
         }
@@ -454,6 +465,22 @@ impl Default for RoutingConfig {
 }
 
 impl Config {
+    /// The admin endpoint's certificate and key with the keys naming them (`listen.admin_cert`,
+    /// else `tls.cert`), when `listen.admin_tls` is on and validation found them.
+    pub fn admin_tls_files(&self) -> Option<[(&'static str, &std::path::Path); 2]> {
+        let l = &self.listen;
+        if !l.admin_tls {
+            return None;
+        }
+        match (&l.admin_cert, &l.admin_key, &self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key), _, _) => {
+                Some([("listen.admin_cert", cert), ("listen.admin_key", key)])
+            }
+            (None, None, Some(cert), Some(key)) => Some([("tls.cert", cert), ("tls.key", key)]),
+            _ => None,
+        }
+    }
+
     /// The etcd key prefix Patroni writes this cluster under, e.g. "/service/demo/".
     pub fn key_prefix(&self) -> String {
         format!(

@@ -386,3 +386,50 @@ fn further_clusters_need_their_own_ports_and_scope() {
     assert!(billing.clusters.is_empty() && billing.cluster.primary.is_none());
     assert_eq!(billing.listen.admin, config.listen.admin);
 }
+
+#[test]
+fn admin_tls_takes_its_own_certificate_or_the_tls_one() {
+    let e = err(&format!("{MINIMAL}[listen]\nadmin_tls = true\n"));
+    assert!(
+        e.starts_with("listen.admin_tls: needs listen.admin_cert and listen.admin_key"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[listen]\nadmin_tls = true\nadmin_cert = \"/a.crt\"\n"
+    ));
+    assert!(
+        e.starts_with("listen.admin_key: required with listen.admin_cert"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[listen]\nadmin_cert = \"/a.crt\"\nadmin_key = \"/a.key\"\n"
+    ));
+    assert!(
+        e.starts_with("listen.admin_cert: set listen.admin_tls"),
+        "{e}"
+    );
+    let own = Config::from_toml(&format!(
+        "{MINIMAL}[listen]\nadmin_tls = true\nadmin_cert = \"/a.crt\"\nadmin_key = \"/a.key\"\n[tls]\ncert = \"/t.crt\"\nkey = \"/t.key\"\n"
+    ))
+    .unwrap();
+    let [(cert_key, cert), (key_key, _)] = own.admin_tls_files().unwrap();
+    assert_eq!(
+        (cert_key, key_key),
+        ("listen.admin_cert", "listen.admin_key")
+    );
+    assert_eq!(cert, std::path::Path::new("/a.crt"));
+    // [tls]'s certificate serves the admin endpoint even while tls.mode is "disable".
+    let borrowed = Config::from_toml(&format!(
+        "{MINIMAL}[listen]\nadmin_tls = true\n[tls]\ncert = \"/t.crt\"\nkey = \"/t.key\"\n"
+    ))
+    .unwrap();
+    let [(cert_key, cert), _] = borrowed.admin_tls_files().unwrap();
+    assert_eq!(
+        (cert_key, cert),
+        ("tls.cert", std::path::Path::new("/t.crt"))
+    );
+    assert!(Config::from_toml(MINIMAL)
+        .unwrap()
+        .admin_tls_files()
+        .is_none());
+}

@@ -77,6 +77,38 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_admin_tls()
+    }
+
+    fn validate_admin_tls(&self) -> Result<(), ConfigError> {
+        let l = &self.listen;
+        match (&l.admin_cert, &l.admin_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "listen.admin_key",
+                    "required with listen.admin_cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "listen.admin_cert",
+                    "required with listen.admin_key",
+                ))
+            }
+            (Some(_), Some(_)) if !l.admin_tls => {
+                return Err(ConfigError::invalid(
+                    "listen.admin_cert",
+                    "set listen.admin_tls = true to serve the admin endpoint over HTTPS with it",
+                ))
+            }
+            _ => {}
+        }
+        if l.admin_tls && self.admin_tls_files().is_none() {
+            return Err(ConfigError::invalid(
+                "listen.admin_tls",
+                "needs listen.admin_cert and listen.admin_key, or tls.cert and tls.key",
+            ));
+        }
         Ok(())
     }
 

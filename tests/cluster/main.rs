@@ -13,6 +13,7 @@
 //! A scenario stuck in a blocking call past its limit and a grace period ends the whole run
 //! (the others cannot share the lab with it), still with that closing line.
 
+mod balancers;
 mod clusters;
 mod console;
 mod dcs;
@@ -221,6 +222,14 @@ const TESTS: &[(&str, TestFn)] = &[
     ("two_clusters_behind_one_router", |lab| {
         Box::pin(clusters::two_clusters_behind_one_router(lab))
     }),
+    (
+        "balancers_haproxy_httpchk_options_and_get_in_front_of_two_routers",
+        |lab| Box::pin(balancers::haproxy_in_front_of_two_routers(lab)),
+    ),
+    (
+        "balancers_keepalived_track_script_as_shipped_in_ha_vip",
+        |lab| Box::pin(balancers::keepalived_track_script(lab)),
+    ),
 ];
 
 fn main() -> ExitCode {

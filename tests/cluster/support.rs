@@ -33,6 +33,8 @@ pub struct RouterOptions<'a> {
     pub sections: &'a str,
     /// Run pgrouter under this uid instead of root, so firewall rules can single it out.
     pub run_as: Option<u32>,
+    /// The admin port, when not `port + 2000` (a scenario whose ports must stay in a range).
+    pub admin: Option<u16>,
 }
 
 /// The lab's Patroni scope, which pgrouter's messages name.
@@ -47,14 +49,16 @@ impl Default for RouterOptions<'_> {
             listen_extra: "",
             sections: "",
             run_as: None,
+            admin: None,
         }
     }
 }
 
 impl Router {
-    /// Starts pgrouter on `port` (primary), `port + 1` (replicas) and `port + 2000` (admin)
-    /// and waits until it accepts connections.
+    /// Starts pgrouter on `port` (primary), `port + 1` (replicas) and `port + 2000` (admin,
+    /// unless `opts.admin` says) and waits until it accepts connections.
     pub fn start(lab: &Lab, port: u16, opts: RouterOptions) -> Result<Router> {
+        let admin = opts.admin.unwrap_or(port + ADMIN_OFFSET);
         let dir = lab.spec().dir.join(format!("router-{port}"));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("pgrouter.toml");
@@ -66,7 +70,7 @@ impl Router {
                 cluster_extra = opts.cluster_extra,
                 etcd = lab.etcd_toml_list(),
                 rport = port + 1,
-                aport = port + ADMIN_OFFSET,
+                aport = admin,
                 extra = opts.listen_extra,
                 routing = opts.routing,
                 sections = opts.sections,
@@ -88,7 +92,7 @@ impl Router {
             child,
             primary: port,
             replicas: port + 1,
-            admin: port + ADMIN_OFFSET,
+            admin,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use pgrouter_lab::Lab;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::NoTls;
 
@@ -287,7 +289,7 @@ pub async fn clients(lab: &Lab) -> Result<()> {
 /// The test CA as a rustls root store.
 fn test_roots(c: &Certs) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(&c.ca)?.as_slice()) {
+    for cert in CertificateDer::pem_file_iter(&c.ca)? {
         roots.add(cert?)?;
     }
     Ok(roots)
@@ -367,10 +369,8 @@ async fn tls_to_router(
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
     ensure!(tcp.read_u8().await? == b'S', "SSLRequest not accepted");
     let roots = test_roots(c)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(&c.client.cert)?.as_slice())
-        .collect::<Result<_, _>>()?;
-    let key = rustls_pemfile::private_key(&mut std::fs::read(&c.client.key)?.as_slice())?
-        .context("client key")?;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(&c.client.cert)?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&c.client.key).context("client key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
