@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench --bench e2e -- [--quick] [--rounds N] [--duration SECS] [--only w1,w2,w3,w4,w5]
 //! [--targets direct,HAProxy,pgbouncer,pgbouncer-1hop,pgrouter,pgrouter-txn] [--clients 16,150]
-//! [--modes simple,prepared] [--churn 1,16] [--idle N]` (as root). A target that does not start (or, for pgrouter-txn, does not pool) is
+//! [--modes simple,prepared] [--churn 1,16] [--idle N] [--txn-workers N]` (as root;
+//! `--txn-workers` sets pgrouter-txn's runtime.worker_threads). A target that does not start (or, for pgrouter-txn, does not pool) is
 //! reported as failed in every table; the others run.
 
 #[path = "e2e/idle.rs"]
@@ -63,6 +64,8 @@ struct Opts {
     /// W1's pgbench protocol modes.
     modes: Vec<&'static str>,
     idle: usize,
+    /// pgrouter-txn's `runtime.worker_threads` (0: one per core, the default).
+    txn_workers: u32,
     /// Some flag narrowed the run: its results file says so and it draws no plots over the
     /// published ones.
     partial: bool,
@@ -80,6 +83,7 @@ impl Opts {
             "--churn",
             "--modes",
             "--idle",
+            "--txn-workers",
         ];
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -133,9 +137,16 @@ impl Opts {
                 .filter(|a| wanted.contains(&a.to_lowercase()))
                 .collect())
         };
-        let partial = ["--only", "--targets", "--clients", "--churn", "--modes"]
-            .iter()
-            .any(|f| args.iter().any(|a| a == f));
+        let partial = [
+            "--only",
+            "--targets",
+            "--clients",
+            "--churn",
+            "--modes",
+            "--txn-workers",
+        ]
+        .iter()
+        .any(|f| args.iter().any(|a| a == f));
         Ok(Opts {
             quick,
             rounds: number("--rounds", if quick { 1 } else { 3 })?.max(1) as usize,
@@ -149,6 +160,7 @@ impl Opts {
             churn: numbers("--churn", if quick { &[16] } else { &[1, 16] })?,
             modes: names("--modes", &workloads::MODES)?,
             idle: number("--idle", if quick { 2000 } else { 10000 })? as usize,
+            txn_workers: number("--txn-workers", 0)?,
             partial,
         })
     }
@@ -235,6 +247,7 @@ fn main() -> Result<()> {
             PGROUTER_TXN_PORT,
             &secret,
             max_client_conn.max(20_000),
+            opts.txn_workers,
         )
     });
     let mut targets = Vec::new();
@@ -333,13 +346,18 @@ fn run_all(bench: &Bench, opts: &Opts, command: &str, notes: &[String]) -> Resul
         "# pgrouter e2e bench, {}\n\n`{command}`\n\n{} round(s), {} s per run, targets alternated within each round; medians over rounds. \
          Lab: PostgreSQL 15, 3 Patroni members, pgbench scale 10, {} cores shared by pgbench, PostgreSQL and the proxies. \
          pgbouncer: transaction mode, default_pool_size {pool}, in front of HAProxy. pgrouter: pass-through (default runtime.worker_threads: one per core). \
-         pgrouter-txn: pgrouter with primary_pool_mode = \"transaction\", pool_size {pool}, pgbouncer's userlist (SCRAM secret), default runtime.worker_threads (one per core). \
+         pgrouter-txn: pgrouter with primary_pool_mode = \"transaction\", pool_size {pool}, pgbouncer's userlist (SCRAM secret), runtime.worker_threads {workers}. \
+         pgbouncer-1hop: pgbouncer as above, directly on the leader. \
          Proxy CPU: utime+stime from /proc/<pid>/stat over the run / transactions.\n",
         utc("+%Y-%m-%d %H:%M UTC")?,
         opts.rounds,
         opts.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         pool = procs::POOL_SIZE,
+        workers = match opts.txn_workers {
+            0 => "0 (one per core)".to_owned(),
+            n => n.to_string(),
+        },
     );
     report::notes(&mut md, notes);
     let mut w1 = None;

@@ -51,6 +51,7 @@ pub(crate) mod auth;
 pub(crate) mod cancel;
 pub mod config;
 pub(crate) mod dcs;
+pub(crate) mod fnv;
 pub(crate) mod hold;
 pub mod import_pgbouncer;
 pub(crate) mod metrics;

@@ -29,7 +29,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// pgbench's own clients in the W4 runs.
 const ACTIVE_CLIENTS: u32 = 16;
 /// The W4 targets: the proxies that hold clients (direct and HAProxy are not among them).
-pub const IDLE_TARGETS: [&str; 3] = ["pgrouter", "pgrouter-txn", "pgbouncer"];
+pub const IDLE_TARGETS: [&str; 4] = ["pgrouter", "pgrouter-txn", "pgbouncer", "pgbouncer-1hop"];
 
 /// Client connections held open, each with its connection task on `rt`.
 pub struct Idle {

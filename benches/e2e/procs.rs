@@ -88,7 +88,8 @@ pub fn start_pgrouter(lab: &Lab, dir: &Path, port: u16) -> Result<Proc> {
 }
 
 /// pgrouter in transaction pooling mode on both listeners (ports as [`start_pgrouter`]), with
-/// pgbouncer's pool size and the same userlist (the SCRAM secret from pg_authid). An error when
+/// pgbouncer's pool size and the same userlist (the SCRAM secret from pg_authid), and
+/// `worker_threads` (0: one per core). An error when
 /// it exits or does not listen within 10 s, with the end of its log.
 pub fn start_pgrouter_txn(
     lab: &Lab,
@@ -96,13 +97,14 @@ pub fn start_pgrouter_txn(
     port: u16,
     scram_secret: &str,
     max_client_conn: usize,
+    worker_threads: u32,
 ) -> Result<Proc> {
     let userlist = dir.join("pgrouter-txn-userlist.txt");
     std::fs::write(&userlist, userlist_line(scram_secret))
         .with_context(|| format!("writing {}", userlist.display()))?;
     let extra = format!(
         "primary_pool_mode = \"transaction\"\nreplicas_pool_mode = \"transaction\"\nmax_client_conn = {max_client_conn}\n\
-         [pool]\npool_size = {POOL_SIZE}\n[auth]\nauth_file = \"{}\"\n",
+         [pool]\npool_size = {POOL_SIZE}\n[auth]\nauth_file = \"{}\"\n[runtime]\nworker_threads = {worker_threads}\n",
         userlist.display()
     );
     spawn_pgrouter(lab, dir, "pgrouter-txn", port, &extra)

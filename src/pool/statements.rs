@@ -7,12 +7,12 @@
 //! statement, and a Bind on a connection that lacks it is preceded by a Parse pgrouter sends
 //! itself (and whose ParseComplete it swallows).
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::fnv::FnvMap;
 use crate::protocol::wire::Reader;
 
 pub struct Statement {
@@ -53,7 +53,7 @@ impl Statement {
 /// One client's named statements.
 #[derive(Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Bytes, Arc<Statement>>,
+    by_name: FnvMap<Bytes, Arc<Statement>>,
 }
 
 impl ClientStatements {

@@ -1,11 +1,11 @@
 //! What the clients' conversations leave on a server connection and the next client must
 //! know: the tracked parameters it reports and the statements prepared on it.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::tracked::{Tracked, Vars};
+use crate::fnv::{FnvMap, FnvSet};
 
 pub struct ConnState {
     /// The tracked parameters as the server last reported them.
@@ -15,14 +15,14 @@ pub struct ConnState {
     /// server reports a change.
     pub in_step: Option<(Arc<Tracked>, Vars)>,
     /// Ids of the client statements prepared here under their pooled names, and when.
-    pub prepared: HashMap<u64, Instant>,
+    pub prepared: FnvMap<u64, Instant>,
     /// Settings the server does not report that pgrouter set here for a client (carried
     /// settings, `conversation::settings`): what the next client's must be compared with.
     pub extra: Vec<(String, String)>,
     /// Statements the server still holds under their pooled names but reported invalid
     /// (0A000, "cached plan must not change result type"): closed before they are prepared
     /// here again.
-    pub stale: HashSet<u64>,
+    pub stale: FnvSet<u64>,
 }
 
 impl ConnState {
@@ -32,8 +32,8 @@ impl ConnState {
             tracked,
             in_step: None,
             extra: Vec::new(),
-            prepared: HashMap::new(),
-            stale: HashSet::new(),
+            prepared: FnvMap::default(),
+            stale: FnvSet::default(),
         }
     }
 

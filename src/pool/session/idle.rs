@@ -152,8 +152,15 @@ impl PooledSession {
     /// Reads, without waiting, what the client has sent beyond the idle wait's small buffer,
     /// so a batch (Parse, Bind, Execute, Sync) reaches the server in one write, not two.
     /// An EOF or error is left for the exchange to read again.
+    /// A lone simple Query needs no more: it is the whole batch.
     pub(super) fn read_sent_client(&mut self) {
-        use std::future::Future;
+        let lone_query = matches!(
+            frame::header(&self.from_client),
+            Ok(Some((b'Q', len))) if len == self.from_client.len()
+        );
+        if lone_query {
+            return;
+        }
         if self.from_client.capacity() - self.from_client.len() < READ_MIN {
             self.from_client.reserve(READ_CHUNK);
         }
