@@ -279,6 +279,11 @@ impl RoleCheck {
         }
     }
 
+    /// Makes the next `changed` check whatever changed (for a route not checked before).
+    pub fn recheck(&mut self) {
+        self.config_epoch = None;
+    }
+
     /// The router's verdict when something changed since the last call; `None` otherwise.
     pub fn changed(&mut self, shared: &Shared, route: &Route) -> Option<Verdict> {
         let epoch = shared.config_epoch();

@@ -1,5 +1,6 @@
 //! A member for the client's port and a server connection from its pool, held as every
-//! client is held (`crate::hold`) while there is none.
+//! client is held (`crate::hold`) while there is none. A transaction that finds the topology
+//! and settings unchanged since the last one takes the last one's route without a hold.
 
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -19,6 +20,11 @@ use crate::topology::Topology;
 pub(super) struct RouteCache {
     topology: Arc<Topology>,
     config: Arc<Config>,
+    /// `shared.config_epoch()` read before `config` was: a reload since shows as a change.
+    config_epoch: u64,
+    /// `topology` was the session's topology receiver's latest when this was made, so the
+    /// receiver showing no change since means it is still the one in force.
+    current: bool,
     pool: Arc<Pool>,
     route: Arc<Route>,
 }
@@ -28,11 +34,66 @@ impl PooledSession {
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
     /// `arrived`: when the client's message came.
     pub(super) async fn acquire(&mut self, arrived: Instant) -> Result<Held, Unserved> {
+        let mut first = None;
+        if let Some(cache) = self.unchanged_route() {
+            // Nothing changed since the last transaction, and the port is not paused: the
+            // same member and pool, no hold set up (and nothing shared by every session
+            // touched: the settings' and topology's locks and counts).
+            let attempt = self
+                .checkout(&cache.pool, &cache.route, &cache.config, arrived)
+                .await;
+            let route = cache.route.clone();
+            self.route_cache = Some(cache);
+            match attempt {
+                Attempt::Served(lease) => {
+                    let waited = lease.taken().duration_since(arrived);
+                    self.hold_seconds.observe(waited.as_secs_f64());
+                    let retire = false;
+                    return Ok(Held {
+                        lease,
+                        route,
+                        retire,
+                    });
+                }
+                Attempt::Retry { error, soon } => first = Some((error, soon)),
+                Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
+                Attempt::Left => return Err(Unserved::ClientLeft(arrived.elapsed())),
+            }
+        }
+        Box::pin(self.acquire_held(arrived, first)).await
+    }
+
+    /// The last transaction's route, when the port is not paused and neither the topology
+    /// nor the settings changed since it was picked: atomic loads only.
+    fn unchanged_route(&mut self) -> Option<Box<RouteCache>> {
+        let shared = &self.shared;
+        let fresh = |c: &RouteCache| {
+            c.current
+                && c.config_epoch == shared.config_epoch()
+                && matches!(self.topology.has_changed(), Ok(false))
+        };
+        if shared.is_paused(self.port) || !self.route_cache.as_deref().is_some_and(fresh) {
+            return None;
+        }
+        self.route_cache.take()
+    }
+
+    /// `acquire` through the hold: `first`, when the cached route's try already failed so.
+    async fn acquire_held(
+        &mut self,
+        arrived: Instant,
+        mut first: Option<(PgError, bool)>,
+    ) -> Result<Held, Unserved> {
         let shared = self.shared.clone();
+        let config_epoch = shared.config_epoch();
         let mut hold = Hold::begin(&shared, self.port, &self.client, arrived).await?;
         // When this try began: the arrival for the first, read again after a wait.
         let mut asked = arrived;
         loop {
+            if let Some((error, soon)) = first.take() {
+                Box::pin(hold.retry(error, soon)).await?;
+                asked = Instant::now();
+            }
             let (topology, config) = hold.view();
             let config = config.clone();
             let cached = match self.route_cache.take() {
@@ -43,15 +104,18 @@ impl PooledSession {
                     c
                 }
                 _ => match shared.router.pick(&config, &topology, self.port) {
-                    Ok(route) => self.cache_route(route, topology, config.clone()),
+                    Ok(route) => {
+                        let current = Arc::ptr_eq(&self.topology.borrow_and_update(), &topology);
+                        let made = (topology, config.clone(), config_epoch, current);
+                        self.cache_route(route, made)
+                    }
                     Err(why) => {
                         let e = hold::no_member(&shared, &config, self.port, &why, true);
                         let error = transaction_error(e);
                         if !shared.router.holds(&config, &topology, self.port) {
                             return Err(Unserved::Refused(error));
                         }
-                        Box::pin(hold.retry(error, false)).await?;
-                        asked = Instant::now();
+                        first = Some((error, false));
                         continue;
                     }
                 },
@@ -69,22 +133,21 @@ impl PooledSession {
                         retire,
                     });
                 }
-                Attempt::Retry { error, soon } => {
-                    Box::pin(hold.retry(error, soon)).await?;
-                    asked = Instant::now();
-                }
+                Attempt::Retry { error, soon } => first = Some((error, soon)),
                 Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
                 Attempt::Left => return Err(Unserved::ClientLeft(hold.waited())),
             }
         }
     }
 
+    /// A route picked under the topology and settings in `made` (see `RouteCache`), with
+    /// its pool.
     fn cache_route(
         &self,
         route: Route,
-        topology: Arc<Topology>,
-        config: Arc<Config>,
+        made: (Arc<Topology>, Arc<Config>, u64, bool),
     ) -> Box<RouteCache> {
+        let (topology, config, config_epoch, current) = made;
         let database = &self.registration.entry.database;
         let plan = config.plan(database, &self.server_user);
         let key = PoolKey {
@@ -97,6 +160,8 @@ impl PooledSession {
         Box::new(RouteCache {
             topology,
             config,
+            config_epoch,
+            current,
             pool,
             route: Arc::new(route),
         })

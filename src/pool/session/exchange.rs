@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_util::io::poll_read_buf;
 
@@ -14,7 +15,6 @@ use super::conversation::{Broken, Heard, Taken};
 use super::idle::{READ_CHUNK, READ_MIN};
 use super::recovery::{Done, Lost};
 use super::{Exit, PooledSession};
-use crate::hold::RoleCheck;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::route::Verdict;
 use crate::stream::Stream;
@@ -42,6 +42,18 @@ impl TurnClock {
     }
 }
 
+/// What a transaction adds to its pool's counters, kept in the session and added once as
+/// the connection goes back (`settle_tally`): the counters are shared by every session on
+/// every thread, and each addition there moves their cache line between cores.
+#[derive(Default)]
+pub(super) struct Tally {
+    received: u64,
+    sent: u64,
+    queries: u64,
+    transactions: u64,
+    query_micros: u64,
+}
+
 /// A TLS stream written to but not flushed yet, per side.
 #[derive(Default)]
 struct Unflushed {
@@ -52,13 +64,22 @@ struct Unflushed {
 impl PooledSession {
     /// Runs the client's work on the held connection until a point where it can go back.
     pub(super) async fn exchange(&mut self) -> Result<Done, Exit> {
-        let mut roles = RoleCheck::new(&self.shared);
         let held = self.held.as_ref().expect("exchange runs with a server");
+        // The session's role check sees every change since its last look; a route it has
+        // not checked yet (a new member, a new pick) is checked at once.
+        if !self
+            .roles_route
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &held.route))
+        {
+            self.roles.recheck();
+            self.roles_route = Some(held.route.clone());
+        }
         let server_tls = held.lease.conn.stream.is_tls();
         let client_tls = self.client.is_tls();
         let mut unflushed = Unflushed::default();
-        let stuck_after = self.shared.config().pool.stuck_check.0;
-        let idle_tx_after = self.shared.config().pool.idle_transaction_timeout.0;
+        let pool = &self.settings().pool;
+        let (stuck_after, idle_tx_after) = (pool.stuck_check.0, pool.idle_transaction_timeout.0);
         let mut silent_since = None;
         let mut idle_tx_since: Option<Instant> = None;
         // Since when the server owes answers, for the pool's query time.
@@ -69,19 +90,15 @@ impl PooledSession {
             match (self.conversation.owes_answers(), owed_since) {
                 (true, None) => owed_since = Some(clock.now()),
                 (false, Some(since)) => {
-                    let held = self.held.as_ref().expect("exchange runs with a server");
                     let micros = clock.now().duration_since(since).as_micros() as u64;
-                    let stats = &held.lease.pool().stats;
-                    stats
-                        .query_micros
-                        .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+                    self.tally.query_micros += micros;
                     owed_since = None;
                 }
                 _ => {}
             }
             // Checked before every read and write, so nothing from a member that lost its
             // role reaches the client after the topology saying so was published.
-            if let Some(lost) = self.check_role(&mut roles) {
+            if let Some(lost) = self.check_role() {
                 return Box::pin(self.abort(lost)).await;
             }
             self.killed()?;
@@ -276,15 +293,8 @@ impl PooledSession {
                 .from_client(&mut self.from_client, &mut self.to_server, conn)?;
         // Answers pgrouter gives itself go out as soon as they are due.
         self.conversation.answer_owed(&mut self.to_client);
-        let stats = &held.lease.pool().stats;
-        let received = had.saturating_sub(self.from_client.len()) as u64;
-        let sent = self.to_client.len().saturating_sub(owed) as u64;
-        stats
-            .received
-            .fetch_add(received, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .sent
-            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        self.tally.received += had.saturating_sub(self.from_client.len()) as u64;
+        self.tally.sent += self.to_client.len().saturating_sub(owed) as u64;
         match taken {
             Taken::All => Ok(()),
             Taken::Partial(len) => self.count_large_message(len),
@@ -299,19 +309,32 @@ impl PooledSession {
         let heard =
             self.conversation
                 .from_server(&mut self.from_server, &mut self.to_client, conn)?;
-        let sent = self.to_client.len().saturating_sub(before) as u64;
-        let stats = &held.lease.pool().stats;
-        stats
-            .sent
-            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-        if heard.ready > 0 {
-            use std::sync::atomic::Ordering::Relaxed;
-            stats.queries.fetch_add(u64::from(heard.ready), Relaxed);
-            stats.transactions.fetch_add(u64::from(heard.idle), Relaxed);
-            self.transactions.inc_by(u64::from(heard.idle));
-        }
+        self.tally.sent += self.to_client.len().saturating_sub(before) as u64;
+        self.tally.queries += u64::from(heard.ready);
+        self.tally.transactions += u64::from(heard.idle);
         self.log_set_failure(&heard);
         Ok(heard)
+    }
+
+    /// Adds what the transaction did to `pool`'s counters and the port's transactions.
+    pub(super) fn settle_tally(&mut self, pool: &crate::servers::pools::Pool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = std::mem::take(&mut self.tally);
+        let stats = &pool.stats;
+        for (counter, n) in [
+            (&stats.received, t.received),
+            (&stats.sent, t.sent),
+            (&stats.queries, t.queries),
+            (&stats.transactions, t.transactions),
+            (&stats.query_micros, t.query_micros),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+        if t.transactions > 0 {
+            self.transactions.inc_by(t.transactions);
+        }
     }
 
     fn log_set_failure(&self, heard: &Heard) {
@@ -324,9 +347,9 @@ impl PooledSession {
     /// Whether the held member may still serve; `Some` when nothing more from it may reach
     /// the client. A member that only stopped being eligible (a lagging replica) finishes
     /// the transaction and its connection closes when it is given back.
-    pub(super) fn check_role(&mut self, roles: &mut RoleCheck) -> Option<Lost> {
+    pub(super) fn check_role(&mut self) -> Option<Lost> {
         let held = self.held.as_mut()?;
-        match roles.changed(&self.shared, &held.route)? {
+        match self.roles.changed(&self.shared, &held.route)? {
             Verdict::Keep => None,
             Verdict::CloseNow(reason) => Some(Lost::Role(reason)),
             Verdict::Drain(_) => {

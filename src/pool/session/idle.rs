@@ -32,7 +32,7 @@ enum IdleEvent {
 impl PooledSession {
     /// Waits, holding no server connection, for the client's next whole message.
     pub(super) async fn idle_wait(&mut self) -> Result<(), Exit> {
-        let timeout = self.shared.config().pool.client_idle_timeout.0;
+        let timeout = self.settings().pool.client_idle_timeout.0;
         let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
         loop {
             self.killed()?;

@@ -104,6 +104,19 @@ pub struct PooledSession {
     /// transaction.
     held: Option<Held>,
     route_cache: Option<Box<RouteCache>>,
+    /// The session's own view of the topology: no change on it since the cached route was
+    /// picked lets a transaction skip the hold.
+    topology: tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
+    /// The member's role, checked again only when the topology or settings change.
+    roles: crate::hold::RoleCheck,
+    /// The route `roles` last checked (a new one is checked at once).
+    roles_route: Option<Arc<Route>>,
+    /// The settings as last read, and `shared.config_epoch()` read before them: see
+    /// `settings`.
+    config: Arc<crate::config::Config>,
+    config_epoch: u64,
+    /// What the transaction adds to its pool's counters, added as the connection goes back.
+    tally: exchange::Tally,
     /// The exchange's timer (stuck check, idle in transaction), kept between transactions.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The worker thread the session runs on: server connections are taken from it first.
@@ -221,6 +234,12 @@ pub async fn start(
     let metrics = &shared.metrics;
     let hold_seconds = metrics.hold_seconds.with_label_values(&[port.label()]);
     let transactions = metrics.transactions.with_label_values(&[port.label()]);
+    let (topology, roles) = (
+        shared.topology.clone(),
+        crate::hold::RoleCheck::new(&shared),
+    );
+    let config_epoch = shared.config_epoch();
+    let config = shared.config();
     Some(Box::new(PooledSession {
         signal: shared.signals.subscribe(),
         shared,
@@ -242,6 +261,12 @@ pub async fn start(
         large: None,
         held: None,
         route_cache: None,
+        topology,
+        roles,
+        roles_route: None,
+        config,
+        config_epoch,
+        tally: Default::default(),
         timer: None,
         home: crate::shards::MAIN,
         began: tokio::time::Instant::now(),
@@ -365,6 +390,17 @@ impl PooledSession {
         }
         self.shrink();
         Ok(())
+    }
+
+    /// The settings in force, read again only when a reload replaced them (one atomic load,
+    /// not the lock and count every session shares).
+    fn settings(&mut self) -> &crate::config::Config {
+        let epoch = self.shared.config_epoch();
+        if epoch != self.config_epoch {
+            self.config = self.shared.config();
+            self.config_epoch = epoch;
+        }
+        &self.config
     }
 
     /// Queues the SETs that bring the held connection's parameters in step with the client's.

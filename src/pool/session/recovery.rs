@@ -98,6 +98,7 @@ impl PooledSession {
         let mut loss = self.conversation.lose_server();
         loss.unanswered += dropped;
         self.give_back_buffers(&mut held);
+        self.settle_tally(held.lease.pool());
         held.lease.discard();
         if partial {
             return Err(Exit::ClientGone);
@@ -152,6 +153,7 @@ impl PooledSession {
 
     /// Returns a connection to its pool, or closes it when its state is unknown.
     pub(super) async fn put_back(&mut self, mut held: Held, done: Done) {
+        self.settle_tally(held.lease.pool());
         let clean = self.conversation.at_rest() && self.to_server.is_empty();
         let reusable = clean
             && !held.retire

@@ -99,6 +99,7 @@ impl PooledSession {
         if let Some((code, message)) = failed {
             let held = self.held.take().expect("held above");
             // The connection's settings are half applied: closed, not shared.
+            self.settle_tally(held.lease.pool());
             held.lease.discard();
             self.conversation.forget_server();
             return Err(Exit::Fatal(setting_refused(&code, message)));
