@@ -65,6 +65,8 @@ pub struct App {
     admin_others: crate::admin::Others,
     /// Every cluster's metrics, each series labelled with its cluster.
     registry: Registry,
+    /// The process-wide series in `registry` (build, process, limit, reloads).
+    router_metrics: crate::metrics::RouterMetrics,
     /// etcd connections, shared by clusters that use the same etcd.
     connections: Arc<EtcdConnections>,
     /// The first cluster's tasks.
@@ -84,6 +86,8 @@ pub async fn run(
     let admin_tls = crate::admin::tls::acceptor(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let registry = Registry::new();
+    let router_metrics =
+        crate::metrics::RouterMetrics::register(&registry, config.listen.max_client_conn);
     let connections = Arc::new(EtcdConnections::default());
     let first = cluster::start(config.clone(), &registry, &connections, users, tls)?;
     let app = Arc::new(App {
@@ -97,6 +101,7 @@ pub async fn run(
         others: Mutex::new(BTreeMap::new()),
         admin_others: Default::default(),
         registry,
+        router_metrics,
         connections,
         background: Mutex::new(first.background),
         admin_tls: tokio::sync::watch::Sender::new(admin_tls),
@@ -116,6 +121,7 @@ pub async fn run(
         .map(|(name, addr)| format!("{name}={addr}"))
         .collect();
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         primary = %config.listen.primary,
         replicas = %config.listen.replicas,
         listeners = ?extra,
@@ -143,6 +149,14 @@ impl App {
     /// clusters added to `[clusters]` start, removed ones drain as a shutdown does.
     pub async fn reload(self: &Arc<Self>) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let outcome = self.apply_reload().await;
+        let limit = self.shared.config().listen.max_client_conn;
+        self.router_metrics.reloaded(outcome.is_ok(), limit);
+        outcome
+    }
+
+    /// `reload`'s work, one at a time.
+    async fn apply_reload(self: &Arc<Self>) -> Result<(), AppError> {
         let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
         let new = Config::load(path)?;
         let old = self.shared.config();

@@ -23,6 +23,10 @@ pub async fn serve(
     sessions: TaskTracker,
     shards: Arc<Shards>,
 ) {
+    let accepted_total = shared
+        .metrics
+        .accepted_connections
+        .with_label_values(&[port.label()]);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -37,6 +41,7 @@ pub async fn serve(
                 continue;
             }
         };
+        accepted_total.inc();
         let permit = limits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         shards.spawn(&sessions, stream, move |stream, home| {

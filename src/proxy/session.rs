@@ -264,7 +264,11 @@ async fn connect(
                 };
                 let limit = config.routing.connect_timeout.0;
                 let opened = timeout(limit, open(transport, &route.member.addr, startup));
-                let error = match unless_left(client, opened).await {
+                let opened = unless_left(client, opened).await;
+                if let Some(Ok(Err(_)) | Err(_)) = opened {
+                    shared.metrics.member_connect_error(&route.member.name);
+                }
+                let error = match opened {
                     None => return Attempt::Left,
                     Some(Ok(Ok(Answer::Relay(server, first)))) => {
                         return Attempt::Served((route, server, first))

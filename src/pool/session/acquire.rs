@@ -195,6 +195,7 @@ impl PooledSession {
                 ))
             }
             e => {
+                shared.metrics.member_connect_error(member);
                 let error = hold::unreachable(scope, route, &e.to_string());
                 Attempt::Retry {
                     error: PgError {

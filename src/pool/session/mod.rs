@@ -113,6 +113,7 @@ pub struct PooledSession {
     /// This port's series, looked up once.
     hold_seconds: prometheus::Histogram,
     transactions: prometheus::IntCounter,
+    transaction_seconds: prometheus::Histogram,
 }
 
 /// Authenticates a client of a pooled listener after its StartupMessage; the session to
@@ -221,6 +222,9 @@ pub async fn start(
     let metrics = &shared.metrics;
     let hold_seconds = metrics.hold_seconds.with_label_values(&[port.label()]);
     let transactions = metrics.transactions.with_label_values(&[port.label()]);
+    let transaction_seconds = metrics
+        .transaction_seconds
+        .with_label_values(&[port.label()]);
     Some(Box::new(PooledSession {
         signal: shared.signals.subscribe(),
         shared,
@@ -247,6 +251,7 @@ pub async fn start(
         began: tokio::time::Instant::now(),
         hold_seconds,
         transactions,
+        transaction_seconds,
     }))
 }
 
@@ -351,6 +356,10 @@ impl PooledSession {
         self.registration.entry.set(ClientActivity::Idle, 0, None);
         self.state.set(ClientState::Idle);
         let held = self.held.take();
+        if let Some(held) = &held {
+            let seconds = held.lease.taken().elapsed().as_secs_f64();
+            self.transaction_seconds.observe(seconds);
+        }
         let done = match done {
             Ok(done) => done,
             Err(e) => {
