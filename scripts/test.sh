@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
+# The shipped alert rules: valid, and firing (or not) on the series of their tests.
+promtool check rules docker/alerts.yml
+promtool test rules docker/alerts_test.yml
 cargo clippy --workspace --all-targets -- -D warnings
 # cargo-deny reads the metadata of every platform's dependencies, which a build does not fetch.
 cargo fetch --quiet
