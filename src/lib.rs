@@ -76,7 +76,7 @@ pub(crate) mod units;
 pub mod testing {
     pub use crate::cancel::cancel_packet;
     pub use crate::dcs::patroni;
-    pub use crate::metrics::{Metrics, StateGauge};
+    pub use crate::metrics::{Metrics, RouterMetrics, StateGauge};
     pub use crate::pool::session::Conversation;
     pub use crate::pool::statements;
     pub use crate::protocol::{frame, limits, startup, wire};
