@@ -7,8 +7,9 @@
 //!   encoders; `frame`: the relay's header-only scanner; `startup`; `error`: ErrorResponse).
 //! - `auth`: SCRAM and md5, secrets, userlists.
 //! - `topology`, `dcs`: the cluster as Patroni's keys in etcd describe it, kept fresh.
-//! - `metrics`, `stream`, `tcp`, `tls`: series; the client/server stream; socket options;
-//!   `tls::Transport`, which accepts clients and dials members.
+//! - `metrics`, `session_log`, `stream`, `tcp`, `tls`: series; the per-connection log line;
+//!   the client/server stream; socket options; `tls::Transport`, which accepts clients and
+//!   dials members.
 //! - `route`: which member a port's client gets, and whether a member may go on serving.
 //! - `signal`, `cancel`: waking sessions; cancel keys and where cancels go.
 //! - `servers`: server connections and their pools, and what conversations leave on them.
@@ -60,6 +61,7 @@ pub(crate) mod proxy;
 pub(crate) mod reads;
 pub(crate) mod route;
 pub(crate) mod servers;
+pub(crate) mod session_log;
 pub(crate) mod shards;
 pub(crate) mod shared;
 pub(crate) mod signal;

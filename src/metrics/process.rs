@@ -211,7 +211,7 @@ mod tests {
         let families = registry.gather();
         drop(file);
         let value = |name: &str| {
-            let f = families.iter().find(|f| f.get_name() == name).expect(name);
+            let f = families.iter().find(|f| f.name() == name).expect(name);
             let m = &f.get_metric()[0];
             match name {
                 "process_cpu_seconds_total" => m.get_counter().get_value(),

@@ -23,6 +23,13 @@ pub(super) struct RouteCache {
     route: Arc<Route>,
 }
 
+impl RouteCache {
+    /// The member the last transaction used, for the session's log line.
+    pub(super) fn member(&self) -> &str {
+        &self.route.member.name
+    }
+}
+
 impl PooledSession {
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.

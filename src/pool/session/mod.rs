@@ -293,11 +293,30 @@ impl PooledSession {
         if let Some(held) = self.held.take() {
             Box::pin(self.put_back(held, Done::ClientLeft)).await;
         }
-        if self.shared.config().pool.log_disconnections {
+        let config = self.shared.config();
+        if config.log.connections && config.pool.log_disconnections {
+            let (ended, sqlstate) = match &end {
+                Exit::ClientGone => ("client_closed", ""),
+                Exit::Fatal(e) => ("closed_by_pgrouter", e.code),
+                Exit::ClientProtocol(_) => ("client_protocol", sqlstate::PROTOCOL_VIOLATION),
+            };
             let entry = &self.registration.entry;
-            let seconds = entry.since.elapsed().unwrap_or_default().as_secs_f64();
-            tracing::info!(peer = %entry.peer, port = %self.port, user = %entry.user, database = %entry.database, seconds, "pooled client left");
+            crate::session_log::SessionEnd {
+                cluster: &self.shared.scope,
+                client: &entry.peer,
+                listener: self.port.label(),
+                user: &entry.user,
+                database: &entry.database,
+                application_name: &entry.application_name,
+                member: self.route_cache.as_ref().map_or("", |c| c.member()),
+                duration: self.began.elapsed(),
+                bytes: None,
+                end: ended,
+                sqlstate,
+            }
+            .log();
         }
+        drop(config);
         let e = match end {
             Exit::ClientGone => return,
             Exit::Fatal(e) => {
