@@ -21,9 +21,11 @@ use crate::shards::Shards;
 use crate::shared::Shared;
 
 mod cluster;
+mod files;
 
 pub use cluster::describe_changes;
 use cluster::Instance;
+pub use files::check_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -436,19 +438,6 @@ impl App {
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Option<Bound>>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Reads and checks every file the config names (auth file, TLS certificates and keys, etcd's
-/// and the REST APIs' CAs and client certificates), as `check-config` and a start do.
-pub fn check_files(config: &Config) -> Result<(), ConfigError> {
-    load_users(config)?;
-    crate::tls::Transport::load(config)?;
-    crate::admin::tls::acceptor(config)?;
-    crate::dcs::access::load(&config.cluster)?;
-    for c in config.clusters.values() {
-        crate::dcs::access::load(c)?;
-    }
-    Ok(())
 }
 
 /// A token sent in clear beyond this host is worth a warning at every start and reload.
