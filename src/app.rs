@@ -137,7 +137,9 @@ pub async fn run(
         "pgrouter listening"
     );
     warn_admin_in_clear(&config);
+    lock(&app.background).push(tokio::spawn(ready_once_synced(app.shared.topology.clone())));
     shutdown.await;
+    crate::notify::notify("STOPPING=1");
     app.drain().await;
     for task in lock(&app.background).drain(..) {
         task.abort();
@@ -437,6 +439,17 @@ impl App {
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Option<Bound>>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Tells systemd (`Type=notify`) the router is ready once the first cluster's view has been
+/// read: the listeners are bound by then, and clients are routed rather than held.
+async fn ready_once_synced(
+    mut topology: tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
+) {
+    if topology.wait_for(|t| t.synced).await.is_ok() {
+        crate::notify::notify("READY=1\nSTATUS=listening, the cluster's view read");
+        tracing::info!("ready: listeners bound and the cluster's view read");
     }
 }
 

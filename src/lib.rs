@@ -19,7 +19,9 @@
 //! - `admin`: the HTTP API and the admin console, one PAUSE.
 //! - `proxy`: listeners, startup, pass-through sessions and the relay; hands pooled clients
 //!   to `pool` and console clients to `admin`.
-//! - `app`, `status_cli`: the process: start, reload, shutdown; `pgrouter status`.
+//! - `cli_docs`: the man page and bash completion, from the command line's definition.
+//! - `app`, `status_cli`, `notify`: the process: start, reload, shutdown (readiness told to
+//!   systemd); `pgrouter status`.
 //!
 //! # Data flows
 //! Pass-through: `proxy::listener` accepts on :5000 (primary) or :5001 (replicas) and spawns
@@ -50,11 +52,13 @@ pub(crate) mod admin;
 pub mod app;
 pub(crate) mod auth;
 pub(crate) mod cancel;
+pub mod cli_docs;
 pub mod config;
 pub(crate) mod dcs;
 pub(crate) mod hold;
 pub mod import_pgbouncer;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod proxy;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pgrouter::config::Config;
 
 #[derive(Parser)]
@@ -48,6 +48,15 @@ enum Command {
         /// Where to write the config (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Print the man page (roff), generated from this command line.
+    #[command(hide = true)]
+    Man,
+    /// Print a shell completion script (bash), generated from this command line.
+    #[command(hide = true)]
+    Completion {
+        #[arg(value_parser = ["bash"])]
+        shell: String,
     },
     /// Print a running router's view of the cluster and its clients, from its /status; with
     /// several --admin, the routers side by side and whether they agree on the leader.
@@ -96,6 +105,14 @@ fn main() -> ExitCode {
         None => None,
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Man => {
+            print!("{}", pgrouter::cli_docs::man_page(&Cli::command()));
+            ExitCode::SUCCESS
+        }
+        Command::Completion { .. } => {
+            print!("{}", pgrouter::cli_docs::bash_completion(&Cli::command()));
+            ExitCode::SUCCESS
+        }
         Command::ImportPgbouncer {
             ini,
             userlist,
