@@ -24,6 +24,8 @@ cargo build -p pgrouter-lab --bins
 cargo test --workspace
 # The lab's own end-to-end tests start labs of their own; a plain `cargo test` shows them ignored.
 cargo test -p pgrouter-lab --test lab -- --ignored
+# The Debian package: built from the test binary, installed, run, removed and purged (root).
+cargo test --test package -- --ignored
 cargo bench --bench relay -- --test
 # Every fuzz target for 30 s from the committed seeds (docs/fuzzing.md: longer runs).
 scripts/fuzz.sh 30
