@@ -28,7 +28,8 @@ pub struct SessionEnd<'a> {
     pub bytes: Option<(u64, u64)>,
     /// How it ended: `client_closed`, `server_gone`, `leader_lost`, `drained`, `killed`, ...
     pub end: &'a str,
-    /// The SQLSTATE pgrouter (or the member) sent the client as it ended, else empty.
+    /// The SQLSTATE pgrouter (or the member) sent the client as it ended, else empty (and
+    /// left out of the line).
     pub sqlstate: &'a str,
 }
 
@@ -40,6 +41,7 @@ impl SessionEnd<'_> {
             Some((i, o)) => (Some(i), Some(o)),
             None => (None, None),
         };
+        let sqlstate = (!self.sqlstate.is_empty()).then_some(self.sqlstate);
         tracing::info!(
             target: TARGET,
             cluster = self.cluster,
@@ -53,7 +55,7 @@ impl SessionEnd<'_> {
             bytes_in,
             bytes_out,
             end = self.end,
-            sqlstate = self.sqlstate,
+            sqlstate,
             "client session ended"
         );
     }
@@ -127,6 +129,10 @@ mod tests {
         assert_eq!(f["seconds"], 2.345);
         assert_eq!(f["bytes_in"], 120);
         assert_eq!(f["bytes_out"], 4096);
+        assert!(
+            f.get("sqlstate").is_none(),
+            "nothing told, no sqlstate: {line}"
+        );
 
         // Pooled: no byte counts, rather than zeros that would read as none sent.
         let pooled = logged_json(&SessionEnd {
