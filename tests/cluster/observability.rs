@@ -1,7 +1,7 @@
 //! Issue 29's logs and metrics on the real lab: the per-connection line for sessions that
 //! end in different ways, a refusal at max_client_conn logged at info, and the new series
 //! (accepted connections, build and process, reload state, the etcd event timestamp).
-//! Router ports 20500-20502.
+//! Router ports 20600-20602 (the balancers scenario has 20500-20599).
 
 use std::time::Duration;
 
@@ -23,10 +23,10 @@ fn ended(router: &Router, app: &str) -> Vec<String> {
 pub async fn connection_log_and_new_metrics(lab: &Lab) -> Result<()> {
     let mut router = Router::start(
         lab,
-        20500,
+        20600,
         RouterOptions {
             listen_extra: "max_client_conn = 2\n",
-            admin: Some(20502),
+            admin: Some(20602),
             ..RouterOptions::default()
         },
     )?;
