@@ -1,14 +1,14 @@
 //! Issue 29's logs and metrics on the real lab: the per-connection line for sessions that
 //! end in different ways, a refusal at max_client_conn logged at info, and the new series
 //! (accepted connections, build and process, reload state, the etcd event timestamp).
-//! Router ports 20600-20602 (the balancers scenario has 20500-20599).
+//! Router ports 20600-20602 and, pooled, 20610-20612 (the balancers scenario has 20500-20599).
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use pgrouter_lab::Lab;
 
-use crate::support::{connect, eventually, http, metric, Router, RouterOptions};
+use crate::support::{connect, eventually, http, metric, scram_userlist, Router, RouterOptions};
 
 /// The log lines of `router` that end a session of application `app`.
 fn ended(router: &Router, app: &str) -> Vec<String> {
@@ -128,6 +128,8 @@ pub async fn connection_log_and_new_metrics(lab: &Lab) -> Result<()> {
         "last etcd event at {last}, now {now}"
     );
 
+    pooled_session_line(lab).await?;
+
     // A session pgrouter ends: drained at shutdown, told 57P01.
     let (idle, _conn) = connect(router.replicas, "obs-drained").await?;
     idle.simple_query("select 1").await?;
@@ -145,5 +147,50 @@ pub async fn connection_log_and_new_metrics(lab: &Lab) -> Result<()> {
     ] {
         ensure!(drained[0].contains(field), "{field} not in {}", drained[0]);
     }
+    Ok(())
+}
+
+/// A pooled client's line: written when it leaves, naming the member its transactions used,
+/// without byte counts (pooled bytes are per pool).
+async fn pooled_session_line(lab: &Lab) -> Result<()> {
+    let userlist = scram_userlist(lab, 20610, "")?;
+    let sections = format!("[auth]\nauth_file = \"{}\"\n", userlist.display());
+    let router = Router::start(
+        lab,
+        20610,
+        RouterOptions {
+            listen_extra: "primary_pool_mode = \"transaction\"\n",
+            sections: &sections,
+            admin: Some(20612),
+            ..RouterOptions::default()
+        },
+    )?;
+    let leader = lab.leader()?;
+    let (client, conn) = connect(router.primary, "obs-pooled").await?;
+    for _ in 0..3 {
+        client.simple_query("select 1").await?;
+    }
+    drop(client);
+    let _ = conn.await;
+    eventually(
+        "the pooled session's line",
+        Duration::from_secs(10),
+        || async { Ok(!ended(&router, "obs-pooled").is_empty()) },
+    )
+    .await?;
+    let line = &ended(&router, "obs-pooled")[0];
+    for field in [
+        "listener=\"primary\"",
+        "user=\"postgres\"",
+        &format!("member=\"{leader}\""),
+        "end=\"client_closed\"",
+    ] {
+        ensure!(line.contains(field), "{field} not in {line}");
+    }
+    ensure!(!line.contains("bytes_in"), "{line}");
+    ensure!(
+        !router.log_text().contains("pooled client left"),
+        "the old pooled line is still written"
+    );
     Ok(())
 }
