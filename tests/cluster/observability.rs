@@ -154,7 +154,10 @@ pub async fn connection_log_and_new_metrics(lab: &Lab) -> Result<()> {
 /// without byte counts (pooled bytes are per pool).
 async fn pooled_session_line(lab: &Lab) -> Result<()> {
     let userlist = scram_userlist(lab, 20610, "")?;
-    let sections = format!("[auth]\nauth_file = \"{}\"\n", userlist.display());
+    let sections = format!(
+        "[pool]\npool_size = 7\n[auth]\nauth_file = \"{}\"\n",
+        userlist.display()
+    );
     let router = Router::start(
         lab,
         20610,
@@ -192,5 +195,21 @@ async fn pooled_session_line(lab: &Lab) -> Result<()> {
         !router.log_text().contains("pooled client left"),
         "the old pooled line is still written"
     );
+    // The pool's size beside its connections (the upkeep exports it every second), and the
+    // three transactions timed.
+    let pool = format!(
+        "pgrouter_pool_size{{database=\"postgres\",member=\"{leader}\",role=\"leader\",user=\"postgres\"}}"
+    );
+    eventually("pool_size exported", Duration::from_secs(10), || async {
+        let text = http("GET", router.admin, "/metrics", None)?.1;
+        Ok(metric(&text, &pool).ok() == Some(7.0))
+    })
+    .await?;
+    let text = http("GET", router.admin, "/metrics", None)?.1;
+    let timed = metric(
+        &text,
+        "pgrouter_transaction_seconds_count{port=\"primary\"}",
+    )?;
+    ensure!(timed >= 3.0, "{timed} transactions timed");
     Ok(())
 }
