@@ -1,7 +1,42 @@
 #!/usr/bin/env bash
-# Installs what pgrouter's lab, tests and benches need on a Debian machine (run as root).
+# Installs what pgrouter needs on a Debian machine (run as root), what is missing only.
+#   scripts/setup.sh demo   what scripts/demo.sh needs: PostgreSQL, etcd, Patroni, a C toolchain
+#                           and protoc (etcd-client's build), Rust (rustup, when cargo is missing)
+#   scripts/setup.sh        that, and what the tests, benches and fuzzing need besides
+#                           (scripts/test.sh): drivers, HAProxy, pgbouncer, promtool, cargo-deny...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-test}
+case "$mode" in
+  demo | test) ;;
+  *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
+esac
+
+# Installs the packages named that are not installed yet.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# The demo: the lab's etcd, Patroni and PostgreSQL; cc links and protoc generates etcd's client.
+apt_install postgresql etcd-server patroni protobuf-compiler build-essential curl ca-certificates
+for bin in etcd patroni patronictl protoc psql cc curl; do
+  command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
+done
+# Rust from rustup (Debian's cargo is older than the dependencies need), for root's home.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  echo "setup: installing Rust with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+fi
+[ "$mode" = demo ] && exit 0
 
 # php-cli/php-pgsql, python3-psycopg and python3-asyncpg: the real drivers the pooling tests run
 # (Nextcloud's PDO, psycopg 3, asyncpg), under Debian's /usr/bin/python3. iptables: the fault
@@ -9,26 +44,18 @@ cd "$(dirname "$0")/.."
 # The driver matrix (tests/drivers/README.md): pgjdbc on the JDK, ruby-pg with ActiveRecord,
 # Django on psycopg2, Go pgx v4; node-postgres below. Debian's pgbouncer exporter scrapes the
 # console in the tests (its service, enabled with pgbouncer's, is stopped: the tests run it).
-packages=(postgresql etcd-server patroni protobuf-compiler haproxy pgbouncer prometheus systemd
-  prometheus-pgbouncer-exporter zookeeperd python3-kazoo openssl curl
-  php-cli php-pgsql python3-psycopg python3-asyncpg iptables
-  libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django
-  python3-psycopg2 golang-go golang-github-jackc-pgx-v4-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# prometheus: promtool checks and tests docker/alerts.yml.
+apt_install haproxy pgbouncer prometheus systemd \
+  prometheus-pgbouncer-exporter zookeeperd python3-kazoo openssl \
+  php-cli php-pgsql python3-psycopg python3-asyncpg iptables \
+  libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django \
+  python3-psycopg2 golang-go golang-github-jackc-pgx-v4-dev
 # The lab runs its own etcd and PostgreSQL members; the distribution's services are not used.
 systemctl stop prometheus-pgbouncer-exporter 2>/dev/null || true
 # ZooKeeper (with python3-kazoo, Patroni's client for it) runs the lab of Patroni on another DCS;
 # openssl makes the secured lab's certificates, curl speaks HTTPS to its etcd and REST APIs.
 systemctl stop zookeeper 2>/dev/null || true
-for bin in etcd patroni patronictl protoc psql pgbench promtool haproxy php iptables prometheus-pgbouncer-exporter openssl curl; do
+for bin in pgbench promtool haproxy php iptables prometheus-pgbouncer-exporter openssl curl; do
   command -v "$bin" >/dev/null || { echo "setup: $bin missing after install" >&2; exit 1; }
 done
 # docker-compose validates docker/compose.yml in the tests (no container engine is needed;

@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
+# The shipped alert rules: valid, and firing (or not) on the series of their tests.
+promtool check rules docker/alerts.yml
+promtool test rules docker/alerts_test.yml
 cargo clippy --workspace --all-targets -- -D warnings
 # cargo-deny reads the metadata of every platform's dependencies, which a build does not fetch.
 cargo fetch --quiet
@@ -20,6 +24,8 @@ cargo build -p pgrouter-lab --bins
 cargo test --workspace
 # The lab's own end-to-end tests start labs of their own; a plain `cargo test` shows them ignored.
 cargo test -p pgrouter-lab --test lab -- --ignored
+# The Debian package: built from the test binary, installed, run, removed and purged (root).
+cargo test --test package -- --ignored
 cargo bench --bench relay -- --test
 # Every fuzz target for 30 s from the committed seeds (docs/fuzzing.md: longer runs).
 scripts/fuzz.sh 30

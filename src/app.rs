@@ -21,9 +21,11 @@ use crate::shards::Shards;
 use crate::shared::Shared;
 
 mod cluster;
+mod files;
 
 pub use cluster::describe_changes;
 use cluster::Instance;
+pub use files::check_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -65,6 +67,8 @@ pub struct App {
     admin_others: crate::admin::Others,
     /// Every cluster's metrics, each series labelled with its cluster.
     registry: Registry,
+    /// The process-wide series in `registry` (build, process, limit, reloads).
+    router_metrics: crate::metrics::RouterMetrics,
     /// etcd connections, shared by clusters that use the same etcd.
     connections: Arc<EtcdConnections>,
     /// The first cluster's tasks.
@@ -84,6 +88,8 @@ pub async fn run(
     let admin_tls = crate::admin::tls::acceptor(&config)?;
     let shards = Shards::start(config.runtime.workers()).map_err(AppError::Workers)?;
     let registry = Registry::new();
+    let router_metrics =
+        crate::metrics::RouterMetrics::register(&registry, config.listen.max_client_conn);
     let connections = Arc::new(EtcdConnections::default());
     let first = cluster::start(config.clone(), &registry, &connections, users, tls)?;
     let app = Arc::new(App {
@@ -97,6 +103,7 @@ pub async fn run(
         others: Mutex::new(BTreeMap::new()),
         admin_others: Default::default(),
         registry,
+        router_metrics,
         connections,
         background: Mutex::new(first.background),
         admin_tls: tokio::sync::watch::Sender::new(admin_tls),
@@ -116,6 +123,7 @@ pub async fn run(
         .map(|(name, addr)| format!("{name}={addr}"))
         .collect();
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         primary = %config.listen.primary,
         replicas = %config.listen.replicas,
         listeners = ?extra,
@@ -129,7 +137,9 @@ pub async fn run(
         "pgrouter listening"
     );
     warn_admin_in_clear(&config);
+    lock(&app.background).push(tokio::spawn(ready_once_synced(app.shared.topology.clone())));
     shutdown.await;
+    crate::notify::notify("STOPPING=1");
     app.drain().await;
     for task in lock(&app.background).drain(..) {
         task.abort();
@@ -143,6 +153,14 @@ impl App {
     /// clusters added to `[clusters]` start, removed ones drain as a shutdown does.
     pub async fn reload(self: &Arc<Self>) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let outcome = self.apply_reload().await;
+        let limit = self.shared.config().listen.max_client_conn;
+        self.router_metrics.reloaded(outcome.is_ok(), limit);
+        outcome
+    }
+
+    /// `reload`'s work, one at a time.
+    async fn apply_reload(self: &Arc<Self>) -> Result<(), AppError> {
         let path = self.config_path.as_ref().ok_or(AppError::NoConfigFile)?;
         let new = Config::load(path)?;
         let old = self.shared.config();
@@ -424,17 +442,15 @@ impl App {
     }
 }
 
-/// Reads and checks every file the config names (auth file, TLS certificates and keys, etcd's
-/// and the REST APIs' CAs and client certificates), as `check-config` and a start do.
-pub fn check_files(config: &Config) -> Result<(), ConfigError> {
-    load_users(config)?;
-    crate::tls::Transport::load(config)?;
-    crate::admin::tls::acceptor(config)?;
-    crate::dcs::access::load(&config.cluster)?;
-    for c in config.clusters.values() {
-        crate::dcs::access::load(c)?;
+/// Tells systemd (`Type=notify`) the router is ready once the first cluster's view has been
+/// read: the listeners are bound by then, and clients are routed rather than held.
+async fn ready_once_synced(
+    mut topology: tokio::sync::watch::Receiver<Arc<crate::topology::Topology>>,
+) {
+    if topology.wait_for(|t| t.synced).await.is_ok() {
+        crate::notify::notify("READY=1\nSTATUS=listening, the cluster's view read");
+        tracing::info!("ready: listeners bound and the cluster's view read");
     }
-    Ok(())
 }
 
 /// A token sent in clear beyond this host is worth a warning at every start and reload.

@@ -7,8 +7,9 @@
 //!   encoders; `frame`: the relay's header-only scanner; `startup`; `error`: ErrorResponse).
 //! - `auth`: SCRAM and md5, secrets, userlists.
 //! - `topology`, `dcs`: the cluster as Patroni's keys in etcd describe it, kept fresh.
-//! - `metrics`, `stream`, `tcp`, `tls`: series; the client/server stream; socket options;
-//!   `tls::Transport`, which accepts clients and dials members.
+//! - `metrics`, `session_log`, `stream`, `tcp`, `tls`: series; the per-connection log line;
+//!   the client/server stream; socket options; `tls::Transport`, which accepts clients and
+//!   dials members.
 //! - `route`: which member a port's client gets, and whether a member may go on serving.
 //! - `signal`, `cancel`: waking sessions; cancel keys and where cancels go.
 //! - `servers`: server connections and their pools, and what conversations leave on them.
@@ -18,7 +19,9 @@
 //! - `admin`: the HTTP API and the admin console, one PAUSE.
 //! - `proxy`: listeners, startup, pass-through sessions and the relay; hands pooled clients
 //!   to `pool` and console clients to `admin`.
-//! - `app`, `status_cli`: the process: start, reload, shutdown; `pgrouter status`.
+//! - `cli_docs`: the man page and bash completion, from the command line's definition.
+//! - `app`, `status_cli`, `notify`: the process: start, reload, shutdown (readiness told to
+//!   systemd); `pgrouter status`.
 //!
 //! # Data flows
 //! Pass-through: `proxy::listener` accepts on :5000 (primary) or :5001 (replicas) and spawns
@@ -49,18 +52,21 @@ pub(crate) mod admin;
 pub mod app;
 pub(crate) mod auth;
 pub(crate) mod cancel;
+pub mod cli_docs;
 pub mod config;
 pub(crate) mod dcs;
 pub(crate) mod fnv;
 pub(crate) mod hold;
 pub mod import_pgbouncer;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod proxy;
 pub(crate) mod reads;
 pub(crate) mod route;
 pub(crate) mod servers;
+pub(crate) mod session_log;
 pub(crate) mod shards;
 pub(crate) mod shared;
 pub(crate) mod signal;
@@ -77,7 +83,7 @@ pub(crate) mod units;
 pub mod testing {
     pub use crate::cancel::cancel_packet;
     pub use crate::dcs::patroni;
-    pub use crate::metrics::{Metrics, StateGauge};
+    pub use crate::metrics::{Metrics, RouterMetrics, StateGauge};
     pub use crate::pool::session::Conversation;
     pub use crate::pool::statements;
     pub use crate::protocol::{frame, limits, startup, wire};

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pgrouter::config::Config;
 
 #[derive(Parser)]
@@ -49,11 +49,28 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Print a running router's view of the cluster and its clients, from its /status.
+    /// Print the man page (roff), generated from this command line.
+    #[command(hide = true)]
+    Man,
+    /// Print a shell completion script (bash), generated from this command line.
+    #[command(hide = true)]
+    Completion {
+        #[arg(value_parser = ["bash"])]
+        shell: String,
+    },
+    /// Print a running router's view of the cluster and its clients, from its /status; with
+    /// several --admin, the routers side by side and whether they agree on the leader.
     Status {
-        /// Admin endpoint; default: `listen.admin` of --config, else http://127.0.0.1:8080.
+        /// Admin endpoint (repeat for several routers); default: `listen.admin` of --config,
+        /// else http://127.0.0.1:8080.
         #[arg(long)]
-        admin: Option<String>,
+        admin: Vec<String>,
+        /// Print again every SECS seconds (2 when no value is given) until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// Tables, or the /status JSON (with --watch, one document per line).
+        #[arg(long, value_enum, default_value = "text")]
+        format: StatusFormat,
         /// Bearer token; default: `listen.admin_token` of --config.
         #[arg(long, env = "PGROUTER_ADMIN_TOKEN")]
         token: Option<String>,
@@ -61,6 +78,12 @@ enum Command {
         #[arg(long, env = "PGROUTER_ADMIN_CA")]
         cacert: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +105,14 @@ fn main() -> ExitCode {
         None => None,
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Man => {
+            print!("{}", pgrouter::cli_docs::man_page(&Cli::command()));
+            ExitCode::SUCCESS
+        }
+        Command::Completion { .. } => {
+            print!("{}", pgrouter::cli_docs::bash_completion(&Cli::command()));
+            ExitCode::SUCCESS
+        }
         Command::ImportPgbouncer {
             ini,
             userlist,
@@ -90,22 +121,38 @@ fn main() -> ExitCode {
             output,
         } => import_pgbouncer(&ini, userlist.as_deref(), &scope, &etcd, output.as_deref()),
         Command::Status {
-            admin,
+            mut admin,
+            watch,
+            format,
             token,
             cacert,
         } => {
             let listen = config.map(|c| c.listen);
-            let admin = admin.unwrap_or_else(|| match &listen {
-                None => "http://127.0.0.1:8080".to_owned(),
-                // A local admin certificate names localhost (README, Operations).
-                Some(l) if l.admin_tls && local(l.admin.ip()) => {
-                    format!("https://localhost:{}", l.admin.port())
+            if admin.is_empty() {
+                admin.push(match &listen {
+                    None => "http://127.0.0.1:8080".to_owned(),
+                    // A local admin certificate names localhost (README, Operations).
+                    Some(l) if l.admin_tls && local(l.admin.ip()) => {
+                        format!("https://localhost:{}", l.admin.port())
+                    }
+                    Some(l) if l.admin_tls => format!("https://{}", l.admin),
+                    Some(l) => format!("http://{}", l.admin),
+                });
+            }
+            let watch = match watch {
+                Some(s) if !(s.is_finite() && s >= 0.1) => {
+                    eprintln!("pgrouter status: --watch needs at least 0.1 seconds, not {s}");
+                    return ExitCode::from(2);
                 }
-                Some(l) if l.admin_tls => format!("https://{}", l.admin),
-                Some(l) => format!("http://{}", l.admin),
-            });
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
+            let format = match format {
+                StatusFormat::Text => pgrouter::status_cli::several::Format::Text,
+                StatusFormat::Json => pgrouter::status_cli::several::Format::Json,
+            };
             let token = token.or_else(|| listen.and_then(|l| l.admin_token));
-            match pgrouter::status_cli::print_status(&admin, token.as_deref(), cacert.as_deref()) {
+            let (token, ca) = (token.as_deref(), cacert.as_deref());
+            match pgrouter::status_cli::several::run(&admin, token, ca, format, watch) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pgrouter status: {e}");
@@ -120,13 +167,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { no_files } => {
             let config = config.expect("checked above");
             let path = cli.config.clone().unwrap_or_default();
-            let files = if no_files {
-                Ok(())
-            } else {
-                pgrouter::app::check_files(&config)
+            let errors = match no_files {
+                true => Vec::new(),
+                false => pgrouter::app::check_files(&config),
             };
-            if let Err(e) = files {
+            for e in &errors {
                 eprintln!("pgrouter: {}: {e}", path.display());
+            }
+            if !errors.is_empty() {
                 return ExitCode::from(2);
             }
             println!("{}: ok", cli.config.unwrap_or_default().display());

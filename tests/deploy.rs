@@ -16,7 +16,9 @@ use pgrouter::config::Config;
 use pgrouter::testing::auth::Secret;
 use serde_json::Value;
 
-const METRICS_RS: &str = include_str!("../src/metrics.rs");
+const METRICS_RS: &str = include_str!("../src/metrics/mod.rs");
+const ROUTER_METRICS_RS: &str = include_str!("../src/metrics/router.rs");
+const PROCESS_METRICS_RS: &str = include_str!("../src/metrics/process.rs");
 const DASHBOARD: &str = include_str!("../docker/grafana/dashboards/pgrouter.json");
 
 fn root() -> PathBuf {
@@ -337,7 +339,7 @@ fn keepalived_tracks_the_routers_primary_endpoint() {
     }
 }
 
-// ---- Metric names pgrouter exports, read from src/metrics.rs ----
+// ---- Metric names pgrouter exports, read from src/metrics/ ----
 
 struct Exported {
     /// Every metric name, `pgrouter_` included.
@@ -376,7 +378,17 @@ fn exported_metrics() -> Exported {
         names.insert(name.clone());
         histograms.insert(name);
     }
-    // The extraction follows src/metrics.rs's patterns: if they change, fail here, loudly.
+    // The process-wide series: gauge("x", ...) prefixed, Opts::new("x", ...) and int("x", ...)
+    // named in full.
+    for name in literals_after(ROUTER_METRICS_RS, "gauge(") {
+        names.insert(format!("pgrouter_{name}"));
+    }
+    for text in [ROUTER_METRICS_RS, PROCESS_METRICS_RS] {
+        for call in ["Opts::new(", " int("] {
+            names.extend(literals_after(text, call).into_iter().map(str::to_owned));
+        }
+    }
+    // The extraction follows src/metrics/'s patterns: if they change, fail here, loudly.
     for known in [
         "pgrouter_client_connections",
         "pgrouter_server_connections",
@@ -385,14 +397,25 @@ fn exported_metrics() -> Exported {
         "pgrouter_leader_changes_total",
         "pgrouter_dcs_connected",
         "pgrouter_member_leader",
+        "pgrouter_build_info",
+        "pgrouter_config_last_reload_successful",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
-        assert!(names.contains(known), "{known} not found in src/metrics.rs");
+        assert!(names.contains(known), "{known} not found in src/metrics/");
     }
-    for known in ["pgrouter_hold_seconds", "pgrouter_route_switch_seconds"] {
+    for known in [
+        "pgrouter_hold_seconds",
+        "pgrouter_route_switch_seconds",
+        "pgrouter_transaction_seconds",
+    ] {
         assert!(histograms.contains(known), "histogram {known} not found");
     }
     // And every metric the registry shows at run time is among them.
-    for line in pgrouter::testing::Metrics::new().encode().lines() {
+    let registry = prometheus::Registry::new();
+    let _router = pgrouter::testing::RouterMetrics::register(&registry, 100);
+    let cluster = pgrouter::testing::Metrics::in_registry(&registry, Some("main"));
+    for line in cluster.encode().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let name = rest.split_whitespace().next().unwrap();
             assert!(
@@ -630,7 +653,7 @@ fn the_dashboard_has_the_panels_operators_look_at_first() {
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
     let panels = dashboard_panels(&dashboard);
     // (what, a metric the panel queries, fragments its query must also contain)
-    let wanted: [(&str, &str, &[&str]); 8] = [
+    let wanted: [(&str, &str, &[&str]); 13] = [
         ("leader", "pgrouter_member_leader", &[]),
         ("replicas", "pgrouter_member_eligible", &["by (member)"]),
         (
@@ -663,6 +686,15 @@ fn the_dashboard_has_the_panels_operators_look_at_first() {
             "pgrouter_route_switch_seconds_bucket",
             &["histogram_quantile("],
         ),
+        (
+            "pooled transaction latency",
+            "pgrouter_transaction_seconds_bucket",
+            &["histogram_quantile(", "by (le, port)"],
+        ),
+        ("pool saturation", "pgrouter_pool_size", &["/"]),
+        ("router CPU", "process_cpu_seconds_total", &["rate("]),
+        ("router memory", "process_resident_memory_bytes", &[]),
+        ("open files", "process_open_fds", &[]),
     ];
     for (what, metric, fragments) in wanted {
         let found = panels.iter().any(|(_, exprs)| {

@@ -153,9 +153,6 @@ async fn answer(
             r
         }
         Asked::Metrics => {
-            for other in endpoint.others() {
-                other.shared.metrics.refresh();
-            }
             let mut r = Response::new(Full::new(Bytes::from(
                 endpoint.first.shared.metrics.encode(),
             )));

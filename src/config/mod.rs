@@ -163,12 +163,15 @@ impl RuntimeConfig {
 pub struct LogConfig {
     /// A tracing filter such as "info" or "info,pgrouter=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// One info line per client session as it ends (`crate::session_log`), on every listener.
+    pub connections: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            connections: true,
         }
     }
 }

@@ -52,6 +52,20 @@ fn log_stats(shared: &Shared, pool: &crate::config::PoolConfig) {
     }
 }
 
+/// The pool_size in force for each pool, as `pgrouter_pool_size` (pools gone lose theirs).
+fn export_pool_sizes(shared: &Shared, config: &crate::config::Config) {
+    let gauge = &shared.metrics.pool_size;
+    gauge.reset();
+    for pool in shared.pools.all() {
+        let k = &pool.key;
+        // The plan a session picks the pool by: the client's database, the server user.
+        let size = config.plan(&k.database, &k.user).pool_size;
+        gauge
+            .with_label_values(&[k.member.as_str(), k.target.label(), &k.database, &k.user])
+            .set(size as i64);
+    }
+}
+
 /// Pool upkeep: at once on every topology change (idle connections to a member that lost its
 /// role close), and every second (idle timeout, lifetime, min_pool_size, pool_size changes).
 pub async fn maintain(shared: Arc<Shared>) {
@@ -68,6 +82,7 @@ pub async fn maintain(shared: Arc<Shared>) {
             .pools
             .maintain(&config, |key| keeps_role(&current, key));
         shared.pools.export(&shared.metrics);
+        export_pool_sizes(&shared, &config);
         log_stats(&shared, &config.pool);
         if config.pool.min_pool_size == 0 {
             continue;

@@ -8,7 +8,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::relay::{terminate, End};
 
-/// Tells the client why its session ended, when it can still be told, and logs it.
+/// Tells the client why its session ended, when it can still be told, and logs it; the
+/// SQLSTATE it was told, if any.
 pub(super) async fn finish(
     shared: &Shared,
     route: &Route,
@@ -17,7 +18,7 @@ pub(super) async fn finish(
     end: End,
     client: &mut Stream,
     server: &mut Stream,
-) {
+) -> Option<&'static str> {
     let ends_server = matches!(end, End::Drained(_) | End::Killed { .. });
     let told = match end {
         End::Lost { .. } | End::Drained(_) | End::DrainTimeout { .. } | End::Killed { .. } => {
@@ -25,12 +26,13 @@ pub(super) async fn finish(
         }
         end => failed(shared, route, port, peer, end),
     };
-    if let Some(e) = told {
-        send_error(shared, client, &e).await;
+    if let Some(e) = &told {
+        send_error(shared, client, e).await;
     }
     if ends_server {
         terminate(server).await;
     }
+    told.map(|e| e.code)
 }
 
 /// A session pgrouter ended because its member may no longer serve it: counted and logged;

@@ -28,6 +28,24 @@ pub struct Cause {
     pub reason: String,
 }
 
+impl End {
+    /// How the session ended, for its log line.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::ServerGone { .. } => "server_gone",
+            End::Lost { .. } => "leader_lost",
+            End::Drained(cause) => cause.kind,
+            End::Killed { .. } => "killed",
+            End::DrainTimeout { .. } => "drain_timeout",
+            End::ClientError(_) => "client_error",
+            End::ClientProtocol(_) => "client_protocol",
+            End::ClientTruncated => "client_truncated",
+            End::ServerProtocol(_) => "server_protocol",
+        }
+    }
+}
+
 /// Why a relayed session ended.
 #[derive(Debug)]
 pub enum End {
@@ -99,6 +117,24 @@ pub struct Follow<'a> {
     up_bytes: IntCounter,
     down_bytes: IntCounter,
     transactions: IntCounter,
+    /// This session's bytes, for its log line (`Follow::tally`).
+    tally: Option<&'a Tally>,
+}
+
+/// One session's bytes from the client and to it, kept apart from the port's counters so
+/// the session's log line can give them after the relay ends.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub from_client: std::sync::atomic::AtomicU64,
+    pub to_client: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    /// (from the client, to the client) so far.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.from_client.load(Relaxed), self.to_client.load(Relaxed))
+    }
 }
 
 impl<'a> Follow<'a> {
@@ -129,12 +165,23 @@ impl<'a> Follow<'a> {
                 .metrics
                 .transactions
                 .with_label_values(&[port.label()]),
+            tally: None,
         }
+    }
+
+    /// Counts this session's bytes into `tally` too.
+    pub fn tally(mut self, tally: &'a Tally) -> Follow<'a> {
+        self.tally = Some(tally);
+        self
     }
 
     /// Bytes from the client: count what will earn a ReadyForQuery.
     pub fn client_bytes(&mut self, data: &[u8]) -> Result<(), BadLength> {
         self.up_bytes.inc_by(data.len() as u64);
+        if let Some(t) = self.tally {
+            t.from_client
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let (tx, terminated) = (&mut self.tx, &mut self.terminated);
         self.up_scan.feed(data, |tag, _| match tag {
             b'Q' | b'S' | b'F' => tx.awaiting = tx.awaiting.saturating_add(1),
@@ -157,6 +204,10 @@ impl<'a> Follow<'a> {
         // Bytes kept back from the last batch are the start of an ErrorResponse.
         self.batch_at_boundary = fresh > 0 || self.down_scan.at_boundary();
         self.down_bytes.inc_by(data.len() as u64);
+        if let Some(t) = self.tally {
+            t.to_client
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let Follow {
             tx,
             last_from_server,

@@ -41,6 +41,33 @@ fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
+#[test]
+fn a_tally_counts_the_session_bytes_each_way_beside_the_port_counters() {
+    let shared = shared();
+    let tally = Tally::default();
+    let mut follow = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:1").tally(&tally);
+    follow.client_bytes(&tagged(b'Q', b"select 1\0")).unwrap();
+    follow.server_bytes(&tagged(b'Z', b"I")).unwrap();
+    follow.client_bytes(&tagged(b'X', b"")).unwrap();
+    assert_eq!(tally.get(), (14 + 5, 6));
+    let port = |direction| {
+        shared
+            .metrics
+            .bytes
+            .with_label_values(&["primary", direction])
+            .get()
+    };
+    assert_eq!(
+        (port("client_to_server"), port("server_to_client")),
+        (19, 6)
+    );
+    // A follow without a tally counts the port's bytes only.
+    let mut other = Follow::new(&shared, Port::PRIMARY, "127.0.0.1:1");
+    other.client_bytes(&tagged(b'Q', b"select 1\0")).unwrap();
+    assert_eq!(tally.get(), (19, 6));
+    assert_eq!(port("client_to_server"), 33);
+}
+
 const FATAL: &[u8] =
     b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
 

@@ -14,7 +14,7 @@ use tokio::time::timeout;
 use super::finish::{finish, send_error, send_response};
 use super::forward_cancel::forward_cancel;
 use super::login;
-use super::relay::{Follow, Relay};
+use super::relay::{Follow, Relay, Tally};
 use crate::hold::{
     left_waiting, not_now, unless_left, unreachable, without_member, Attempt, Hold, Unserved,
 };
@@ -24,6 +24,7 @@ use crate::protocol::frame;
 use crate::protocol::startup::{self, CancelKey, FirstPacket, Startup};
 use crate::protocol::wire;
 use crate::route::{Port, Route};
+use crate::session_log::SessionEnd;
 use crate::shared::Shared;
 
 pub async fn run(
@@ -144,7 +145,8 @@ async fn passthrough(
         .with_label_values(&[&member]);
     server_gauge.inc();
     tracing::debug!(%peer, %port, %member, user = startup.user(), database = startup.database(), "routed");
-    let mut follow = Follow::new(&shared, port, &route.member.addr);
+    let tally = Tally::default();
+    let mut follow = Follow::new(&shared, port, &route.member.addr).tally(&tally);
     let login = login::run(
         &shared,
         &route,
@@ -155,6 +157,7 @@ async fn passthrough(
     )
     .await;
     // How the session ended, for `finish`; None when the member refused the login.
+    let mut refused = None;
     let end = match login {
         Ok(()) => {
             let relay = Relay {
@@ -174,13 +177,35 @@ async fn passthrough(
         Err(login::Refused::Member { code, response }) => {
             tracing::info!(%peer, %port, %member, sqlstate = %code, "the member refused the login");
             send_response(&shared, &mut client, &code, &response).await;
+            refused = Some(code);
             None
         }
     };
-    if let Some(end) = end {
-        finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
-    }
+    let (ended, sqlstate) = match end {
+        Some(end) => {
+            let kind = end.kind();
+            let told = finish(&shared, &route, port, &peer, end, &mut client, &mut server).await;
+            (kind, told.unwrap_or_default().to_owned())
+        }
+        None => ("login_refused", refused.unwrap_or_default()),
+    };
     server_gauge.dec();
+    if shared.config().log.connections {
+        SessionEnd {
+            cluster: &shared.scope,
+            client: &peer,
+            listener: port.label(),
+            user: startup.user(),
+            database: startup.database(),
+            application_name: startup.param("application_name").unwrap_or_default(),
+            member: &member,
+            duration: began.elapsed(),
+            bytes: Some(tally.get()),
+            end: ended,
+            sqlstate: &sqlstate,
+        }
+        .log();
+    }
 }
 
 enum Opening {
@@ -264,7 +289,11 @@ async fn connect(
                 };
                 let limit = config.routing.connect_timeout.0;
                 let opened = timeout(limit, open(transport, &route.member.addr, startup));
-                let error = match unless_left(client, opened).await {
+                let opened = unless_left(client, opened).await;
+                if let Some(Ok(Err(_)) | Err(_)) = opened {
+                    shared.metrics.member_connect_error(&route.member.name);
+                }
+                let error = match opened {
                     None => return Attempt::Left,
                     Some(Ok(Ok(Answer::Relay(server, first)))) => {
                         return Attempt::Served((route, server, first))

@@ -21,6 +21,7 @@ mod drivers;
 mod failover;
 mod hostile;
 mod limits;
+mod observability;
 mod operations;
 mod parity;
 mod pooling;
@@ -105,6 +106,9 @@ const TESTS: &[(&str, TestFn)] = &[
     }),
     ("sigterm_under_load_drains_and_exits_0", |lab| {
         Box::pin(operations::sigterm_drains(lab))
+    }),
+    ("connection_log_lines_and_incident_metrics", |lab| {
+        Box::pin(observability::connection_log_and_new_metrics(lab))
     }),
     (
         "pooled_drivers_pgbench_modes_and_auth_in_transaction_mode",

@@ -97,6 +97,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String, bool)> {
             true,
         ),
         ("pool.log_connections", p.log_connections.to_string(), true),
+        ("log.connections", config.log.connections.to_string(), true),
         (
             "pool.log_disconnections",
             p.log_disconnections.to_string(),

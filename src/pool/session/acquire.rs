@@ -29,6 +29,13 @@ pub(super) struct RouteCache {
     route: Arc<Route>,
 }
 
+impl RouteCache {
+    /// The member the last transaction used, for the session's log line.
+    pub(super) fn member(&self) -> &str {
+        &self.route.member.name
+    }
+}
+
 impl PooledSession {
     /// A member for the client's port, and a connection from its pool, holding while there
     /// is none (no leader, switchover announced, paused) up to hold_timeout.
@@ -260,6 +267,7 @@ impl PooledSession {
                 ))
             }
             e => {
+                shared.metrics.member_connect_error(member);
                 let error = hold::unreachable(scope, route, &e.to_string());
                 Attempt::Retry {
                     error: PgError {

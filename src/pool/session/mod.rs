@@ -126,6 +126,7 @@ pub struct PooledSession {
     /// This port's series, looked up once.
     hold_seconds: prometheus::Histogram,
     transactions: prometheus::IntCounter,
+    transaction_seconds: prometheus::Histogram,
 }
 
 /// Authenticates a client of a pooled listener after its StartupMessage; the session to
@@ -234,6 +235,9 @@ pub async fn start(
     let metrics = &shared.metrics;
     let hold_seconds = metrics.hold_seconds.with_label_values(&[port.label()]);
     let transactions = metrics.transactions.with_label_values(&[port.label()]);
+    let transaction_seconds = metrics
+        .transaction_seconds
+        .with_label_values(&[port.label()]);
     let (topology, roles) = (
         shared.topology.clone(),
         crate::hold::RoleCheck::new(&shared),
@@ -272,6 +276,7 @@ pub async fn start(
         began: tokio::time::Instant::now(),
         hold_seconds,
         transactions,
+        transaction_seconds,
     }))
 }
 
@@ -313,11 +318,30 @@ impl PooledSession {
         if let Some(held) = self.held.take() {
             Box::pin(self.put_back(held, Done::ClientLeft)).await;
         }
-        if self.shared.config().pool.log_disconnections {
+        let config = self.shared.config();
+        if config.log.connections && config.pool.log_disconnections {
+            let (ended, sqlstate) = match &end {
+                Exit::ClientGone => ("client_closed", ""),
+                Exit::Fatal(e) => ("closed_by_pgrouter", e.code),
+                Exit::ClientProtocol(_) => ("client_protocol", sqlstate::PROTOCOL_VIOLATION),
+            };
             let entry = &self.registration.entry;
-            let seconds = entry.since.elapsed().unwrap_or_default().as_secs_f64();
-            tracing::info!(peer = %entry.peer, port = %self.port, user = %entry.user, database = %entry.database, seconds, "pooled client left");
+            crate::session_log::SessionEnd {
+                cluster: &self.shared.scope,
+                client: &entry.peer,
+                listener: self.port.label(),
+                user: &entry.user,
+                database: &entry.database,
+                application_name: &entry.application_name,
+                member: self.route_cache.as_ref().map_or("", |c| c.member()),
+                duration: self.began.elapsed(),
+                bytes: None,
+                end: ended,
+                sqlstate,
+            }
+            .log();
         }
+        drop(config);
         let e = match end {
             Exit::ClientGone => return,
             Exit::Fatal(e) => {
@@ -376,6 +400,10 @@ impl PooledSession {
         self.registration.entry.set(ClientActivity::Idle, 0, None);
         self.state.set(ClientState::Idle);
         let held = self.held.take();
+        if let Some(held) = &held {
+            let seconds = held.lease.taken().elapsed().as_secs_f64();
+            self.transaction_seconds.observe(seconds);
+        }
         let done = match done {
             Ok(done) => done,
             Err(e) => {

@@ -1,5 +1,9 @@
 //! `pgrouter status`: fetch a router's /status (over HTTPS with `--cacert` when the admin
 //! endpoint has `listen.admin_tls`) and print it as a patronictl-like table.
+//!
+//! - `several`: several routers side by side, whether they agree, JSON, `--watch`.
+
+pub mod several;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,11 +17,14 @@ use serde_json::Value;
 /// `http://host:port`, `https://host:port` (the certificate checked against `ca`, for the
 /// host named) or `host:port`.
 pub fn print_status(admin: &str, token: Option<&str>, ca: Option<&Path>) -> Result<(), String> {
-    let body = get(admin, "/status", token, ca)?;
-    let status: Value =
-        serde_json::from_str(&body).map_err(|e| format!("{admin}/status is not JSON: {e}"))?;
-    print!("{}", render_all(&status));
+    print!("{}", render_all(&fetch(admin, token, ca)?));
     Ok(())
+}
+
+/// `<admin>/status`, parsed.
+pub fn fetch(admin: &str, token: Option<&str>, ca: Option<&Path>) -> Result<Value, String> {
+    let body = get(admin, "/status", token, ca)?;
+    serde_json::from_str(&body).map_err(|e| format!("{admin}/status is not JSON: {e}"))
 }
 
 /// Every cluster the router serves, one table after another (`clusters` when several).

@@ -1,4 +1,13 @@
-//! Prometheus metrics: one `Metrics` value owns the registry; sessions hold cheap handles.
+//! Prometheus metrics: one `Metrics` value per cluster, its series in the registry every
+//! cluster shares (each labelled with its `cluster`); sessions hold cheap handles.
+//!
+//! - `router`: the process-wide series (build, `process_*`, limits, reloads), unlabelled.
+//! - `process`: `process_*` read from `/proc/self`.
+
+pub mod process;
+pub mod router;
+
+pub use router::{unix_now, RouterMetrics};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -7,7 +16,6 @@ use prometheus::{
 };
 
 use std::sync::Mutex;
-use std::time::Instant;
 
 use crate::route::Port;
 use crate::topology::Topology;
@@ -33,8 +41,17 @@ pub struct Metrics {
     /// Pooled server connections closed as stuck (the server waiting for its client, owing it
     /// an answer, with nothing left to send it), by port.
     pub pool_stuck_closed: IntCounterVec,
-    /// Seconds new clients were held before being routed or refused, by port.
+    /// Seconds clients waited for a server: pass-through clients held before being routed
+    /// or refused; pooled clients from a transaction's first message to its server connection
+    /// (the pool wait), by port.
     pub hold_seconds: HistogramVec,
+    /// Pooled listeners: seconds a transaction held its server connection, by port.
+    pub transaction_seconds: HistogramVec,
+    /// Client connections accepted, by port (listener), before any limit or check.
+    pub accepted_connections: IntCounterVec,
+    /// Server connections that could not be opened (the member unreachable, or no answer
+    /// within connect_timeout; not a login the member refused), by member.
+    pub member_connect_errors: IntCounterVec,
     /// Clients that closed their connection while held or in line for a server connection, by
     /// port; what they had sent was not run.
     pub clients_left_waiting: IntCounterVec,
@@ -43,7 +60,8 @@ pub struct Metrics {
     pub route_switch_seconds: Histogram,
     pub dcs_connected: IntGauge,
     pub pooled_message_bytes: IntGauge,
-    pub dcs_last_event_age_seconds: prometheus::Gauge,
+    /// When the last etcd read or watch event (or REST poll) arrived, in Unix seconds.
+    pub dcs_last_event_timestamp_seconds: prometheus::Gauge,
     pub member_leader: IntGaugeVec,
     pub member_eligible: IntGaugeVec,
     pub member_lag_bytes: IntGaugeVec,
@@ -58,8 +76,9 @@ pub struct Metrics {
     pub pool_servers: IntGaugeVec,
     /// Pooled modes: clients waiting for a server connection, per pool.
     pub pool_waiting: IntGaugeVec,
-    /// When the last etcd read or event arrived; the age gauge is computed at scrape time.
-    dcs_last_event: Mutex<Option<Instant>>,
+    /// Pooled modes: the pool_size in force per pool, to graph pool_server_connections
+    /// against.
+    pub pool_size: IntGaugeVec,
 }
 
 /// Registers a metric built from constant names and labels; a failure is a programming error.
@@ -110,7 +129,16 @@ impl Metrics {
         ];
         let hold_opts = histogram(
             "hold_seconds",
-            "Seconds new clients were held waiting for a member, by port.",
+            "Seconds clients waited for a server, by port: pass-through clients held for a member; pooled clients from a transaction's first message to its server connection (the pool wait).",
+        );
+        // Transactions: from half a millisecond to a minute.
+        let transaction_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            60.0,
+        ];
+        let transaction_opts = histogram(
+            "transaction_seconds",
+            "Pooled listeners: seconds a transaction held its server connection, by port.",
         );
         // Route switches: the router's own part is well under a millisecond.
         let switch_buckets = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
@@ -159,6 +187,21 @@ impl Metrics {
                 reg,
                 HistogramVec::new(hold_opts.buckets(hold_buckets), &["port"]),
             ),
+            transaction_seconds: register(
+                r,
+                reg,
+                HistogramVec::new(transaction_opts.buckets(transaction_buckets), &["port"]),
+            ),
+            accepted_connections: counters(
+                "client_connections_accepted_total",
+                "Client connections accepted, by port (listener), before any limit or check.",
+                &["port"],
+            ),
+            member_connect_errors: counters(
+                "member_connect_errors_total",
+                "Server connections that could not be opened (the member unreachable, or no answer within connect_timeout), by member.",
+                &["member"],
+            ),
             clients_left_waiting: counters(
                 "clients_left_waiting_total",
                 "Clients that closed their connection while held or in line for a server connection (what they sent was not run), by port.",
@@ -193,12 +236,12 @@ impl Metrics {
                     "Bytes of pool.message_memory held by pooled clients' large messages (64 KiB and over), every second.",
                 )),
             ),
-            dcs_last_event_age_seconds: register(
+            dcs_last_event_timestamp_seconds: register(
                 r,
                 reg,
                 prometheus::Gauge::with_opts(opts(
-                    "dcs_last_event_age_seconds",
-                    "Seconds since the last etcd read or watch event.",
+                    "dcs_last_event_timestamp_seconds",
+                    "When the last etcd read or watch event (or Patroni REST poll) arrived, in Unix seconds.",
                 )),
             ),
             member_leader: gauges(
@@ -248,7 +291,11 @@ impl Metrics {
                 "Pooled clients waiting for a server connection, by pool.",
                 &["member", "role", "database", "user"],
             ),
-            dcs_last_event: Mutex::new(None),
+            pool_size: gauges(
+                "pool_size",
+                "Pooled modes: the pool_size in force per pool (member, role, database, user).",
+                &["member", "role", "database", "user"],
+            ),
             registered,
             registry,
         }
@@ -297,30 +344,21 @@ impl Metrics {
         }
     }
 
+    /// Counts a server connection to `member` that could not be opened.
+    pub fn member_connect_error(&self, member: &str) {
+        self.member_connect_errors
+            .with_label_values(&[member])
+            .inc();
+    }
+
     /// Notes that etcd just answered (a full read or a watch event).
     pub fn dcs_event_seen(&self) {
-        *self
-            .dcs_last_event
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.dcs_last_event_timestamp_seconds.set(unix_now());
     }
 
-    /// Sets the gauges computed at scrape time.
-    pub fn refresh(&self) {
-        if let Some(at) = *self
-            .dcs_last_event
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
-            self.dcs_last_event_age_seconds
-                .set(at.elapsed().as_secs_f64());
-        }
-    }
-
-    /// The Prometheus text exposition of every metric in the registry: every cluster's
-    /// (`refresh` each first).
+    /// The Prometheus text exposition of every metric in the registry: every cluster's, and
+    /// the process-wide ones.
     pub fn encode(&self) -> String {
-        self.refresh();
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -406,6 +444,38 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("pgrouter_"), "{line}");
         }
+    }
+
+    #[test]
+    fn every_cluster_series_is_labelled_and_the_dcs_time_is_a_timestamp() {
+        let m = Metrics::in_registry(&Registry::new(), Some("main"));
+        let before = unix_now();
+        m.dcs_event_seen();
+        m.member_connect_error("pg1");
+        m.member_connect_error("pg1");
+        m.accepted_connections.with_label_values(&["primary"]).inc();
+        m.transaction_seconds
+            .with_label_values(&["primary"])
+            .observe(0.003);
+        m.pool_size
+            .with_label_values(&["pg0", "leader", "app", "app"])
+            .set(20);
+        let text = m.encode();
+        for expected in [
+            "pgrouter_member_connect_errors_total{cluster=\"main\",member=\"pg1\"} 2",
+            "pgrouter_client_connections_accepted_total{cluster=\"main\",port=\"primary\"} 1",
+            "pgrouter_transaction_seconds_bucket{cluster=\"main\",port=\"primary\",le=\"0.0025\"} 0",
+            "pgrouter_transaction_seconds_bucket{cluster=\"main\",port=\"primary\",le=\"0.005\"} 1",
+            "pgrouter_pool_size{cluster=\"main\",database=\"app\",member=\"pg0\",role=\"leader\",user=\"app\"} 20",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("cluster=\"main\""), "{line}");
+        }
+        let at = m.dcs_last_event_timestamp_seconds.get();
+        assert!(at >= before && at <= unix_now(), "{at}");
+        assert!(!text.contains("dcs_last_event_age_seconds"));
     }
 
     #[test]
