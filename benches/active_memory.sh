@@ -50,6 +50,7 @@ pidfile = $dir/pgbouncer.pid
 EOF
 chown postgres:postgres "$dir/pgbouncer.ini"
 pgbouncer -d -u postgres "$dir/pgbouncer.ini"
+for _ in $(seq 50); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
 pids+=("$(cat "$dir/pgbouncer.pid")")
 
 cat >"$dir/pgrouter-txn.toml" <<EOF
@@ -75,13 +76,16 @@ declare -A port=([pgbouncer]=19701 [pgrouter-txn]=19720)
 declare -A pid=([pgbouncer]=${pids[0]} [pgrouter-txn]=${pids[1]})
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-echo "| round | target | VmRSS before (KiB) | VmRSS with $clients active (KiB) | growth per client (KiB) | tps | proxy CPU us/txn |"
+# Growth is taken from the RSS before the first run on each process: the allocator keeps what
+# the first run's clients used, so later runs grow little from their own start.
+declare -A base=([pgbouncer]=$(rss "${pid[pgbouncer]}") [pgrouter-txn]=$(rss "${pid[pgrouter-txn]}"))
+echo "| round | target | VmRSS before the first run (KiB) | VmRSS with $clients active (KiB) | per client (KiB) | tps | proxy CPU us/txn |"
 echo "|---|---|---|---|---|---|---|"
 targets=(pgbouncer pgrouter-txn)
 for r in $(seq "$rounds"); do
   for i in 0 1; do
     t=${targets[$(((i + r) % 2))]}
-    before=$(rss "${pid[$t]}")
+    before=${base[$t]}
     c0=$(cpu "${pid[$t]}")
     PGPASSWORD=postgres pgbench -h 127.0.0.1 -p "${port[$t]}" -U postgres \
       -n -S -M simple -c "$clients" -j 2 -T "$seconds" postgres >"$dir/run.out" 2>&1 &

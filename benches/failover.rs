@@ -53,7 +53,7 @@ fn main() -> Result<()> {
         lab.pg_port(&lab.leader()?),
         "select rolpassword from pg_authid where rolname = 'postgres'",
     )?;
-    let _pooled = procs::start_pgrouter_txn(&lab, &dir, POOLED_PORT, &secret, 1000)?;
+    let _pooled = procs::start_pgrouter_txn(&lab, &dir, POOLED_PORT, &secret, 1000, 0)?;
     let _haproxy = procs::start_haproxy(&lab, &dir, HAPROXY_PORT)?;
     procs::wait_primary("HAProxy", HAPROXY_PORT)?;
     let runtime = tokio::runtime::Runtime::new()?;

@@ -23,8 +23,8 @@ pub struct SessionEnd<'a> {
     /// (empty when it ran none).
     pub member: &'a str,
     pub duration: Duration,
-    /// Bytes from the client and to it; None where they are not counted per client (pooled
-    /// sessions, whose bytes are counted per pool: SHOW STATS).
+    /// Bytes from the client and to it (a pooled client's counted as each of its
+    /// transactions ends); None where they are not counted.
     pub bytes: Option<(u64, u64)>,
     /// How it ended: `client_closed`, `server_gone`, `leader_lost`, `drained`, `killed`, ...
     pub end: &'a str,

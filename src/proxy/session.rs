@@ -34,69 +34,12 @@ pub async fn run(
     permit: Option<OwnedSemaphorePermit>,
     home: usize,
 ) {
-    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    crate::tcp::tune(&tcp, &shared.config().tcp);
-    let mut client = Stream::Plain(tcp);
-    let startup_timeout = shared.config().listen.startup_timeout.0;
-    let tls = shared.transport();
-    let opening = Box::pin(timeout(startup_timeout, read_startup(&mut client, &tls)));
-    let startup = match opening.await {
-        Err(_) => {
-            tracing::debug!(%peer, %port, "startup timed out");
-            return;
-        }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            // Closed inside a packet: a client that only shut down its sending side is told.
-            let e = PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "pgrouter: cluster \"{}\": startup packet truncated: the client closed the connection inside it",
-                    shared.scope
-                ),
-            );
-            tracing::info!(%peer, %port, error = %e, "refused a truncated startup");
-            return send_error(&shared, &mut client, &e).await;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, %port, error = %e, "client left during startup");
-            return;
-        }
-        Ok(Ok(Opening::Closed)) => return,
-        Ok(Ok(Opening::Refused(e))) => {
-            let e = PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("pgrouter: cluster \"{}\": {e}", shared.scope),
-            );
-            tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
-            return send_error(&shared, &mut client, &e).await;
-        }
-        // Boxed, as the two ways below: every client's task is as large as its largest state.
-        Ok(Ok(Opening::Cancel(key))) => return Box::pin(forward_cancel(&shared, &key)).await,
-        Ok(Ok(Opening::Startup(s))) => s,
+    // Boxed: a task's future is as large as its largest state, and a client idling for
+    // hours should not carry the startup's (TLS handshake, errors being sent).
+    let admitted = Box::pin(admit(&shared, port, tcp, permit.is_some())).await;
+    let Some((client, startup, peer)) = admitted else {
+        return;
     };
-    if tls.mode == TlsMode::Require && !client.is_tls() {
-        let e = PgError::fatal(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!(
-                "pgrouter: cluster \"{}\": TLS is required (tls.mode = \"require\"); connect with sslmode=require or stronger",
-                shared.scope
-            ),
-        );
-        tracing::info!(%peer, %port, "refused a plaintext client: TLS required");
-        return send_error(&shared, &mut client, &e).await;
-    }
-    if permit.is_none() {
-        let e = PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "pgrouter: cluster \"{}\": too many client connections (listen.max_client_conn = {})",
-                shared.scope,
-                shared.config().listen.max_client_conn
-            ),
-        );
-        tracing::debug!(%peer, %port, "refused a client past max_client_conn");
-        return send_error(&shared, &mut client, &e).await;
-    }
     let mut state = StateGauge::new(&shared.metrics, port.label());
     state.set(ClientState::Active);
     let mode = shared.config().rules(port.index()).pool_mode;
@@ -117,6 +60,87 @@ pub async fn run(
         return;
     }
     Box::pin(passthrough(shared, port, client, startup, peer, state)).await
+}
+
+/// Reads the client's first packets (TLS, a cancel, the StartupMessage) and refuses what
+/// may not go on; the client, its StartupMessage and its address when it may.
+async fn admit(
+    shared: &Arc<Shared>,
+    port: Port,
+    tcp: TcpStream,
+    permitted: bool,
+) -> Option<(Stream, Startup, String)> {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    crate::tcp::tune(&tcp, &shared.config().tcp);
+    let mut client = Stream::Plain(tcp);
+    let startup_timeout = shared.config().listen.startup_timeout.0;
+    let tls = shared.transport();
+    let opening = Box::pin(timeout(startup_timeout, read_startup(&mut client, &tls)));
+    let startup = match opening.await {
+        Err(_) => {
+            tracing::debug!(%peer, %port, "startup timed out");
+            return None;
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Closed inside a packet: a client that only shut down its sending side is told.
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "pgrouter: cluster \"{}\": startup packet truncated: the client closed the connection inside it",
+                    shared.scope
+                ),
+            );
+            tracing::info!(%peer, %port, error = %e, "refused a truncated startup");
+            send_error(shared, &mut client, &e).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %port, error = %e, "client left during startup");
+            return None;
+        }
+        Ok(Ok(Opening::Closed)) => return None,
+        Ok(Ok(Opening::Refused(e))) => {
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgrouter: cluster \"{}\": {e}", shared.scope),
+            );
+            tracing::info!(%peer, %port, error = %e, "refused a malformed startup");
+            send_error(shared, &mut client, &e).await;
+            return None;
+        }
+        // Boxed, as the two ways below: every client's task is as large as its largest state.
+        Ok(Ok(Opening::Cancel(key))) => {
+            Box::pin(forward_cancel(shared, &key)).await;
+            return None;
+        }
+        Ok(Ok(Opening::Startup(s))) => s,
+    };
+    if tls.mode == TlsMode::Require && !client.is_tls() {
+        let e = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "pgrouter: cluster \"{}\": TLS is required (tls.mode = \"require\"); connect with sslmode=require or stronger",
+                shared.scope
+            ),
+        );
+        tracing::info!(%peer, %port, "refused a plaintext client: TLS required");
+        send_error(shared, &mut client, &e).await;
+        return None;
+    }
+    if !permitted {
+        let e = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgrouter: cluster \"{}\": too many client connections (listen.max_client_conn = {})",
+                shared.scope,
+                shared.config().listen.max_client_conn
+            ),
+        );
+        tracing::debug!(%peer, %port, "refused a client past max_client_conn");
+        send_error(shared, &mut client, &e).await;
+        return None;
+    }
+    Some((client, startup, peer))
 }
 
 /// One server connection for this client, authentication relayed, then the relay.

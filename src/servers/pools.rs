@@ -259,19 +259,12 @@ impl Pool {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
             } else {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
-                return Ok((
-                    Lease {
-                        conn,
-                        slot,
-                        taken: now,
-                    },
-                    None,
-                ));
+                let taken = now;
+                return Ok((Lease { conn, slot, taken }, None));
             }
             idle = self.slots.pop_idle(home);
         }
-        // Boxed, as the other rare waits here: a checkout that finds an idle connection is
-        // most, and its future stays small.
+        // Boxed, as the rare waits above: the common checkout's future stays small.
         let admission = Box::pin(self.admit(pools, asked + config.query_wait_timeout.0)).await?;
         let to = Endpoint {
             id: pools.next_server_id(),

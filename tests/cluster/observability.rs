@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use pgrouter_lab::Lab;
 
 use crate::support::{connect, eventually, http, metric, scram_userlist, Router, RouterOptions};
@@ -190,7 +190,19 @@ async fn pooled_session_line(lab: &Lab) -> Result<()> {
     ] {
         ensure!(line.contains(field), "{field} not in {line}");
     }
-    ensure!(!line.contains("bytes_in"), "{line}");
+    // Three `select 1` and their answers (the login's bytes are not a transaction's).
+    let field = |name: &str| -> Result<u64> {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {line}"))
+    };
+    let (bytes_in, bytes_out) = (field("bytes_in")?, field("bytes_out")?);
+    ensure!(
+        bytes_in == 3 * 14 && bytes_out > 3 * 40,
+        "bytes_in {bytes_in}, bytes_out {bytes_out} for three `select 1`: {line}"
+    );
     ensure!(
         !router.log_text().contains("pooled client left"),
         "the old pooled line is still written"

@@ -316,10 +316,13 @@ impl PooledSession {
         Ok(heard)
     }
 
-    /// Adds what the transaction did to `pool`'s counters and the port's transactions.
+    /// Adds what the transaction did to `pool`'s counters, the port's transactions and the
+    /// session's bytes.
     pub(super) fn settle_tally(&mut self, pool: &crate::servers::pools::Pool) {
         use std::sync::atomic::Ordering::Relaxed;
         let t = std::mem::take(&mut self.tally);
+        self.bytes.0 += t.received;
+        self.bytes.1 += t.sent;
         let stats = &pool.stats;
         for (counter, n) in [
             (&stats.received, t.received),

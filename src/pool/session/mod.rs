@@ -79,7 +79,7 @@ pub struct PooledSession {
     client: Stream,
     /// How server connections log in, and as whom: the client's user, or the forced user of
     /// its `[databases]` entry.
-    login: Login,
+    login: Box<Login>,
     server_user: String,
     registration: ClientRegistration,
     state: StateGauge,
@@ -96,7 +96,8 @@ pub struct PooledSession {
     /// whole messages not begun, so it can be dropped and an error sent in its place.
     client_whole: bool,
     /// An error owed to the client for a transaction pgrouter lost; given with its next message.
-    owed: Option<PgError>,
+    /// Boxed, as `login`: a few hundred bytes less per idle client.
+    owed: Option<Box<PgError>>,
     /// `pool.message_memory` taken by the large message being received, held until the
     /// transaction ends.
     large: Option<Grant>,
@@ -117,6 +118,8 @@ pub struct PooledSession {
     config_epoch: u64,
     /// What the transaction adds to its pool's counters, added as the connection goes back.
     tally: exchange::Tally,
+    /// Bytes (from the client, to the client) of its transactions, for its log line.
+    bytes: (u64, u64),
     /// The exchange's timer (stuck check, idle in transaction), kept between transactions.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The worker thread the session runs on: server connections are taken from it first.
@@ -249,7 +252,7 @@ pub async fn start(
         shared,
         port,
         client,
-        login,
+        login: Box::new(login),
         server_user,
         registration,
         state,
@@ -271,6 +274,7 @@ pub async fn start(
         config,
         config_epoch,
         tally: Default::default(),
+        bytes: (0, 0),
         timer: None,
         home: crate::shards::MAIN,
         began: tokio::time::Instant::now(),
@@ -335,7 +339,7 @@ impl PooledSession {
                 application_name: &entry.application_name,
                 member: self.route_cache.as_ref().map_or("", |c| c.member()),
                 duration: self.began.elapsed(),
-                bytes: None,
+                bytes: Some(self.bytes),
                 end: ended,
                 sqlstate,
             }
@@ -353,7 +357,7 @@ impl PooledSession {
                 format!("pgrouter: cluster \"{}\": {why}", self.shared.scope),
             ),
         };
-        send_fatal(&self.shared, &mut self.client, &e).await;
+        Box::pin(send_fatal(&self.shared, &mut self.client, &e)).await;
     }
 
     async fn main_loop(&mut self) -> Result<(), Exit> {
@@ -370,7 +374,7 @@ impl PooledSession {
     /// Runs the unit of work the client started on a server connection, and gives it back.
     async fn transaction(&mut self) -> Result<(), Exit> {
         if let Some(e) = self.owed.take() {
-            return Box::pin(self.fail_unit(e)).await;
+            return Box::pin(self.fail_unit(*e)).await;
         }
         // The one clock reading the way to a server connection takes.
         let arrived = tokio::time::Instant::now();

@@ -123,7 +123,7 @@ impl PooledSession {
             self.fail_unit(e).await?;
         } else if loss.unanswered == 0 && loss.in_transaction {
             // Idle inside a transaction: its next statement learns the transaction is gone.
-            self.owed = Some(e);
+            self.owed = Some(Box::new(e));
         }
         Ok(Done::Idle)
     }
