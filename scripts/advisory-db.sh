@@ -8,14 +8,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The snapshot beside the checkout; PGROUTER_ADVISORY_DB names another. Exit status 2 when
+# there is none (a machine without the shared folder): the caller skips the advisory check
+# and says so, rather than failing every other check with it.
 src=${PGROUTER_ADVISORY_DB:-../shared/advisory-db}
+if [ -z "${PGROUTER_ADVISORY_DB:-}" ] && [ ! -f "$src/SNAPSHOT" ] && [ -f /work/shared/advisory-db/SNAPSHOT ]; then
+  src=/work/shared/advisory-db
+fi
 # cargo-deny's name for https://github.com/RustSec/advisory-db (url_to_db_path: the URL's last
 # segment and its XxHash64). If a cargo-deny upgrade changes it, the check fails naming the
 # path it looked for: put that name here.
 dest=target/advisory-db/advisory-db-3157b0e258782691
 
+[ -e "$src" ] || {
+  echo "advisory-db: no RustSec snapshot at $src" >&2
+  exit 2
+}
 [ -f "$src/SNAPSHOT" ] && [ -d "$src/crates" ] || {
-  echo "advisory-db: no RustSec snapshot at $src (SNAPSHOT and crates/ expected)" >&2
+  echo "advisory-db: $src is not a RustSec snapshot (SNAPSHOT and crates/ expected)" >&2
   exit 1
 }
 if ! cmp -s "$src/SNAPSHOT" "$dest/SNAPSHOT"; then
