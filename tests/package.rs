@@ -1,9 +1,9 @@
 //! The Debian package (`scripts/package.sh`): built from this test's binary, installed with
-//! `dpkg -i`, its binary run (--version, check-config, and serving a bare etcd as the
+//! `dpkg -i`, its binary run (--version, check-config, and routing the lab as the
 //! `pgrouter` user, read back with `pgrouter status`), then removed (`dpkg -r`: the conffile
 //! stays) and purged (`dpkg -P`: nothing left, the user gone). Needs root and changes the
 //! machine's package set, so it is ignored by a plain `cargo test`; scripts/test.sh runs it
-//! (`cargo test --test package -- --ignored`). Ports 20310-20314.
+//! (`cargo test --test package -- --ignored`). Ports 20312-20314, the lab on 20320-20342.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -31,36 +31,22 @@ fn user_exists() -> bool {
     run("getent", &["passwd", "pgrouter"]).status.success()
 }
 
-/// The installed binary serves a bare etcd under the service's user; `pgrouter status` reads
-/// its view back.
+/// The installed binary routes a real lab (etcd and three Patroni members) under the
+/// service's user: `pgrouter status` names the leader, and a client through its primary port
+/// reaches it.
 fn serves(dir: &Path) {
-    let etcd_url = "http://127.0.0.1:20310";
-    let peer = "http://127.0.0.1:20311";
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "pkg", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            etcd_url,
-            "--advertise-client-urls",
-            etcd_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-        ])
-        .args(["--initial-cluster", &format!("pkg={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server)");
+    let lab = pgrouter_lab::Lab::start(pgrouter_lab::LabSpec::new(dir.join("lab"), 20320))
+        .expect("the lab (etcd, Patroni, PostgreSQL)");
+    let leader = lab.leader().expect("a leader in the lab");
     let config = "/etc/pgrouter/package-test.toml";
     std::fs::write(
         config,
-        "[cluster]\nscope = \"pkg\"\netcd = [\"127.0.0.1:20310\"]\n\
-         [listen]\nprimary = \"127.0.0.1:20312\"\nreplicas = \"127.0.0.1:20313\"\nadmin = \"127.0.0.1:20314\"\n",
+        format!(
+            "[cluster]\nscope = \"{}\"\netcd = [{}]\n\
+             [listen]\nprimary = \"127.0.0.1:20312\"\nreplicas = \"127.0.0.1:20313\"\nadmin = \"127.0.0.1:20314\"\n",
+            lab.spec().scope,
+            lab.etcd_toml_list()
+        ),
     )
     .unwrap();
     ok("chown", &["root:pgrouter", config]);
@@ -83,20 +69,21 @@ fn serves(dir: &Path) {
             &["status", "--admin", "127.0.0.1:20314"],
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if (out.status.success() && text.contains("etcd connected: true"))
+        if (out.status.success() && text.contains(&format!("leader: {leader}")))
             || Instant::now() > deadline
         {
             break text;
         }
         std::thread::sleep(Duration::from_millis(300));
     };
+    let through = pgrouter_lab::run_psql("127.0.0.1", 20312, "select pg_is_in_recovery()");
     let _ = router.kill();
     let _ = router.wait();
-    let _ = etcd.kill();
-    let _ = etcd.wait();
+    drop(lab);
     std::fs::remove_file(config).unwrap();
-    assert!(seen.starts_with("Cluster: pkg (leader: -"), "{seen}");
+    assert!(seen.contains(&format!("leader: {leader}")), "{seen}");
     assert!(seen.contains("etcd connected: true"), "{seen}");
+    assert_eq!(through.expect("psql through the installed router"), "f");
 }
 
 #[test]

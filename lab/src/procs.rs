@@ -155,15 +155,9 @@ pub(crate) fn clean_stale(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let recorded = fs::read_to_string(dir.join(PID_FILE)).unwrap_or_default();
-    for pid in recorded
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-    {
-        if live_comm(pid).is_some_and(|c| LAB_COMMS.contains(&c.as_str())) {
-            let _ = signal(pid, Signal::Kill);
-        }
-    }
+    // Only what is found under `dir` (its working directory or arguments there), never a pid
+    // from the old pid file alone: with pid_max at 32768 a long run reuses pids, and a recorded
+    // one can by now be another lab's Patroni (this killed the shared lab's pg1 in CI).
     let left = kill_all_under(dir, Duration::from_secs(10));
     if !left.is_empty() {
         bail!(

@@ -148,8 +148,10 @@ impl RuntimeConfig {
     /// that thread is the line every client waits in, and a core idles whenever the thread is
     /// preempted by a backend or client it woke. On 2 cores shared with PostgreSQL and pgbench
     /// (pgbench -S, A/B medians, BENCHMARKS.md): pooled -c 150 7-18% more tps on two; pass-through
-    /// -c 150 13-18% more, -c 16 level (simple 0.985x, prepared 1.085x). A host where the router
-    /// must leave cores to the application sets a smaller count.
+    /// -c 150 13-18% more, -c 16 level (simple 0.985x, prepared 1.085x). Pooled, one hop against
+    /// pgbouncer (2026-12-05): one worker used 0.6-1.3 us less CPU per transaction from -c 16 up
+    /// (no cache lines moving between cores) at about the same tps. A host where the router
+    /// shares its cores with PostgreSQL or the application sets a smaller count.
     pub fn workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

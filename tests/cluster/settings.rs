@@ -317,7 +317,7 @@ pub async fn pooled_timeouts_and_pgbouncer_session_settings(lab: &Lab) -> Result
     );
     let log = router.log_text();
     ensure!(
-        log.contains("pooled client logged in") && log.contains("pooled client left"),
+        log.contains("pooled client logged in") && log.contains("client session ended"),
         "no connection log lines:\n{}",
         router.log_tail(10)
     );
