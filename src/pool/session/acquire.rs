@@ -52,16 +52,7 @@ impl PooledSession {
             let route = cache.route.clone();
             self.route_cache = Some(cache);
             match attempt {
-                Attempt::Served(lease) => {
-                    let waited = lease.taken().duration_since(arrived);
-                    self.hold_seconds.observe(waited.as_secs_f64());
-                    let retire = false;
-                    return Ok(Held {
-                        lease,
-                        route,
-                        retire,
-                    });
-                }
+                Attempt::Served(lease) => return Ok(self.served(lease, route, arrived)),
                 Attempt::Retry { error, soon } => first = Some((error, soon)),
                 Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
                 Attempt::Left => return Err(Unserved::ClientLeft(arrived.elapsed())),
@@ -130,20 +121,23 @@ impl PooledSession {
             let (pool, route) = (cached.pool.clone(), cached.route.clone());
             self.route_cache = Some(cached);
             match self.checkout(&pool, &route, &config, asked).await {
-                Attempt::Served(lease) => {
-                    let waited = lease.taken().duration_since(hold.arrived());
-                    self.hold_seconds.observe(waited.as_secs_f64());
-                    let retire = false;
-                    return Ok(Held {
-                        lease,
-                        route,
-                        retire,
-                    });
-                }
+                Attempt::Served(lease) => return Ok(self.served(lease, route, hold.arrived())),
                 Attempt::Retry { error, soon } => first = Some((error, soon)),
                 Attempt::Refuse(e) => return Err(Unserved::Refused(e)),
                 Attempt::Left => return Err(Unserved::ClientLeft(hold.waited())),
             }
+        }
+    }
+
+    /// The connection lent, the time since `arrived` counted as the hold's.
+    fn served(&self, lease: Lease, route: Arc<Route>, arrived: Instant) -> Held {
+        let waited = lease.taken().duration_since(arrived);
+        self.hold_seconds.observe(waited.as_secs_f64());
+        let retire = false;
+        Held {
+            lease,
+            route,
+            retire,
         }
     }
 
