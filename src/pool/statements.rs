@@ -504,11 +504,12 @@ const CLASSES: [u8; 256] = {
 /// statement a pooled client sends, so each loop does little per byte.
 fn worth_reading(text: &[u8]) -> bool {
     let starts =
-        |rest: &[u8], w: &[u8]| rest.len() > w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
+        |rest: &[u8], w: &[u8]| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
     let setting = |statement: &[u8]| {
         let s = statement.trim_ascii_start();
-        (starts(s, b"set") && s[3].is_ascii_whitespace())
-            || (starts(s, b"reset") && s[5].is_ascii_whitespace())
+        [&b"set"[..], b"reset"]
+            .iter()
+            .any(|w| starts(s, w) && s.get(w.len()).is_some_and(u8::is_ascii_whitespace))
     };
     if setting(text) {
         return true;
@@ -526,10 +527,7 @@ fn worth_reading(text: &[u8]) -> bool {
         // A word starts at i: only its first byte is looked at, the rest skipped.
         if i < n && class(i) & INITIAL != 0 {
             let rest = &text[i..];
-            if WORDS
-                .iter()
-                .any(|w| starts(rest, w) || rest.eq_ignore_ascii_case(w))
-            {
+            if WORDS.iter().any(|w| starts(rest, w)) {
                 return true;
             }
         }

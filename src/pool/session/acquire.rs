@@ -3,6 +3,7 @@
 //! and settings unchanged since the last one takes the last one's route without a hold.
 
 use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::{Held, PooledSession};
@@ -104,8 +105,7 @@ impl PooledSession {
                 _ => match shared.router.pick(&config, &topology, self.port) {
                     Ok(route) => {
                         let current = Arc::ptr_eq(&self.topology.borrow_and_update(), &topology);
-                        let made = (topology, config.clone(), config_epoch, current);
-                        self.cache_route(route, made)
+                        self.cache_route(route, topology, config.clone(), config_epoch, current)
                     }
                     Err(why) => {
                         let e = hold::no_member(&shared, &config, self.port, &why, true);
@@ -141,14 +141,16 @@ impl PooledSession {
         }
     }
 
-    /// A route picked under the topology and settings in `made` (see `RouteCache`), with
-    /// its pool.
+    /// A route picked under `topology` and `config` (read after `config_epoch`; `current`:
+    /// see `RouteCache`), with its pool.
     fn cache_route(
         &self,
         route: Route,
-        made: (Arc<Topology>, Arc<Config>, u64, bool),
+        topology: Arc<Topology>,
+        config: Arc<Config>,
+        config_epoch: u64,
+        current: bool,
     ) -> Box<RouteCache> {
-        let (topology, config, config_epoch, current) = made;
         let database = &self.registration.entry.database;
         let plan = config.plan(database, &self.server_user);
         let key = PoolKey {

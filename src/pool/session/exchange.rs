@@ -1,14 +1,13 @@
-//! The readiness loop while a client holds a server connection: one select over both
+//! The readiness loop while a client holds a server connection: one wait over both
 //! sockets with bounded buffers, the conversation deciding what each side's bytes become,
 //! and the member's role checked before anything it said reaches the client.
 
-use std::time::Instant;
-
-use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::{Buf, BytesMut};
 use tokio_util::io::poll_read_buf;
 
 use super::conversation::{Broken, Heard, Taken};
@@ -102,8 +101,8 @@ impl PooledSession {
                 return Box::pin(self.abort(lost)).await;
             }
             self.killed()?;
-            // What fits in the sockets now goes without a select round (plain TCP; TLS
-            // records go through the select, which flushes them).
+            // What fits in the sockets now goes without a wait (plain TCP; TLS records go
+            // through `next_event`, which flushes them).
             let held = self.held.as_mut().expect("exchange runs with a server");
             if let Err(e) = write_now(&held.lease.conn.stream, &mut self.to_server) {
                 return Box::pin(self.abort(Lost::Server(e.to_string()))).await;

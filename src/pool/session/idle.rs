@@ -2,9 +2,9 @@
 //! connection, the budget its large messages draw on, and the buffers a server connection
 //! lends it while it runs a transaction.
 
-use bytes::BytesMut;
 use std::future::Future;
 
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::poll_read_buf;
 

@@ -322,8 +322,8 @@ impl PooledSession {
         if let Some(held) = self.held.take() {
             Box::pin(self.put_back(held, Done::ClientLeft)).await;
         }
-        let config = self.shared.config();
-        if config.log.connections && config.pool.log_disconnections {
+        let settings = self.settings();
+        if settings.log.connections && settings.pool.log_disconnections {
             let (ended, sqlstate) = match &end {
                 Exit::ClientGone => ("client_closed", ""),
                 Exit::Fatal(e) => ("closed_by_pgrouter", e.code),
@@ -345,7 +345,6 @@ impl PooledSession {
             }
             .log();
         }
-        drop(config);
         let e = match end {
             Exit::ClientGone => return,
             Exit::Fatal(e) => {
