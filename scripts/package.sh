@@ -5,6 +5,9 @@
 # /etc/pgrouter, a `pgrouter` system user made by postinst, LICENSE, README and CHANGELOG.
 #   scripts/package.sh                  builds the release binary, then the package
 #   scripts/package.sh --binary PATH    packages the binary at PATH instead (the tests' build)
+# The Maintainer field names who builds it, as dch and debmake find them: DEBFULLNAME and
+# DEBEMAIL, else the checkout's `git config user.name` and `user.email`; without them it is a
+# placeholder, said on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary=""
@@ -14,6 +17,31 @@ while (($#)); do
     *) echo "usage: $0 [--binary PATH]" >&2; exit 2 ;;
   esac
 done
+# Who the package says maintains it: dch's and debmake's variables (DEBEMAIL may be
+# "Name <email>", as dch allows), then the checkout's git identity; checked before building.
+placeholder="pgrouter developers <pgrouter@localhost>"
+maintainer_name=${DEBFULLNAME:-}
+maintainer_email=${DEBEMAIL:-}
+if [[ $maintainer_email =~ ^(.*[^[:space:]])[[:space:]]*\<([^<>]*)\>$ ]]; then
+  maintainer_name=${maintainer_name:-${BASH_REMATCH[1]}}
+  maintainer_email=${BASH_REMATCH[2]}
+fi
+maintainer_name=${maintainer_name:-$(git config user.name 2>/dev/null || true)}
+maintainer_email=${maintainer_email:-$(git config user.email 2>/dev/null || true)}
+if [ -n "$maintainer_name" ] && [ -n "$maintainer_email" ]; then
+  case "$maintainer_email" in
+    *@*) ;;
+    *) echo "package.sh: the maintainer's email '$maintainer_email' has no @ (DEBEMAIL, else git config user.email)" >&2; exit 2 ;;
+  esac
+  case "$maintainer_name$maintainer_email" in
+    *[\<\>]* | *$'\n'*) echo "package.sh: '$maintainer_name' '$maintainer_email': no < > or line break in a name or email (DEBFULLNAME, DEBEMAIL, git's user.name, user.email)" >&2; exit 2 ;;
+  esac
+  maintainer="$maintainer_name <$maintainer_email>"
+else
+  maintainer=$placeholder
+  echo "package.sh: WARNING: the package's Maintainer field is the placeholder '$placeholder'." >&2
+  echo "package.sh: WARNING: set DEBFULLNAME=\"Your Name\" and DEBEMAIL=you@example.org (or git config user.name/user.email in this checkout) to name who builds it." >&2
+fi
 if [ -z "$binary" ]; then
   cargo build --release --bin pgrouter
   binary=${CARGO_TARGET_DIR:-target}/release/pgrouter
@@ -47,7 +75,7 @@ cat > "$stage/DEBIAN/control" <<EOF
 Package: pgrouter
 Version: $version
 Architecture: $arch
-Maintainer: pgrouter developers <pgrouter@localhost>
+Maintainer: $maintainer
 Installed-Size: $size
 Depends: adduser, libc6
 Section: database

@@ -94,8 +94,11 @@ fn the_package_installs_runs_and_goes_away_cleanly() {
         "a pgrouter package is installed already: this test would replace it"
     );
     let root = env!("CARGO_MANIFEST_DIR");
+    // Who built it, as dch and debmake are told (the checkout's git identity otherwise).
     let built = Command::new(format!("{root}/scripts/package.sh"))
         .args(["--binary", env!("CARGO_BIN_EXE_pgrouter")])
+        .env("DEBFULLNAME", "Package Test")
+        .env("DEBEMAIL", "package-test@example.org")
         .current_dir(root)
         .output()
         .unwrap();
@@ -111,6 +114,9 @@ fn the_package_installs_runs_and_goes_away_cleanly() {
         deb.ends_with(&format!("pgrouter_{version}_{}.deb", arch.trim())),
         "{deb}"
     );
+
+    let maintainer = ok("dpkg-deb", &["-f", &deb, "Maintainer"]);
+    assert_eq!(maintainer.trim(), "Package Test <package-test@example.org>");
 
     ok("dpkg", &["-i", &deb]);
     let said = ok("/usr/bin/pgrouter", &["--version"]);

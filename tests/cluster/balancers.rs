@@ -7,15 +7,17 @@
 //! 0 while the router can route writes and non-zero when it is paused, given a wrong token or
 //! gone.
 //!
-//! Every port here is in 20500-20599 (routers, admin endpoints, HAProxy).
+//! Every port here is in 20500-20549 (routers, admin endpoints, HAProxy); balancers_tls.rs,
+//! HAProxy's `check-ssl` on an HTTPS admin endpoint, has 20550-20599 and these helpers.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use pgrouter_lab::Lab;
 
 use crate::support::{connect, eventually, http, is, server_port, Router, RouterOptions};
@@ -29,9 +31,12 @@ const GET_FORM: u16 = 20532;
 const READS: u16 = 20533;
 /// The router behind keepalived's check, with its HTTPS admin endpoint.
 const KEEPALIVED: u16 = 20540;
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
+/// What every HAProxy backend here checks, and how often: a router down after two failed
+/// checks, up after one good one.
+pub(crate) const CHECKS: &str = "    http-check expect status 200\n    default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n";
 
-fn router(lab: &Lab, port: u16, listen_extra: &str) -> Result<Router> {
+pub(crate) fn router(lab: &Lab, port: u16, listen_extra: &str) -> Result<Router> {
     Router::start(
         lab,
         port,
@@ -210,10 +215,11 @@ fn raw_head(port: u16, request: &str) -> Result<String> {
     Ok(out)
 }
 
-/// HAProxy on the frontends above, its checks on the routers' admin ports.
-struct Haproxy(std::process::Child);
+/// An HAProxy process, killed when dropped.
+pub(crate) struct Haproxy(std::process::Child);
 
 impl Haproxy {
+    /// HAProxy on the frontends above, its checks on the routers' admin ports.
     fn start(dir: &Path) -> Result<Haproxy> {
         let servers = |port_of: fn(u16) -> u16| -> String {
             ROUTERS
@@ -229,14 +235,22 @@ impl Haproxy {
         };
         let primaries = servers(|r| r);
         let replicas = servers(|r| r + 1);
-        let checks = "    http-check expect status 200\n    default-server inter 300ms fall 2 rise 1 on-marked-down shutdown-sessions\n";
+        let listens = format!(
+            "listen bare\n    bind 127.0.0.1:{BARE}\n    option httpchk\n{CHECKS}{primaries}\
+             listen patroni\n    bind 127.0.0.1:{PATRONI}\n    option httpchk OPTIONS /master\n{CHECKS}{primaries}\
+             listen get_form\n    bind 127.0.0.1:{GET_FORM}\n    option httpchk\n    http-check send meth GET uri /primary\n{CHECKS}{primaries}\
+             listen reads\n    bind 127.0.0.1:{READS}\n    option httpchk OPTIONS /replica?lag=16MB\n{CHECKS}{replicas}",
+        );
+        Haproxy::run(dir, &listens, BARE)
+    }
+
+    /// HAProxy with these `listen` sections, its stats socket at `dir/haproxy.sock`, its log in
+    /// `dir`; returns once it has bound `port`.
+    pub(crate) fn run(dir: &Path, listens: &str, port: u16) -> Result<Haproxy> {
         let config = format!(
             "global\n    maxconn 200\n    stats socket {sock} mode 600 level admin\n\
              defaults\n    mode tcp\n    timeout client 60s\n    timeout connect 4s\n    timeout server 60s\n    timeout check 2s\n\
-             listen bare\n    bind 127.0.0.1:{BARE}\n    option httpchk\n{checks}{primaries}\
-             listen patroni\n    bind 127.0.0.1:{PATRONI}\n    option httpchk OPTIONS /master\n{checks}{primaries}\
-             listen get_form\n    bind 127.0.0.1:{GET_FORM}\n    option httpchk\n    http-check send meth GET uri /primary\n{checks}{primaries}\
-             listen reads\n    bind 127.0.0.1:{READS}\n    option httpchk OPTIONS /replica?lag=16MB\n{checks}{replicas}",
+             {listens}",
             sock = dir.join("haproxy.sock").display(),
         );
         let path = dir.join("haproxy.cfg");
@@ -261,7 +275,7 @@ impl Haproxy {
             .spawn()
             .context("starting haproxy (apt-get install haproxy)")?;
         let haproxy = Haproxy(child);
-        pgrouter_lab::pgbouncer::wait_port(BARE)?;
+        pgrouter_lab::pgbouncer::wait_port(port)?;
         Ok(haproxy)
     }
 }
@@ -273,9 +287,36 @@ impl Drop for Haproxy {
     }
 }
 
-/// The servers HAProxy has not marked up, as `backend/server`, sorted (`show stat` on its
-/// stats socket).
-fn down(socket: &Path) -> Result<Vec<String>> {
+/// The servers HAProxy has not marked up, as `backend/server`, sorted.
+pub(crate) fn down(socket: &Path) -> Result<Vec<String>> {
+    let mut down: Vec<String> = servers(socket)?
+        .into_iter()
+        .filter(|(_, row)| !row["status"].starts_with("UP"))
+        .map(|(name, _)| name)
+        .collect();
+    down.sort();
+    Ok(down)
+}
+
+/// HAProxy's last check of `server` (`backend/server`): its status, code and description, as
+/// `L7STS 503 Service Unavailable` or `L6RSP SSL handshake failure`.
+pub(crate) fn last_check(socket: &Path, server: &str) -> Result<String> {
+    let servers = servers(socket)?;
+    let row = servers
+        .get(server)
+        .with_context(|| format!("HAProxy has no server {server}"))?;
+    let fields = [&row["check_status"], &row["check_code"], &row["last_chk"]];
+    let fields: Vec<&str> = fields
+        .iter()
+        .map(|f| f.as_str())
+        .filter(|f| !f.is_empty())
+        .collect();
+    Ok(fields.join(" "))
+}
+
+/// Each server's line of `show stat` on HAProxy's stats socket, by `backend/server`, its
+/// fields by column name.
+fn servers(socket: &Path) -> Result<HashMap<String, HashMap<String, String>>> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("HAProxy's stats socket {}", socket.display()))?;
     s.write_all(b"show stat\n")?;
@@ -288,23 +329,35 @@ fn down(socket: &Path) -> Result<Vec<String>> {
         .trim_start_matches("# ")
         .split(',')
         .collect();
-    let column = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(px), Some(sv), Some(st)) = (column("pxname"), column("svname"), column("status"))
-    else {
-        bail!("show stat has no pxname, svname or status: {header:?}");
-    };
-    let mut down: Vec<String> = lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f.len() > st && f[sv] != "FRONTEND" && f[sv] != "BACKEND")
-        .filter(|f| !f[st].starts_with("UP"))
-        .map(|f| format!("{}/{}", f[px], f[sv]))
-        .collect();
-    down.sort();
-    Ok(down)
+    for column in [
+        "pxname",
+        "svname",
+        "status",
+        "check_status",
+        "check_code",
+        "last_chk",
+    ] {
+        ensure!(
+            header.contains(&column),
+            "show stat has no {column}: {header:?}"
+        );
+    }
+    Ok(lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, f)| (h.to_string(), f.to_owned()))
+                .collect::<HashMap<_, _>>()
+        })
+        .filter(|row| row.len() == header.len())
+        .filter(|row| row["svname"] != "FRONTEND" && row["svname"] != "BACKEND")
+        .map(|row| (format!("{}/{}", row["pxname"], row["svname"]), row))
+        .collect())
 }
 
 /// A CA and a certificate for localhost and 127.0.0.1 signed by it, in `dir`: (ca, cert, key).
-fn admin_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn admin_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
@@ -411,18 +464,8 @@ pub async fn keepalived_track_script(lab: &Lab) -> Result<()> {
     );
 
     // Down: paused (503), a wrong token (401), gone (no connection); up again after resume.
-    let argv_admin = |args: &[&str]| -> Result<Option<i32>> {
-        let out = Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert"])
-            .arg(&ca)
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .args(args)
-            .output()?;
-        Ok(out.status.code())
-    };
-    let pause = format!("https://localhost:{}/pause?port=primary", r.admin);
     ensure!(
-        argv_admin(&["-X", "POST", &pause])? == Some(0),
+        post_https(&ca, token, r.admin, "/pause?port=primary")?,
         "pause failed"
     );
     let paused = track(&argv)?;
@@ -430,11 +473,7 @@ pub async fn keepalived_track_script(lab: &Lab) -> Result<()> {
         paused == Some(22),
         "paused: the track_script exited {paused:?}, not 22 (HTTP 503)"
     );
-    let resume = format!("https://localhost:{}/resume", r.admin);
-    ensure!(
-        argv_admin(&["-X", "POST", &resume])? == Some(0),
-        "resume failed"
-    );
+    ensure!(post_https(&ca, token, r.admin, "/resume")?, "resume failed");
     ensure!(track(&argv)? == Some(0), "resumed: the track_script fails");
     std::fs::write(
         &header,
@@ -457,4 +496,25 @@ pub async fn keepalived_track_script(lab: &Lab) -> Result<()> {
         "  track_script: 0 while routing; 22 paused; 22 with a wrong token; 7 with the router gone"
     );
     Ok(())
+}
+
+/// POSTs `path` to the HTTPS admin endpoint on `port` (curl, checking its certificate against
+/// `ca`, with the token): whether it answered 2xx.
+pub(crate) fn post_https(ca: &Path, token: &str, port: u16, path: &str) -> Result<bool> {
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+            "--cacert",
+        ])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()?;
+    Ok(out.status.success())
 }

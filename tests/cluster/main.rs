@@ -14,6 +14,7 @@
 //! (the others cannot share the lab with it), still with that closing line.
 
 mod balancers;
+mod balancers_tls;
 mod clusters;
 mod console;
 mod dcs;
@@ -233,6 +234,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "balancers_keepalived_track_script_as_shipped_in_ha_vip",
         |lab| Box::pin(balancers::keepalived_track_script(lab)),
+    ),
+    (
+        "balancers_haproxy_check_ssl_verifies_the_https_admin_endpoint",
+        |lab| Box::pin(balancers_tls::haproxy_check_ssl(lab)),
     ),
 ];
 
