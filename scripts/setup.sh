@@ -44,8 +44,9 @@ fi
 # The driver matrix (tests/drivers/README.md): pgjdbc on the JDK, ruby-pg with ActiveRecord,
 # Django on psycopg2, Go pgx v4; node-postgres below. Debian's pgbouncer exporter scrapes the
 # console in the tests (its service, enabled with pgbouncer's, is stopped: the tests run it).
-# prometheus: promtool checks and tests docker/alerts.yml.
-apt_install haproxy pgbouncer prometheus systemd \
+# prometheus: promtool checks and tests docker/alerts.yml. clang, libbpf-dev, liburing-dev: the
+# probes of benches/kernel_relay.sh (a BPF sockmap relay, an io_uring relay) are built in the tests.
+apt_install haproxy pgbouncer prometheus systemd clang libbpf-dev liburing-dev \
   prometheus-pgbouncer-exporter zookeeperd python3-kazoo openssl \
   php-cli php-pgsql python3-psycopg python3-asyncpg iptables \
   libpostgresql-jdbc-java default-jdk-headless ruby-pg ruby-activerecord python3-django \

@@ -34,5 +34,7 @@ cargo test -p pgrouter-lab --test lab -- --ignored
 # The Debian package: built from the test binary, installed, run, removed and purged (root).
 cargo test --test package -- --ignored
 cargo bench --bench relay -- --test
+# Issue 30's probes (BPF sockmap, io_uring) still build.
+benches/kernel_relay.sh --build-only
 # Every fuzz target for 30 s from the committed seeds (docs/fuzzing.md: longer runs).
 scripts/fuzz.sh 30
