@@ -40,6 +40,9 @@ pub fn read(params: &[(String, String)], ignore: &[String]) -> Result<StartupSet
         }
         settings.set(name, value.clone())?;
     }
+    // Kept for the session's life: no room for parameters that never come.
+    settings.vars.shrink_to_fit();
+    settings.extra.shrink_to_fit();
     Ok(settings)
 }
 
