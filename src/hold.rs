@@ -323,7 +323,7 @@ mod tests {
             member("pg0", Role::Primary, 10_000),
             member("pg1", Role::Replica, 5_000),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         t
     }

@@ -74,7 +74,7 @@ pub enum Target {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub member: Member,
+    pub member: Arc<Member>,
     pub target: Target,
     pub port: Port,
     /// Counts the session on its member for least-connections while the route lives.
@@ -85,7 +85,7 @@ impl Route {
     /// A route counted nowhere (tests, and routes made outside the router).
     pub fn new(member: Member, target: Target, port: Port) -> Route {
         Route {
-            member,
+            member: Arc::new(member),
             target,
             port,
             _attached: None,
@@ -196,7 +196,7 @@ impl Router {
         topology: &'t Topology,
         port: Port,
         turn: usize,
-    ) -> Result<(&'t Member, Target), String> {
+    ) -> Result<(&'t Arc<Member>, Target), String> {
         if !topology.synced {
             return Err("no view of the cluster yet".to_owned());
         }
@@ -210,7 +210,7 @@ impl Router {
         if rules.role == Selector::Primary {
             return leader();
         }
-        let candidates: Vec<(&Member, u32, bool)> = topology
+        let candidates: Vec<(&Arc<Member>, u32, bool)> = topology
             .reads
             .port(port.index())
             .filter(|(_, s)| s.serving)
@@ -291,9 +291,9 @@ pub fn check_member(
 
 /// Round-robin where a member of weight w takes w turns of every round.
 fn weighted_turn<'t>(
-    candidates: &[(&'t Member, u32, bool)],
+    candidates: &[(&'t Arc<Member>, u32, bool)],
     turn: usize,
-) -> Option<(&'t Member, u32, bool)> {
+) -> Option<(&'t Arc<Member>, u32, bool)> {
     let total: usize = candidates.iter().map(|c| c.1 as usize).sum();
     if total == 0 {
         return None;
@@ -310,10 +310,10 @@ fn weighted_turn<'t>(
 
 /// The member with the fewest sessions for its weight; among equals, the next after `turn`.
 fn least_loaded<'t>(
-    candidates: &[(&'t Member, u32, bool)],
+    candidates: &[(&'t Arc<Member>, u32, bool)],
     counts: &[usize],
     turn: usize,
-) -> Option<(&'t Member, u32, bool)> {
+) -> Option<(&'t Arc<Member>, u32, bool)> {
     let n = candidates.len();
     (0..n)
         .map(|k| (turn + k) % n)
@@ -398,7 +398,7 @@ mod tests {
             member("pg1", Role::Replica, 1000),
             member("pg2", Role::Replica, 1000),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         judged(t, config)
     }
@@ -413,7 +413,7 @@ mod tests {
 
     fn picks(r: &Router, c: &Config, t: &Topology, port: Port, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| r.pick(c, t, port).unwrap().member.name)
+            .map(|_| r.pick(c, t, port).unwrap().member.name.clone())
             .collect()
     }
 
@@ -463,8 +463,16 @@ mod tests {
             ["pg1", "pg2", "pg1", "pg2"]
         );
         let mut out = t.clone();
-        out.members.get_mut("pg1").unwrap().wal_position = Some(10);
-        out.members.get_mut("pg2").unwrap().noloadbalance = true;
+        out.members
+            .get_mut("pg1")
+            .map(Arc::make_mut)
+            .unwrap()
+            .wal_position = Some(10);
+        out.members
+            .get_mut("pg2")
+            .map(Arc::make_mut)
+            .unwrap()
+            .noloadbalance = true;
         let out = judged(out, &c);
         let route = r.pick(&c, &out, Port::REPLICAS).unwrap();
         assert_eq!(
@@ -491,6 +499,7 @@ mod tests {
         let mut t = cluster(&c);
         t.members
             .get_mut("pg2")
+            .map(Arc::make_mut)
             .unwrap()
             .tags
             .insert("weight".into(), "0".into());

@@ -62,7 +62,7 @@ async fn relay_to(server: String) -> String {
     let mut topology = Topology::empty("bench");
     topology.synced = true;
     topology.leader = Some("pg0".into());
-    topology.members.insert("pg0".into(), member.clone());
+    topology.members.insert("pg0".into(), member.clone().into());
     let (tx, rx) = watch::channel(Arc::new(topology));
     let shared = Arc::new(Shared::new(config, rx, Arc::new(Metrics::new())));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -290,7 +290,10 @@ fn check_relay(client: &[u8], server: &[u8], schedule: &mut Schedule) {
             if result.is_ok() {
                 let error_begun = follow.down_scan.partial(b'E').is_some();
                 let kept = relay::keep_back_partial(&follow, &mut dir.pump);
-                assert!(kept || !error_begun, "an ErrorResponse begun before the batch");
+                assert!(
+                    kept || !error_begun,
+                    "an ErrorResponse begun before the batch"
+                );
             }
             result
         };

@@ -98,7 +98,7 @@ fn check_keys(data: &[u8]) {
     for (name, member) in &t.members {
         assert_eq!(&member.name, name);
         let value = &keys[&format!("members/{name}")];
-        assert_eq!(parse_member(name, value).as_ref(), Ok(member));
+        assert_eq!(parse_member(name, value).as_ref(), Ok(&**member));
         check_addr(member);
     }
     for (key, value) in &keys {

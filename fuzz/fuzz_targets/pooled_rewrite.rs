@@ -286,7 +286,9 @@ fn check_against_direct(stream: &[u8], seed: u8) {
             if conversation.settings_due() {
                 let mut out = BytesMut::new();
                 conversation.settle_settings(&mut conn, &mut out);
-                while let Some(m) = wire::take_message(&mut out).expect("pgrouter wrote a bad length") {
+                while let Some(m) =
+                    wire::take_message(&mut out).expect("pgrouter wrote a bad length")
+                {
                     through.answer(&m, &mut answers);
                 }
                 hear(&mut conversation, &mut conn, &mut answers);

@@ -232,7 +232,7 @@ mod tests {
             pg1,
             member("pg2", Role::Replica, "streaming", Some(32 << 20)),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         let mut judge = crate::topology::standing::Judge::default();
         judge.judge(&t, &config, 2, tokio::time::Instant::now());

@@ -123,7 +123,7 @@ pub fn refreshed(
         next.unconfirmed_leader = (!confirmed).then(|| leader.to_owned());
     }
     for (name, report) in reports {
-        let Some(member) = next.members.get_mut(name) else {
+        let Some(member) = next.members.get_mut(name).map(Arc::make_mut) else {
             continue;
         };
         let Some(report) = report else {
@@ -180,7 +180,7 @@ mod tests {
             member("pg1", Role::Replica, 1000, None),
             member("pg2", Role::Replica, 900, None),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         t
     }
@@ -310,7 +310,7 @@ mod tests {
         let mut topology = Topology::empty("demo");
         topology.leader = Some("pg0".into());
         topology.leader_optime = Some(1000);
-        topology.members.insert("pg0".into(), leader);
+        topology.members.insert("pg0".into(), leader.into());
         let (tx, mut rx) = watch::channel(Arc::new(topology));
         let guard = tokio::spawn(async move {
             guard("demo", &RestClient::default(), &tx, Some("pg0".into())).await

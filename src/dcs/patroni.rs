@@ -72,7 +72,7 @@ fn apply_key(t: &mut Topology, key: &str, value: &[u8]) -> Result<(), String> {
         _ => {
             if let Some(name) = key.strip_prefix("members/") {
                 let member = parse_member(name, value)?;
-                t.members.insert(name.to_owned(), member);
+                t.members.insert(name.to_owned(), member.into());
             }
             // config, sync, initialize, history, ...: nothing routing depends on.
         }

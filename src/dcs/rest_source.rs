@@ -177,9 +177,12 @@ fn view(
 ) -> Topology {
     let mut t = Topology::empty(scope);
     t.synced = synced;
-    t.members = known.clone();
+    t.members = known
+        .iter()
+        .map(|(name, m)| (name.clone(), Arc::new(m.clone())))
+        .collect();
     for (name, report) in reports {
-        let Some(m) = t.members.get_mut(name) else {
+        let Some(m) = t.members.get_mut(name).map(Arc::make_mut) else {
             continue;
         };
         match report {

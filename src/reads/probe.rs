@@ -152,7 +152,7 @@ mod tests {
             member("pg1", Role::Replica, "running", Some(100)),
             member("pg2", Role::Replica, "running", Some(100)),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         t
     }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 pub mod standing;
 
@@ -16,7 +17,8 @@ pub struct Topology {
     pub synced: bool,
     /// The member named by the `leader` key: the only one that may take writes.
     pub leader: Option<String>,
-    pub members: BTreeMap<String, Member>,
+    /// Shared: a session's route holds its member's `Arc`, not a copy of its strings and tags.
+    pub members: BTreeMap<String, Arc<Member>>,
     /// The `failover` key: a switchover announced away from `from` (or from whoever leads, if None).
     pub failover: Option<Failover>,
     /// `status.optime` (or the old `optime/leader` key): the leader's last WAL position.
@@ -134,7 +136,7 @@ impl Topology {
     /// promotion (its member key says master/primary, or its REST API confirmed it), and no
     /// switchover away from it may be announced: new writers wait for the new leader instead
     /// of racing the demotion.
-    pub fn writable_leader(&self) -> Option<&Member> {
+    pub fn writable_leader(&self) -> Option<&Arc<Member>> {
         let name = self.leader.as_deref()?;
         let member = self.members.get(name)?;
         let switching_away = self
@@ -224,7 +226,7 @@ pub(crate) mod tests {
             member("pg1", Role::Replica, "streaming", Some(100_000)),
             member("pg2", Role::Replica, "running", Some(90_000)),
         ] {
-            t.members.insert(m.name.clone(), m);
+            t.members.insert(m.name.clone(), m.into());
         }
         t
     }
@@ -238,7 +240,11 @@ pub(crate) mod tests {
         assert_eq!(t.lag(&t.members["pg2"]), Some(60_000));
         // A replica ahead of a stale leader position has no lag, not a negative one.
         t.leader_optime = None;
-        t.members.get_mut("pg2").unwrap().wal_position = Some(200_000);
+        t.members
+            .get_mut("pg2")
+            .map(Arc::make_mut)
+            .unwrap()
+            .wal_position = Some(200_000);
         assert_eq!(t.lag(&t.members["pg2"]), Some(0));
         // No leader position known: lag unknown.
         t.leader = None;
@@ -300,7 +306,7 @@ pub(crate) mod tests {
         );
         // The new leader took the key while the failover key is still there: it is writable.
         t.leader = Some("pg1".into());
-        t.members.get_mut("pg1").unwrap().role = Role::Primary;
+        t.members.get_mut("pg1").map(Arc::make_mut).unwrap().role = Role::Primary;
         assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
         // A failover naming only its candidate holds writers until the candidate leads.
         t.failover = Some(Failover {
