@@ -14,21 +14,11 @@ clients=${3:-1000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=/tmp/pgrouter-bench-active-memory
 base=19600
-pg() { PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -X -A -t "$@"; }
+# shellcheck source=benches/lab.sh
+. "$root/benches/lab.sh"
 
 rm -rf "$dir" && mkdir -p "$dir"
-"$root/target/release/pgrouter-lab" up --dir "$dir/lab" --base-port $base >"$dir/lab.out" 2>&1 &
-lab=$!
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; kill -INT $lab 2>/dev/null || true; wait $lab 2>/dev/null || true; }
-trap cleanup EXIT
-for _ in $(seq 120); do grep -q "Press Ctrl-C" "$dir/lab.out" && break; sleep 1; done
-leader=""
-for port in $((base + 10)) $((base + 11)) $((base + 12)); do
-  [ "$(pg -p $port -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ] && leader=$port
-done
-[ -n "$leader" ] || { echo "no leader in the lab" >&2; exit 1; }
-PGPASSWORD=postgres pgbench -h 127.0.0.1 -p "$leader" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
+lab_up "$dir" $base
 secret=$(pg -p "$leader" -c "select rolpassword from pg_authid where rolname = 'postgres'")
 printf '"postgres" "%s"\n' "$secret" >"$dir/userlist.txt"
 chown postgres:postgres "$dir" "$dir/userlist.txt"

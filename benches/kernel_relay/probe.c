@@ -5,12 +5,10 @@
 //                                   so the kernel relays and this process only sees the end.
 // Loopback only; no error handling beyond what a benchmark needs.
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include "loopback.h"
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,18 +62,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: probe LISTEN_PORT UPSTREAM_PORT epoll|sockmap\n");
 		return 2;
 	}
-	int kernel = !strcmp(argv[3], "sockmap"), one = 1;
+	int kernel = !strcmp(argv[3], "sockmap");
 	if (kernel && load(getenv("RELAY_BPF") ? getenv("RELAY_BPF") : "relay.bpf.o")) {
 		perror("probe: loading relay.bpf.o");
 		return 1;
 	}
-	struct sockaddr_in at = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	struct sockaddr_in upstream = at;
-	at.sin_port = htons(atoi(argv[1]));
-	upstream.sin_port = htons(atoi(argv[2]));
-	int listener = socket(AF_INET, SOCK_STREAM, 0);
-	setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(listener, (void *)&at, sizeof at) || listen(listener, 1024)) {
+	struct sockaddr_in upstream = loopback(argv[2]);
+	int listener = listen_on(argv[1]);
+	if (listener < 0) {
 		perror("probe: listen");
 		return 1;
 	}
@@ -90,15 +84,14 @@ int main(int argc, char **argv)
 			int fd = events[i].data.fd;
 			if (fd == listener) {
 				int client = accept(listener, NULL, NULL);
-				int server = socket(AF_INET, SOCK_STREAM, 0);
-				if (client < 0 || client >= FDS || server >= FDS ||
-				    connect(server, (void *)&upstream, sizeof upstream)) {
+				int server = client < 0 ? -1 : connect_to(&upstream);
+				if (server < 0 || client >= FDS || server >= FDS) {
 					close(client);
 					close(server);
 					continue;
 				}
-				setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-				setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+				no_delay(client);
+				no_delay(server);
 				peer[client] = server, peer[server] = client;
 				is_server[client] = 0, is_server[server] = 1;
 				in_kernel[client] = in_kernel[server] = 0;

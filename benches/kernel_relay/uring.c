@@ -2,10 +2,8 @@
 //   uring LISTEN UPSTREAM
 // Per direction one recv, then one send of what it got, then the next recv; every completion
 // reaped in one io_uring_enter with the next submissions. Loopback only.
-#include <arpa/inet.h>
 #include <liburing.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include "loopback.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -60,18 +58,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: uring LISTEN_PORT UPSTREAM_PORT\n");
 		return 2;
 	}
-	int one = 1;
 	if (io_uring_queue_init(4096, &ring, 0)) {
 		perror("uring: io_uring_queue_init");
 		return 1;
 	}
-	struct sockaddr_in at = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	struct sockaddr_in upstream = at;
-	at.sin_port = htons(atoi(argv[1]));
-	upstream.sin_port = htons(atoi(argv[2]));
-	int listener = socket(AF_INET, SOCK_STREAM, 0);
-	setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(listener, (void *)&at, sizeof at) || listen(listener, 1024)) {
+	struct sockaddr_in upstream = loopback(argv[2]);
+	int listener = listen_on(argv[1]);
+	if (listener < 0) {
 		perror("uring: listen");
 		return 1;
 	}
@@ -86,15 +79,14 @@ int main(int argc, char **argv)
 			seen++;
 			int op = cqe->user_data >> 32, fd = cqe->user_data & 0xffffffff, res = cqe->res;
 			if (op == ACCEPT) {
-				int client = res, server = socket(AF_INET, SOCK_STREAM, 0);
-				if (client < 0 || client >= FDS || server >= FDS ||
-				    connect(server, (void *)&upstream, sizeof upstream)) {
+				int client = res, server = client < 0 ? -1 : connect_to(&upstream);
+				if (server < 0 || client >= FDS || server >= FDS) {
 					close(client);
 					close(server);
 					continue;
 				}
-				setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-				setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+				no_delay(client);
+				no_delay(server);
 				peer[client] = server, peer[server] = client;
 				ended[client] = ended[server] = 0;
 				if (!buf[client])
