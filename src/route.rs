@@ -463,16 +463,8 @@ mod tests {
             ["pg1", "pg2", "pg1", "pg2"]
         );
         let mut out = t.clone();
-        out.members
-            .get_mut("pg1")
-            .map(Arc::make_mut)
-            .unwrap()
-            .wal_position = Some(10);
-        out.members
-            .get_mut("pg2")
-            .map(Arc::make_mut)
-            .unwrap()
-            .noloadbalance = true;
+        out.member_mut("pg1").unwrap().wal_position = Some(10);
+        out.member_mut("pg2").unwrap().noloadbalance = true;
         let out = judged(out, &c);
         let route = r.pick(&c, &out, Port::REPLICAS).unwrap();
         assert_eq!(
@@ -497,9 +489,7 @@ mod tests {
         assert_eq!(seen.iter().filter(|m| *m == "pg1").count(), 6, "{seen:?}");
         let c = config("weight_tag = \"weight\"\n");
         let mut t = cluster(&c);
-        t.members
-            .get_mut("pg2")
-            .map(Arc::make_mut)
+        t.member_mut("pg2")
             .unwrap()
             .tags
             .insert("weight".into(), "0".into());

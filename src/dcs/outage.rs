@@ -123,7 +123,7 @@ pub fn refreshed(
         next.unconfirmed_leader = (!confirmed).then(|| leader.to_owned());
     }
     for (name, report) in reports {
-        let Some(member) = next.members.get_mut(name).map(Arc::make_mut) else {
+        let Some(member) = next.member_mut(name) else {
             continue;
         };
         let Some(report) = report else {

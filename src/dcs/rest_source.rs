@@ -182,7 +182,7 @@ fn view(
         .map(|(name, m)| (name.clone(), Arc::new(m.clone())))
         .collect();
     for (name, report) in reports {
-        let Some(m) = t.members.get_mut(name).map(Arc::make_mut) else {
+        let Some(m) = t.member_mut(name) else {
             continue;
         };
         match report {

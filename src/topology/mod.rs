@@ -132,6 +132,12 @@ impl Topology {
         }
     }
 
+    /// Member `name` to change, copied first if a route still shares it (the routes keep the
+    /// member they were made with).
+    pub fn member_mut(&mut self, name: &str) -> Option<&mut Member> {
+        self.members.get_mut(name).map(Arc::make_mut)
+    }
+
     /// The member that takes writes now, if any. It must hold the leader key, have finished
     /// promotion (its member key says master/primary, or its REST API confirmed it), and no
     /// switchover away from it may be announced: new writers wait for the new leader instead
@@ -240,11 +246,7 @@ pub(crate) mod tests {
         assert_eq!(t.lag(&t.members["pg2"]), Some(60_000));
         // A replica ahead of a stale leader position has no lag, not a negative one.
         t.leader_optime = None;
-        t.members
-            .get_mut("pg2")
-            .map(Arc::make_mut)
-            .unwrap()
-            .wal_position = Some(200_000);
+        t.member_mut("pg2").unwrap().wal_position = Some(200_000);
         assert_eq!(t.lag(&t.members["pg2"]), Some(0));
         // No leader position known: lag unknown.
         t.leader = None;
@@ -306,7 +308,7 @@ pub(crate) mod tests {
         );
         // The new leader took the key while the failover key is still there: it is writable.
         t.leader = Some("pg1".into());
-        t.members.get_mut("pg1").map(Arc::make_mut).unwrap().role = Role::Primary;
+        t.member_mut("pg1").unwrap().role = Role::Primary;
         assert_eq!(t.writable_leader().map(|m| m.name.as_str()), Some("pg1"));
         // A failover naming only its candidate holds writers until the candidate leads.
         t.failover = Some(Failover {

@@ -505,26 +505,14 @@ mod tests {
         let mut judge = Judge::default();
         let start = Instant::now();
         judge.judge(&t, &c, 2, start);
-        t.members
-            .get_mut("pg2")
-            .map(std::sync::Arc::make_mut)
-            .unwrap()
-            .state = "stopped".into();
+        t.member_mut("pg2").unwrap().state = "stopped".into();
         let changes = judge.judge(&t, &c, 2, start + Duration::from_millis(10));
         assert_eq!(changes[0].why, Some(Ineligible::NotRunning));
-        t.members
-            .get_mut("pg2")
-            .map(std::sync::Arc::make_mut)
-            .unwrap()
-            .state = "running".into();
+        t.member_mut("pg2").unwrap().state = "running".into();
         // Back at once: it was out for its state, not for lag.
         let changes = judge.judge(&t, &c, 2, start + Duration::from_millis(20));
         assert!(changes[0].serving);
-        t.members
-            .get_mut("pg1")
-            .map(std::sync::Arc::make_mut)
-            .unwrap()
-            .noloadbalance = true;
+        t.member_mut("pg1").unwrap().noloadbalance = true;
         judge.judge(&t, &c, 2, start + Duration::from_millis(30));
         assert_eq!(serving(&judge, 1), ["pg2"]);
         // The key holder never serves :5001, promoted or not.
@@ -548,18 +536,10 @@ mod tests {
         let (ro, sync, tagged, xsync, hidden) = (2, 3, 4, 5, 6);
         let mut t = cluster();
         t.sync_standbys.insert("pg2".into());
-        let pg1 = t
-            .members
-            .get_mut("pg1")
-            .map(std::sync::Arc::make_mut)
-            .unwrap();
+        let pg1 = t.member_mut("pg1").unwrap();
         pg1.tags.insert("zone".into(), "b".into());
         pg1.tags.insert("nofailover".into(), "true".into());
-        let pg2 = t
-            .members
-            .get_mut("pg2")
-            .map(std::sync::Arc::make_mut)
-            .unwrap();
+        let pg2 = t.member_mut("pg2").unwrap();
         pg2.tags.insert("zone".into(), "b".into());
         pg2.noloadbalance = true;
         pg2.tags.insert("noloadbalance".into(), "true".into());
@@ -574,11 +554,7 @@ mod tests {
         assert_eq!(serving(&judge, hidden), ["pg2"]);
         assert_eq!(why(&judge, hidden, "pg1"), "no tag noloadbalance");
         assert_eq!(why(&judge, sync, "pg1"), "not a synchronous standby");
-        t.members
-            .get_mut("pg2")
-            .map(std::sync::Arc::make_mut)
-            .unwrap()
-            .noloadbalance = false;
+        t.member_mut("pg2").unwrap().noloadbalance = false;
         judge.judge(&t, &c, 7, Instant::now());
         assert_eq!(serving(&judge, sync), ["pg2"]);
         assert_eq!(why(&judge, xsync, "pg2"), "a synchronous standby");
@@ -592,11 +568,7 @@ mod tests {
     #[test]
     fn the_first_verdict_comes_from_etcd_until_a_check_answers() {
         let (mut t, c) = (cluster(), config(""));
-        t.members
-            .get_mut("pg2")
-            .map(std::sync::Arc::make_mut)
-            .unwrap()
-            .wal_position = Some(90 << 20);
+        t.member_mut("pg2").unwrap().wal_position = Some(90 << 20);
         let mut judge = Judge::default();
         judge.judge(&t, &c, 2, Instant::now());
         assert_eq!(serving(&judge, 1), ["pg1"]);
