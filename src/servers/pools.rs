@@ -12,7 +12,7 @@ use super::budget::{self, Admission, Budget};
 use super::clients::{ClientEntry, ClientRegistration, Clients};
 use super::defaults::KnownDefaults;
 use super::server::{Endpoint, Login, ServerConn, ServerError};
-use super::slots::{Expired, Homed, Slots, Take};
+use super::slots::{Expired, Granted, Homed, Queued, Slots, Take};
 use super::stats::PoolStats;
 use crate::config::{Config, Plan, PoolConfig};
 use crate::route::Target;
@@ -93,6 +93,23 @@ pub struct Lease {
 
 /// A slot taken from a pool; given back when dropped, unless a connection went back with it.
 struct Slot(Option<Arc<Pool>>);
+
+/// What a checkout's first step found (`Pool::begin`).
+pub enum Begun<'a> {
+    /// A slot and an idle connection fit for use as it was.
+    Lent(Lease),
+    /// In line for a slot: `Pool::waited` takes what the wait comes to.
+    Queued(Queued<'a, Box<ServerConn>>),
+    /// A slot, and the rest to do in `Pool::finish`.
+    Rest(Rest),
+}
+
+/// A slot taken whose connection is still to be had: the idle one to check first
+/// (unused for `server_check_delay`), or none idle, so one is opened.
+pub struct Rest {
+    slot: Slot,
+    check: Option<Box<ServerConn>>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -216,7 +233,8 @@ impl Pool {
 
     /// Takes an idle connection or opens one (logging in as `open_with` says), waiting up to
     /// `query_wait_timeout` for a slot, for a session running on worker thread `home`: an
-    /// idle connection of that thread first, one from another moved to it.
+    /// idle connection of that thread first, one from another moved to it. The steps below
+    /// (`begin`, `waited`, `finish`) in one; a pooled session takes them one by one.
     pub async fn checkout(
         self: &Arc<Pool>,
         pools: &Pools,
@@ -226,45 +244,121 @@ impl Pool {
         home: usize,
         asked: Instant,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
-        // Read again only after a wait: most checkouts take an idle connection at once.
-        let mut now = asked;
-        let mut idle = match self.slots.take(config.query_wait_timeout.0, home) {
-            Take::Now(idle) => idle,
-            Take::Queued(queued) => {
-                let granted = queued.await;
-                now = Instant::now();
-                let waited = now.duration_since(asked);
-                self.stats
-                    .wait_micros
-                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-                granted.map_err(|Expired| CheckoutError::Busy {
-                    pool: self.name(),
-                    waited,
-                    size: self.size(),
-                })?
-            }
+        let rest = match self.begin(config, home, asked) {
+            Begun::Lent(lease) => return Ok((lease, None)),
+            Begun::Queued(queued) => match self.waited(queued.await, config, home, asked)? {
+                Ok(lease) => return Ok((lease, None)),
+                Err(rest) => rest,
+            },
+            Begun::Rest(rest) => rest,
         };
-        let slot = Slot(Some(self.clone()));
+        self.finish(rest, pools, open_with, config, connect_timeout, home, asked)
+            .await
+    }
+
+    /// A checkout's first step, with no wait and no future: a free slot and an idle
+    /// connection fit for use as it is (most checkouts under load), else a place in line or
+    /// what is left to do. Nothing is read from the clock: `asked` stands for now.
+    pub fn begin(self: &Arc<Pool>, config: &PoolConfig, home: usize, asked: Instant) -> Begun<'_> {
+        match self.slots.take(config.query_wait_timeout.0, home) {
+            Take::Now(idle) => match self.lend(Slot(Some(self.clone())), idle, config, home, asked)
+            {
+                Ok(lease) => Begun::Lent(lease),
+                Err(rest) => Begun::Rest(rest),
+            },
+            Take::Queued(queued) => Begun::Queued(queued),
+        }
+    }
+
+    /// What a wait in line came to: a lease, or a slot with what is left to do, or `Busy`
+    /// after `query_wait_timeout`. The wait is counted in the pool's statistics.
+    pub fn waited(
+        self: &Arc<Pool>,
+        granted: Granted<Box<ServerConn>>,
+        config: &PoolConfig,
+        home: usize,
+        asked: Instant,
+    ) -> Result<Result<Lease, Rest>, CheckoutError> {
+        let now = Instant::now();
+        let waited = now.duration_since(asked);
+        self.stats
+            .wait_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        let idle = granted.map_err(|Expired| CheckoutError::Busy {
+            pool: self.name(),
+            waited,
+            size: self.size(),
+        })?;
+        Ok(self.lend(Slot(Some(self.clone())), idle, config, home, now))
+    }
+
+    /// Lends the slot's idle connection, or the next fit one, as it is (closing those past
+    /// `server_lifetime` and those that spoke unasked, moving one of another thread); the
+    /// slot and what is left to do when one needs its check first or none is idle.
+    fn lend(
+        &self,
+        slot: Slot,
+        mut idle: Option<Box<ServerConn>>,
+        config: &PoolConfig,
+        home: usize,
+        now: Instant,
+    ) -> Result<Lease, Rest> {
         while let Some(mut conn) = idle.take() {
             if now.saturating_duration_since(conn.created) >= config.server_lifetime.0 {
                 tokio::spawn(conn.close());
             } else if !conn.quiet() {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped an idle server connection that spoke or closed unasked");
-            } else if now.saturating_duration_since(conn.last_used) >= config.server_check_delay.0
-                && !Box::pin(conn.healthy(connect_timeout)).await
-            {
-                tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
-                now = Instant::now();
+            } else if now.saturating_duration_since(conn.last_used) >= config.server_check_delay.0 {
+                let check = Some(conn);
+                return Err(Rest { slot, check });
             } else if conn.home != home && !self.move_home(&mut conn, home) {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
             } else {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
-                let taken = now;
-                return Ok((Lease { conn, slot, taken }, None));
+                return Ok(Lease {
+                    conn,
+                    slot,
+                    taken: now,
+                });
             }
             idle = self.slots.pop_idle(home);
         }
-        // Boxed, as the rare waits above: the common checkout's future stays small.
+        Err(Rest { slot, check: None })
+    }
+
+    /// The rest of a checkout: the check of an idle connection unused for
+    /// `server_check_delay`, or a new connection opened within the member's budgets.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(
+        self: &Arc<Pool>,
+        rest: Rest,
+        pools: &Pools,
+        open_with: impl FnOnce() -> (Login, crate::tls::Transport),
+        config: &PoolConfig,
+        connect_timeout: Duration,
+        home: usize,
+        asked: Instant,
+    ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
+        let Rest {
+            mut slot,
+            mut check,
+        } = rest;
+        while let Some(mut conn) = check.take() {
+            if !Box::pin(conn.healthy(connect_timeout)).await {
+                tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
+            } else if conn.home != home && !self.move_home(&mut conn, home) {
+                tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that could not move to this worker thread");
+            } else {
+                self.stats.active.fetch_add(1, Ordering::Relaxed);
+                let taken = Instant::now();
+                return Ok((Lease { conn, slot, taken }, None));
+            }
+            let idle = self.slots.pop_idle(home);
+            match self.lend(slot, idle, config, home, Instant::now()) {
+                Ok(lease) => return Ok((lease, None)),
+                Err(rest) => (slot, check) = (rest.slot, rest.check),
+            }
+        }
         let admission = Box::pin(self.admit(pools, asked + config.query_wait_timeout.0)).await?;
         let to = Endpoint {
             id: pools.next_server_id(),

@@ -15,6 +15,7 @@
 
 mod balancers;
 mod balancers_tls;
+mod checkout;
 mod clusters;
 mod console;
 mod dcs;
@@ -141,6 +142,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "pooled_waiter_that_leaves_is_dropped_its_query_not_run",
         |lab| Box::pin(pooling::waiter_that_leaves(lab)),
+    ),
+    (
+        "pooled_checkout_checks_idle_connections_and_renews_old_ones",
+        |lab| Box::pin(checkout::checks_and_lifetime(lab)),
     ),
     ("pooled_worker_threads_share_one_pool", |lab| {
         Box::pin(pooling::worker_threads_share_one_pool(lab))

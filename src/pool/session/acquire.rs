@@ -2,16 +2,18 @@
 //! client is held (`crate::hold`) while there is none. A transaction that finds the topology
 //! and settings unchanged since the last one takes the last one's route without a hold.
 
+use std::pin::pin;
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::{Held, PooledSession};
+use crate::auth::secret::ScramKeys;
 use crate::config::Config;
 use crate::hold::{self, Attempt, Hold, Unserved};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::route::Route;
-use crate::servers::pools::{CheckoutError, Lease, Pool, PoolKey};
+use crate::servers::pools::{Begun, CheckoutError, Lease, Pool, PoolKey};
 use crate::servers::server::ServerError;
 use crate::stream::Stream;
 use crate::topology::Topology;
@@ -171,7 +173,9 @@ impl PooledSession {
     }
 
     /// A connection from `pool`, unless the client leaves while in line; what went wrong in
-    /// the client's words otherwise.
+    /// the client's words otherwise. Taken in the pool's steps, so that a transaction's
+    /// future carries only the small wait in line: a free idle connection needs no future,
+    /// and the rare rest (a check, a new connection) is boxed.
     async fn checkout(
         &self,
         pool: &Arc<Pool>,
@@ -179,6 +183,21 @@ impl PooledSession {
         config: &Config,
         asked: Instant,
     ) -> Attempt<Lease> {
+        let (settings, home) = (&config.pool, self.home);
+        let rest = match pool.begin(settings, home, asked) {
+            Begun::Lent(lease) => return Attempt::Served(lease),
+            Begun::Rest(rest) => rest,
+            Begun::Queued(queued) => {
+                let Some(granted) = unless_found_left(&self.client, pin!(queued)).await else {
+                    return Attempt::Left;
+                };
+                match pool.waited(granted, settings, home, asked) {
+                    Ok(Ok(lease)) => return Attempt::Served(lease),
+                    Ok(Err(rest)) => rest,
+                    Err(e) => return self.attempt_of(route, Err(e)),
+                }
+            }
+        };
         let shared = &self.shared;
         let user = &self.server_user;
         let open_with = || {
@@ -187,19 +206,31 @@ impl PooledSession {
                 shared.transport(),
             )
         };
-        let checkout = pool.checkout(
+        let connect_timeout = config.routing.connect_timeout.0;
+        let finish = pool.finish(
+            rest,
             &shared.pools,
             open_with,
-            &config.pool,
-            config.routing.connect_timeout.0,
-            self.home,
+            settings,
+            connect_timeout,
+            home,
             asked,
         );
-        // Pinned here: the checkout is large, and moving it costs a copy.
-        tokio::pin!(checkout);
-        let Some(checked_out) = unless_found_left(&self.client, checkout).await else {
+        let Some(finished) = unless_found_left(&self.client, Box::pin(finish).as_mut()).await
+        else {
             return Attempt::Left;
         };
+        self.attempt_of(route, finished)
+    }
+
+    /// A checkout's end: the lease, or what went wrong in the client's words.
+    fn attempt_of(
+        &self,
+        route: &Route,
+        checked_out: Result<(Lease, Option<ScramKeys>), CheckoutError>,
+    ) -> Attempt<Lease> {
+        let shared = &self.shared;
+        let user = &self.server_user;
         let scope = &shared.scope;
         let member = &route.member.name;
         let failure = match checked_out {
