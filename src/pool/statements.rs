@@ -498,10 +498,11 @@ const CLASSES: [u8; 256] = {
     t
 };
 
-/// Whether `text` may have an effect `sql_effects` looks for: one of `WORDS` where a word
-/// starts, or a statement beginning with SET or RESET (after white space, at the start or
-/// after a ';'; UPDATE's SET is passed over), ASCII case-insensitively. This runs on every
-/// statement a pooled client sends, so each loop does little per byte.
+/// Whether `text` may have an effect `sql_effects` looks for: for one statement, its first
+/// word one of `WORDS`, SET or RESET; else one of `WORDS` where a word starts, or a statement
+/// beginning with SET or RESET (after white space, at the start or after a ';'; UPDATE's SET
+/// is passed over), ASCII case-insensitively. This runs on every statement a pooled client
+/// sends, so each loop does little per byte.
 fn worth_reading(text: &[u8]) -> bool {
     let starts =
         |rest: &[u8], w: &[u8]| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
@@ -511,6 +512,10 @@ fn worth_reading(text: &[u8]) -> bool {
             .iter()
             .any(|w| starts(s, w) && s.get(w.len()).is_some_and(u8::is_ascii_whitespace))
     };
+    // Most texts are one statement, and only its start can be a command looked for.
+    if let Some(statement) = lone_statement(text) {
+        return WORDS.iter().any(|w| starts(statement, w)) || setting(statement);
+    }
     if setting(text) {
         return true;
     }
@@ -536,6 +541,18 @@ fn worth_reading(text: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// `text` from its first letter when it is one statement that begins with a letter (not a
+/// comment, a quote, a parenthesis) and has no ';' but one at its end: a ';' in a literal or
+/// comment sends the text the long way, which reads those.
+fn lone_statement(text: &[u8]) -> Option<&[u8]> {
+    let body = text.trim_ascii();
+    let body = body.strip_suffix(b";").unwrap_or(body);
+    if !body.first().is_some_and(u8::is_ascii_alphabetic) || body.contains(&b';') {
+        return None;
+    }
+    Some(body)
 }
 
 #[cfg(test)]
@@ -602,6 +619,23 @@ mod tests {
             b"select xlisten, _discard, $deallocate, \xc3\xa9listen"
         ));
         assert!(sql_effects(b"select 1;\nlisten jobs").listen);
+        // One statement: its first word decides.
+        assert!(worth_reading(b" Set search_path = x ;"));
+        assert!(worth_reading(b"RESET ALL"));
+        assert!(worth_reading(b"close c;"));
+        assert!(!worth_reading(b"select 1 from prepare_things;"));
+        assert!(!worth_reading(b"settle"));
+        // SET and RESET need ASCII white space after them, as the long way reads them.
+        assert!(!worth_reading(b"RESET\x0bx"));
+        // Not one statement, or not a word first: the long way.
+        assert!(worth_reading(b"select 1 /* ; */ ; listen x"));
+        assert!(worth_reading(b"/* hi */ LISTEN x"));
+        assert_eq!(lone_statement(b"(select 1)"), None);
+        assert_eq!(lone_statement(b"select ';'"), None);
+        assert_eq!(
+            lone_statement(b"\tUPDATE t set a = 1;\n"),
+            Some(&b"UPDATE t set a = 1"[..])
+        );
     }
 
     #[test]
