@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::route::{Target, Verdict};
-use crate::servers::pools::{PoolKey, TargetKey};
+use crate::servers::pools::{Ask, PoolKey, TargetKey};
 use crate::shared::Shared;
 use crate::topology::Topology;
 
@@ -105,12 +105,14 @@ pub async fn maintain(shared: Arc<Shared>) {
                 let open_with = || (login, shared.transport());
                 match pool
                     .checkout(
+                        Ask {
+                            config: &config.pool,
+                            home: crate::shards::MAIN,
+                            asked: tokio::time::Instant::now(),
+                        },
                         &shared.pools,
                         open_with,
-                        &config.pool,
                         timeout,
-                        crate::shards::MAIN,
-                        tokio::time::Instant::now(),
                     )
                     .await
                 {

@@ -94,6 +94,15 @@ pub struct Lease {
 /// A slot taken from a pool; given back when dropped, unless a connection went back with it.
 struct Slot(Option<Arc<Pool>>);
 
+/// A checkout's asking: the pool settings in force, the worker thread of the session asking
+/// (`crate::shards`), and when it asked.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    pub config: &'a PoolConfig,
+    pub home: usize,
+    pub asked: Instant,
+}
+
 /// What a checkout's first step found (`Pool::begin`).
 pub enum Begun<'a> {
     /// A slot and an idle connection fit for use as it was.
@@ -237,32 +246,29 @@ impl Pool {
     /// (`begin`, `waited`, `finish`) in one; a pooled session takes them one by one.
     pub async fn checkout(
         self: &Arc<Pool>,
+        ask: Ask<'_>,
         pools: &Pools,
         open_with: impl FnOnce() -> (Login, crate::tls::Transport),
-        config: &PoolConfig,
         connect_timeout: Duration,
-        home: usize,
-        asked: Instant,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
-        let rest = match self.begin(config, home, asked) {
+        let rest = match self.begin(ask) {
             Begun::Lent(lease) => return Ok((lease, None)),
-            Begun::Queued(queued) => match self.waited(queued.await, config, home, asked)? {
+            Begun::Queued(queued) => match self.waited(queued.await, ask)? {
                 Ok(lease) => return Ok((lease, None)),
                 Err(rest) => rest,
             },
             Begun::Rest(rest) => rest,
         };
-        self.finish(rest, pools, open_with, config, connect_timeout, home, asked)
+        self.finish(rest, ask, pools, open_with, connect_timeout)
             .await
     }
 
     /// A checkout's first step, with no wait and no future: a free slot and an idle
     /// connection fit for use as it is (most checkouts under load), else a place in line or
     /// what is left to do. Nothing is read from the clock: `asked` stands for now.
-    pub fn begin(self: &Arc<Pool>, config: &PoolConfig, home: usize, asked: Instant) -> Begun<'_> {
-        match self.slots.take(config.query_wait_timeout.0, home) {
-            Take::Now(idle) => match self.lend(Slot(Some(self.clone())), idle, config, home, asked)
-            {
+    pub fn begin(self: &Arc<Pool>, ask: Ask<'_>) -> Begun<'_> {
+        match self.slots.take(ask.config.query_wait_timeout.0, ask.home) {
+            Take::Now(idle) => match self.lend(Slot(Some(self.clone())), idle, ask, ask.asked) {
                 Ok(lease) => Begun::Lent(lease),
                 Err(rest) => Begun::Rest(rest),
             },
@@ -275,12 +281,10 @@ impl Pool {
     pub fn waited(
         self: &Arc<Pool>,
         granted: Granted<Box<ServerConn>>,
-        config: &PoolConfig,
-        home: usize,
-        asked: Instant,
+        ask: Ask<'_>,
     ) -> Result<Result<Lease, Rest>, CheckoutError> {
         let now = Instant::now();
-        let waited = now.duration_since(asked);
+        let waited = now.duration_since(ask.asked);
         self.stats
             .wait_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
@@ -289,7 +293,7 @@ impl Pool {
             waited,
             size: self.size(),
         })?;
-        Ok(self.lend(Slot(Some(self.clone())), idle, config, home, now))
+        Ok(self.lend(Slot(Some(self.clone())), idle, ask, now))
     }
 
     /// Lends the slot's idle connection, or the next fit one, as it is (closing those past
@@ -299,8 +303,7 @@ impl Pool {
         &self,
         slot: Slot,
         mut idle: Option<Box<ServerConn>>,
-        config: &PoolConfig,
-        home: usize,
+        Ask { config, home, .. }: Ask<'_>,
         now: Instant,
     ) -> Result<Lease, Rest> {
         while let Some(mut conn) = idle.take() {
@@ -328,21 +331,23 @@ impl Pool {
 
     /// The rest of a checkout: the check of an idle connection unused for
     /// `server_check_delay`, or a new connection opened within the member's budgets.
-    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         self: &Arc<Pool>,
         rest: Rest,
+        ask: Ask<'_>,
         pools: &Pools,
         open_with: impl FnOnce() -> (Login, crate::tls::Transport),
-        config: &PoolConfig,
         connect_timeout: Duration,
-        home: usize,
-        asked: Instant,
     ) -> Result<(Lease, Option<crate::auth::secret::ScramKeys>), CheckoutError> {
         let Rest {
             mut slot,
             mut check,
         } = rest;
+        let Ask {
+            config,
+            home,
+            asked,
+        } = ask;
         while let Some(mut conn) = check.take() {
             if !Box::pin(conn.healthy(connect_timeout)).await {
                 tracing::info!(pool = %self.name(), server = conn.id, "dropped a server connection that failed its check");
@@ -354,7 +359,7 @@ impl Pool {
                 return Ok((Lease { conn, slot, taken }, None));
             }
             let idle = self.slots.pop_idle(home);
-            match self.lend(slot, idle, config, home, Instant::now()) {
+            match self.lend(slot, idle, ask, Instant::now()) {
                 Ok(lease) => return Ok((lease, None)),
                 Err(rest) => (slot, check) = (rest.slot, rest.check),
             }

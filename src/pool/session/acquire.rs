@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::hold::{self, Attempt, Hold, Unserved};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::route::Route;
-use crate::servers::pools::{Begun, CheckoutError, Lease, Pool, PoolKey};
+use crate::servers::pools::{Ask, Begun, CheckoutError, Lease, Pool, PoolKey};
 use crate::servers::server::ServerError;
 use crate::stream::Stream;
 use crate::topology::Topology;
@@ -183,15 +183,19 @@ impl PooledSession {
         config: &Config,
         asked: Instant,
     ) -> Attempt<Lease> {
-        let (settings, home) = (&config.pool, self.home);
-        let rest = match pool.begin(settings, home, asked) {
+        let ask = Ask {
+            config: &config.pool,
+            home: self.home,
+            asked,
+        };
+        let rest = match pool.begin(ask) {
             Begun::Lent(lease) => return Attempt::Served(lease),
             Begun::Rest(rest) => rest,
             Begun::Queued(queued) => {
                 let Some(granted) = unless_found_left(&self.client, pin!(queued)).await else {
                     return Attempt::Left;
                 };
-                match pool.waited(granted, settings, home, asked) {
+                match pool.waited(granted, ask) {
                     Ok(Ok(lease)) => return Attempt::Served(lease),
                     Ok(Err(rest)) => rest,
                     Err(e) => return self.attempt_of(route, Err(e)),
@@ -207,15 +211,7 @@ impl PooledSession {
             )
         };
         let connect_timeout = config.routing.connect_timeout.0;
-        let finish = pool.finish(
-            rest,
-            &shared.pools,
-            open_with,
-            settings,
-            connect_timeout,
-            home,
-            asked,
-        );
+        let finish = pool.finish(rest, ask, &shared.pools, open_with, connect_timeout);
         let Some(finished) = unless_found_left(&self.client, Box::pin(finish).as_mut()).await
         else {
             return Attempt::Left;
